@@ -1,0 +1,411 @@
+"""The local progress directory of one sweep: lock, verified load, durable appends, rolling.
+
+Layout (beside the user's ``checkpoint_path``, e.g. ``data/exp.h5`` -> ``data/exp.h5.resumable/``)::
+
+    manifest.json          sealed segments (size, SHA-256, seq range) and the active one
+    segments/seg-00000001.jsonl ...   append-only journal segments (see journal.py)
+    LOCK                   one writer at a time (POSIX lock; released by the kernel on death)
+
+A record is durable when `append` returns: written with one write() and fdatasync'd. Once the
+active segment passes `segment_bytes` it is sealed: its size and SHA-256 go into a new manifest,
+written atomically, which also names the next (already created) active segment. Recording never
+rewrites or re-hashes history: the cost per record does not grow with the sweep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .durable import atomic_write_bytes, create_durable_file, fsync_file, make_dirs
+from .errors import (
+    CheckpointClosedError,
+    CheckpointLockedError,
+    CheckpointWriteError,
+    IntegrityError,
+)
+from .journal import ParsedSegment, Record, encode_record, parse_sealed_segment, parse_segment
+from .manifest import (
+    MANIFEST_NAME,
+    MAX_SEGMENT_BYTES,
+    Manifest,
+    SegmentInfo,
+    check_name,
+    parse_manifest,
+)
+from .state import State
+
+PROGRESS_SUFFIX = ".resumable"
+SEGMENTS_DIR = "segments"
+LOCK_NAME = "LOCK"
+DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
+_INDEX_RE = re.compile(r"seg-(\d{8})")
+
+
+def progress_dir_for(checkpoint_path: str | os.PathLike[str]) -> Path:
+    """Where the progress of the sweep whose output is `checkpoint_path` is kept."""
+    return Path(os.fspath(checkpoint_path) + PROGRESS_SUFFIX)
+
+
+def segment_name(index: int) -> str:
+    return f"seg-{index:08d}.jsonl"
+
+
+def next_segment_name(manifest: Manifest) -> str:
+    """A fresh segment name after every one the manifest knows (mirrored parts included)."""
+    names = [s.name for s in manifest.segments]
+    if manifest.active is not None:
+        names.append(manifest.active)
+    indices = [int(m.group(1)) for n in names if (m := _INDEX_RE.match(n))]
+    return segment_name(max(indices, default=len(names)) + 1)
+
+
+def _create_empty_segment(path: Path) -> None:
+    """Create a new, empty segment; an empty leftover of a crash before its manifest is reused."""
+    if path.exists() and path.stat().st_size == 0:
+        path.unlink()
+    create_durable_file(path)
+
+
+@dataclass
+class Loaded:
+    """A verified checkpoint: its manifest, the replayed state, and the active segment's tail."""
+
+    manifest: Manifest
+    state: State
+    active_size: int = 0  # verified bytes in the active segment
+    active_hash: Any = field(default=None, repr=False)  # running sha256 of those bytes
+    active_records: int = 0
+    torn_bytes: int = 0
+
+
+def _read_file(path: Path, *, max_bytes: int) -> bytes:
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > max_bytes:
+            raise IntegrityError(f"{path} is {size} bytes; at most {max_bytes} expected")
+        return fh.read(max_bytes + 1)
+
+
+def load(progress_dir: Path) -> Loaded | None:
+    """Read and verify the checkpoint in `progress_dir`; None if there is none."""
+    mpath = progress_dir / MANIFEST_NAME
+    try:
+        mbytes = _read_file(mpath, max_bytes=64 * 1024 * 1024)
+    except FileNotFoundError:
+        _check_no_orphans(progress_dir)
+        return None
+    manifest = parse_manifest(mbytes, source=str(mpath))
+    segdir = progress_dir / SEGMENTS_DIR
+    sealed: list[tuple[str, bytes, int, str]] = []
+    for seg in manifest.segments:
+        path = segdir / seg.name
+        try:
+            data = _read_file(path, max_bytes=seg.size)
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"{path}: sealed segment named by the manifest is missing "
+                f"(expected {seg.size} bytes)"
+            ) from None
+        if len(data) != seg.size:
+            raise IntegrityError(
+                f"{path}: expected {seg.size} bytes as the manifest records, found {len(data)}"
+            )
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != seg.sha256:
+            raise IntegrityError(
+                f"{path}: SHA-256 mismatch (manifest records {seg.sha256}, found {digest})"
+            )
+        sealed.append((str(path), data, seg.first_seq, seg.last_hash))
+    return load_records(manifest, sealed, progress_dir=progress_dir)
+
+
+def load_records(
+    manifest: Manifest,
+    sealed: list[tuple[str, bytes, int, str]],
+    *,
+    progress_dir: Path | None,
+) -> Loaded:
+    """Parse verified sealed segment bytes (and, locally, the active segment) into a state."""
+    state = State()
+    prev = ""
+    for (source, data, first_seq, last_hash), seg in zip(sealed, manifest.segments, strict=True):
+        records = parse_sealed_segment(
+            data, source=source, first_seq=first_seq, records=seg.records, prev_hash=prev
+        )
+        tail = data[data.rfind(b"\n", 0, len(data) - 1) + 1 :][:64].decode("ascii", "replace")
+        if len(records) != seg.records or (records and tail != last_hash):
+            raise IntegrityError(
+                f"{source}: holds {len(records)} records ending in {tail[:16]!r}..., the "
+                f"manifest records {seg.records} ending in {last_hash[:16]!r}..."
+            )
+        apply = state.apply
+        for rec in records:
+            apply(rec)
+        prev = last_hash
+    loaded = Loaded(manifest=manifest, state=state, active_hash=hashlib.sha256())
+    if manifest.active is not None and progress_dir is not None:
+        path = progress_dir / SEGMENTS_DIR / manifest.active
+        try:
+            data = _read_file(path, max_bytes=MAX_SEGMENT_BYTES)
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"{path}: the active segment named by the manifest is missing"
+            ) from None
+        parsed: ParsedSegment = parse_segment(
+            data,
+            source=str(path),
+            first_seq=manifest.sealed_records + 1,
+            prev_hash=prev,
+            allow_torn_tail=True,
+        )
+        for rec in parsed.records:
+            state.apply(rec)
+        prev = parsed.last_hash
+        loaded.active_size = parsed.good_size
+        loaded.active_hash.update(data[: parsed.good_size])
+        loaded.active_records = len(parsed.records)
+        loaded.torn_bytes = parsed.torn_bytes
+    state.last_hash = prev
+    return loaded
+
+
+def _check_no_orphans(progress_dir: Path) -> None:
+    """No manifest: fine if nothing was ever recorded, damage if segments hold records."""
+    segdir = progress_dir / SEGMENTS_DIR
+    if not segdir.is_dir():
+        return
+    for entry in segdir.iterdir():
+        if entry.is_file() and entry.stat().st_size > 0:
+            raise IntegrityError(
+                f"{progress_dir / MANIFEST_NAME} is missing but {entry} holds "
+                f"{entry.stat().st_size} bytes of records; refusing to start over"
+            )
+
+
+_HELD_LOCKS: set[str] = set()
+_HELD_GUARD = threading.Lock()
+
+
+class DirLock:
+    """An exclusive POSIX lock on ``LOCK``; the kernel drops it when the holder dies."""
+
+    def __init__(self, progress_dir: Path) -> None:
+        self.path = progress_dir / LOCK_NAME
+        self._key = os.path.realpath(progress_dir)
+        self._fd: int | None = None
+        with _HELD_GUARD:
+            if self._key in _HELD_LOCKS:
+                raise CheckpointLockedError(
+                    f"{progress_dir} is already open for writing in this process; "
+                    "close the other ResumableSweep first"
+                )
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+                os.close(fd)
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    raise CheckpointLockedError(
+                        f"{progress_dir} is open for writing by another live process "
+                        f"({holder or 'unknown holder'}); one writer at a time"
+                    ) from None
+                raise
+            info = json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+            )
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info.encode(), 0)
+            self._fd = fd
+            _HELD_LOCKS.add(self._key)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with _HELD_GUARD:
+            os.close(self._fd)  # closing drops the POSIX lock
+            self._fd = None
+            _HELD_LOCKS.discard(self._key)
+
+
+class CheckpointWriter:
+    """Appends records durably to the active segment and seals segments as they fill."""
+
+    def __init__(
+        self,
+        progress_dir: Path,
+        loaded: Loaded,
+        lock: DirLock,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        on_seal: Callable[[Manifest], None] | None = None,
+    ) -> None:
+        self.dir = progress_dir
+        self.segdir = progress_dir / SEGMENTS_DIR
+        self.manifest = loaded.manifest
+        self.lock = lock
+        self.segment_bytes = segment_bytes
+        self.on_seal = on_seal
+        self.last_seq = loaded.state.last_seq
+        self.last_hash = loaded.state.last_hash
+        self._active_hash = loaded.active_hash
+        self._active_size = loaded.active_size
+        self._active_records = loaded.active_records
+        self._broken: str | None = None
+        self._mutex = threading.Lock()
+        if self.manifest.active is None:
+            # All parts sealed (a checkpoint fetched from a mirror): start a new active segment.
+            active = next_segment_name(self.manifest)
+            _create_empty_segment(self.segdir / active)
+            self.manifest = self.manifest.with_segments(self.manifest.segments, active)
+            atomic_write_bytes(self.dir / MANIFEST_NAME, self.manifest.to_bytes())
+        self._active_path = self.segdir / check_name(self.manifest.active)
+        if loaded.torn_bytes:
+            # Drop the unacknowledged torn tail before appending after it.
+            with open(self._active_path, "r+b") as fh:
+                fh.truncate(self._active_size)
+                fsync_file(fh.fileno(), str(self._active_path))
+        self._fd = os.open(self._active_path, os.O_WRONLY | os.O_APPEND)
+
+    @classmethod
+    def create(
+        cls,
+        progress_dir: Path,
+        manifest: Manifest,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        on_seal: Callable[[Manifest], None] | None = None,
+    ) -> CheckpointWriter:
+        """Lay out a new, empty checkpoint directory and open it for writing."""
+        make_dirs(progress_dir / SEGMENTS_DIR)
+        lock = DirLock(progress_dir)
+        try:
+            active = segment_name(1)
+            _create_empty_segment(progress_dir / SEGMENTS_DIR / active)
+            manifest = Manifest(
+                sweep=manifest.sweep,
+                sweep_id=manifest.sweep_id,
+                created=manifest.created,
+                active=active,
+                extra=manifest.extra,
+            )
+            atomic_write_bytes(progress_dir / MANIFEST_NAME, manifest.to_bytes())
+            loaded = Loaded(manifest=manifest, state=State(), active_hash=hashlib.sha256())
+            return cls(progress_dir, loaded, lock, segment_bytes=segment_bytes, on_seal=on_seal)
+        except BaseException:
+            lock.release()
+            raise
+
+    @property
+    def broken(self) -> str | None:
+        return self._broken
+
+    def append(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        key: str | None = None,
+        fp: str | None = None,
+    ) -> Record:
+        """Durably append one record; when this returns it survives SIGKILL and power loss."""
+        with self._mutex:
+            if self._broken is not None:
+                raise CheckpointClosedError(
+                    f"checkpoint {self.dir} can no longer record: {self._broken}"
+                )
+            seq = self.last_seq + 1
+            t = time.time()
+            line, digest, body = encode_record(self.last_hash, seq, kind, key, t, fp, payload)
+            before = self._active_size
+            try:
+                _write_all(self._fd, line)
+                fsync_file(self._fd, str(self._active_path))
+            except OSError as exc:
+                self._fail(f"{type(exc).__name__}: {exc}", truncate_to=before)
+                if isinstance(exc, CheckpointWriteError):
+                    raise
+                raise CheckpointWriteError(
+                    exc.errno, f"recording to {self._active_path} failed: {exc.strerror or exc}"
+                ) from exc
+            self._active_size += len(line)
+            self._active_hash.update(line)
+            self._active_records += 1
+            self.last_seq = seq
+            self.last_hash = digest
+            record = Record(seq, kind, key, t, fp, body, str(self._active_path))
+            if self._active_size >= self.segment_bytes:
+                self._seal()
+            return record
+
+    def _fail(self, why: str, truncate_to: int | None = None) -> None:
+        """Stop recording for good; best effort to cut a partial line back off."""
+        self._broken = why
+        if truncate_to is not None:
+            with contextlib.suppress(OSError):  # a torn tail is dropped on the next load anyway
+                os.ftruncate(self._fd, truncate_to)
+
+    def _seal(self) -> None:
+        name = self._active_path.name
+        info = SegmentInfo(
+            name=name,
+            size=self._active_size,
+            sha256=self._active_hash.hexdigest(),
+            records=self._active_records,
+            first_seq=self.last_seq - self._active_records + 1,
+            last_seq=self.last_seq,
+            last_hash=self.last_hash,
+        )
+        new_name = next_segment_name(self.manifest)
+        new_path = self.segdir / new_name
+        try:
+            _create_empty_segment(new_path)
+            manifest = self.manifest.with_segments((*self.manifest.segments, info), new_name)
+            atomic_write_bytes(self.dir / MANIFEST_NAME, manifest.to_bytes())
+        except OSError as exc:
+            self._fail(f"sealing segment {name} failed: {exc}")
+            raise
+        os.close(self._fd)
+        self.manifest = manifest
+        self._active_path = new_path
+        self._fd = os.open(new_path, os.O_WRONLY | os.O_APPEND)
+        self._active_hash = hashlib.sha256()
+        self._active_size = 0
+        self._active_records = 0
+        if self.on_seal is not None:
+            self.on_seal(manifest)
+
+    def active_bytes(self) -> tuple[str, int]:
+        """Name and verified length of the active segment (for the mirror)."""
+        with self._mutex:
+            return self._active_path.name, self._active_size
+
+    def close(self) -> None:
+        with self._mutex:
+            try:
+                if self._fd >= 0:
+                    os.close(self._fd)
+                    self._fd = -1
+            finally:
+                self.lock.release()
+                if self._broken is None:
+                    self._broken = "the sweep was closed"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

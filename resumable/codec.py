@@ -1,0 +1,228 @@
+"""Results to and from stored JSON, losslessly; canonical JSON, fingerprints and keys.
+
+Supported values: dict (str keys), list, tuple, str, int, float (NaN and infinities included),
+bool, None, numpy arrays (any non-object dtype) and numpy scalars, nested anywhere. They come back
+equal: tuples as tuples, arrays with their dtype and shape, numpy scalars as the same numpy type.
+Anything else (arbitrary objects, sets, subclasses that would come back as their base type,
+non-string dict keys) is refused with `UnsupportedValueError` naming where it sits. Nothing is
+ever pickled or turned into `str(x)`.
+
+Encoding is plain JSON with a few tagged objects, ``{"__t": tag, ...}``: "f" (non-finite
+float), "i" (an int too long for a JSON number), "tuple", "nd" (array), "np" (numpy scalar), and
+"dict" (a user dict that itself has a "__t" key).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+from typing import Any
+
+import numpy as np
+from numpy.lib import format as npformat
+
+from .errors import IntegrityError, InvalidKeyError, UnsupportedValueError
+
+TAG = "__t"
+MAX_DEPTH = 64
+_MAX_PLAIN_INT_BITS = 10_000
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _where(path: tuple[Any, ...]) -> str:
+    if not path:
+        return "the value itself"
+    return "result" + "".join(f"[{p!r}]" for p in path)
+
+
+def encode(value: Any, *, what: str = "result") -> Any:
+    """Encode `value` to a JSON-serialisable structure (raises UnsupportedValueError)."""
+    return _encode(value, (), what)
+
+
+def _encode(value: Any, path: tuple[Any, ...], what: str) -> Any:
+    if len(path) > MAX_DEPTH:
+        raise UnsupportedValueError(
+            f"{what} is nested deeper than {MAX_DEPTH} levels at {_where(path[:8])}..."
+        )
+    t = type(value)
+    if value is None or t is bool or t is str:
+        if t is str:
+            _check_str(value, path, what)
+        return value
+    if t is int:
+        if value.bit_length() > _MAX_PLAIN_INT_BITS:  # past Python's int<->str digit limit
+            return {TAG: "i", "v": hex(value)}
+        return value
+    if t is float:
+        if math.isfinite(value):
+            return value
+        return {TAG: "f", "v": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if t is list:
+        return [_encode(v, (*path, i), what) for i, v in enumerate(value)]
+    if t is tuple:
+        return {TAG: "tuple", "v": [_encode(v, (*path, i), what) for i, v in enumerate(value)]}
+    if t is dict:
+        out = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                raise UnsupportedValueError(
+                    f"{what} has a dict key {k!r} of type {type(k).__name__} at {_where(path)}; "
+                    "only str keys round-trip through JSON"
+                )
+            _check_str(k, path, what)
+            out[k] = _encode(v, (*path, k), what)
+        return {TAG: "dict", "v": out} if TAG in out else out
+    if isinstance(value, np.ndarray):
+        if t is not np.ndarray:
+            raise UnsupportedValueError(
+                f"{what} holds a {t.__module__}.{t.__name__} (an ndarray subclass) at "
+                f"{_where(path)}; convert it with np.asarray() first"
+            )
+        return _encode_array(value, path, what)
+    if isinstance(value, np.generic):
+        if value.dtype.hasobject:
+            raise UnsupportedValueError(f"{what} holds a numpy object scalar at {_where(path)}")
+        arr = np.asarray(value)
+        return {TAG: "np", "d": _descr(arr.dtype), "b": _b64(arr.tobytes())}
+    raise UnsupportedValueError(
+        f"{what} holds a value of type {t.__module__}.{t.__qualname__} at {_where(path)}, which "
+        "cannot be stored losslessly (supported: dict with str keys, list, tuple, str, int, float, "
+        "bool, None, numpy arrays and scalars)"
+    )
+
+
+def _check_str(s: str, path: tuple[Any, ...], what: str) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UnsupportedValueError(
+            f"{what} holds a string that is not valid Unicode (lone surrogate) at {_where(path)}"
+        ) from exc
+
+
+def _descr(dtype: np.dtype) -> Any:
+    return npformat.dtype_to_descr(dtype)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _encode_array(arr: np.ndarray, path: tuple[Any, ...], what: str) -> dict[str, Any]:
+    if arr.dtype.hasobject:
+        raise UnsupportedValueError(
+            f"{what} holds a numpy array of dtype object at {_where(path)}; object arrays "
+            "cannot be stored without pickling"
+        )
+    data = np.ascontiguousarray(arr).tobytes()
+    return {TAG: "nd", "d": _descr(arr.dtype), "s": list(arr.shape), "b": _b64(data)}
+
+
+def decode(obj: Any, *, where: str = "stored value") -> Any:
+    """Inverse of `encode`; malformed input raises IntegrityError naming `where`."""
+    try:
+        return _decode(obj, 0)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{where}: {exc}") from None
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        raise IntegrityError(f"{where}: malformed encoded value ({exc})") from None
+
+
+def _decode(obj: Any, depth: int) -> Any:
+    if depth > MAX_DEPTH + 2:
+        raise IntegrityError(f"encoded value nested deeper than {MAX_DEPTH}")
+    t = type(obj)
+    if t is list:
+        return [_decode(v, depth + 1) for v in obj]
+    if t is not dict:
+        return obj
+    tag = obj.get(TAG)
+    if tag is None:
+        return {k: _decode(v, depth + 1) for k, v in obj.items()}
+    if tag == "dict":
+        return {k: _decode(v, depth + 1) for k, v in obj["v"].items()}
+    if tag == "tuple":
+        return tuple(_decode(v, depth + 1) for v in obj["v"])
+    if tag == "f":
+        return _NONFINITE[obj["v"]]
+    if tag == "i":
+        v = obj["v"]
+        if type(v) is not str or len(v) > 1 << 20:
+            raise IntegrityError("malformed big integer")
+        return int(v, 16)
+    if tag == "nd":
+        dtype = _dtype(obj["d"])
+        shape = tuple(int(n) for n in obj["s"])
+        data = base64.b64decode(obj["b"], validate=True)
+        expected = dtype.itemsize * math.prod(shape)
+        if len(data) != expected:
+            raise IntegrityError(
+                f"array of dtype {dtype} and shape {shape} needs {expected} bytes, "
+                f"found {len(data)}"
+            )
+        return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+    if tag == "np":
+        dtype = _dtype(obj["d"])
+        data = base64.b64decode(obj["b"], validate=True)
+        if len(data) != dtype.itemsize:
+            raise IntegrityError(f"numpy scalar of dtype {dtype} needs {dtype.itemsize} bytes")
+        return np.frombuffer(data, dtype=dtype)[0]
+    raise IntegrityError(f"unknown value tag {tag!r}")
+
+
+def _dtype(descr: Any) -> np.dtype:
+    dtype = npformat.descr_to_dtype(_descr_from_json(descr))
+    if dtype.hasobject:
+        raise IntegrityError("stored array has an object dtype, which is never loaded")
+    return dtype
+
+
+def _descr_from_json(descr: Any) -> Any:
+    """JSON turned the tuples of a structured dtype's descr into lists; turn them back."""
+    if isinstance(descr, str):
+        return descr
+    fields = []
+    for field in descr:
+        name = tuple(field[0]) if isinstance(field[0], list) else field[0]
+        sub = _descr_from_json(field[1])
+        fields.append((name, sub, tuple(field[2])) if len(field) == 3 else (name, sub))
+    return fields
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON bytes for an already-encoded structure (sorted keys, no spaces)."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def try_fingerprint(item: Any) -> tuple[Any, str] | None:
+    """(encoded item, SHA-256 of its canonical JSON) when the item is JSON-like, else None."""
+    try:
+        enc = encode(item, what="item")
+    except UnsupportedValueError:
+        return None
+    return enc, sha256_hex(canonical_json(enc))
+
+
+def check_key(key: Any, item: Any) -> str:
+    """Validate a key returned by the user's key function."""
+    if type(key) is not str:
+        raise InvalidKeyError(
+            f"the key function returned {key!r} (type {type(key).__name__}) for item {item!r}; "
+            "keys must be str (for example key=lambda c: str(c['id']))"
+        )
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKeyError(
+            f"the key {key!r} for item {item!r} is not valid Unicode (lone surrogate)"
+        ) from None
+    return key

@@ -1,0 +1,247 @@
+"""Journal records: the line format, hash chaining, and strict parsing of segments.
+
+One record per line::
+
+    <hash: 64 hex> <header>\\t<payload JSON>\\n
+    header  = "<seq> <type> <time> <fingerprint or -> <key as a JSON string, or null>"
+    hash    = SHA-256(previous record's hash + "\\n" + header + "\\t" + payload)
+
+`seq` counts 1, 2, 3, ... across all segments and every hash covers the one before it, so an
+edited, removed, reordered or re-hashed record anywhere is detected, not only a damaged byte.
+The small header is parsed at load; the payload (a result's value, for instance) is verified by
+the hash then but only decoded when it is used, which keeps resuming a large sweep fast. The
+only damage forgiven is a torn tail: a final line without its newline, which a crash in the
+middle of an append leaves behind and which was never acknowledged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import IntegrityError
+
+MAX_RECORD_BYTES = 256 * 1024 * 1024
+MAX_KEY_CHARS = 1 << 20
+_HASH_LEN = 64
+_TYPES = frozenset({"launch", "items", "result", "failure", "retry", "invalidate", "meta"})
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+class Record:
+    """One verified journal record; `body()` decodes its payload on demand."""
+
+    __slots__ = ("fp", "key", "payload", "seq", "source", "t", "type")
+
+    def __init__(
+        self,
+        seq: int,
+        type: str,
+        key: str | None,
+        t: float,
+        fp: str | None,
+        payload: bytes,
+        source: str,
+    ) -> None:
+        self.seq = seq
+        self.type = type
+        self.key = key
+        self.t = t
+        self.fp = fp
+        self.payload = payload
+        self.source = source
+
+    def body(self) -> dict[str, Any]:
+        try:
+            body = json.loads(self.payload)
+        except (ValueError, RecursionError) as exc:
+            raise IntegrityError(
+                f"{self.source}: record {self.seq} payload is not valid JSON ({exc})"
+            ) from None
+        if type(body) is not dict:
+            raise IntegrityError(f"{self.source}: record {self.seq} payload is not an object")
+        return body
+
+    def __repr__(self) -> str:
+        return f"Record(seq={self.seq}, type={self.type!r}, key={self.key!r})"
+
+
+def encode_record(
+    prev_hash: str,
+    seq: int,
+    kind: str,
+    key: str | None,
+    t: float,
+    fp: str | None,
+    payload: dict[str, Any],
+) -> tuple[bytes, str, bytes]:
+    """(line bytes, record hash, payload bytes) of a new record."""
+    if kind not in _TYPES:
+        raise ValueError(f"unknown record type {kind!r}")
+    header = b"%d %s %r %s " % (seq, kind.encode(), t, (fp or "-").encode()) + _dumps(key)
+    body = _dumps(payload)
+    digest = hashlib.sha256(prev_hash.encode("ascii") + b"\n" + header + b"\t" + body).hexdigest()
+    return digest.encode("ascii") + b" " + header + b"\t" + body + b"\n", digest, body
+
+
+@dataclass
+class ParsedSegment:
+    """The verified records of one segment and where a torn tail (if any) starts."""
+
+    records: list[Record]
+    good_size: int  # bytes up to the end of the last complete, verified record
+    torn_bytes: int  # length of an unterminated tail (0 if none)
+    last_hash: str
+
+
+def parse_segment(
+    data: bytes,
+    *,
+    source: str,
+    first_seq: int,
+    prev_hash: str,
+    allow_torn_tail: bool,
+) -> ParsedSegment:
+    """Verify and decode every record in `data` (a whole segment read from `source`).
+
+    `first_seq` and `prev_hash` are what the first record must follow. A final unterminated line
+    is reported as torn when `allow_torn_tail` (the active segment), else it is damage.
+    """
+    records: list[Record] = []
+    pos = 0
+    seq = first_seq
+    prev = prev_hash.encode("ascii")
+    n = len(data)
+    sha = hashlib.sha256
+    while pos < n:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            if allow_torn_tail:
+                return ParsedSegment(records, pos, n - pos, prev.decode("ascii"))
+            raise IntegrityError(
+                f"{source}: record {seq} at byte {pos} is cut short "
+                f"({n - pos} bytes without a line end) in a sealed segment"
+            )
+        if end - pos > MAX_RECORD_BYTES:
+            raise IntegrityError(
+                f"{source}: record {seq} at byte {pos} is {end - pos} bytes; at most "
+                f"{MAX_RECORD_BYTES} expected"
+            )
+        claimed = data[pos : pos + _HASH_LEN]
+        tab = data.find(b"\t", pos + _HASH_LEN + 1, end)
+        if tab < 0 or data[pos + _HASH_LEN : pos + _HASH_LEN + 1] != b" ":
+            raise IntegrityError(
+                f"{source}: record {seq} at byte {pos}: expected '<sha256> <header>\\t<payload>', "
+                f"found {data[pos : min(end, pos + 80)]!r}"
+            )
+        header = data[pos + _HASH_LEN + 1 : tab]
+        actual = sha(prev + b"\n" + data[pos + _HASH_LEN + 1 : end]).hexdigest().encode("ascii")
+        if claimed != actual:
+            raise IntegrityError(
+                f"{source}: record {seq} at byte {pos}: SHA-256 mismatch (recorded "
+                f"{claimed[:16]!r}..., computed {actual[:16]!r}...): the record or one before it "
+                "was altered, removed or reordered"
+            )
+        records.append(_record(header, data[tab + 1 : end], seq=seq, source=source, offset=pos))
+        prev = claimed
+        seq += 1
+        pos = end + 1
+    return ParsedSegment(records, pos, 0, prev.decode("ascii"))
+
+
+_SEALED_LINE = re.compile(
+    rb"^([0-9a-f]{64}) ([0-9]{1,18}) ([a-z]{1,12}) ([^ \t\n]{1,40}) ([^ \t\n]{1,80}) "
+    rb"([^\t\n]*)\t([^\n]*)\n",
+    re.MULTILINE,
+)
+
+
+def parse_sealed_segment(
+    data: bytes, *, source: str, first_seq: int, records: int, prev_hash: str
+) -> list[Record]:
+    """Fast path for a sealed segment whose bytes already matched the manifest's SHA-256.
+
+    The whole-file hash vouches for every byte, so per-line hashes are not recomputed; every
+    line must still have the record shape and the sequence numbers must run on. Anything odd
+    falls back to `parse_segment`, which says precisely what is wrong.
+    """
+    matches = _SEALED_LINE.findall(data)
+    if len(matches) != records or data.count(b"\n") != records or not data.endswith(b"\n"):
+        return parse_segment(
+            data, source=source, first_seq=first_seq, prev_hash=prev_hash, allow_torn_tail=False
+        ).records
+    out: list[Record] = []
+    seq = first_seq
+    try:
+        for _h, hseq, kind, t, fp, key, payload in matches:
+            if int(hseq) != seq:
+                raise ValueError("sequence")
+            kind_s = kind.decode("ascii")
+            if kind_s not in _TYPES:
+                raise ValueError("type")
+            if key[:1] == b'"' and key[-1:] == b'"' and b"\\" not in key:
+                key_s: str | None = key[1:-1].decode("utf-8")
+            elif key == b"null":
+                key_s = None
+            else:
+                key_s = json.loads(key)
+                if type(key_s) is not str:
+                    raise ValueError("key")
+            out.append(
+                Record(
+                    seq,
+                    kind_s,
+                    key_s,
+                    float(t),
+                    None if fp == b"-" else fp.decode(),
+                    payload,
+                    source,
+                )
+            )
+            seq += 1
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return parse_segment(
+            data, source=source, first_seq=first_seq, prev_hash=prev_hash, allow_torn_tail=False
+        ).records
+    return out
+
+
+def _record(header: bytes, payload: bytes, *, seq: int, source: str, offset: int) -> Record:
+    parts = header.split(b" ", 4)
+    try:
+        if len(parts) != 5:
+            raise ValueError("expected 5 fields")
+        hseq, kind, t, fp, key = parts
+        if int(hseq) != seq:
+            raise IntegrityError(
+                f"{source}: record {seq} at byte {offset}: expected sequence number {seq}, "
+                f"found {hseq[:20]!r} (a record is missing, duplicated or out of order)"
+            )
+        kind_s = kind.decode("ascii")
+        if kind_s not in _TYPES:
+            raise ValueError(f"unknown record type {kind_s!r:.40}")
+        if key == b"null":
+            key_s = None
+        elif len(key) >= 2 and key[:1] == b'"' and key[-1:] == b'"' and b"\\" not in key:
+            key_s = key[1:-1].decode("utf-8")
+        else:
+            key_s = json.loads(key)
+            if type(key_s) is not str:
+                raise ValueError("key is not a string")
+        if len(key_s or "") > MAX_KEY_CHARS:
+            raise ValueError("key too long")
+        tval = float(t)
+        fp_s = None if fp == b"-" else fp.decode("ascii")
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise IntegrityError(
+            f"{source}: record {seq} at byte {offset}: malformed header {header[:120]!r} ({exc})"
+        ) from None
+    return Record(seq, kind_s, key_s, tval, fp_s, payload, source)

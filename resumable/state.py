@@ -1,0 +1,137 @@
+"""A sweep's progress as replayed from its journal records: what is done, failed and known.
+
+Record types (the header of each carries ``seq``, ``type``, ``key``, time and fingerprint):
+
+- ``launch``: a process opened the sweep for writing (payload: ``launch``, ``host``, ``pid``,
+  ``items_sha256``, ``n_items``).
+- ``items``: the item keys with fingerprints and JSON-like parameters, when the list changed
+  (the header's fingerprint field holds the list's identity).
+- ``result``: an item finished (payload: ``value``, ``duration``, ``launch``).
+- ``failure``: an item failed (payload: ``error_type``, ``message``, ``traceback``, ``attempt``,
+  ``duration``, ``launch``).
+- ``retry``: failed ``keys`` are pending again (asked for on purpose).
+- ``invalidate``: results of ``keys`` are void (the item changed and a rerun was asked for).
+- ``meta``: the user's ``meta`` dict, whenever it changed.
+
+Result payloads are decoded only when used, so replaying 100k records stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import IntegrityError
+from .journal import Record
+
+
+@dataclass
+class State:
+    """Replayed progress. `results` keeps record order (dict insertion order)."""
+
+    results: dict[str, Record] = field(default_factory=dict)
+    failures: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> failure payload
+    failure_records: dict[str, Record] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    items_record: Record | None = None
+    items_sha256: str | None = None
+    launches: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    last_seq: int = 0
+    last_hash: str = ""
+    last_finished: float | None = None
+    retries: int = 0
+    invalidations: int = 0
+
+    def apply(self, rec: Record) -> None:
+        """Fold one verified record into the state; contradictions are damage."""
+        key = rec.key
+        if rec.type == "result" and key is not None and key not in self.results:
+            if self.failures:  # the common case, a new result, stays cheap
+                self.failures.pop(key, None)
+                self.failure_records.pop(key, None)
+            self.results[key] = rec
+            self.last_finished = rec.t
+            self.last_seq = rec.seq
+            return
+        try:
+            self._apply(rec)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{rec.source}: record {rec.seq}: {exc}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(
+                f"{rec.source}: record {rec.seq} ({rec.type}) is malformed: {exc!r}"
+            ) from None
+        self.last_seq = rec.seq
+
+    def _apply(self, rec: Record) -> None:
+        kind = rec.type
+        if kind == "result":
+            key = _key(rec)
+            if key in self.results:
+                raise IntegrityError(f"key {key!r} is recorded as done twice")
+            self.failures.pop(key, None)
+            self.failure_records.pop(key, None)
+            self.results[key] = rec
+            self.last_finished = rec.t
+        elif kind == "failure":
+            key = _key(rec)
+            if key in self.results:
+                raise IntegrityError(f"key {key!r} is recorded as failed after it was done")
+            body = rec.body()
+            self.failures[key] = body
+            self.failure_records[key] = rec
+            self.attempts[key] = int(body["attempt"])
+            self.last_finished = rec.t
+        elif kind == "retry":
+            self.retries += 1
+            for key in _keys(rec.body()):
+                self.failures.pop(key, None)
+                self.failure_records.pop(key, None)
+        elif kind == "invalidate":
+            self.invalidations += 1
+            for key in _keys(rec.body()):
+                self.results.pop(key, None)
+        elif kind == "items":
+            # The list's identity travels in the header's fingerprint field, so replaying does
+            # not decode the (possibly large) listing itself.
+            if rec.fp is None:
+                raise IntegrityError("an items record needs the list's identity")
+            self.items_record = rec
+            self.items_sha256 = rec.fp
+        elif kind == "launch":
+            body = rec.body()
+            body["t"] = rec.t
+            body["seq"] = rec.seq
+            self.launches.append(body)
+        elif kind == "meta":
+            meta = rec.body()["meta"]
+            if type(meta) is not dict:
+                raise IntegrityError("meta must be an object")
+            self.meta = meta
+
+    def items_listing(self) -> list[list[Any]]:
+        """The items as last recorded at an open: [[key, fingerprint, params], ...]."""
+        if self.items_record is None:
+            return []
+        items = self.items_record.body()["items"]
+        if type(items) is not list or any(
+            type(e) is not list or len(e) != 3 or type(e[0]) is not str for e in items
+        ):
+            raise IntegrityError(
+                f"{self.items_record.source}: record {self.items_record.seq}: malformed items"
+            )
+        return items
+
+
+def _key(rec: Record) -> str:
+    if rec.key is None:
+        raise IntegrityError(f"a {rec.type} record needs a key")
+    return rec.key
+
+
+def _keys(body: dict[str, Any]) -> list[str]:
+    keys = body["keys"]
+    if type(keys) is not list or any(type(k) is not str for k in keys):
+        raise IntegrityError("keys must be a list of strings")
+    return keys

@@ -1,0 +1,398 @@
+"""`ResumableSweep`: a loop over independent items that survives preemption.
+
+Opening a sweep materialises the items, checks their keys, and verifies and replays the local
+checkpoint (see checkpoint.py). `pending` then yields only unfinished items; `record()` makes a
+result durable before it returns. A relaunch sees every acknowledged record exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from . import __version__
+from .checkpoint import (
+    DEFAULT_SEGMENT_BYTES,
+    CheckpointWriter,
+    DirLock,
+    Loaded,
+    load,
+    progress_dir_for,
+)
+from .codec import canonical_json, decode, encode
+from .errors import (
+    AlreadyRecordedError,
+    CheckpointClosedError,
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    ConfigurationError,
+    ItemsChangedError,
+    SweepMismatchError,
+)
+from .items import ItemSet
+from .journal import Record
+from .manifest import Manifest
+from .state import State
+from .status import SweepStatus
+
+ResumeMode = Literal["allow", "must", "never"]
+OnChange = Literal["error", "rerun", "keep"]
+MAX_TRACEBACK_CHARS = 32_000
+ENV_RESUME_FROM = "SWEEP_RESUME_FROM"
+ENV_SNAPSHOT_DIR = "SWEEP_SNAPSHOT_DIR"
+
+
+class ResumableSweep:
+    """A resumable loop over `items`; see the README for the full contract.
+
+    Progress lives beside `checkpoint_path` in ``<checkpoint_path>.resumable/``.
+    """
+
+    def __init__(
+        self,
+        items: Iterable[Any],
+        *,
+        checkpoint_path: str | os.PathLike[str],
+        key: Callable[[Any], str] | None = None,
+        resume_from: str | None = None,
+        snapshot_dir: str | None = None,
+        resume: ResumeMode = "allow",
+        retry_failed: bool = False,
+        on_change: OnChange = "error",
+        name: str | None = None,
+        meta: dict[str, Any] | None = None,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    ) -> None:
+        if resume not in ("allow", "must", "never"):
+            raise ConfigurationError(f"resume must be 'allow', 'must' or 'never', found {resume!r}")
+        if on_change not in ("error", "rerun", "keep"):
+            raise ConfigurationError(
+                f"on_change must be 'error', 'rerun' or 'keep', found {on_change!r}"
+            )
+        if not isinstance(segment_bytes, int) or segment_bytes < 1:
+            raise ConfigurationError(
+                f"segment_bytes must be a positive int, found {segment_bytes!r}"
+            )
+        self.checkpoint_path = Path(checkpoint_path)
+        self.name = name if name is not None else self.checkpoint_path.stem
+        if not self.name or not isinstance(self.name, str):
+            raise ConfigurationError(
+                f"cannot derive a sweep name from checkpoint_path {os.fspath(checkpoint_path)!r}; "
+                "pass name=..."
+            )
+        self.progress_dir = progress_dir_for(self.checkpoint_path)
+        self.resume_from = _from_env(resume_from, ENV_RESUME_FROM)
+        self.snapshot_dir = _from_env(snapshot_dir, ENV_SNAPSHOT_DIR)
+        self.retry_failed = bool(retry_failed)
+        self.on_change: OnChange = on_change
+        self.meta: dict[str, Any] = dict(meta) if meta else {}
+        if meta is not None:
+            encode(self.meta, what="meta")
+        self._items = ItemSet.build(items, key)
+        self.launch_id = uuid.uuid4().hex[:12]
+        self.host = socket.gethostname()
+        self._yielded: dict[str, float] = {}
+        self._closed = False
+        self._writer: CheckpointWriter | None = None
+        self._open(resume, segment_bytes)
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _open(self, resume: ResumeMode, segment_bytes: int) -> None:
+        lock = DirLock(self.progress_dir) if self.progress_dir.is_dir() else None
+        try:
+            loaded = load(self.progress_dir) if lock is not None else None
+            if loaded is not None:
+                self._check_same_sweep(loaded.manifest, str(self.progress_dir))
+            if resume == "never" and loaded is not None:
+                raise CheckpointExistsError(
+                    f"resume='never' but a checkpoint of sweep {self.name!r} exists at "
+                    f"{self.progress_dir} ({len(loaded.state.results)} items done)"
+                )
+            if resume == "must" and loaded is None:
+                raise CheckpointNotFoundError(
+                    f"resume='must' but no checkpoint exists at {self.progress_dir}"
+                )
+            identity = self._items.identity()
+            changed = (
+                self._changed_keys(loaded)
+                if loaded is not None and identity != loaded.state.items_sha256
+                else []
+            )
+            if changed and self.on_change == "error":
+                shown = ", ".join(repr(k) for k in changed[:20])
+                more = f" and {len(changed) - 20} more" if len(changed) > 20 else ""
+                raise ItemsChangedError(
+                    f"{len(changed)} item(s) changed since they were recorded in "
+                    f"{self.progress_dir}: {shown}{more}. Pass on_change='rerun' to run them "
+                    "again or on_change='keep' to keep the recorded results"
+                )
+            if loaded is None:
+                if lock is not None:
+                    lock.release()
+                    lock = None
+                manifest = Manifest(sweep=self.name, sweep_id=uuid.uuid4().hex, created=time.time())
+                self._writer = CheckpointWriter.create(
+                    self.progress_dir, manifest, segment_bytes=segment_bytes
+                )
+                self._state = State()
+            else:
+                assert lock is not None
+                self._writer = CheckpointWriter(
+                    self.progress_dir, loaded, lock, segment_bytes=segment_bytes
+                )
+                lock = None
+                self._state = loaded.state
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        try:
+            self._write_launch(identity, changed)
+        except BaseException:
+            self._writer.close()
+            raise
+        self._manifest = self._writer.manifest
+
+    def _check_same_sweep(self, manifest: Manifest, where: str) -> None:
+        if manifest.sweep != self.name:
+            raise SweepMismatchError(
+                f"the checkpoint at {where} belongs to sweep {manifest.sweep!r}, not "
+                f"{self.name!r}; use another checkpoint_path, or name={manifest.sweep!r} if it "
+                "really is the same sweep"
+            )
+
+    def _changed_keys(self, loaded: Loaded) -> list[str]:
+        """Keys recorded with a fingerprint that differs from their item's fingerprint now."""
+        changed = []
+        for source in (loaded.state.results, loaded.state.failure_records):
+            for key, rec in source.items():
+                if key not in self._items.index or rec.fp is None:
+                    continue
+                now = self._items.fingerprint(key)
+                if now is not None and rec.fp != now:
+                    changed.append(key)
+        return changed
+
+    def _write_launch(self, identity: str, changed: list[str]) -> None:
+        self._append(
+            "launch",
+            {
+                "launch": self.launch_id,
+                "host": self.host,
+                "pid": os.getpid(),
+                "items_sha256": identity,
+                "n_items": len(self._items.keys),
+                "library_version": __version__,
+            },
+        )
+        if identity != self._state.items_sha256:
+            listing = self._items.listing()
+            self._append("items", {"items": listing}, fp=identity)
+        if changed and self.on_change == "rerun":
+            done = [k for k in changed if k in self._state.results]
+            failed = [k for k in changed if k in self._state.failures]
+            if done:
+                self._append("invalidate", {"keys": done, "reason": "item changed"})
+            if failed:
+                self._append("retry", {"keys": failed, "reason": "item changed"})
+        self._persisted_meta = canonical_json(self._state.meta)
+        if self.meta:
+            self._save_meta()
+        else:
+            self.meta = {k: v for k, v in decode(self._state.meta, where="meta").items()}
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def _append(
+        self, kind: str, payload: dict[str, Any], key: str | None = None, fp: str | None = None
+    ) -> Record:
+        if self._writer is None or self._closed:
+            raise CheckpointClosedError(f"sweep {self.name!r} is closed")
+        rec = self._writer.append(kind, payload, key=key, fp=fp)
+        self._state.apply(rec)
+        return rec
+
+    def _save_meta(self) -> None:
+        enc = encode(self.meta, what="meta")
+        blob = canonical_json(enc)
+        if blob != self._persisted_meta:
+            self._append("meta", {"meta": enc})
+            self._persisted_meta = blob
+
+    def _duration(self, key: str, duration: float | None) -> float | None:
+        started = self._yielded.pop(key, None)
+        if duration is not None:
+            return float(duration)
+        return None if started is None else time.monotonic() - started
+
+    def record(self, item: Any, result: Any, *, duration: float | None = None) -> None:
+        """Record `item`'s result durably; when this returns it survives SIGKILL and power loss."""
+        key = self._items.key_of(item)
+        if key in self._state.results:
+            raise AlreadyRecordedError(
+                f"item {key!r} is already recorded as done in {self.progress_dir}; "
+                "each item is recorded once"
+            )
+        value = encode(result, what=f"the result of item {key!r}")
+        self._save_meta()
+        self._append(
+            "result",
+            {"value": value, "duration": self._duration(key, duration), "launch": self.launch_id},
+            key=key,
+            fp=self._items.fingerprint(key),
+        )
+
+    def record_failure(
+        self, item: Any, error: BaseException | str, *, duration: float | None = None
+    ) -> None:
+        """Record that `item` failed; a plain re-run skips it until retried on purpose."""
+        key = self._items.key_of(item)
+        if key in self._state.results:
+            raise AlreadyRecordedError(
+                f"item {key!r} is already recorded as done in {self.progress_dir}; "
+                "it cannot be recorded as failed"
+            )
+        if isinstance(error, BaseException):
+            etype = type(error).__qualname__
+            message = str(error)
+            tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        else:
+            etype, message, tb = "Error", str(error), ""
+        self._save_meta()
+        self._append(
+            "failure",
+            {
+                "error_type": etype,
+                "message": message[:MAX_TRACEBACK_CHARS],
+                "traceback": tb[-MAX_TRACEBACK_CHARS:],
+                "attempt": self._state.attempts.get(key, 0) + 1,
+                "duration": self._duration(key, duration),
+                "launch": self.launch_id,
+            },
+            key=key,
+            fp=self._items.fingerprint(key),
+        )
+
+    def retry_failures(self, keys: Iterable[str] | None = None) -> list[str]:
+        """Durably mark failed items (all, or the given keys) as pending again."""
+        wanted = (
+            list(self._state.failures)
+            if keys is None
+            else [k for k in keys if k in self._state.failures]
+        )
+        if wanted:
+            self._append("retry", {"keys": wanted, "reason": "asked"})
+        return wanted
+
+    # -- iteration ---------------------------------------------------------------------------
+
+    def _is_pending(self, key: str) -> bool:
+        if key in self._state.results:
+            return False
+        return self.retry_failed or key not in self._state.failures
+
+    @property
+    def pending(self) -> Iterator[Any]:
+        """Unfinished items in the given order, each once; a fresh iteration per access."""
+        return self._iter_pending()
+
+    def _iter_pending(self) -> Iterator[Any]:
+        items = self._items
+        for key, item in zip(items.keys, items.items, strict=True):
+            if not self._is_pending(key):
+                continue
+            self._yielded[key] = time.monotonic()
+            yield item
+
+    @property
+    def completed(self) -> Iterator[Any]:
+        """Results of finished items (this run's too), in record order."""
+        return (result for _, result in self._iter_completed())
+
+    def completed_items(self) -> Iterator[tuple[Any, Any]]:
+        """(item, result) pairs of finished items, in record order."""
+        return self._iter_completed()
+
+    def _iter_completed(self) -> Iterator[tuple[Any, Any]]:
+        index = self._items.index
+        for key, rec in list(self._state.results.items()):
+            idx = index.get(key)
+            if idx is None:
+                continue
+            yield self._items.items[idx], self._decode_result(key, rec)
+
+    def result(self, item: Any) -> Any:
+        """The recorded result of one item (KeyError if it is not done)."""
+        key = self._items.key_of(item)
+        return self._decode_result(key, self._state.results[key])
+
+    def _decode_result(self, key: str, rec: Record) -> Any:
+        where = f"{rec.source}: result of item {key!r:.200} (record {rec.seq})"
+        return decode(rec.body().get("value"), where=where)
+
+    def is_done(self, item: Any) -> bool:
+        return self._items.key_of(item) in self._state.results
+
+    def key(self, item: Any) -> str:
+        return self._items.key_of(item)
+
+    def seed(self, item: Any) -> int:
+        """A stable 63-bit seed derived from the item's key (same on every rerun and machine)."""
+        key = self._items.key_of(item)
+        digest = hashlib.sha256(b"resumable-seed\0" + key.encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+    # -- status and lifecycle -----------------------------------------------------------------
+
+    def status(self) -> SweepStatus:
+        return SweepStatus.from_state(
+            name=self.name,
+            state=self._state,
+            keys=self._items.keys,
+            launch_id=self.launch_id,
+            location=str(self.progress_dir),
+            verified=True,
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Persist `meta`, release the checkpoint. Idempotent."""
+        if self._closed:
+            return
+        try:
+            if self._writer is not None and self._writer.broken is None:
+                self._save_meta()
+        finally:
+            self._closed = True
+            if self._writer is not None:
+                self._writer.close()
+
+    def __enter__(self) -> ResumableSweep:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        s = self.status()
+        return (
+            f"<ResumableSweep {self.name!r} done={s.done} failed={s.failed} "
+            f"pending={s.pending} at {str(self.progress_dir)!r}>"
+        )
+
+
+def _from_env(value: str | None, var: str) -> str | None:
+    if value is None:
+        value = os.environ.get(var)
+    return value or None
