@@ -79,6 +79,18 @@ def _create_empty_segment(path: Path) -> None:
     create_durable_file(path)
 
 
+@dataclass(frozen=True)
+class WriterView:
+    """What a checkpoint holds on disk at one instant; bytes it names never change after."""
+
+    manifest: Manifest
+    active: str | None
+    active_size: int
+    active_records: int
+    last_seq: int
+    last_hash: str
+
+
 @dataclass
 class Loaded:
     """A verified checkpoint: its manifest, the replayed state, and the active segment's tail."""
@@ -88,7 +100,18 @@ class Loaded:
     active_size: int = 0  # verified bytes in the active segment
     active_hash: Any = field(default=None, repr=False)  # running sha256 of those bytes
     active_records: int = 0
+    active_bytes: bytes = field(default=b"", repr=False)  # the verified active records
     torn_bytes: int = 0
+
+    def view(self) -> WriterView:
+        return WriterView(
+            manifest=self.manifest,
+            active=self.manifest.active,
+            active_size=self.active_size,
+            active_records=self.active_records,
+            last_seq=self.state.last_seq,
+            last_hash=self.state.last_hash,
+        )
 
 
 def _read_file(path: Path, *, max_bytes: int) -> bytes:
@@ -99,74 +122,98 @@ def _read_file(path: Path, *, max_bytes: int) -> bytes:
         return fh.read(max_bytes + 1)
 
 
+Reader = Callable[[str, int], bytes]
+"""Reads the object `name` (e.g. "segments/seg-00000001.jsonl") of at most `max_bytes`;
+raises FileNotFoundError (ObjectNotFoundError for a Store) when it does not exist."""
+
+MAX_MANIFEST_READ = 64 * 1024 * 1024
+
+
 def load(progress_dir: Path) -> Loaded | None:
-    """Read and verify the checkpoint in `progress_dir`; None if there is none."""
-    mpath = progress_dir / MANIFEST_NAME
+    """Read and verify the checkpoint in the local `progress_dir`; None if there is none."""
+
+    def read(name: str, max_bytes: int) -> bytes:
+        return _read_file(progress_dir / name, max_bytes=max_bytes)
+
     try:
-        mbytes = _read_file(mpath, max_bytes=64 * 1024 * 1024)
+        mbytes = read(MANIFEST_NAME, MAX_MANIFEST_READ)
     except FileNotFoundError:
         _check_no_orphans(progress_dir)
         return None
-    manifest = parse_manifest(mbytes, source=str(mpath))
-    segdir = progress_dir / SEGMENTS_DIR
-    sealed: list[tuple[str, bytes, int, str]] = []
+    return load_from(read, mbytes, location=str(progress_dir))
+
+
+def load_from(read: Reader, manifest_bytes: bytes, *, location: str) -> Loaded:
+    """Verify a checkpoint given its manifest bytes, reading the parts it names with `read`.
+
+    Sealed segments must match the manifest's size and SHA-256 exactly; the active segment (a
+    local checkpoint's, or one fetched from another machine's progress directory) is verified
+    record by record and may end in a torn tail.
+    """
+    manifest = parse_manifest(manifest_bytes, source=f"{location}/{MANIFEST_NAME}")
+    sealed: list[bytes] = []
     for seg in manifest.segments:
-        path = segdir / seg.name
+        where = f"{location}/{SEGMENTS_DIR}/{seg.name}"
         try:
-            data = _read_file(path, max_bytes=seg.size)
+            data = read(f"{SEGMENTS_DIR}/{seg.name}", seg.size)
         except FileNotFoundError:
             raise IntegrityError(
-                f"{path}: sealed segment named by the manifest is missing "
+                f"{where}: sealed segment named by the manifest is missing "
                 f"(expected {seg.size} bytes)"
+            ) from None
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"{where}: expected {seg.size} bytes as the manifest records, found more ({exc})"
             ) from None
         if len(data) != seg.size:
             raise IntegrityError(
-                f"{path}: expected {seg.size} bytes as the manifest records, found {len(data)}"
+                f"{where}: expected {seg.size} bytes as the manifest records, found {len(data)}"
             )
         digest = hashlib.sha256(data).hexdigest()
         if digest != seg.sha256:
             raise IntegrityError(
-                f"{path}: SHA-256 mismatch (manifest records {seg.sha256}, found {digest})"
+                f"{where}: SHA-256 mismatch (manifest records {seg.sha256}, found {digest})"
             )
-        sealed.append((str(path), data, seg.first_seq, seg.last_hash))
-    return load_records(manifest, sealed, progress_dir=progress_dir)
+        sealed.append(data)
+    active: bytes | None = None
+    if manifest.active is not None:
+        where = f"{location}/{SEGMENTS_DIR}/{manifest.active}"
+        try:
+            active = read(f"{SEGMENTS_DIR}/{manifest.active}", MAX_SEGMENT_BYTES)
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"{where}: the active segment named by the manifest is missing"
+            ) from None
+    return load_records(manifest, sealed, active, location=location)
 
 
 def load_records(
-    manifest: Manifest,
-    sealed: list[tuple[str, bytes, int, str]],
-    *,
-    progress_dir: Path | None,
+    manifest: Manifest, sealed: list[bytes], active: bytes | None, *, location: str
 ) -> Loaded:
-    """Parse verified sealed segment bytes (and, locally, the active segment) into a state."""
+    """Replay verified sealed segment bytes and the active segment's bytes into a state."""
     state = State()
     prev = ""
-    for (source, data, first_seq, last_hash), seg in zip(sealed, manifest.segments, strict=True):
+    for data, seg in zip(sealed, manifest.segments, strict=True):
+        source = f"{location}/{SEGMENTS_DIR}/{seg.name}"
         records = parse_sealed_segment(
-            data, source=source, first_seq=first_seq, records=seg.records, prev_hash=prev
+            data, source=source, first_seq=seg.first_seq, records=seg.records, prev_hash=prev
         )
         tail = data[data.rfind(b"\n", 0, len(data) - 1) + 1 :][:64].decode("ascii", "replace")
-        if len(records) != seg.records or (records and tail != last_hash):
+        if len(records) != seg.records or (records and tail != seg.last_hash):
             raise IntegrityError(
                 f"{source}: holds {len(records)} records ending in {tail[:16]!r}..., the "
-                f"manifest records {seg.records} ending in {last_hash[:16]!r}..."
+                f"manifest records {seg.records} ending in {seg.last_hash[:16]!r}..."
             )
         apply = state.apply
         for rec in records:
             apply(rec)
-        prev = last_hash
+        prev = seg.last_hash
     loaded = Loaded(manifest=manifest, state=state, active_hash=hashlib.sha256())
-    if manifest.active is not None and progress_dir is not None:
-        path = progress_dir / SEGMENTS_DIR / manifest.active
-        try:
-            data = _read_file(path, max_bytes=MAX_SEGMENT_BYTES)
-        except FileNotFoundError:
-            raise IntegrityError(
-                f"{path}: the active segment named by the manifest is missing"
-            ) from None
+    if active is not None:
+        assert manifest.active is not None
         parsed: ParsedSegment = parse_segment(
-            data,
-            source=str(path),
+            active,
+            source=f"{location}/{SEGMENTS_DIR}/{manifest.active}",
             first_seq=manifest.sealed_records + 1,
             prev_hash=prev,
             allow_torn_tail=True,
@@ -175,11 +222,42 @@ def load_records(
             state.apply(rec)
         prev = parsed.last_hash
         loaded.active_size = parsed.good_size
-        loaded.active_hash.update(data[: parsed.good_size])
+        loaded.active_hash.update(active[: parsed.good_size])
         loaded.active_records = len(parsed.records)
+        loaded.active_bytes = active[: parsed.good_size]
         loaded.torn_bytes = parsed.torn_bytes
     state.last_hash = prev
     return loaded
+
+
+def hash_at(view: WriterView, segdir: Path, seq: int) -> str | None:
+    """The hash of record `seq` as of `view` (None past its end); reads at most one segment.
+
+    Used once per open or first mirror contact, to check that one history extends another.
+    """
+    if seq == 0:
+        return ""
+    if seq > view.last_seq:
+        return None
+    if seq == view.last_seq:
+        return view.last_hash
+    for seg in view.manifest.segments:
+        if seg.first_seq <= seq <= seg.last_seq:
+            if seq == seg.last_seq:
+                return seg.last_hash
+            data = _read_file(segdir / seg.name, max_bytes=seg.size)
+            return _nth_line_hash(data, seq - seg.first_seq)
+    assert view.active is not None
+    with open(segdir / view.active, "rb") as fh:
+        data = fh.read(view.active_size)
+    return _nth_line_hash(data, seq - view.manifest.sealed_records - 1)
+
+
+def _nth_line_hash(data: bytes, n: int) -> str:
+    pos = 0
+    for _ in range(n):
+        pos = data.index(b"\n", pos) + 1
+    return data[pos : pos + 64].decode("ascii")
 
 
 def _check_no_orphans(progress_dir: Path) -> None:
@@ -388,10 +466,17 @@ class CheckpointWriter:
         if self.on_seal is not None:
             self.on_seal(manifest)
 
-    def active_bytes(self) -> tuple[str, int]:
-        """Name and verified length of the active segment (for the mirror)."""
+    def view(self) -> WriterView:
+        """A consistent picture of what is on disk now (for the mirror, from another thread)."""
         with self._mutex:
-            return self._active_path.name, self._active_size
+            return WriterView(
+                manifest=self.manifest,
+                active=self._active_path.name,
+                active_size=self._active_size,
+                active_records=self._active_records,
+                last_seq=self.last_seq,
+                last_hash=self.last_hash,
+            )
 
     def close(self) -> None:
         with self._mutex:

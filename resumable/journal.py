@@ -124,7 +124,7 @@ def parse_segment(
     while pos < n:
         end = data.find(b"\n", pos)
         if end < 0:
-            if allow_torn_tail:
+            if allow_torn_tail and not _is_record_plus_garbage(data[pos:], prev):
                 return ParsedSegment(records, pos, n - pos, prev.decode("ascii"))
             raise IntegrityError(
                 f"{source}: record {seq} at byte {pos} is cut short "
@@ -155,6 +155,18 @@ def parse_segment(
         seq += 1
         pos = end + 1
     return ParsedSegment(records, pos, 0, prev.decode("ascii"))
+
+
+def _is_record_plus_garbage(tail: bytes, prev: bytes) -> bool:
+    """True if `tail` is a whole, hash-valid record whose newline became another byte.
+
+    A crash leaves a *prefix* of an append, so a real torn tail is at most the record without
+    its newline; a complete record followed by a wrong byte is damage, not a torn write.
+    """
+    body = tail[_HASH_LEN + 1 : -1]
+    if len(tail) < _HASH_LEN + 3 or b"\t" not in body:
+        return False
+    return hashlib.sha256(prev + b"\n" + body).hexdigest().encode("ascii") == tail[:_HASH_LEN]
 
 
 _SEALED_LINE = re.compile(

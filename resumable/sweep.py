@@ -18,14 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import __version__
-from .checkpoint import (
-    DEFAULT_SEGMENT_BYTES,
-    CheckpointWriter,
-    DirLock,
-    Loaded,
-    load,
-    progress_dir_for,
-)
+from .checkpoint import DEFAULT_SEGMENT_BYTES, CheckpointWriter, Loaded, progress_dir_for
 from .codec import canonical_json, decode, encode
 from .errors import (
     AlreadyRecordedError,
@@ -34,13 +27,16 @@ from .errors import (
     CheckpointNotFoundError,
     ConfigurationError,
     ItemsChangedError,
-    SweepMismatchError,
 )
 from .items import ItemSet
 from .journal import Record
-from .manifest import Manifest
+from .manifest import MANIFEST_NAME, Manifest
+from .mirror import Mirror, MirrorOptions
+from .remote import read_manifest, source_store
+from .resume import open_checkpoint
 from .state import State
 from .status import SweepStatus
+from .storage import Store
 
 ResumeMode = Literal["allow", "must", "never"]
 OnChange = Literal["error", "rerun", "keep"]
@@ -69,6 +65,8 @@ class ResumableSweep:
         name: str | None = None,
         meta: dict[str, Any] | None = None,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        storage_options: dict[str, Any] | None = None,
+        mirror_options: MirrorOptions | None = None,
     ) -> None:
         if resume not in ("allow", "must", "never"):
             raise ConfigurationError(f"resume must be 'allow', 'must' or 'never', found {resume!r}")
@@ -90,6 +88,8 @@ class ResumableSweep:
         self.progress_dir = progress_dir_for(self.checkpoint_path)
         self.resume_from = _from_env(resume_from, ENV_RESUME_FROM)
         self.snapshot_dir = _from_env(snapshot_dir, ENV_SNAPSHOT_DIR)
+        self.storage_options = storage_options
+        self.mirror_options = mirror_options or MirrorOptions()
         self.retry_failed = bool(retry_failed)
         self.on_change: OnChange = on_change
         self.meta: dict[str, Any] = dict(meta) if meta else {}
@@ -101,25 +101,29 @@ class ResumableSweep:
         self._yielded: dict[str, float] = {}
         self._closed = False
         self._writer: CheckpointWriter | None = None
+        self._mirror: Mirror | None = None
+        self.resumed_from = "fresh"
         self._open(resume, segment_bytes)
 
     # -- opening ---------------------------------------------------------------------------
 
     def _open(self, resume: ResumeMode, segment_bytes: int) -> None:
-        lock = DirLock(self.progress_dir) if self.progress_dir.is_dir() else None
+        source = source_store(self.resume_from, self.storage_options) if self.resume_from else None
+        mirror = Store(self.snapshot_dir, self.storage_options) if self.snapshot_dir else None
+        if mirror is not None and _is_http(mirror.root):
+            raise ConfigurationError(
+                f"snapshot_dir {mirror.display} is read-only (http/https); mirror to a local "
+                "directory, file://, s3://, gs://, ... (and serve that over HTTP if you like)"
+            )
+        if resume == "never":
+            self._refuse_existing(source)
+            source = None
+        opened = open_checkpoint(self.progress_dir, self.name, source=source, mirror=mirror)
+        loaded, lock = opened.loaded, opened.lock
         try:
-            loaded = load(self.progress_dir) if lock is not None else None
-            if loaded is not None:
-                self._check_same_sweep(loaded.manifest, str(self.progress_dir))
-            if resume == "never" and loaded is not None:
-                raise CheckpointExistsError(
-                    f"resume='never' but a checkpoint of sweep {self.name!r} exists at "
-                    f"{self.progress_dir} ({len(loaded.state.results)} items done)"
-                )
             if resume == "must" and loaded is None:
-                raise CheckpointNotFoundError(
-                    f"resume='must' but no checkpoint exists at {self.progress_dir}"
-                )
+                where = f"{self.progress_dir}" + (f" or {source.display}" if source else "")
+                raise CheckpointNotFoundError(f"resume='must' but no checkpoint exists at {where}")
             identity = self._items.identity()
             changed = (
                 self._changed_keys(loaded)
@@ -154,19 +158,30 @@ class ResumableSweep:
             if lock is not None:
                 lock.release()
             raise
+        self.resumed_from = opened.source
         try:
             self._write_launch(identity, changed)
+            if mirror is not None:
+                self._mirror = Mirror(
+                    mirror,
+                    self._writer,
+                    options=self.mirror_options,
+                    known=opened.mirror_known,
+                    owner=f"{self.launch_id}@{self.host}",
+                )
+                self._mirror.notify()
         except BaseException:
             self._writer.close()
             raise
-        self._manifest = self._writer.manifest
 
-    def _check_same_sweep(self, manifest: Manifest, where: str) -> None:
-        if manifest.sweep != self.name:
-            raise SweepMismatchError(
-                f"the checkpoint at {where} belongs to sweep {manifest.sweep!r}, not "
-                f"{self.name!r}; use another checkpoint_path, or name={manifest.sweep!r} if it "
-                "really is the same sweep"
+    def _refuse_existing(self, source: Store | None) -> None:
+        """resume='never': refuse when a checkpoint exists here or at the source."""
+        where = str(self.progress_dir) if (self.progress_dir / MANIFEST_NAME).exists() else None
+        if where is None and source is not None and read_manifest(source) is not None:
+            where = source.display
+        if where is not None:
+            raise CheckpointExistsError(
+                f"resume='never' but a checkpoint of sweep {self.name!r} exists at {where}"
             )
 
     def _changed_keys(self, loaded: Loaded) -> list[str]:
@@ -218,6 +233,8 @@ class ResumableSweep:
             raise CheckpointClosedError(f"sweep {self.name!r} is closed")
         rec = self._writer.append(kind, payload, key=key, fp=fp)
         self._state.apply(rec)
+        if self._mirror is not None:
+            self._mirror.notify()
         return rec
 
     def _save_meta(self) -> None:
@@ -360,19 +377,35 @@ class ResumableSweep:
             launch_id=self.launch_id,
             location=str(self.progress_dir),
             verified=True,
+            mirror=self._mirror.status() if self._mirror is not None else None,
         )
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def close(self) -> None:
-        """Persist `meta`, release the checkpoint. Idempotent."""
+    def flush(self, timeout: float | None = None) -> None:
+        """Bring the mirror fully up to date now; raises if it cannot (no-op without a mirror).
+
+        Records are durable locally when `record()` returns, whatever happens here.
+        """
+        if self._writer is not None and self._writer.broken is None and not self._closed:
+            self._save_meta()
+        if self._mirror is not None:
+            self._mirror.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Persist `meta`, flush the mirror, release the checkpoint. Idempotent.
+
+        Raises if the mirror cannot be brought up to date; the checkpoint is released anyway.
+        """
         if self._closed:
             return
         try:
             if self._writer is not None and self._writer.broken is None:
                 self._save_meta()
+            if self._mirror is not None:
+                self._mirror.close(timeout)
         finally:
             self._closed = True
             if self._writer is not None:
@@ -390,6 +423,10 @@ class ResumableSweep:
             f"<ResumableSweep {self.name!r} done={s.done} failed={s.failed} "
             f"pending={s.pending} at {str(self.progress_dir)!r}>"
         )
+
+
+def _is_http(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in ("http", "https") and "://" in url
 
 
 def _from_env(value: str | None, var: str) -> str | None:

@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from resumable import ResumableSweep  # noqa: E402
-from resumable.checkpoint import load, progress_dir_for  # noqa: E402
-from resumable.durable import atomic_write_bytes  # noqa: E402
+from resumable import ResumableSweep
+from resumable.checkpoint import load, progress_dir_for
+from resumable.durable import atomic_write_bytes
 
 
 def _q(values: list[float], q: float) -> float:

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from resumable import ResumableSweep  # noqa: E402
+from resumable import ResumableSweep
 
 
 def make_items(sizes: list[int], n_temps: int) -> list[dict]:
@@ -51,7 +51,9 @@ def ising(item: dict, seed: int) -> dict:
     for sweep in range(sweeps):
         for mask in masks:
             nb = (
-                np.roll(spins, 1, 0) + np.roll(spins, -1, 0) + np.roll(spins, 1, 1)
+                np.roll(spins, 1, 0)
+                + np.roll(spins, -1, 0)
+                + np.roll(spins, 1, 1)
                 + np.roll(spins, -1, 1)
             )
             delta = 2.0 * spins * nb

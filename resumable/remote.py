@@ -1,0 +1,120 @@
+"""Checkpoints behind a Store: read the manifest, download and verify, install locally.
+
+A remote checkpoint (a mirror) has the local layout minus the active segment: `manifest.json`
+naming immutable parts under `segments/`, each with its size and SHA-256. A source may also be
+another machine's progress directory, whose active segment is then verified record by record.
+A download lands in a temporary directory beside the local checkpoint and is verified in full
+there; only then can it be installed (renamed into place). Nothing unverified is ever used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from .checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, Loaded, load
+from .durable import create_durable_file, fsync_dir, make_dirs
+from .errors import IntegrityError, ObjectNotFoundError
+from .manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, Manifest, parse_manifest
+from .storage import Store, redact
+
+log = logging.getLogger("resumable.remote")
+
+
+def source_store(url: str, storage_options: dict | None = None) -> Store:
+    """The Store of a resume source: a mirror directory, or the manifest file inside it."""
+    path, sep, query = url.partition("?")
+    trimmed = path.rstrip("/")
+    if trimmed == MANIFEST_NAME or trimmed.endswith("/" + MANIFEST_NAME):
+        path = trimmed[: -len(MANIFEST_NAME)].rstrip("/") or "."
+    return Store(path + sep + query, storage_options=storage_options)
+
+
+def read_manifest(store: Store) -> tuple[bytes, Manifest] | None:
+    """The verified manifest at `store`, or None if there is none (a fresh start).
+
+    Only a source that does not exist gives None; an unreachable, forbidden or damaged one
+    raises (SourceUnreachableError, StorageError, IntegrityError).
+    """
+    try:
+        data = store.read_bytes(MANIFEST_NAME, max_bytes=MAX_MANIFEST_READ)
+    except ObjectNotFoundError:
+        return None
+    return data, parse_manifest(data, source=redact(store.url(MANIFEST_NAME)))
+
+
+def download(store: Store, manifest_bytes: bytes, beside: Path) -> tuple[Path, Loaded]:
+    """Copy the checkpoint at `store` into a new directory beside `beside`, and verify it.
+
+    Each part is checked against the manifest's size and SHA-256 as it arrives, then the whole
+    copy is loaded (every record verified). The caller installs or discards the directory.
+    """
+    manifest = parse_manifest(manifest_bytes, source=redact(store.url(MANIFEST_NAME)))
+    make_dirs(beside.parent)
+    tmp = beside.parent / f".{beside.name}.incoming-{secrets.token_hex(4)}"
+    segdir = tmp / SEGMENTS_DIR
+    make_dirs(segdir)
+    try:
+        for seg in manifest.segments:
+            name = f"{SEGMENTS_DIR}/{seg.name}"
+            where = redact(store.url(name))
+            try:
+                data = store.read_bytes(name, max_bytes=seg.size)
+            except ObjectNotFoundError:
+                raise IntegrityError(
+                    f"{where}: part named by the manifest is missing (expected {seg.size} bytes)"
+                ) from None
+            except IntegrityError:
+                raise IntegrityError(
+                    f"{where}: larger than the {seg.size} bytes the manifest records"
+                ) from None
+            digest = hashlib.sha256(data).hexdigest()
+            if len(data) != seg.size or digest != seg.sha256:
+                raise IntegrityError(
+                    f"{where}: expected {seg.size} bytes with SHA-256 {seg.sha256}, found "
+                    f"{len(data)} bytes with SHA-256 {digest}"
+                )
+            create_durable_file(segdir / seg.name, data)
+        if manifest.active is not None:  # another machine's progress directory
+            name = f"{SEGMENTS_DIR}/{manifest.active}"
+            try:
+                data = store.read_bytes(name, max_bytes=MAX_SEGMENT_BYTES)
+            except ObjectNotFoundError:
+                raise IntegrityError(
+                    f"{redact(store.url(name))}: the active segment named by the manifest is "
+                    "missing"
+                ) from None
+            create_durable_file(segdir / manifest.active, data)
+        create_durable_file(tmp / MANIFEST_NAME, manifest_bytes)
+        loaded = load(tmp)
+        if loaded is None:  # pragma: no cover - the manifest was just written
+            raise IntegrityError(f"{tmp}: downloaded checkpoint vanished")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp, loaded
+
+
+def install(downloaded: Path, progress_dir: Path) -> None:
+    """Atomically make a verified download the local checkpoint at `progress_dir`.
+
+    An existing local checkpoint (one the download extends) is renamed aside first and removed
+    once the swap is durable; at no moment is there a missing or partial checkpoint in place.
+    """
+    parent = progress_dir.parent
+    old = None
+    if progress_dir.exists():
+        old = parent / f".{progress_dir.name}.replaced-{secrets.token_hex(4)}"
+        os.rename(progress_dir, old)
+    os.rename(downloaded, progress_dir)
+    fsync_dir(parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def discard(downloaded: Path) -> None:
+    shutil.rmtree(downloaded, ignore_errors=True)
