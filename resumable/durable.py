@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import CheckpointWriteError
+from .errors import CheckpointWriteError, ResumableError
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
@@ -89,7 +89,7 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, CheckpointWriteError):
+        if isinstance(exc, OSError) and not isinstance(exc, ResumableError):
             raise CheckpointWriteError(
                 exc.errno, f"writing {os.fspath(target)!r} failed: {exc.strerror or exc}"
             ) from exc

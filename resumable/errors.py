@@ -86,3 +86,11 @@ class ConfigurationError(ResumableError, ValueError):
 
 class ObjectNotFoundError(StorageError, FileNotFoundError):
     """A path or URL does not exist (HTTP 404, S3 NoSuchKey in an existing bucket, no such file)."""
+
+
+class ObjectExistsError(StorageError, FileExistsError):
+    """A create-only write found the object already there (with other content)."""
+
+
+class StorageWriteError(CheckpointWriteError, StorageError):
+    """A durable local write through a Store failed (fsync, disk full, read-only)."""

@@ -1,0 +1,350 @@
+"""Storage failure handling: missing, already there, worth retrying, or permanent; and how
+retries are paced (`RetryPolicy`).
+
+fsspec back ends report failures in many shapes (s3fs turns botocore errors into builtin ones
+and keeps the original as ``__cause__``; fsspec's HTTP ``info()`` turns *every* failure, even
+"connection refused", into ``FileNotFoundError``). We therefore walk the whole cause chain and
+let the most specific evidence decide; a bare ``FileNotFoundError`` only counts as "missing"
+when nothing deeper says otherwise. Also here: turning a failure into one of our errors with
+a redacted message (`translate`), and `redact` itself, used for every message we produce.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import http.client
+import os
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import tenacity
+
+from .errors import (
+    ConfigurationError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    ResumableError,
+    SourceUnreachableError,
+    StorageError,
+)
+
+try:  # botocore and aiohttp come with s3fs; guard anyway so local-only use never needs them
+    from botocore.exceptions import BotoCoreError, ClientError, SSLError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError as BotoHTTPClientError
+    from botocore.exceptions import IncompleteReadError as BotoIncompleteReadError
+except ImportError:  # pragma: no cover
+    BotoCoreError = ClientError = SSLError = BotoConnectionError = ()  # type: ignore[assignment,misc]
+    BotoHTTPClientError = BotoIncompleteReadError = ()  # type: ignore[assignment,misc]
+try:
+    import aiohttp
+except ImportError:  # pragma: no cover
+    aiohttp = None  # type: ignore[assignment]
+try:
+    from fsspec.exceptions import FSTimeoutError
+except ImportError:  # pragma: no cover
+    FSTimeoutError = ()  # type: ignore[assignment,misc]
+
+
+class Kind(enum.Enum):
+    MISSING = "missing"
+    EXISTS = "exists"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+NO_BUCKET_CODES = frozenset({"NoSuchBucket"})
+MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchVersion"})
+EXISTS_CODES = frozenset({"PreconditionFailed", "412"})
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown", "Throttling", "ThrottlingException", "ThrottledException",
+        "RequestThrottled", "RequestThrottledException", "TooManyRequestsException",
+        "RequestLimitExceeded", "BandwidthLimitExceeded", "RequestTimeout",
+        "RequestTimeoutException", "PriorRequestNotComplete", "InternalError",
+        "ServiceUnavailable", "OperationAborted", "ConditionalRequestConflict",
+        "500", "502", "503", "504",
+    }
+)  # fmt: skip
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, n)
+    for n in (
+        "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "ETIMEDOUT", "EHOSTUNREACH",
+        "ENETUNREACH", "ENETDOWN", "ENETRESET", "EPIPE", "EAGAIN", "EREMOTEIO",
+    )
+    if hasattr(errno, n)
+)  # fmt: skip
+
+_NETWORK_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,  # also asyncio.TimeoutError, aiohttp's ServerTimeoutError
+    ConnectionError,  # refused, reset, aborted, broken pipe; http.client.RemoteDisconnected
+    socket.gaierror,
+    http.client.IncompleteRead,
+    *((FSTimeoutError,) if isinstance(FSTimeoutError, type) else ()),
+)
+
+
+def chain(exc: BaseException) -> list[BaseException]:
+    """The exception followed by its causes (explicit, else implicit), without cycles."""
+    out: list[BaseException] = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen and len(out) < 32:
+        out.append(cur)
+        seen.add(id(cur))
+        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
+    return out
+
+
+def aws_code(exc: BaseException) -> tuple[str | None, int | None]:
+    """(error code, HTTP status) of a botocore ClientError, else (None, None)."""
+    if not isinstance(exc, ClientError):
+        return None, None
+    response = getattr(exc, "response", None) or {}
+    code = (response.get("Error") or {}).get("Code")
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return (str(code) if code is not None else None), status
+
+
+def find_code(exc: BaseException, code: str) -> bool:
+    """Whether any error in the chain is an S3 error with this code."""
+    return any(aws_code(e)[0] == code for e in chain(exc))
+
+
+def http_status(exc: BaseException) -> int | None:
+    """HTTP status of an aiohttp response error or a botocore ClientError anywhere in the chain."""
+    for e in chain(exc):
+        if aiohttp is not None and isinstance(e, aiohttp.ClientResponseError):
+            return e.status
+        _code, status = aws_code(e)
+        if status is not None:
+            return status
+    return None
+
+
+def _classify_one(e: BaseException) -> Kind | None:
+    if isinstance(e, ClientError):
+        code, status = aws_code(e)
+        if code in NO_BUCKET_CODES:
+            return Kind.PERMANENT  # a typo in the bucket name is not "no checkpoint yet"
+        if code in MISSING_CODES or status == 404:
+            return Kind.MISSING
+        if code in EXISTS_CODES or status == 412:
+            return Kind.EXISTS
+        if code in TRANSIENT_CODES or status in TRANSIENT_STATUS:
+            return Kind.TRANSIENT
+        return Kind.PERMANENT
+    if aiohttp is not None:
+        if isinstance(e, aiohttp.ClientResponseError):
+            if e.status in (404, 410):
+                return Kind.MISSING
+            if e.status == 412:
+                return Kind.EXISTS
+            return Kind.TRANSIENT if e.status in TRANSIENT_STATUS else Kind.PERMANENT
+        if isinstance(e, aiohttp.ClientSSLError):
+            return Kind.PERMANENT  # certificate trouble does not heal by waiting
+        if isinstance(e, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
+            return Kind.TRANSIENT
+    if isinstance(e, SSLError):
+        return Kind.PERMANENT
+    if isinstance(e, (BotoConnectionError, BotoHTTPClientError, BotoIncompleteReadError)):
+        return Kind.TRANSIENT  # refused, DNS, connect/read timeout, connection closed
+    if isinstance(e, BotoCoreError):
+        return Kind.PERMANENT  # no credentials, bad parameters, unknown region ...
+    if isinstance(e, _NETWORK_ERRORS):
+        return Kind.TRANSIENT
+    if isinstance(e, FileExistsError):
+        return Kind.EXISTS
+    if isinstance(e, PermissionError):
+        return Kind.PERMANENT
+    return None  # undecided: look deeper (FileNotFoundError, OSError(EIO) from s3fs, ...)
+
+
+def classify(exc: BaseException) -> Kind:
+    """Decide what a failure from a remote store means; see the module docstring."""
+    links = chain(exc)
+    for e in links:
+        kind = _classify_one(e)
+        if kind is not None:
+            return kind
+    if isinstance(exc, FileNotFoundError):
+        return Kind.MISSING
+    for e in links:
+        if isinstance(e, OSError) and e.errno in TRANSIENT_ERRNOS:
+            return Kind.TRANSIENT
+    return Kind.PERMANENT
+
+
+def is_transient(exc: BaseException) -> bool:
+    return classify(exc) is Kind.TRANSIENT
+
+
+def describe(exc: BaseException) -> str:
+    """A short, redacted reason: the most specific error in the chain."""
+    links = chain(exc)
+    for e in links:
+        code, status = aws_code(e)
+        if code is not None:
+            message = (getattr(e, "response", {}).get("Error") or {}).get("Message") or ""
+            return redact(f"{code} (HTTP {status}): {message}".rstrip(": "))
+        if aiohttp is not None and isinstance(e, aiohttp.ClientResponseError):
+            return redact(f"HTTP {e.status} {e.message}")
+    # fsspec's HTTP info() wraps every failure in FileNotFoundError(url): show what is below
+    e = links[1] if isinstance(exc, FileNotFoundError) and len(links) > 1 else exc
+    return redact(f"{type(e).__name__}: {e}")
+
+
+def chain_is_clean(exc: BaseException) -> bool:
+    """True if no message in the chain changes under `redact` (safe to attach as __cause__)."""
+    return all(redact(str(e)) == str(e) for e in chain(exc))
+
+
+def translate(exc: BaseException, op: str, url: str, kind: Kind | None = None) -> ResumableError:
+    """One of our errors for a failure of `op` on `url` (already redacted)."""
+    kind = kind or classify(exc)
+    reason = describe(exc)
+    err: ResumableError
+    if kind is Kind.MISSING:
+        err = ObjectNotFoundError(f"{url} does not exist ({reason})")
+        err.errno = errno.ENOENT
+    elif kind is Kind.EXISTS:
+        err = ObjectExistsError(f"cannot {op} {url}: it already exists ({reason})")
+        err.errno = errno.EEXIST
+    elif kind is Kind.TRANSIENT:
+        err = SourceUnreachableError(f"cannot {op} {url}: unreachable ({reason})")
+    else:
+        hint = ""
+        if find_code(exc, "NoSuchBucket"):
+            hint = " - the bucket does not exist (check its name)"
+        elif isinstance(exc, PermissionError) or http_status(exc) in (401, 403):
+            hint = " - access denied (check credentials and permissions)"
+        err = StorageError(f"cannot {op} {url}: {reason}{hint}")
+    return err
+
+
+def raise_from(err: BaseException, cause: BaseException) -> None:
+    """Raise `err`, chaining `cause` only if no message in its chain holds a credential."""
+    if chain_is_clean(cause):
+        raise err from cause
+    raise err from None
+
+
+class Guarded:
+    """Wraps a remote file so that errors while streaming surface as our error classes."""
+
+    def __init__(self, f: Any, op: str, url: str) -> None:
+        self._f, self._op, self._url = f, op, url
+
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self._f, method)(*args)
+        except (ResumableError, ValueError):  # ValueError: I/O on closed file, bad seek
+            raise
+        except Exception as exc:
+            raise_from(translate(exc, self._op, self._url), exc)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._call("read", size)
+
+    def readinto(self, b: Any) -> int:
+        return self._call("readinto", b)
+
+    def write(self, data: Any) -> int:
+        return self._call("write", data)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def __enter__(self) -> Guarded:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass  # the Store's context manager owns the underlying file
+
+
+# -- retry policy ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff and full jitter, plus per-request timeouts."""
+
+    attempts: int = 6
+    total_s: float = 60.0
+    initial_s: float = 0.2
+    max_backoff_s: float = 10.0
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ConfigurationError(
+                f"retry attempts must be an integer >= 1, not {self.attempts!r}"
+            )
+        for field in ("total_s", "initial_s", "max_backoff_s"):
+            if not getattr(self, field) >= 0:
+                raise ConfigurationError(
+                    f"retry {field} must be >= 0, not {getattr(self, field)!r}"
+                )
+        for field in ("connect_timeout_s", "read_timeout_s"):
+            if not getattr(self, field) > 0:
+                raise ConfigurationError(f"{field} must be > 0, not {getattr(self, field)!r}")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> RetryPolicy:
+        """Defaults, overridden by RESUMABLE_RETRY_ATTEMPTS and RESUMABLE_RETRY_TOTAL_S."""
+        env = os.environ if environ is None else environ
+        kwargs: dict[str, Any] = {}
+        for var, field, conv in (
+            ("RESUMABLE_RETRY_ATTEMPTS", "attempts", int),
+            ("RESUMABLE_RETRY_TOTAL_S", "total_s", float),
+        ):
+            raw = env.get(var, "").strip()
+            if raw:
+                try:
+                    kwargs[field] = conv(raw)
+                except ValueError:
+                    raise ConfigurationError(f"{var}={raw!r} is not a valid number") from None
+        return cls(**kwargs)
+
+    def retrying(
+        self, before_sleep: Callable[[tenacity.RetryCallState], None]
+    ) -> tenacity.Retrying:
+        """A tenacity controller retrying transient storage errors under this policy."""
+        return tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.attempts)
+            | tenacity.stop_before_delay(self.total_s),
+            wait=tenacity.wait_random_exponential(
+                multiplier=self.initial_s, max=self.max_backoff_s
+            ),
+            retry=tenacity.retry_if_exception(is_transient),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+
+# -- redaction --------------------------------------------------------------------------------
+
+_URL_RE = re.compile(r"""[A-Za-z][A-Za-z0-9+.\-]*://[^\s'"<>`]+""")
+_USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#@]*@)")
+# a query parameter whose name looks secret, in a URL with or without a scheme
+_SECRET_PARAM_RE = re.compile(
+    r"""([?&;][^=&;#?\s'"<>]*"""
+    r"(?:sig|token|credential|secret|passw|pwd|key|auth|session|security|code)"
+    r"""[^=&;#?\s'"<>]*=)[^&;#\s'"<>]+""",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """Strip credentials from every URL inside `text`: user:password@ and signed query values."""
+    text = _URL_RE.sub(lambda m: _USERINFO_RE.sub(r"\1***@", m.group(0)), str(text))
+    return _SECRET_PARAM_RE.sub(r"\1REDACTED", text)

@@ -1,0 +1,573 @@
+"""Where checkpoints live: a local directory or any fsspec URL, behind one small `Store` API.
+
+Local writes are durable atomic replaces (`durable.py`); remote writes are single PUTs or
+multipart uploads, so an object appears complete or not at all. The point of this module is
+telling failures apart: a *missing* resume source means a fresh start, an *unreachable* one
+must be an error (silently redoing a week of work is the worst outcome). Transient failures
+are retried with bounded exponential backoff and full jitter (tenacity), then surface as
+`SourceUnreachableError`; permanent ones (403, no such bucket) fail at once as `StorageError`.
+
+Retry layering: whole-object operations (read_bytes, write_bytes, exists, delete, opening)
+are retried here, so botocore's retries are off (``total_max_attempts=1``) and s3fs's own loop
+is cut to one try. Streaming transfers on S3 (`open_read`/`open_write` parts) cannot be
+replayed from here: their requests get botocore's "standard" retries with the same attempt
+budget. A user's ``config_kwargs["retries"]`` wins. Below both, aiohttp resends an idempotent
+request once when a kept-alive connection closes unanswered (RFC 9112). Credentials never
+appear in messages: URLs are redacted and storage_options are never shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+from urllib.parse import quote, unquote, urlsplit
+
+import fsspec
+import fsspec.utils
+import tenacity
+from fsspec.spec import AbstractBufferedFile
+
+from . import durable
+from ._storage_errors import (
+    Guarded,
+    Kind,
+    RetryPolicy,
+    classify,
+    describe,
+    find_code,
+    is_transient,
+    raise_from,
+    redact,
+    translate,
+)
+from .errors import (
+    CheckpointWriteError,
+    ConfigurationError,
+    IntegrityError,
+    ObjectExistsError,
+    ResumableError,
+    SourceUnreachableError,
+    StorageError,
+    StorageWriteError,
+)
+
+__all__ = [
+    "ObjectExistsError",
+    "RetryPolicy",
+    "Store",
+    "StorageWriteError",
+    "clear_cache",
+    "is_url",
+    "join",
+    "redact",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_READ_CHUNK = 1 << 20
+_BLOCK_SIZE = 16 << 20  # S3 part size / read-ahead block for streaming transfers
+_S3 = frozenset({"s3", "s3a"})
+_HTTP = frozenset({"http", "https"})
+_QUOTED = _HTTP | {"file"}  # schemes whose paths are percent-encoded
+# back ends whose "wb" files upload on close and can abort (discard) an unfinished upload
+_STREAMING_WRITE = _S3 | {"gs", "gcs", "abfs", "abfss", "az"}
+
+
+def is_url(s: str) -> bool:
+    """True for "scheme://..." strings (s3://, file://, memory://, http(s)://); False for paths."""
+    return bool(_URL_RE.match(s))
+
+
+def _check_name(name: str) -> list[str]:
+    """Split a relative object name into its parts, rejecting anything that could escape."""
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"object name must be a non-empty string, not {name!r}")
+    bad = next((c for c in name if ord(c) < 32 or ord(c) == 127 or c in "\\?#"), None)
+    if bad is not None:
+        raise ConfigurationError(f"object name {name!r} contains the forbidden character {bad!r}")
+    parts = name.split("/")
+    if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ConfigurationError(
+            f"object name {name!r} must be relative, without empty, '.' or '..' parts"
+        )
+    return parts
+
+
+def join(base: str, name: str) -> str:
+    """The child `name` ("a/b.json" allowed) of a directory path or URL; a query string or
+    fragment on the base (e.g. a container SAS token) stays at the end, where it belongs."""
+    _check_name(name)
+    if not is_url(base):
+        return os.path.join(base, name)
+    scheme = base.split("://", 1)[0]
+    try:
+        parts = urlsplit(base)
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid URL {redact(base)}: {exc}") from None
+    child = quote(name, safe="/!$&'()*+,;=:@~") if scheme.lower() in _QUOTED else name
+    path = f"{parts.path.rstrip('/')}/{child}"
+    query = f"?{parts.query}" if parts.query else ""
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    return f"{scheme}://{parts.netloc}{path}{query}{fragment}"
+
+
+def _read_bounded(f: Any, limit: int) -> bytes:
+    """Read until EOF or `limit` bytes, whichever comes first (short reads allowed)."""
+    chunks, n = [], 0
+    while n < limit:
+        chunk = f.read(min(_READ_CHUNK, limit - n))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n += len(chunk)
+    return b"".join(chunks)
+
+
+class _Passthrough(Exception):
+    """Carries a caller's error through durable.atomic_writer, which would turn any OSError
+    (our StorageErrors are OSErrors) into a CheckpointWriteError."""
+
+    def __init__(self, exc: ResumableError) -> None:
+        self.exc = exc
+
+
+def _discard(f: Any) -> None:
+    """Abandon an unfinished remote upload so that nothing appears (aborts S3 multipart)."""
+    with contextlib.suppress(Exception):
+        f.discard()
+    if isinstance(f, AbstractBufferedFile):
+        f.closed = True  # close() would otherwise commit what was written so far
+
+
+# Filesystem instances, per process: building an s3fs client costs 0.1-0.3 s, and fsspec
+# instances (event loop, sessions) must not cross a fork. Ours are built outside fsspec's own
+# cache (skip_instance_cache) because we tune them (retries, timeouts); the key includes the
+# AWS_* environment, which botocore reads when the client is made.
+_cache: dict[tuple[Any, ...], Any] = {}
+_cache_lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    global _cache_lock
+    _cache_lock = threading.Lock()
+    _cache.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def clear_cache() -> None:
+    """Forget the filesystem instances Stores share (e.g. after changing credentials)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def _local_error(exc: OSError, op: str, path: Path) -> ResumableError:
+    kind = Kind.MISSING if exc.errno == errno.ENOENT else Kind.PERMANENT
+    return translate(exc, op, str(path), kind)
+
+
+class Store:
+    """A directory-like place: a local path or any fsspec URL (file://, s3://, gs://,
+    memory://, http(s):// read-only). Safe to use from threads, and after os.fork()."""
+
+    def __init__(
+        self,
+        root: str,
+        storage_options: dict[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if not isinstance(root, str) or not root.strip() or "\x00" in root:
+            raise ConfigurationError(f"storage root must be a non-empty path or URL, not {root!r}")
+        self.root = root
+        self.display = redact(root)
+        self.retry = retry if retry is not None else RetryPolicy.from_env()
+        self._options = dict(storage_options or {})
+        self._options_token = fsspec.utils.tokenize(self._options)
+        self._protocol = "file"
+        self.local_path: Path | None = None
+        if "::" in root.split("://", 1)[0]:
+            raise ConfigurationError(f"chained fsspec URLs are not supported: {self.display}")
+        if not is_url(root):
+            self.local_path = Path(root).expanduser().absolute()
+        else:
+            scheme = root.split("://", 1)[0].lower()
+            try:
+                parts = urlsplit(root)
+            except ValueError as exc:
+                raise ConfigurationError(f"invalid storage URL {self.display}: {exc}") from None
+            if scheme == "file":
+                if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+                    raise ConfigurationError(f"unsupported file URL {self.display}")
+                self.local_path = Path(unquote(parts.path) or "/")
+            else:
+                try:
+                    fsspec.get_filesystem_class(scheme)
+                except (ValueError, ImportError) as exc:
+                    raise ConfigurationError(
+                        f"unsupported storage URL {self.display}: {redact(str(exc))}"
+                    ) from None
+                self._protocol = scheme
+        self.is_local = self.local_path is not None
+
+    def __repr__(self) -> str:
+        return f"Store({self.display!r})"
+
+    def url(self, name: str) -> str:
+        """Full URL (or local path, for a path root) of the child object `name`."""
+        return join(self.root, name)
+
+    def _path(self, name: str) -> Path:
+        assert self.local_path is not None
+        return self.local_path.joinpath(*_check_name(name))
+
+    # -- filesystems and retries -----------------------------------------------------------
+
+    def _fs(self, stream: bool = False) -> Any:
+        """A filesystem for this process, shared by Stores with equal settings (see `_cache`)."""
+        stream = stream and self._protocol in _S3
+        env = tuple(sorted(kv for kv in os.environ.items() if kv[0].startswith("AWS_")))
+        key = (
+            os.getpid(),
+            self._protocol,
+            stream,
+            self.retry,
+            self._options_token,
+            env if self._protocol in _S3 else (),
+        )
+        with _cache_lock:
+            fs = _cache.get(key)
+            if fs is None:
+                fs = _cache[key] = self._make_fs(stream=stream)
+        return fs
+
+    def _make_fs(self, *, stream: bool) -> Any:
+        opts = dict(self._options)
+        policy = self.retry
+        if self._protocol in _S3:
+            config = dict(opts.get("config_kwargs") or {})
+            config.setdefault("connect_timeout", policy.connect_timeout_s)
+            config.setdefault("read_timeout", policy.read_timeout_s)
+            if "retries" not in config:
+                config["retries"] = (
+                    {"mode": "standard", "total_max_attempts": policy.attempts}
+                    if stream
+                    else {"total_max_attempts": 1}  # NB {"max_attempts": 1} would mean 2
+                )
+            opts["config_kwargs"] = config
+            opts.setdefault("use_listings_cache", False)  # other processes write too
+        elif self._protocol in _HTTP:
+            import aiohttp
+
+            client = dict(opts.get("client_kwargs") or {})
+            client.setdefault(
+                "timeout",
+                aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=policy.connect_timeout_s,
+                    sock_read=policy.read_timeout_s,
+                ),
+            )
+            opts["client_kwargs"] = client
+        try:
+            fs = fsspec.filesystem(self._protocol, skip_instance_cache=True, **opts)
+        except Exception as exc:  # never show the options: they may hold keys
+            raise ConfigurationError(
+                f"cannot set up storage for {self.display}: {type(exc).__name__}"
+            ) from None
+        if self._protocol in _S3:
+            fs.retries = 1  # s3fs's own loop (no jitter) would multiply our attempts
+        return fs
+
+    def _run(self, op: str, url: str, fn: Callable[[], T], *, retry: bool = True) -> T:
+        """Call `fn`, retrying transient failures under the policy; raise our errors."""
+        shown = redact(url)
+        attempts, start = 0, time.monotonic()
+
+        def attempt() -> T:
+            nonlocal attempts
+            attempts += 1
+            return fn()
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "%s %s failed (attempt %d of at most %d), retrying in %.2f s: %s",
+                op,
+                shown,
+                state.attempt_number,
+                self.retry.attempts,
+                state.next_action.sleep if state.next_action else 0.0,
+                describe(exc) if exc else "?",
+            )
+
+        try:
+            return self.retry.retrying(before_sleep)(attempt) if retry else fn()
+        except ResumableError:
+            raise
+        except Exception as exc:
+            err = translate(exc, op, shown)
+            if retry and isinstance(err, SourceUnreachableError):
+                elapsed = time.monotonic() - start
+                plural = "s" * (attempts != 1)
+                err = SourceUnreachableError(
+                    f"{err} after {attempts} attempt{plural} in {elapsed:.1f} s"
+                )
+            raise_from(err, exc)
+            raise  # pragma: no cover - raise_from always raises
+
+    def _check_writable(self, url: str) -> None:
+        if self._protocol in _HTTP:
+            raise StorageError(f"cannot write {redact(url)}: http(s) stores are read-only")
+
+    # -- operations ------------------------------------------------------------------------
+
+    def read_bytes(self, name: str, *, max_bytes: int) -> bytes:
+        """The whole object, at most `max_bytes` long (IntegrityError if larger: reading stops
+        at max_bytes + 1, so a huge object never lands in memory)."""
+        if max_bytes < 0:
+            raise ConfigurationError(f"max_bytes must be >= 0, not {max_bytes!r}")
+        url = self.url(name)
+        if self.is_local:
+            path = self._path(name)
+            try:
+                with open(path, "rb") as f:
+                    data = _read_bounded(f, max_bytes + 1)
+            except OSError as exc:
+                raise _local_error(exc, "read", path) from exc
+        else:
+            data = self._run("read", url, lambda: self._read_remote(url, max_bytes + 1))
+        if len(data) > max_bytes:
+            raise IntegrityError(f"{redact(url)} is larger than the allowed {max_bytes} bytes")
+        return data
+
+    def _read_remote(self, url: str, limit: int) -> bytes:
+        fs = self._fs()
+        if self._protocol in _HTTP:  # stream: servers may ignore Range and send everything
+            with fs.open(url, "rb", block_size=0) as f:
+                return _read_bounded(f, limit)
+        try:
+            return fs.cat_file(url, start=0, end=limit)  # one ranged GET
+        except Exception as exc:
+            if find_code(exc, "InvalidRange"):  # a range from 0 is unsatisfiable only if empty
+                return b""
+            raise
+
+    def write_bytes(self, name: str, data: bytes, *, create_only: bool = False) -> None:
+        """Store `data` whole: a durable atomic replace locally, one PUT remotely.
+
+        `create_only` never replaces an object: If-None-Match on S3, link() locally. If the
+        object already holds exactly `data` that counts as success (a retried PUT whose first
+        response was lost looks just like that, and aiohttp itself resends idempotent PUTs on
+        dropped connections); different content raises ObjectExistsError.
+        """
+        data = bytes(data)
+        url = self.url(name)
+        if self.is_local:
+            path = self._path(name)
+            try:
+                self._write_local(path, data, create_only)
+            except FileExistsError as exc:
+                try:
+                    with open(path, "rb") as f:
+                        same = _read_bounded(f, len(data) + 1) == data
+                except OSError:
+                    same = False
+                if not same:
+                    raise translate(exc, "create", str(path), Kind.EXISTS) from exc
+            return
+        self._check_writable(url)
+
+        def put() -> None:
+            try:
+                self._fs().pipe_file(url, data, mode="create" if create_only else "overwrite")
+            except Exception as exc:
+                if classify(exc) is Kind.EXISTS:
+                    try:
+                        same = self._read_remote(url, len(data) + 1) == data
+                    except Exception as read_exc:
+                        if is_transient(read_exc):
+                            raise
+                        same = False
+                    if not same:
+                        raise translate(exc, "create", redact(url), Kind.EXISTS) from None
+                    return
+                raise
+
+        self._run("write", url, put)
+
+    def _write_local(self, path: Path, data: bytes, create_only: bool) -> None:
+        shown = str(path)
+        try:
+            durable.make_dirs(path.parent)
+            if not create_only:
+                durable.atomic_write_bytes(path, data)
+                return
+            # complete temp file, then link(): appears whole, and never over an existing file
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                try:
+                    durable.write_all(fd, data, shown)
+                    durable.fsync_file(fd, shown, data_only=False)
+                finally:
+                    os.close(fd)
+                os.link(tmp, path)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            durable.fsync_dir(path.parent)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageWriteError(
+                exc.errno, f"cannot write {shown}: {exc.strerror or exc}"
+            ) from exc
+
+    @contextlib.contextmanager
+    def open_write(self, name: str) -> Iterator[BinaryIO]:
+        """Stream a large object. It appears only when the block exits cleanly; on an
+        exception nothing appears (temp file removed / multipart upload aborted)."""
+        url = self.url(name)
+        if self.is_local:
+            path = self._path(name)
+            try:
+                durable.make_dirs(path.parent)
+                with durable.atomic_writer(path) as fh:
+                    try:
+                        yield fh
+                    except ResumableError as exc:  # e.g. the source of a copy was unreachable:
+                        raise _Passthrough(exc) from None  # not a local write failure
+            except _Passthrough as wrapped:
+                raise wrapped.exc from wrapped.exc.__cause__
+            except CheckpointWriteError as exc:
+                if isinstance(exc, StorageError):
+                    raise
+                msg = f"cannot write {path}: {exc.strerror or exc}"
+                raise StorageWriteError(exc.errno, msg) from exc
+            return
+        self._check_writable(url)
+        if self._protocol not in _STREAMING_WRITE:  # e.g. memory://: spool, then one put
+            with tempfile.TemporaryFile() as spool:
+                yield spool  # type: ignore[misc]
+                self._run("write", url, lambda: self._put_spool(spool, url))
+            return
+        # no request yet: S3 uploads parts as the buffer fills and completes on close
+        f = self._run(
+            "open",
+            url,
+            lambda: self._fs(stream=True).open(url, "wb", block_size=_BLOCK_SIZE),
+            retry=False,
+        )
+        try:
+            yield Guarded(f, "write", redact(url))  # type: ignore[misc]
+            self._run("finish writing", url, f.close, retry=False)
+        except BaseException:
+            _discard(f)
+            raise
+
+    def _put_spool(self, spool: Any, url: str) -> None:
+        spool.seek(0)
+        self._fs().pipe_file(url, spool.read())
+
+    @contextlib.contextmanager
+    def open_read(self, name: str) -> Iterator[BinaryIO]:
+        """Stream an object; read it sequentially (plain HTTP servers cannot seek). Errors
+        are classified like read_bytes."""
+        url = self.url(name)
+        if self.is_local:
+            path = self._path(name)
+            try:
+                f = open(path, "rb")  # noqa: SIM115 - closed by the with below
+            except OSError as exc:
+                raise _local_error(exc, "read", path) from exc
+            with f:
+                yield f
+            return
+        if self._protocol in _HTTP:
+            f = self._run("open", url, lambda: self._fs().open(url, "rb", block_size=0))
+        elif self._protocol in _S3:
+            # classify (missing / unreachable) under our policy first; the file's own range
+            # GETs (pinned to the ETag by s3fs) get botocore's per-request retries
+            self._run("open", url, lambda: self._fs().info(url))
+            stream = self._fs(stream=True)
+            f = self._run(
+                "open", url, lambda: stream.open(url, "rb", block_size=_BLOCK_SIZE), retry=False
+            )
+        else:
+            f = self._run("open", url, lambda: self._fs().open(url, "rb"))
+        try:
+            yield Guarded(f, "read", redact(url))  # type: ignore[misc]
+        finally:
+            with contextlib.suppress(Exception):
+                f.close()
+
+    def delete(self, name: str, *, missing_ok: bool = True) -> None:
+        """Remove an object; ObjectNotFoundError if it is missing and not `missing_ok`."""
+        url = self.url(name)
+        if self.is_local:
+            path = self._path(name)
+            try:
+                path.unlink()
+                durable.fsync_dir(path.parent)
+            except FileNotFoundError as exc:
+                if not missing_ok:
+                    raise _local_error(exc, "delete", path) from exc
+            except OSError as exc:
+                raise _local_error(exc, "delete", path) from exc
+            return
+        self._check_writable(url)
+        seen = missing_ok
+
+        def rm() -> None:
+            nonlocal seen
+            if not seen:  # S3 deletes of missing keys succeed, so look first (once)
+                if not self._exists_remote(url):
+                    raise translate(FileNotFoundError(url), "delete", redact(url), Kind.MISSING)
+                seen = True
+            try:
+                self._fs().rm_file(url)
+            except Exception as exc:
+                if classify(exc) is not Kind.MISSING:
+                    raise
+
+        self._run("delete", url, rm)
+
+    def exists(self, name: str) -> bool:
+        """Whether something exists under `name`. Never False because the store could not be
+        reached: that raises SourceUnreachableError (fsspec's exists() would say False)."""
+        url = self.url(name)
+        if self.is_local:
+            path = self._path(name)
+            try:
+                path.stat()
+                return True
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            except OSError as exc:
+                raise _local_error(exc, "check", path) from exc
+        return self._run("check", url, lambda: self._exists_remote(url))
+
+    def _exists_remote(self, url: str) -> bool:
+        try:
+            self._fs().info(url)
+            return True
+        except Exception as exc:
+            if classify(exc) is Kind.MISSING:
+                return False
+            raise
