@@ -10,6 +10,7 @@ unsafe names all raise `IntegrityError` before anything large is read.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -89,6 +90,10 @@ def _body(m: Manifest) -> dict[str, Any]:
     body["segments"] = [asdict(s) for s in m.segments]
     body["format"] = FORMAT
     body["schema"] = SCHEMA_VERSION
+    # Times as exact decimal strings: the hash covers the parsed form, and a float's last
+    # digits can change without changing the parsed value; a string's cannot.
+    body["created"] = repr(float(m.created))
+    body["updated"] = repr(float(m.updated))
     return body
 
 
@@ -148,6 +153,15 @@ def _hex(v: Any, what: str, allow_empty: bool = False) -> str:
     return v
 
 
+def _time(v: Any, what: str) -> float:
+    if type(v) is not str or len(v) > 40:
+        raise IntegrityError(f"{what} must be a time as a decimal string, found {v!r:.60}")
+    t = float(v)
+    if not math.isfinite(t):
+        raise IntegrityError(f"{what} must be finite, found {v!r}")
+    return t
+
+
 def _from_body(body: dict[str, Any]) -> Manifest:
     raw = body["segments"]
     if type(raw) is not list:
@@ -195,11 +209,11 @@ def _from_body(body: dict[str, Any]) -> Manifest:
     return Manifest(
         sweep=sweep,
         sweep_id=str(body["sweep_id"]),
-        created=float(body["created"]),
+        created=_time(body["created"], "created"),
         segments=tuple(segments),
         active=active,
         generation=_int(body["generation"], "generation", 1),
-        updated=float(body["updated"]),
+        updated=_time(body["updated"], "updated"),
         library_version=str(body["library_version"]),
         extra=extra,
     )

@@ -8,6 +8,7 @@ result durable before it returns. A relaunch sees every acknowledged record exac
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import socket
 import time
@@ -85,7 +86,8 @@ class ResumableSweep:
                 f"cannot derive a sweep name from checkpoint_path {os.fspath(checkpoint_path)!r}; "
                 "pass name=..."
             )
-        self.progress_dir = progress_dir_for(self.checkpoint_path)
+        # absolute: a later os.chdir() must not move the checkpoint under the sweep's feet
+        self.progress_dir = progress_dir_for(self.checkpoint_path).absolute()
         self.resume_from = _from_env(resume_from, ENV_RESUME_FROM)
         self.snapshot_dir = _from_env(snapshot_dir, ENV_SNAPSHOT_DIR)
         self.storage_options = storage_options
@@ -245,6 +247,13 @@ class ResumableSweep:
             self._persisted_meta = blob
 
     def _duration(self, key: str, duration: float | None) -> float | None:
+        if duration is not None and not (
+            isinstance(duration, (int, float)) and math.isfinite(duration) and duration >= 0
+        ):
+            raise ConfigurationError(
+                f"duration for item {key!r:.200} must be a finite number of seconds >= 0, "
+                f"found {duration!r}"
+            )
         started = self._yielded.pop(key, None)
         if duration is not None:
             return float(duration)
@@ -279,10 +288,11 @@ class ResumableSweep:
             )
         if isinstance(error, BaseException):
             etype = type(error).__qualname__
-            message = str(error)
+            message = _text(error)
             tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         else:
             etype, message, tb = "Error", str(error), ""
+        etype, message, tb = (_utf8(x) for x in (etype, message, tb))
         self._save_meta()
         self._append(
             "failure",
@@ -423,6 +433,18 @@ class ResumableSweep:
             f"<ResumableSweep {self.name!r} done={s.done} failed={s.failed} "
             f"pending={s.pending} at {str(self.progress_dir)!r}>"
         )
+
+
+def _text(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception as exc:  # a broken __str__ must not hide the failure being recorded
+        return f"<str() of the error failed: {type(exc).__name__}>"
+
+
+def _utf8(text: str) -> str:
+    """Text that encodes as UTF-8 (lone surrogates from os.fsdecode become escapes)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _is_http(url: str) -> bool:

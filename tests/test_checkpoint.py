@@ -1,0 +1,331 @@
+"""The local progress directory: layout, sealing, per-record cost, crash leftovers, the lock."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from resumable import IntegrityError, ResumableError, ResumableSweep
+from resumable.checkpoint import DirLock, load, progress_dir_for
+from resumable.codec import canonical_json, sha256_hex
+from resumable.errors import CheckpointLockedError
+
+ITEMS = [{"i": i} for i in range(80)]
+
+
+def _manifest(pdir: Path) -> dict:
+    return json.loads((pdir / "manifest.json").read_bytes())
+
+
+def _fill(ckpt: Path, n: int, *, segment_bytes: int, items=ITEMS) -> None:
+    with ResumableSweep(items, checkpoint_path=ckpt, segment_bytes=segment_bytes) as sweep:
+        for item in items[:n]:
+            sweep.record(item, {"i": item["i"], "pad": "p" * (item["i"] % 7)})
+
+
+def _all_results(ckpt: Path, items=ITEMS) -> dict:
+    with ResumableSweep(items, checkpoint_path=ckpt) as sweep:
+        return {sweep.key(item): sweep.result(item) for item in items if sweep.is_done(item)}
+
+
+def test_progress_dir_is_beside_the_checkpoint_path(tmp_path):
+    assert progress_dir_for(tmp_path / "data" / "exp.h5") == tmp_path / "data" / "exp.h5.resumable"
+    assert progress_dir_for("exp") == Path("exp.resumable")
+
+
+def test_layout_of_a_new_checkpoint(tmp_path):
+    ckpt = tmp_path / "exp.h5"
+    with ResumableSweep(ITEMS, checkpoint_path=ckpt):
+        pass
+    pdir = progress_dir_for(ckpt)
+    assert sorted(p.name for p in pdir.iterdir()) == ["LOCK", "manifest.json", "segments"]
+    assert sorted(p.name for p in (pdir / "segments").iterdir()) == ["seg-00000001.jsonl"]
+    m = _manifest(pdir)
+    assert m["sweep"] == "exp"
+    assert m["segments"] == []
+    assert m["active"] == "seg-00000001.jsonl"
+    assert not ckpt.exists()  # the user's own output file is the user's business
+
+
+def test_load_of_nothing_is_none(tmp_path):
+    assert load(tmp_path / "nope.resumable") is None
+    empty = tmp_path / "empty.resumable"
+    (empty / "segments").mkdir(parents=True)
+    (empty / "segments" / "seg-00000001.jsonl").write_bytes(b"")
+    assert load(empty) is None
+
+
+# -- sealing ------------------------------------------------------------------------------------
+
+
+def test_small_segments_are_sealed_and_listed_with_sizes_and_hashes(tmp_path):
+    ckpt = tmp_path / "exp.h5"
+    _fill(ckpt, 60, segment_bytes=300)
+    pdir = progress_dir_for(ckpt)
+    m = _manifest(pdir)
+    segs = m["segments"]
+    assert len(segs) >= 10
+    on_disk = sorted(p.name for p in (pdir / "segments").iterdir())
+    assert on_disk == sorted([s["name"] for s in segs] + [m["active"]])
+    next_seq = 1
+    for s in segs:
+        data = (pdir / "segments" / s["name"]).read_bytes()
+        assert len(data) == s["size"]
+        assert hashlib.sha256(data).hexdigest() == s["sha256"]
+        lines = data.split(b"\n")
+        assert lines[-1] == b""
+        lines = lines[:-1]
+        assert len(lines) == s["records"]
+        assert (s["first_seq"], s["last_seq"]) == (next_seq, next_seq + len(lines) - 1)
+        assert lines[-1][:64].decode() == s["last_hash"]
+        # Sealed as soon as it reached segment_bytes, not later.
+        assert s["size"] >= 300
+        assert s["size"] - len(lines[-1]) - 1 < 300
+        next_seq += len(lines)
+    active = (pdir / "segments" / m["active"]).read_bytes()
+    assert len(active) < 300
+    results = _all_results(ckpt)
+    assert len(results) == 60
+    assert all(v["i"] == int(v["i"]) for v in results.values())
+
+
+def test_reopen_with_other_segment_sizes(tmp_path):
+    ckpt = tmp_path / "exp.h5"
+    _fill(ckpt, 10, segment_bytes=300)
+    with ResumableSweep(ITEMS, checkpoint_path=ckpt, segment_bytes=10**6) as sweep:
+        for item in ITEMS[10:20]:
+            sweep.record(item, item["i"])
+    with ResumableSweep(ITEMS, checkpoint_path=ckpt, segment_bytes=1) as sweep:
+        for item in ITEMS[20:25]:
+            sweep.record(item, item["i"])  # every record seals
+        assert sweep.status().done == 25
+    assert len(_all_results(ckpt)) == 25
+
+
+class _OpenLog:
+    """Records every file or directory opened through os.open or open()."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: list[tuple[str, str]] = []
+        real_os_open = os.open
+        real_open = builtins.open
+
+        def os_open(path, flags, *args, **kwargs):
+            self.events.append((os.fspath(path), "w" if flags & (os.O_WRONLY | os.O_RDWR) else "r"))
+            return real_os_open(path, flags, *args, **kwargs)
+
+        def open_(file, mode="r", *args, **kwargs):
+            if not isinstance(file, int):
+                writes = any(c in mode for c in "wax+")
+                self.events.append((os.fspath(file), "w" if writes else "r"))
+            return real_open(file, mode, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", os_open)
+        monkeypatch.setattr(builtins, "open", open_)
+
+    def take(self) -> list[tuple[str, str]]:
+        out, self.events = self.events, []
+        return out
+
+
+def test_recording_does_no_work_proportional_to_history(tmp_path, monkeypatch):
+    """Appending record N opens no older segment and reads nothing; sealing writes only new files.
+
+    Checked by logging every open during each record() once many segments exist (behaviour,
+    not timing).
+    """
+    ckpt = tmp_path / "exp.h5"
+    items = [{"i": i} for i in range(200)]
+    _fill(ckpt, 120, segment_bytes=300, items=items)
+    pdir = progress_dir_for(ckpt)
+    assert len(_manifest(pdir)["segments"]) > 30
+
+    sweep = ResumableSweep(items, checkpoint_path=ckpt, segment_bytes=300)
+    sealed_before = {s["name"] for s in _manifest(pdir)["segments"]}
+    log = _OpenLog(monkeypatch)
+    per_record = []
+    for item in items[120:180]:
+        sweep.record(item, {"i": item["i"]})
+        per_record.append(log.take())
+    monkeypatch.undo()
+    sweep.close()
+
+    seals = 0
+    for events in per_record:
+        for path, how in events:
+            p = Path(path)
+            assert p.name not in sealed_before, f"record() opened old segment {path}"
+            if p.is_dir():
+                continue  # directory fsyncs
+            assert how == "w", f"record() opened {path} for reading"
+            assert p.name.startswith((".manifest.json.", "seg-")), path
+        if events:
+            seals += 1
+            assert len(events) <= 6, events
+    assert seals >= 10  # the records above sealed many segments
+    assert sum(1 for e in per_record if not e) >= 20  # plain appends open nothing at all
+    assert len(_all_results(ckpt, items)) == 180
+
+
+# -- crash leftovers ----------------------------------------------------------------------------
+
+
+def test_reopen_seals_an_active_segment_that_outgrew_its_limit(tmp_path):
+    """Killed after a record pushed the active segment past the limit but before sealing."""
+    ckpt = tmp_path / "exp.h5"
+    _fill(ckpt, 30, segment_bytes=10**6)
+    pdir = progress_dir_for(ckpt)
+    assert _manifest(pdir)["segments"] == []
+    with ResumableSweep(ITEMS, checkpoint_path=ckpt, segment_bytes=500) as sweep:
+        assert sweep.status().done == 30
+        sweep.record(ITEMS[30], 30)
+    m = _manifest(pdir)
+    assert len(m["segments"]) >= 1
+    assert len(_all_results(ckpt)) == 31
+
+
+def test_empty_next_segment_left_by_a_crash_during_sealing(tmp_path):
+    """Killed between creating the next segment file and writing the manifest naming it.
+
+    Sealing creates ``seg-00000002.jsonl`` (empty) first, then replaces the manifest. A crash
+    in between leaves the empty file behind while the manifest still names segment 1 as
+    active. The next seal must not fail on the existing empty file.
+    """
+    ckpt = tmp_path / "exp.h5"
+    _fill(ckpt, 30, segment_bytes=10**6)
+    pdir = progress_dir_for(ckpt)
+    (pdir / "segments" / "seg-00000002.jsonl").write_bytes(b"")
+    with ResumableSweep(ITEMS, checkpoint_path=ckpt, segment_bytes=500) as sweep:
+        assert sweep.status().done == 30
+        for item in ITEMS[30:40]:
+            sweep.record(item, item["i"])
+    assert len(_manifest(pdir)["segments"]) >= 2
+    assert len(_all_results(ckpt)) == 40
+
+
+def test_non_empty_unlisted_next_segment_is_not_silently_overwritten(tmp_path):
+    """A non-empty segment file that the manifest does not know was never written by sealing.
+
+    Whatever the library does with it, it must not destroy its bytes or pretend it is valid.
+    """
+    ckpt = tmp_path / "exp.h5"
+    _fill(ckpt, 30, segment_bytes=10**6)
+    pdir = progress_dir_for(ckpt)
+    stray = pdir / "segments" / "seg-00000002.jsonl"
+    stray.write_bytes(b"not a record\n")
+    try:
+        with ResumableSweep(ITEMS, checkpoint_path=ckpt, segment_bytes=500) as sweep:
+            for item in ITEMS[30:40]:
+                sweep.record(item, item["i"])
+    except ResumableError:
+        pass
+    if stray.exists() and stray.name not in {s["name"] for s in _manifest(pdir)["segments"]}:
+        assert stray.read_bytes() == b"not a record\n"
+
+
+def test_leftover_manifest_temp_file_is_harmless(tmp_path):
+    ckpt = tmp_path / "exp.h5"
+    _fill(ckpt, 5, segment_bytes=300)
+    pdir = progress_dir_for(ckpt)
+    (pdir / ".manifest.json.0123456789ab.tmp").write_bytes(b'{"half": ')
+    assert len(_all_results(ckpt)) == 5
+
+
+def test_crash_during_creation_before_the_manifest(tmp_path):
+    ckpt = tmp_path / "exp.h5"
+    pdir = progress_dir_for(ckpt)
+    (pdir / "segments").mkdir(parents=True)
+    (pdir / "segments" / "seg-00000001.jsonl").write_bytes(b"")
+    (pdir / "LOCK").write_bytes(b"")
+    with ResumableSweep(ITEMS, checkpoint_path=ckpt) as sweep:
+        sweep.record(ITEMS[0], 0)
+        key = sweep.key(ITEMS[0])
+    assert _all_results(ckpt) == {key: 0}
+
+
+def test_torn_tail_is_dropped_and_truncated_on_reopen(tmp_path):
+    ckpt = tmp_path / "exp.h5"
+    _fill(ckpt, 5, segment_bytes=10**6)
+    pdir = progress_dir_for(ckpt)
+    active = pdir / "segments" / _manifest(pdir)["active"]
+    good = active.read_bytes()
+    active.write_bytes(good + b"0123abc partial record without newline")
+    assert load(pdir).torn_bytes > 0
+    with ResumableSweep(ITEMS, checkpoint_path=ckpt) as sweep:
+        assert sweep.status().done == 5
+        # The tail was cut off before anything was appended after it.
+        assert active.read_bytes().startswith(good)
+        assert b"partial record" not in active.read_bytes()
+        sweep.record(ITEMS[5], 5)
+    assert load(pdir).torn_bytes == 0
+    assert len(_all_results(ckpt)) == 6
+
+
+def test_manifest_without_active_segment(tmp_path):
+    """A (re-hashed) manifest that names no active segment: open cleanly or refuse clearly."""
+    ckpt = tmp_path / "exp.h5"
+    _fill(ckpt, 20, segment_bytes=1)  # every record seals: the active segment is empty
+    pdir = progress_dir_for(ckpt)
+    body = _manifest(pdir)
+    active = pdir / "segments" / body["active"]
+    assert active.stat().st_size == 0
+    active.unlink()
+    body["active"] = None
+    body.pop("manifest_sha256")
+    body["manifest_sha256"] = sha256_hex(canonical_json(body))
+    (pdir / "manifest.json").write_text(json.dumps(body))
+    try:
+        sweep = ResumableSweep(ITEMS, checkpoint_path=ckpt, segment_bytes=300)
+    except IntegrityError:
+        return
+    with sweep:
+        sweep.record(ITEMS[60], 60)
+    with ResumableSweep(ITEMS, checkpoint_path=ckpt) as again:
+        assert again.result(ITEMS[60]) == 60
+
+
+# -- the lock -----------------------------------------------------------------------------------
+
+
+def test_dir_lock_is_exclusive_in_process_and_records_holder(tmp_path):
+    pdir = tmp_path / "x.resumable"
+    pdir.mkdir()
+    lock = DirLock(pdir)
+    try:
+        info = json.loads((pdir / "LOCK").read_text())
+        assert info["pid"] == os.getpid()
+        assert "host" in info
+        with pytest.raises(CheckpointLockedError):
+            DirLock(pdir)
+        # Through another spelling of the same directory as well.
+        with pytest.raises(CheckpointLockedError):
+            DirLock(tmp_path / "." / "x.resumable")
+    finally:
+        lock.release()
+    lock.release()  # idempotent
+    again = DirLock(pdir)
+    again.release()
+
+
+def test_sweep_on_locked_checkpoint_writes_nothing(tmp_path):
+    ckpt = tmp_path / "exp.h5"
+    _fill(ckpt, 3, segment_bytes=300)
+    pdir = progress_dir_for(ckpt)
+    lock = DirLock(pdir)
+    try:
+        before = {p.name: p.read_bytes() for p in (pdir / "segments").iterdir()} | {
+            "manifest.json": (pdir / "manifest.json").read_bytes()
+        }
+        with pytest.raises(CheckpointLockedError):
+            ResumableSweep(ITEMS, checkpoint_path=ckpt)
+        after = {p.name: p.read_bytes() for p in (pdir / "segments").iterdir()} | {
+            "manifest.json": (pdir / "manifest.json").read_bytes()
+        }
+        assert after == before
+    finally:
+        lock.release()

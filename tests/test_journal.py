@@ -1,0 +1,241 @@
+"""Journal records: line format, hash chain, strict parsing, torn tails, the sealed fast path."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import pytest
+
+from resumable import journal as journal_mod
+from resumable.errors import IntegrityError
+from resumable.journal import encode_record, parse_sealed_segment, parse_segment
+
+FP = "0123456789abcdef0123456789abcdef"
+
+# (kind, key, fp, payload)
+SPECS = [
+    ("launch", None, None, {"launch": "abc", "pid": 1}),
+    ("items", None, None, {"items": [["k", FP, {"a": 1}]], "items_sha256": "0" * 64}),
+    ("result", "k", FP, {"value": {"x": [1, 2.5, None]}, "duration": 0.5, "launch": "abc"}),
+    ("result", 'with space and "quotes" and \\', None, {"value": "v"}),
+    ("result", "new\nline\ttab\x00nul\r", FP, {"value": "line\nbreak\ttab"}),
+    ("result", "ünïcødé ✓ 日本 \u2028 \u0085 🎉", FP, {"value": "\u2028"}),
+    ("result", "", None, {"value": ""}),
+    ("result", "null", None, {"value": None}),
+    ("result", "k" * 10240, FP, {"value": 1}),
+    ("failure", "f", FP, {"error_type": "E", "message": "m\n", "traceback": "", "attempt": 1}),
+    ("retry", None, None, {"keys": ["f"], "reason": "asked"}),
+    ("invalidate", None, None, {"keys": ["k"], "reason": "item changed"}),
+    ("meta", None, None, {"meta": {"lr": 0.1}}),
+]
+
+
+def _build(specs=SPECS, *, first_seq: int = 1, prev: str = "", t0: float = 1700000000.125):
+    """Encode records; returns (bytes, [line], [digest])."""
+    lines, digests = [], []
+    for i, (kind, key, fp, payload) in enumerate(specs):
+        line, digest, body = encode_record(prev, first_seq + i, kind, key, t0 + i, fp, payload)
+        assert body in line
+        lines.append(line)
+        digests.append(digest)
+        prev = digest
+    return b"".join(lines), lines, digests
+
+
+def _hash(prev: str, rest: bytes) -> str:
+    return hashlib.sha256(prev.encode() + b"\n" + rest).hexdigest()
+
+
+def _raw_line(prev: str, header: bytes, payload: bytes) -> bytes:
+    """A hash-valid line with an arbitrary header and payload (per the documented format)."""
+    rest = header + b"\t" + payload
+    return _hash(prev, rest).encode() + b" " + rest + b"\n"
+
+
+def test_line_shape_and_hash_chain():
+    _, lines, digests = _build()
+    prev = ""
+    for line, digest in zip(lines, digests, strict=True):
+        assert line.endswith(b"\n")
+        assert line.count(b"\n") == 1  # newlines inside keys and values are escaped
+        assert line[:64].decode() == digest
+        assert line[64:65] == b" "
+        assert _hash(prev, line[65:-1]) == digest  # covers the previous hash
+        prev = digest
+
+
+def test_round_trip_through_parse_segment():
+    data, _, digests = _build()
+    parsed = parse_segment(data, source="seg", first_seq=1, prev_hash="", allow_torn_tail=False)
+    assert parsed.good_size == len(data)
+    assert parsed.torn_bytes == 0
+    assert parsed.last_hash == digests[-1]
+    assert len(parsed.records) == len(SPECS)
+    for i, (rec, (kind, key, fp, payload)) in enumerate(zip(parsed.records, SPECS, strict=True)):
+        assert rec.seq == i + 1
+        assert rec.type == kind
+        assert rec.key == key
+        assert rec.fp == fp
+        assert rec.t == 1700000000.125 + i
+        assert rec.body() == payload
+
+
+def test_sealed_fast_path_agrees_with_the_full_parser():
+    data, _, _ = _build(first_seq=7, prev="f" * 64)
+    full = parse_segment(data, source="s", first_seq=7, prev_hash="f" * 64, allow_torn_tail=False)
+    fast = parse_sealed_segment(
+        data, source="s", first_seq=7, records=len(SPECS), prev_hash="f" * 64
+    )
+    assert [(r.seq, r.type, r.key, r.t, r.fp, r.payload) for r in fast] == [
+        (r.seq, r.type, r.key, r.t, r.fp, r.payload) for r in full.records
+    ]
+
+
+def test_chain_continues_across_segments():
+    data1, _, d1 = _build(SPECS[:4])
+    data2, _, _ = _build(SPECS[4:], first_seq=5, prev=d1[-1])
+    p1 = parse_segment(data1, source="a", first_seq=1, prev_hash="", allow_torn_tail=False)
+    p2 = parse_segment(
+        data2, source="b", first_seq=5, prev_hash=p1.last_hash, allow_torn_tail=False
+    )
+    assert [r.seq for r in p2.records] == list(range(5, len(SPECS) + 1))
+    with pytest.raises(IntegrityError, match="SHA-256"):
+        parse_segment(data2, source="b", first_seq=5, prev_hash="", allow_torn_tail=False)
+
+
+def test_empty_segment():
+    parsed = parse_segment(b"", source="s", first_seq=1, prev_hash="", allow_torn_tail=True)
+    assert (parsed.records, parsed.good_size, parsed.torn_bytes, parsed.last_hash) == ([], 0, 0, "")
+
+
+def test_wrong_first_seq_is_detected():
+    data, _, _ = _build()
+    with pytest.raises(IntegrityError) as info:
+        parse_segment(data, source="segX", first_seq=2, prev_hash="", allow_torn_tail=False)
+    assert "segX" in str(info.value)
+    assert "expected sequence number 2" in str(info.value)
+
+
+def test_wrong_prev_hash_is_detected():
+    data, _, _ = _build()
+    with pytest.raises(IntegrityError, match="SHA-256 mismatch"):
+        parse_segment(data, source="s", first_seq=1, prev_hash="a" * 64, allow_torn_tail=False)
+
+
+@pytest.mark.parametrize("edit", ["drop", "swap", "duplicate"])
+def test_removed_reordered_or_duplicated_records_are_detected(edit):
+    _, lines, _ = _build()
+    if edit == "drop":
+        del lines[3]
+    elif edit == "swap":
+        lines[3], lines[4] = lines[4], lines[3]
+    else:
+        lines.insert(4, lines[3])
+    with pytest.raises(IntegrityError):
+        parse_segment(b"".join(lines), source="s", first_seq=1, prev_hash="", allow_torn_tail=True)
+
+
+def test_every_prefix_of_the_last_record_is_a_torn_tail():
+    data, lines, digests = _build(SPECS[:4])
+    base = len(data) - len(lines[-1])
+    for cut in range(1, len(lines[-1])):
+        piece = data[: base + cut]
+        parsed = parse_segment(piece, source="s", first_seq=1, prev_hash="", allow_torn_tail=True)
+        assert len(parsed.records) == 3, cut
+        assert parsed.good_size == base
+        assert parsed.torn_bytes == cut
+        assert parsed.last_hash == digests[2]
+        with pytest.raises(IntegrityError, match="cut short"):
+            parse_segment(piece, source="s", first_seq=1, prev_hash="", allow_torn_tail=False)
+
+
+@pytest.mark.parametrize("replacement", [b"\x0b", b" ", b"\x00", b"\r"])
+def test_complete_record_with_a_wrong_last_byte_is_not_a_torn_tail(replacement):
+    data, _, _ = _build(SPECS[:4])
+    damaged = data[:-1] + replacement
+    with pytest.raises(IntegrityError):
+        parse_segment(damaged, source="s", first_seq=1, prev_hash="", allow_torn_tail=True)
+
+
+def test_every_single_byte_flip_is_detected():
+    data, _, _ = _build(SPECS[:6])
+    for off in range(len(data) - 1):
+        for mask in (0x01, 0x10, 0x80):
+            damaged = bytearray(data)
+            damaged[off] ^= mask
+            with pytest.raises(IntegrityError):
+                parse_segment(
+                    bytes(damaged), source="s", first_seq=1, prev_hash="", allow_torn_tail=True
+                )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"not a record\n",
+        b"\n",
+        b"a" * 64 + b"\n",
+        b"a" * 64 + b'x1 result 1.0 - "k"\t{}\n',  # no space after the hash
+        b"a" * 64 + b' 1 result 1.0 - "k" {}\n',  # no tab
+    ],
+)
+def test_malformed_lines(line):
+    with pytest.raises(IntegrityError):
+        parse_segment(line, source="s", first_seq=1, prev_hash="", allow_torn_tail=True)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"1 result 1.0 -",  # 4 fields
+        b'x result 1.0 - "k"',  # seq not a number
+        b'2 result 1.0 - "k"',  # wrong seq
+        b'1 bogus 1.0 - "k"',  # unknown type
+        b'1 result yesterday - "k"',  # bad time
+        b"1 result 1.0 - k",  # key not JSON
+        b"1 result 1.0 - 5",  # key not a string
+        b'1 result 1.0 - "k',  # unterminated key
+        b'1 result 1.0 \xff\xfe "k"',  # non-ASCII fingerprint
+        b'1 result 1.0 - "\xff"',  # key not UTF-8
+    ],
+)
+def test_hash_valid_line_with_malformed_header(header):
+    line = _raw_line("", header, b"{}")
+    with pytest.raises(IntegrityError) as info:
+        parse_segment(line, source="segY", first_seq=1, prev_hash="", allow_torn_tail=True)
+    assert "segY" in str(info.value)
+
+
+@pytest.mark.parametrize("payload", [b"not json", b"[1, 2]", b'"s"', b"{" * 10000])
+def test_payload_is_checked_when_decoded(payload):
+    line = _raw_line("", b"1 meta 1.0 - null", payload)
+    (rec,) = parse_segment(
+        line, source="s", first_seq=1, prev_hash="", allow_torn_tail=True
+    ).records
+    with pytest.raises(IntegrityError):
+        rec.body()
+
+
+def test_oversized_record_is_refused(monkeypatch):
+    data, _, _ = _build(SPECS[:3])
+    monkeypatch.setattr(journal_mod, "MAX_RECORD_BYTES", 100)
+    with pytest.raises(IntegrityError, match="at most 100"):
+        parse_segment(data, source="s", first_seq=1, prev_hash="", allow_torn_tail=True)
+
+
+def test_encode_refuses_what_it_cannot_write():
+    with pytest.raises(ValueError):
+        encode_record("", 1, "bogus", None, 1.0, None, {})
+    with pytest.raises(ValueError):
+        encode_record("", 1, "meta", None, 1.0, None, {"meta": math.nan})
+
+
+def test_fast_path_falls_back_and_reports_damage():
+    data, _, _ = _build(SPECS[:5])
+    with pytest.raises(IntegrityError):
+        parse_sealed_segment(data, source="s", first_seq=2, records=5, prev_hash="")
+    with pytest.raises(IntegrityError):
+        parse_sealed_segment(data[:-1], source="s", first_seq=1, records=5, prev_hash="")
+    with pytest.raises(IntegrityError):
+        parse_sealed_segment(data + b"garbage\n", source="s", first_seq=1, records=6, prev_hash="")
