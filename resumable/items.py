@@ -68,6 +68,14 @@ class ItemSet:
             )
         return cls(materialised, keys, index, key_fn)
 
+    def subset(self, keep: Callable[[str], bool]) -> ItemSet:
+        """The items whose keys `keep` accepts (a shard's share), in the same order."""
+        chosen = [i for i, k in enumerate(self.keys) if keep(k)]
+        keys = [self.keys[i] for i in chosen]
+        return ItemSet(
+            [self.items[i] for i in chosen], keys, {k: n for n, k in enumerate(keys)}, self.key_fn
+        )
+
     def key_of(self, item: Any) -> str:
         """The key of an item passed back by the user (it must be one of the sweep's items)."""
         key = key_fn_or_default(self.key_fn, item)

@@ -8,9 +8,12 @@ result durable before it returns. A relaunch sees every acknowledged record exac
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
+import signal
 import socket
+import threading
 import time
 import traceback
 import uuid
@@ -28,17 +31,30 @@ from .errors import (
     CheckpointNotFoundError,
     ConfigurationError,
     ItemsChangedError,
+    ResumableError,
+    SourceUnreachableError,
 )
 from .items import ItemSet
 from .journal import Record
 from .manifest import MANIFEST_NAME, Manifest
 from .mirror import Mirror, MirrorOptions
+from .preempt import Preempted, PreemptionGuard, current_guard, resolve_grace_s
 from .remote import read_manifest, source_store
 from .resume import open_checkpoint
+from .shards import (
+    check_descriptor,
+    check_shard,
+    ensure_local_descriptor,
+    ensure_remote_descriptor,
+    read_descriptor,
+    shard_dir_name,
+    shard_of,
+)
 from .state import State
 from .status import SweepStatus
-from .storage import Store
+from .storage import Store, join
 
+log = logging.getLogger("resumable.sweep")
 ResumeMode = Literal["allow", "must", "never"]
 OnChange = Literal["error", "rerun", "keep"]
 MAX_TRACEBACK_CHARS = 32_000
@@ -68,6 +84,10 @@ class ResumableSweep:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         storage_options: dict[str, Any] | None = None,
         mirror_options: MirrorOptions | None = None,
+        shard: tuple[int, int] | None = None,
+        handle_signals: bool = True,
+        signals: Iterable[int] | None = None,
+        grace_s: float | None = None,
     ) -> None:
         if resume not in ("allow", "must", "never"):
             raise ConfigurationError(f"resume must be 'allow', 'must' or 'never', found {resume!r}")
@@ -86,18 +106,31 @@ class ResumableSweep:
                 f"cannot derive a sweep name from checkpoint_path {os.fspath(checkpoint_path)!r}; "
                 "pass name=..."
             )
+        self.shard = check_shard(shard) if shard is not None else None
         # absolute: a later os.chdir() must not move the checkpoint under the sweep's feet
         self.progress_dir = progress_dir_for(self.checkpoint_path).absolute()
         self.resume_from = _from_env(resume_from, ENV_RESUME_FROM)
         self.snapshot_dir = _from_env(snapshot_dir, ENV_SNAPSHOT_DIR)
+        self._sweep_root = (self.progress_dir, self.resume_from, self.snapshot_dir)
         self.storage_options = storage_options
         self.mirror_options = mirror_options or MirrorOptions()
         self.retry_failed = bool(retry_failed)
+        self.handle_signals = bool(handle_signals)
+        self._signals = tuple(signals) if signals is not None else (signal.SIGTERM,)
+        self._grace_s = resolve_grace_s(grace_s)
+        self._guard: PreemptionGuard | None = None
         self.on_change: OnChange = on_change
         self.meta: dict[str, Any] = dict(meta) if meta else {}
         if meta is not None:
             encode(self.meta, what="meta")
-        self._items = ItemSet.build(items, key)
+        self._items = ItemSet.build(items, key)  # duplicates are checked across all shards
+        if self.shard is not None:
+            index, count = self.shard
+            self._items = self._items.subset(lambda k: shard_of(k, count) == index)
+            sub = shard_dir_name(index, count)
+            self.progress_dir = self.progress_dir / sub
+            self.resume_from = join(self.resume_from, sub) if self.resume_from else None
+            self.snapshot_dir = join(self.snapshot_dir, sub) if self.snapshot_dir else None
         self.launch_id = uuid.uuid4().hex[:12]
         self.host = socket.gethostname()
         self._yielded: dict[str, float] = {}
@@ -117,6 +150,8 @@ class ResumableSweep:
                 f"snapshot_dir {mirror.display} is read-only (http/https); mirror to a local "
                 "directory, file://, s3://, gs://, ... (and serve that over HTTP if you like)"
             )
+        if self.shard is not None:
+            self._check_shard_descriptors()
         if resume == "never":
             self._refuse_existing(source)
             source = None
@@ -175,6 +210,26 @@ class ResumableSweep:
         except BaseException:
             self._writer.close()
             raise
+
+    def _check_shard_descriptors(self) -> None:
+        """The shard count is fixed per sweep: check it (or record it, the first time)."""
+        assert self.shard is not None
+        count = self.shard[1]
+        local_root, resume_root, mirror_root = self._sweep_root
+        if resume_root:
+            source = source_store(resume_root, self.storage_options)
+            body = read_descriptor(source)
+            if body is not None:
+                check_descriptor(body, self.name, count, source.display)
+        ensure_local_descriptor(local_root, self.name, count)
+        if mirror_root:
+            mirror = Store(mirror_root, self.storage_options)
+            try:
+                ensure_remote_descriptor(mirror, self.name, count)
+            except SourceUnreachableError as exc:
+                log.warning(
+                    "snapshot_dir %s unreachable; shard count not checked: %s", mirror.display, exc
+                )
 
     def _refuse_existing(self, source: Store | None) -> None:
         """resume='never': refuse when a checkpoint exists here or at the source."""
@@ -336,8 +391,29 @@ class ResumableSweep:
         for key, item in zip(items.keys, items.items, strict=True):
             if not self._is_pending(key):
                 continue
+            self.checkpoint_if_preempted()  # a safe point: nothing of ours is in flight
             self._yielded[key] = time.monotonic()
             yield item
+
+    @property
+    def guard(self) -> PreemptionGuard | None:
+        """The preemption guard in force: this sweep's own, or an enclosing one."""
+        return self._guard if self._guard is not None else current_guard()
+
+    def checkpoint_if_preempted(self) -> None:
+        """Safe point: if preemption was requested, flush the mirror and exit with code 75.
+
+        `pending` calls this before yielding each item, so code after the user's loop (which
+        would believe the sweep finished) never runs; the exit is a `Preempted` (SystemExit).
+        """
+        guard = self.guard
+        if guard is not None and guard.preempted:
+            guard.exit()
+
+    def _flush_on_preemption(self, remaining_s: float) -> None:
+        """Run by the guard at the safe point, or by its watchdog when none comes in time."""
+        if self._mirror is not None:
+            self._mirror.flush(timeout=max(0.1, remaining_s - 0.5))
 
     @property
     def completed(self) -> Iterator[Any]:
@@ -376,6 +452,33 @@ class ResumableSweep:
         key = self._items.key_of(item)
         digest = hashlib.sha256(b"resumable-seed\0" + key.encode("utf-8")).digest()
         return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+    def rows(self) -> Iterator[tuple[str, Any, Any]]:
+        """(key, item, result) of finished items, in record order (for exporters)."""
+        for key, rec in list(self._state.results.items()):
+            idx = self._items.index.get(key)
+            if idx is not None:
+                yield key, self._items.items[idx], self._decode_result(key, rec)
+
+    def export_h5(self, path: str | os.PathLike[str]) -> Path:
+        """Write every completed result into one HDF5 file, atomically (see export.py)."""
+        from .export import write_h5
+
+        return write_h5(self.rows(), path, sweep=self.name, meta=self.meta)
+
+    def run(
+        self,
+        fn: Callable[[Any], Any],
+        executor: Any = None,
+        max_in_flight: int | None = None,
+        progress: bool | None = None,
+    ) -> Any:
+        """Run every pending item through `fn` (see runner.py); returns a summary."""
+        from .runner import run_sweep
+
+        return run_sweep(
+            self, fn, executor=executor, max_in_flight=max_in_flight, progress=progress
+        )
 
     # -- status and lifecycle -----------------------------------------------------------------
 
@@ -422,10 +525,28 @@ class ResumableSweep:
                 self._writer.close()
 
     def __enter__(self) -> ResumableSweep:
+        """Install preemption handling (main thread only; see `handle_signals`)."""
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            guard = PreemptionGuard(
+                flush=[self._flush_on_preemption], signals=self._signals, grace_s=self._grace_s
+            )
+            guard.__enter__()
+            self._guard = guard
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        guard, self._guard = self._guard, None
+        try:
+            if isinstance(exc, Preempted) and guard is not None:
+                try:  # the local checkpoint has everything; the mirror gets what time allows
+                    self.close(timeout=max(0.1, guard.remaining_s() - 0.5))
+                except ResumableError as err:
+                    log.error("closing the preempted sweep %r: %s", self.name, err)
+            else:
+                self.close()
+        finally:
+            if guard is not None:
+                guard.__exit__(exc_type, exc, tb)
 
     def __repr__(self) -> str:
         s = self.status()

@@ -1,0 +1,299 @@
+"""Read-only views of a sweep's progress, local or remote, sharded or not, without user code.
+
+`open_view(path_or_url)` accepts a `checkpoint_path` (its progress beside it is found), a
+progress directory, a mirror root or its `manifest.json`, on local disk or behind any URL that
+resume accepts. A sharded sweep (a `sweep.json` descriptor beside `shard-*` directories) opens
+as a `MergedView` over all its shards. Everything is verified before it is shown; `verify()`
+goes further and reports every problem it finds instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import MAX_MANIFEST_READ, PROGRESS_SUFFIX, SEGMENTS_DIR, Loaded, load, load_from
+from .codec import decode
+from .errors import CheckpointNotFoundError, IntegrityError, ObjectNotFoundError, ResumableError
+from .manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, parse_manifest
+from .remote import download, source_store
+from .shards import DESCRIPTOR_NAME, parse_descriptor, read_descriptor, shard_dir_name
+from .status import SweepStatus
+from .storage import Store, is_url
+
+
+@dataclass
+class CheckpointView:
+    """One verified checkpoint (one shard, or an unsharded sweep)."""
+
+    location: str
+    loaded: Loaded
+
+    @property
+    def name(self) -> str:
+        return self.loaded.manifest.sweep
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        raw = self.loaded.manifest.extra.get("shard")
+        return tuple(raw) if isinstance(raw, list) and len(raw) == 2 else None  # type: ignore[return-value]
+
+    def items(self) -> list[list[Any]]:
+        """[[key, fingerprint, params], ...] as recorded at the latest launch."""
+        return self.loaded.state.items_listing()
+
+    def keys(self) -> list[str]:
+        listing = self.items()
+        if listing:
+            return [entry[0] for entry in listing]
+        state = self.loaded.state
+        return list(dict.fromkeys([*state.results, *state.failures]))
+
+    def results(self, *, include_stale: bool = False) -> Iterator[tuple[str, Any, Any]]:
+        """(key, params, result) of finished items in record order (params None if unknown)."""
+        params = {entry[0]: entry[2] for entry in self.items()}
+        for key, rec in self.loaded.state.results.items():
+            if key not in params and params and not include_stale:
+                continue
+            where = f"{rec.source}: result of item {key!r:.200} (record {rec.seq})"
+            p = params.get(key)
+            yield (
+                key,
+                (decode(p, where=where) if p is not None else None),
+                decode(rec.body().get("value"), where=where),
+            )
+
+    def records(self) -> Iterator[Any]:
+        """Every result and failure record (for reports): journal.Record objects."""
+        state = self.loaded.state
+        yield from state.results.values()
+        yield from state.failure_records.values()
+
+    def status(self) -> SweepStatus:
+        return SweepStatus.from_state(
+            name=self.name,
+            state=self.loaded.state,
+            keys=self.keys(),
+            location=self.location,
+            verified=True,
+        )
+
+
+@dataclass
+class MergedView:
+    """All shards of a sharded sweep, read-only."""
+
+    location: str
+    name: str
+    count: int
+    shards: list[CheckpointView | None] = field(default_factory=list)  # None: not started
+
+    def results(self, *, include_stale: bool = False) -> Iterator[tuple[str, Any, Any]]:
+        for shard in self.shards:
+            if shard is not None:
+                yield from shard.results(include_stale=include_stale)
+
+    def status(self) -> SweepStatus:
+        per = [s.status() if s is not None else None for s in self.shards]
+        started = [s for s in per if s is not None]
+        if not started:
+            raise CheckpointNotFoundError(f"no shard of sweep {self.name!r} at {self.location}")
+        rates = [s.rate_per_s for s in started if s.rate_per_s]
+        pending = sum(s.pending for s in started)
+        rate = sum(rates) if rates else None
+        finished = [s.last_finished for s in started if s.last_finished]
+        first = [s.started for s in started if s.started]
+        return SweepStatus(
+            name=self.name,
+            location=self.location,
+            total=sum(s.total for s in started),
+            done=sum(s.done for s in started),
+            failed=sum(s.failed for s in started),
+            pending=pending,
+            stale=sum(s.stale for s in started),
+            launches=sum(s.launches for s in started),
+            launch_id=None,
+            last_finished=max(finished) if finished else None,
+            started=min(first) if first else None,
+            rate_per_s=rate,
+            eta_s=(pending / rate) if rate and pending else (0.0 if not pending else None),
+            failures=tuple(g for s in started for g in s.failures),
+            verified=True,
+            shards=[
+                {"shard": i, "started": s is not None, **(s.as_dict() if s else {})}
+                for i, s in enumerate(per)
+            ],
+        )
+
+
+def _local_candidates(path: Path) -> list[Path]:
+    """Where the progress of `path` may be: itself, or beside it (a checkpoint_path)."""
+    return [path, Path(str(path) + PROGRESS_SUFFIX)]
+
+
+def open_view(path_or_url: str, storage_options: dict | None = None) -> CheckpointView | MergedView:
+    """Open and verify a sweep's progress for reading (see the module docstring)."""
+    if not is_url(path_or_url):
+        for cand in _local_candidates(Path(path_or_url).expanduser()):
+            if (cand / MANIFEST_NAME).is_file():
+                loaded = load(cand)
+                assert loaded is not None
+                return CheckpointView(str(cand), loaded)
+            if (cand / DESCRIPTOR_NAME).is_file():
+                body = parse_descriptor((cand / DESCRIPTOR_NAME).read_bytes(), str(cand))
+                return _merged(Store(str(cand)), body, storage_options)
+        raise CheckpointNotFoundError(
+            f"no checkpoint at {path_or_url} (looked for {MANIFEST_NAME} or {DESCRIPTOR_NAME} "
+            f"there and in {path_or_url}{PROGRESS_SUFFIX})"
+        )
+    store = source_store(path_or_url, storage_options)
+    view = _remote_view(store)
+    if view is not None:
+        return view
+    body = read_descriptor(store)
+    if body is None:
+        raise CheckpointNotFoundError(
+            f"no checkpoint at {store.display} (neither {MANIFEST_NAME} nor {DESCRIPTOR_NAME})"
+        )
+    return _merged(store, body, storage_options)
+
+
+def _remote_view(store: Store) -> CheckpointView | None:
+    """Download and verify the checkpoint at `store` (None if it has no manifest)."""
+    if store.is_local:
+        assert store.local_path is not None
+        loaded = load(store.local_path)
+        return None if loaded is None else CheckpointView(store.display, loaded)
+    try:
+        data = store.read_bytes(MANIFEST_NAME, max_bytes=MAX_MANIFEST_READ)
+    except ObjectNotFoundError:
+        return None
+    with tempfile.TemporaryDirectory(prefix="resumable-view-") as tmp:
+        _, loaded = download(store, data, Path(tmp) / "checkpoint")
+        # payloads live in memory (Record.payload), so the files may go
+    return CheckpointView(store.display, loaded)
+
+
+def _merged(root: Store, body: dict, storage_options: dict | None) -> MergedView:
+    count = body["shards"]
+    merged = MergedView(location=root.display, name=body["sweep"], count=count)
+    for index in range(count):
+        sub = Store(f"{root.root.rstrip('/')}/{shard_dir_name(index, count)}", storage_options)
+        if root.is_local:
+            assert root.local_path is not None
+            sub = Store(str(root.local_path / shard_dir_name(index, count)))
+        merged.shards.append(_remote_view(sub))
+    return merged
+
+
+@dataclass
+class Problem:
+    where: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}"
+
+
+def verify(path_or_url: str, storage_options: dict | None = None) -> list[Problem]:
+    """Check every hash of a checkpoint (every shard of a sharded one); [] when intact."""
+    stores: list[Store]
+    if not is_url(path_or_url):
+        stores = []
+        for cand in _local_candidates(Path(path_or_url).expanduser()):
+            if (cand / MANIFEST_NAME).is_file():
+                stores = [Store(str(cand))]
+                break
+            if (cand / DESCRIPTOR_NAME).is_file():
+                try:
+                    body = parse_descriptor((cand / DESCRIPTOR_NAME).read_bytes(), str(cand))
+                except IntegrityError as exc:
+                    return [Problem(str(cand / DESCRIPTOR_NAME), str(exc))]
+                stores = [
+                    Store(str(cand / shard_dir_name(i, body["shards"])))
+                    for i in range(body["shards"])
+                ]
+                break
+        if not stores:
+            raise CheckpointNotFoundError(f"no checkpoint at {path_or_url}")
+    else:
+        root = source_store(path_or_url, storage_options)
+        try:
+            root.read_bytes(MANIFEST_NAME, max_bytes=MAX_MANIFEST_READ)
+            stores = [root]
+        except ObjectNotFoundError:
+            body = read_descriptor(root)
+            if body is None:
+                raise CheckpointNotFoundError(f"no checkpoint at {root.display}") from None
+            stores = [
+                Store(
+                    f"{root.root.rstrip('/')}/{shard_dir_name(i, body['shards'])}", storage_options
+                )
+                for i in range(body["shards"])
+            ]
+    problems: list[Problem] = []
+    for store in stores:
+        problems.extend(_verify_one(store, shard_optional=len(stores) > 1))
+    return problems
+
+
+def _verify_one(store: Store, *, shard_optional: bool) -> list[Problem]:
+    where = store.display
+    try:
+        mbytes = store.read_bytes(MANIFEST_NAME, max_bytes=MAX_MANIFEST_READ)
+    except ObjectNotFoundError:
+        return [] if shard_optional else [Problem(where, f"no {MANIFEST_NAME}")]
+    except ResumableError as exc:
+        return [Problem(where, str(exc))]
+    try:
+        manifest = parse_manifest(mbytes, source=f"{where}/{MANIFEST_NAME}")
+    except IntegrityError as exc:
+        return [Problem(f"{where}/{MANIFEST_NAME}", str(exc))]
+    problems = []
+    parts: dict[str, bytes] = {}
+    for seg in manifest.segments:
+        name = f"{SEGMENTS_DIR}/{seg.name}"
+        try:
+            data = store.read_bytes(name, max_bytes=seg.size)
+        except ObjectNotFoundError:
+            problems.append(Problem(f"{where}/{name}", f"missing (expected {seg.size} bytes)"))
+            continue
+        except IntegrityError:
+            problems.append(
+                Problem(f"{where}/{name}", f"longer than the {seg.size} bytes recorded")
+            )
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != seg.size:
+            problems.append(
+                Problem(f"{where}/{name}", f"expected {seg.size} bytes, found {len(data)}")
+            )
+        elif digest != seg.sha256:
+            problems.append(
+                Problem(
+                    f"{where}/{name}", f"SHA-256 mismatch: expected {seg.sha256}, found {digest}"
+                )
+            )
+        else:
+            parts[name] = data
+    if manifest.active is not None:
+        name = f"{SEGMENTS_DIR}/{manifest.active}"
+        try:
+            parts[name] = store.read_bytes(name, max_bytes=MAX_SEGMENT_BYTES)
+        except ResumableError as exc:
+            problems.append(Problem(f"{where}/{name}", f"active segment unreadable: {exc}"))
+    if problems:
+        return problems
+
+    def read(name: str, max_bytes: int) -> bytes:
+        return parts[name]
+
+    try:
+        load_from(read, mbytes, location=where)
+    except IntegrityError as exc:
+        problems.append(Problem(where, str(exc)))
+    return problems
