@@ -17,6 +17,7 @@ import http.client
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,22 +33,23 @@ from .errors import (
     StorageError,
 )
 
-try:  # botocore and aiohttp come with s3fs; guard anyway so local-only use never needs them
-    from botocore.exceptions import BotoCoreError, ClientError, SSLError
-    from botocore.exceptions import ConnectionError as BotoConnectionError
-    from botocore.exceptions import HTTPClientError as BotoHTTPClientError
-    from botocore.exceptions import IncompleteReadError as BotoIncompleteReadError
-except ImportError:  # pragma: no cover
-    BotoCoreError = ClientError = SSLError = BotoConnectionError = ()  # type: ignore[assignment,misc]
-    BotoHTTPClientError = BotoIncompleteReadError = ()  # type: ignore[assignment,misc]
-try:
-    import aiohttp
-except ImportError:  # pragma: no cover
-    aiohttp = None  # type: ignore[assignment]
 try:
     from fsspec.exceptions import FSTimeoutError
 except ImportError:  # pragma: no cover
     FSTimeoutError = ()  # type: ignore[assignment,misc]
+
+
+def _botocore() -> Any:
+    """botocore's exceptions module if it is loaded, else None.
+
+    Looked up, never imported: an exception from a library that was never imported cannot
+    exist, and importing botocore and aiohttp up front would cost every process ~0.2 s.
+    """
+    return sys.modules.get("botocore.exceptions")
+
+
+def _aiohttp() -> Any:
+    return sys.modules.get("aiohttp")
 
 
 class Kind(enum.Enum):
@@ -103,7 +105,8 @@ def chain(exc: BaseException) -> list[BaseException]:
 
 def aws_code(exc: BaseException) -> tuple[str | None, int | None]:
     """(error code, HTTP status) of a botocore ClientError, else (None, None)."""
-    if not isinstance(exc, ClientError):
+    boto = _botocore()
+    if boto is None or not isinstance(exc, boto.ClientError):
         return None, None
     response = getattr(exc, "response", None) or {}
     code = (response.get("Error") or {}).get("Code")
@@ -118,6 +121,7 @@ def find_code(exc: BaseException, code: str) -> bool:
 
 def http_status(exc: BaseException) -> int | None:
     """HTTP status of an aiohttp response error or a botocore ClientError anywhere in the chain."""
+    aiohttp = _aiohttp()
     for e in chain(exc):
         if aiohttp is not None and isinstance(e, aiohttp.ClientResponseError):
             return e.status
@@ -128,7 +132,8 @@ def http_status(exc: BaseException) -> int | None:
 
 
 def _classify_one(e: BaseException) -> Kind | None:
-    if isinstance(e, ClientError):
+    boto, aiohttp = _botocore(), _aiohttp()
+    if boto is not None and isinstance(e, boto.ClientError):
         code, status = aws_code(e)
         if code in NO_BUCKET_CODES:
             return Kind.PERMANENT  # a typo in the bucket name is not "no checkpoint yet"
@@ -150,12 +155,13 @@ def _classify_one(e: BaseException) -> Kind | None:
             return Kind.PERMANENT  # certificate trouble does not heal by waiting
         if isinstance(e, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
             return Kind.TRANSIENT
-    if isinstance(e, SSLError):
-        return Kind.PERMANENT
-    if isinstance(e, (BotoConnectionError, BotoHTTPClientError, BotoIncompleteReadError)):
-        return Kind.TRANSIENT  # refused, DNS, connect/read timeout, connection closed
-    if isinstance(e, BotoCoreError):
-        return Kind.PERMANENT  # no credentials, bad parameters, unknown region ...
+    if boto is not None:
+        if isinstance(e, boto.SSLError):
+            return Kind.PERMANENT
+        if isinstance(e, (boto.ConnectionError, boto.HTTPClientError, boto.IncompleteReadError)):
+            return Kind.TRANSIENT  # refused, DNS, connect/read timeout, connection closed
+        if isinstance(e, boto.BotoCoreError):
+            return Kind.PERMANENT  # no credentials, bad parameters, unknown region ...
     if isinstance(e, _NETWORK_ERRORS):
         return Kind.TRANSIENT
     if isinstance(e, FileExistsError):
@@ -187,6 +193,7 @@ def is_transient(exc: BaseException) -> bool:
 def describe(exc: BaseException) -> str:
     """A short, redacted reason: the most specific error in the chain."""
     links = chain(exc)
+    aiohttp = _aiohttp()
     for e in links:
         code, status = aws_code(e)
         if code is not None:

@@ -290,7 +290,14 @@ class DirLock:
                     f"{progress_dir} is already open for writing in this process; "
                     "close the other ResumableSweep first"
                 )
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise CheckpointWriteError(
+                    exc.errno,
+                    f"cannot open {self.path} for writing ({exc.strerror}); a checkpoint is "
+                    "opened for writing by its sweep: is the directory read-only?",
+                ) from None
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -351,12 +358,19 @@ class CheckpointWriter:
             self.manifest = self.manifest.with_segments(self.manifest.segments, active)
             atomic_write_bytes(self.dir / MANIFEST_NAME, self.manifest.to_bytes())
         self._active_path = self.segdir / check_name(self.manifest.active)
-        if loaded.torn_bytes:
-            # Drop the unacknowledged torn tail before appending after it.
-            with open(self._active_path, "r+b") as fh:
-                fh.truncate(self._active_size)
-                fsync_file(fh.fileno(), str(self._active_path))
-        self._fd = os.open(self._active_path, os.O_WRONLY | os.O_APPEND)
+        try:
+            if loaded.torn_bytes:
+                # Drop the unacknowledged torn tail before appending after it.
+                with open(self._active_path, "r+b") as fh:
+                    fh.truncate(self._active_size)
+                    fsync_file(fh.fileno(), str(self._active_path))
+            self._fd = os.open(self._active_path, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            if isinstance(exc, CheckpointWriteError):
+                raise
+            raise CheckpointWriteError(
+                exc.errno, f"cannot open {self._active_path} for appending: {exc.strerror}"
+            ) from None
 
     @classmethod
     def create(

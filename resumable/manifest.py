@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from . import __version__
+from . import __version__, signing
 from .codec import canonical_json, sha256_hex
 from .errors import IntegrityError
 
@@ -79,9 +79,12 @@ class Manifest:
             **extra_fields,
         )
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, signing_key: bytes | None = None) -> bytes:
+        """The manifest file: self-hashed, and HMAC-signed when a key is given."""
         body = _body(self)
         body["manifest_sha256"] = sha256_hex(canonical_json(body))
+        if signing_key is not None:
+            body["signature"] = signing.sign(signing_key, canonical_json(body))
         return json.dumps(body, indent=1, sort_keys=True).encode("utf-8") + b"\n"
 
 
@@ -97,8 +100,18 @@ def _body(m: Manifest) -> dict[str, Any]:
     return body
 
 
-def parse_manifest(data: bytes, *, source: str) -> Manifest:
-    """Parse and verify manifest bytes read from `source` (a path or redacted URL)."""
+def signature_state(data: bytes, signing_key: bytes | None) -> str:
+    """'valid', 'invalid', 'unsigned' or 'unchecked' for manifest bytes (already verified)."""
+    body = json.loads(data)
+    sig = body.pop("signature", None)
+    return signing.state(signing_key, canonical_json(body), sig)
+
+
+def parse_manifest(data: bytes, *, source: str, signing_key: bytes | None = None) -> Manifest:
+    """Parse and verify manifest bytes read from `source` (a path or redacted URL).
+
+    With `signing_key`, an unsigned or wrongly signed manifest is refused (IntegrityError).
+    """
     if len(data) > MAX_MANIFEST_BYTES:
         raise IntegrityError(
             f"manifest {source} is {len(data)} bytes; at most {MAX_MANIFEST_BYTES} expected"
@@ -119,6 +132,9 @@ def parse_manifest(data: bytes, *, source: str) -> Manifest:
             f"manifest {source}: schema version {schema!r} is not one this library reads "
             f"(it reads 1..{SCHEMA_VERSION}; a newer resumable may have written it)"
         )
+    signature = body.pop("signature", None)
+    if signing_key is not None:
+        signing.check(signing_key, canonical_json(body), signature, f"manifest {source}")
     claimed = body.pop("manifest_sha256", None)
     actual = sha256_hex(canonical_json(body))
     if claimed != actual:
