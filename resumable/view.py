@@ -20,8 +20,14 @@ from .checkpoint import MAX_MANIFEST_READ, PROGRESS_SUFFIX, SEGMENTS_DIR, Loaded
 from .codec import decode
 from .errors import CheckpointNotFoundError, IntegrityError, ObjectNotFoundError, ResumableError
 from .manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, parse_manifest
-from .remote import download, source_store
-from .shards import DESCRIPTOR_NAME, parse_descriptor, read_descriptor, shard_dir_name
+from .remote import download, read_manifest, source_store
+from .shards import (
+    DESCRIPTOR_NAME,
+    SHARD_DIR_RE,
+    parse_descriptor,
+    read_descriptor,
+    shard_dir_name,
+)
 from .status import SweepStatus
 from .storage import Store, is_url
 
@@ -32,6 +38,10 @@ class CheckpointView:
 
     location: str
     loaded: Loaded
+    # A local directory holding the verified files (for a URL, the view's own downloaded
+    # copy, kept as long as the view lives), so tools can read the whole journal (history).
+    files: Path | None = None
+    _keep: Any = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -40,7 +50,11 @@ class CheckpointView:
     @property
     def shard(self) -> tuple[int, int] | None:
         raw = self.loaded.manifest.extra.get("shard")
-        return tuple(raw) if isinstance(raw, list) and len(raw) == 2 else None  # type: ignore[return-value]
+        if isinstance(raw, list) and len(raw) == 2:
+            return tuple(raw)  # type: ignore[return-value]
+        # sweeps do not record it in the manifest: the shard directory's name says it
+        match = SHARD_DIR_RE.match(self.location.rstrip("/").rsplit("/", 1)[-1])
+        return (int(match[1]), int(match[2])) if match else None
 
     def items(self) -> list[list[Any]]:
         """[[key, fingerprint, params], ...] as recorded at the latest launch."""
@@ -124,7 +138,9 @@ class MergedView:
             failures=tuple(g for s in started for g in s.failures),
             verified=True,
             shards=[
-                {"shard": i, "started": s is not None, **(s.as_dict() if s else {})}
+                # the shard's own "started" (its first launch's time) would clobber the flag
+                {**(s.as_dict() if s else {}), "shard": i, "started": s is not None}
+                | ({"first_launch": s.started} if s else {})
                 for i, s in enumerate(per)
             ],
         )
@@ -142,7 +158,7 @@ def open_view(path_or_url: str, storage_options: dict | None = None) -> Checkpoi
             if (cand / MANIFEST_NAME).is_file():
                 loaded = load(cand)
                 assert loaded is not None
-                return CheckpointView(str(cand), loaded)
+                return CheckpointView(str(cand), loaded, files=cand)
             if (cand / DESCRIPTOR_NAME).is_file():
                 body = parse_descriptor((cand / DESCRIPTOR_NAME).read_bytes(), str(cand))
                 return _merged(Store(str(cand)), body, storage_options)
@@ -167,15 +183,22 @@ def _remote_view(store: Store) -> CheckpointView | None:
     if store.is_local:
         assert store.local_path is not None
         loaded = load(store.local_path)
-        return None if loaded is None else CheckpointView(store.display, loaded)
+        if loaded is None:
+            return None
+        return CheckpointView(store.display, loaded, files=store.local_path)
     try:
         data = store.read_bytes(MANIFEST_NAME, max_bytes=MAX_MANIFEST_READ)
     except ObjectNotFoundError:
         return None
-    with tempfile.TemporaryDirectory(prefix="resumable-view-") as tmp:
-        _, loaded = download(store, data, Path(tmp) / "checkpoint")
-        # payloads live in memory (Record.payload), so the files may go
-    return CheckpointView(store.display, loaded)
+    # payloads live in memory (Record.payload); the verified copy stays for history readers
+    # and is removed when the view is garbage-collected (or at exit)
+    tmp = tempfile.TemporaryDirectory(prefix="resumable-view-")
+    try:
+        path, loaded = download(store, data, Path(tmp.name) / "checkpoint")
+    except BaseException:
+        tmp.cleanup()
+        raise
+    return CheckpointView(store.display, loaded, files=path, _keep=tmp)
 
 
 def _merged(root: Store, body: dict, storage_options: dict | None) -> MergedView:
@@ -219,6 +242,10 @@ def verify(path_or_url: str, storage_options: dict | None = None) -> list[Proble
                 ]
                 break
         if not stores:
+            for cand in _local_candidates(Path(path_or_url).expanduser()):
+                orphans = _orphaned_parts(Store(str(cand))) if cand.is_dir() else None
+                if orphans is not None:
+                    return [orphans]
             raise CheckpointNotFoundError(f"no checkpoint at {path_or_url}")
     else:
         root = source_store(path_or_url, storage_options)
@@ -228,6 +255,9 @@ def verify(path_or_url: str, storage_options: dict | None = None) -> list[Proble
         except ObjectNotFoundError:
             body = read_descriptor(root)
             if body is None:
+                orphans = _orphaned_parts(root)
+                if orphans is not None:
+                    return [orphans]
                 raise CheckpointNotFoundError(f"no checkpoint at {root.display}") from None
             stores = [
                 Store(
@@ -239,6 +269,15 @@ def verify(path_or_url: str, storage_options: dict | None = None) -> list[Proble
     for store in stores:
         problems.extend(_verify_one(store, shard_optional=len(stores) > 1))
     return problems
+
+
+def _orphaned_parts(store: Store) -> Problem | None:
+    """A missing manifest beside stored parts is damage, not an absent checkpoint."""
+    try:
+        read_manifest(store)
+    except IntegrityError as exc:
+        return Problem(store.display, str(exc))
+    return None
 
 
 def _verify_one(store: Store, *, shard_optional: bool) -> list[Problem]:

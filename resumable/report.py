@@ -1,0 +1,435 @@
+"""`resumable report`: one self-contained HTML page about a sweep, plots included.
+
+Sections: summary numbers; completed items over time across launches (each launch its own
+colour, interrupted launches marked, the time lost to them shaded); a table of launches; the
+distribution of item durations (the ``duration`` of result and failure records) with the
+slowest items; failures by error type (table and bar chart); shards; verification.
+
+Plots are drawn with matplotlib's Agg canvas (no pyplot, no global backend change) and embedded
+as base64 PNG ``<img>`` tags, so the page is one file that opens anywhere. matplotlib is an
+optional extra (``pip install 'resumable[report]'``); `require_matplotlib` raises ImportError
+without it. Every user-provided string (keys, messages, names, hosts) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from ._history import Timeline, timelines
+from ._status_text import rate_text, span
+from .durable import atomic_writer
+from .storage import redact
+
+_COLORS = [
+    "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#d62728",
+]  # fmt: skip
+_LOST = "#d62728"
+
+
+def require_matplotlib() -> None:
+    """Raise ImportError unless matplotlib (the `report` extra) is importable."""
+    import matplotlib  # noqa: F401
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+
+
+def write_report(
+    view: Any,
+    path: str | Path,
+    *,
+    location: str | None = None,
+    problems: list[Any] | None = None,
+) -> Path:
+    """Render the report of `view` (CheckpointView or MergedView) into `path`, atomically.
+
+    `problems` is what `view.verify()` found (None: not run again; opening verified it).
+    """
+    require_matplotlib()
+    page = render(view, location=location or view.location, problems=problems or [])
+    target = Path(path)
+    with atomic_writer(target) as fh:
+        fh.write(page.encode("utf-8"))
+    return target
+
+
+# -- HTML helpers -------------------------------------------------------------------------------
+
+
+def _e(s: Any) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _key(s: str, limit: int = 80) -> str:
+    """A key for the page: control characters made visible, long keys cut, escaped."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s[: limit + 1])
+    if len(s) > limit:
+        shown = shown[:limit] + f"... ({len(s)} chars)"
+    return f"<code>{_e(shown)}</code>"
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return _dt.datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
+    """Cells are already-escaped HTML."""
+    th = "".join(f"<th>{h}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img class="plot" alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _png(fig: Any) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _figure(w: float = 9.5, h: float = 3.8) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), layout="constrained")
+
+
+def _dates(ts: list[float]) -> list[_dt.datetime]:
+    return [_dt.datetime.fromtimestamp(t).astimezone() for t in ts]
+
+
+# -- plots --------------------------------------------------------------------------------------
+
+
+def _curves(tl: Timeline) -> dict[int, tuple[list[float], list[int]]]:
+    """Per launch index: (times, cumulative completed items), each launch's curve starting
+    where the previous one ended."""
+    events = sorted(
+        [(launch.seq, 0, launch.index, launch.t) for launch in tl.launches]
+        + [(f.seq, 1, f.launch, f.t) for f in tl.finished if f.ok]
+    )
+    curves: dict[int, tuple[list[float], list[int]]] = {}
+    count = 0
+    for _seq, is_result, idx, t in events:
+        if not is_result:
+            curves[idx] = ([t], [count])
+            continue
+        xs, ys = curves.setdefault(idx, ([t], [count]))
+        count += 1
+        xs.append(t)
+        ys.append(count)
+    return curves
+
+
+def plot_progress(tls: list[Timeline]) -> bytes:
+    """Completed items over time; launches coloured, interruptions marked, lost time shaded."""
+    import matplotlib.dates as mdates
+
+    fig = _figure()
+    ax = fig.add_subplot()
+    sharded = len(tls) > 1
+    labelled: set[str] = set()
+
+    def once(label: str) -> str | None:
+        if label in labelled:
+            return None
+        labelled.add(label)
+        return label
+
+    for si, tl in enumerate(tls):
+        curves = _curves(tl)
+        for n, idx in enumerate(sorted(curves)):
+            xs, ys = curves[idx]
+            if sharded:
+                color = _COLORS[si % len(_COLORS)]
+                label = f"shard {tl.shard[0] if tl.shard else si}" if n == 0 else None
+            else:
+                color = _COLORS[max(idx, 0) % len(_COLORS)]
+                label = f"launch {idx + 1}" if idx >= 0 else "before any launch"
+            ax.step(_dates(xs), ys, where="post", color=color, lw=1.8, label=label)
+        for launch in tl.launches:
+            ax.axvline(_dates([launch.t])[0], color="#555", ls=":", lw=0.9, label=once("launch"))
+        for i, launch in enumerate(tl.launches):
+            if launch.outcome != "interrupted":
+                continue
+            nxt = tl.launches[i + 1]
+            y = curves.get(launch.index, ([0.0], [0]))[1][-1]
+            ax.plot(
+                _dates([launch.last_t]),
+                [y],
+                marker="X",
+                ms=10,
+                color=_LOST,
+                ls="none",
+                label=once("interrupted"),
+            )
+            ax.axvspan(
+                *_dates([launch.last_t, nxt.t]), color=_LOST, alpha=0.15, label=once("time lost")
+            )
+    tz = _dt.datetime.now().astimezone().tzinfo
+    locator = mdates.AutoDateLocator(tz=tz)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=tz))
+    ax.set_ylabel("completed items")
+    ax.set_title("Completed items over time")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8, ncols=2)
+    return _png(fig)
+
+
+def plot_durations(ok: list[float], failed: list[float]) -> bytes:
+    import numpy as np
+
+    fig = _figure(9.5, 3.4)
+    ax = fig.add_subplot()
+    values = [d for d in ok + failed if d > 0]
+    log = bool(values) and max(values) / max(min(values), 1e-12) > 100
+    if log:
+        bins: Any = np.logspace(np.log10(min(values)), np.log10(max(values)), 40)
+        ax.set_xscale("log")
+        ok = [d for d in ok if d > 0]
+        failed = [d for d in failed if d > 0]
+    else:
+        bins = 40
+    data = [x for x in (ok, failed) if x]
+    labels = [lab for lab, x in (("results", ok), ("failures", failed)) if x]
+    colors = [c for c, x in (("#1f77b4", ok), (_LOST, failed)) if x]
+    ax.hist(data, bins=bins, stacked=True, label=labels, color=colors)
+    if ok:
+        med = statistics.median(ok)
+        ax.axvline(med, color="k", ls="--", lw=1, label=f"median {span(med)}")
+    ax.set_xlabel("item duration (s)")
+    ax.set_ylabel("items")
+    ax.set_title("Item durations")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_failures(groups: list[tuple[str, int]]) -> bytes:
+    fig = _figure(9.5, 0.6 + 0.4 * len(groups))
+    ax = fig.add_subplot()
+    names = [_short(t) for t, _ in groups][::-1]
+    counts = [n for _, n in groups][::-1]
+    ax.barh(range(len(names)), counts, color=_LOST)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("failed items")
+    ax.set_title("Failures by error type")
+    ax.grid(alpha=0.3, axis="x")
+    return _png(fig)
+
+
+def _short(s: str, n: int = 40) -> str:
+    s = "".join(c if c.isprintable() else "?" for c in s)
+    s = s if len(s) <= n else s[: n - 1] + "..."
+    return s.replace("$", r"\$")  # no mathtext in labels
+
+
+# -- the page -----------------------------------------------------------------------------------
+
+
+def render(view: Any, *, location: str, problems: list[Any]) -> str:
+    from .view import MergedView
+
+    now = time.time()
+    status = view.status()
+    tls = timelines(view)
+    finished = [f for tl in tls for f in tl.finished]
+    ok_d = [f.duration for f in finished if f.ok and f.duration is not None]
+    fail_d = [f.duration for f in finished if not f.ok and f.duration is not None]
+    launches = [(tl, launch) for tl in tls for launch in tl.launches]
+    interrupted = [launch for _, launch in launches if launch.outcome == "interrupted"]
+    lost = sum(launch.lost_s or 0.0 for launch in interrupted)
+    first = min((launch.t for _, launch in launches), default=None)
+    last = max([f.t for f in finished] + [launch.last_t for _, launch in launches], default=None)
+    pct = 100.0 * status.done / status.total if status.total else 0.0
+
+    cards = [
+        ("items", f"{status.total}"),
+        ("done", f"{status.done} ({pct:.1f}%)"),
+        ("failed", f"{status.failed}"),
+        ("pending", f"{status.pending}"),
+        ("stale", f"{status.stale}"),
+        ("launches", f"{len(launches)}"),
+        ("interrupted", f"{len(interrupted)}"),
+        ("time lost", span(lost) if interrupted else "none"),
+        ("wall time", span(last - first) if first and last else "-"),
+        ("item time", span(sum(ok_d) + sum(fail_d)) if ok_d or fail_d else "-"),
+        ("median item", span(statistics.median(ok_d)) if ok_d else "-"),
+        ("rate", rate_text(status.rate_per_s)),
+        ("ETA", "done" if not status.pending else span(status.eta_s)),
+        ("last item", _when(status.last_finished)),
+        ("verified", "yes" if not problems else f"NO ({len(problems)} problems)"),
+    ]
+    parts = [
+        f"<h1>Sweep {_key(view.name, 200)}</h1>",
+        f'<p class="sub">{_e(redact(location))} &middot; report generated {_e(_when(now))} '
+        f"by resumable {_e(__version__)}</p>",
+        '<section id="summary"><h2>Summary</h2><div class="cards">'
+        + "".join(
+            f'<div class="card"><div class="v">{_e(v)}</div><div class="k">{_e(k)}</div></div>'
+            for k, v in cards
+        )
+        + "</div></section>",
+    ]
+    notes = [tl.note for tl in tls if tl.note]
+    # progress over time
+    sec = ['<section id="progress"><h2>Progress over time</h2>']
+    if launches:
+        sec.append(_img(plot_progress(tls), "completed items over time"))
+        sec.append(
+            f"<p>{len(launches)} launch(es); {len(interrupted)} interrupted before the sweep was "
+            f"complete (preempted, killed or crashed: another launch followed while items were "
+            f"pending), losing {_e(span(lost))} between their last record and the next "
+            f"launch.</p>"
+        )
+        rows = []
+        for tl, launch in launches:
+            shard = [f"{tl.shard[0]}/{tl.shard[1]}" if tl.shard else "-"] if len(tls) > 1 else []
+            rows.append(
+                [
+                    *shard,
+                    str(launch.index + 1),
+                    _e(launch.launch_id),
+                    _e(f"{launch.host} (pid {launch.pid})"),
+                    _e(_when(launch.t)),
+                    _e(_when(launch.last_t)),
+                    _e(span(launch.last_t - launch.t)),
+                    str(launch.results),
+                    str(launch.failures),
+                    f'<span class="{launch.outcome}">{_e(launch.outcome)}</span>',
+                    _e(span(launch.lost_s)) if launch.lost_s is not None else "",
+                ]
+            )
+        head = ["shard"] if len(tls) > 1 else []
+        head += ["#", "launch", "host", "started", "last record", "ran", "results", "failures"]
+        sec.append(_table([*head, "outcome", "time lost"], rows, "launches"))
+    else:
+        sec.append("<p>No launch recorded.</p>")
+    for note in notes:
+        sec.append(f'<p class="note">{_e(note)}</p>')
+    parts.append("".join(sec) + "</section>")
+    # durations
+    sec = ['<section id="durations"><h2>Item durations</h2>']
+    if ok_d or fail_d:
+        sec.append(_img(plot_durations(ok_d, fail_d), "distribution of item durations"))
+        qs = sorted(ok_d or fail_d)
+        stats = [
+            ("min", qs[0]),
+            ("median", statistics.median(qs)),
+            ("90%", qs[min(len(qs) - 1, int(0.9 * len(qs)))]),
+            ("max", qs[-1]),
+            ("mean", statistics.fmean(qs)),
+        ]
+        sec.append(_table([k for k, _ in stats], [[_e(span(v)) for _, v in stats]], "stats"))
+        slow = sorted((f for f in finished if f.duration is not None), key=lambda f: -f.duration)
+        rows = [
+            [_key(f.key), _e(span(f.duration)), "result" if f.ok else _e(f.error_type or "")]
+            for f in slow[:10]
+        ]
+        sec.append("<h3>Slowest items</h3>" + _table(["key", "duration", "outcome"], rows))
+    else:
+        sec.append("<p>No durations recorded.</p>")
+    parts.append("".join(sec) + "</section>")
+    # failures
+    sec = ['<section id="failures"><h2>Failures</h2>']
+    if status.failures:
+        groups = [(g.error_type, g.count) for g in status.failures]
+        sec.append(_img(plot_failures(groups), "failures by error type"))
+        rows = [
+            [
+                f"<code>{_e(g.error_type)}</code>",
+                str(g.count),
+                _key(g.example_key),
+                f"<pre>{_e(g.example_message)}</pre>",
+            ]
+            for g in status.failures
+        ]
+        sec.append(_table(["error type", "items", "example key", "example message"], rows))
+        history = Counter(f.error_type for f in finished if not f.ok)
+        if sum(history.values()) != status.failed:
+            sec.append(
+                f"<p>{sum(history.values())} failure record(s) in the journal in all "
+                f"(retried ones included).</p>"
+            )
+    else:
+        sec.append("<p>No failed items.</p>")
+    parts.append("".join(sec) + "</section>")
+    # shards
+    if isinstance(view, MergedView) and status.shards:
+        rows = []
+        for s in status.shards:
+            if not s.get("started"):
+                rows.append([str(s["shard"]), "not started", "", "", "", ""])
+                continue
+            rows.append(
+                [
+                    str(s["shard"]),
+                    str(s["total"]),
+                    str(s["done"]),
+                    str(s["failed"]),
+                    str(s["pending"]),
+                    _e(_when(s["last_finished"])),
+                ]
+            )
+        parts.append(
+            '<section id="shards"><h2>Shards</h2>'
+            + _table(["shard", "items", "done", "failed", "pending", "last item"], rows)
+            + "</section>"
+        )
+    # verification
+    sec = ['<section id="verification"><h2>Verification</h2>']
+    if problems:
+        items = "".join(f"<li>{_e(redact(str(p)))}</li>" for p in problems)
+        sec.append(f'<p class="bad">{len(problems)} problem(s):</p><ul>{items}</ul>')
+    else:
+        sec.append("<p>Every hash checked: the checkpoint is intact.</p>")
+    parts.append("".join(sec) + "</section>")
+    title = f"resumable report: {view.name[:80]}"
+    return _PAGE.format(title=_e(title), style=_STYLE, body="\n".join(parts))
+
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;
+max-width:1000px;padding:0 1em;color:#222}
+h1{margin-bottom:.2em}.sub{color:#666;margin-top:0}
+section{margin:2em 0}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
+.cards{display:flex;flex-wrap:wrap;gap:.6em}
+.card{border:1px solid #ddd;border-radius:6px;padding:.5em .8em;min-width:7em}
+.card .v{font-size:1.25em;font-weight:600}.card .k{color:#666;font-size:.85em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
+th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f6f6f6}pre{margin:0;white-space:pre-wrap;max-width:40em}
+img.plot{max-width:100%;height:auto;display:block;margin:.8em 0}
+.interrupted,.bad{color:#d62728;font-weight:600}.completed{color:#2ca02c}
+.open{color:#666}.note{color:#8a6d3b}
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>{style}</style>
+</head>
+<body>
+{body}
+</body>
+</html>
+"""
