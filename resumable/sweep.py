@@ -21,38 +21,26 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from . import __version__
-from .checkpoint import DEFAULT_SEGMENT_BYTES, CheckpointWriter, Loaded, progress_dir_for
+from ._opening import open_sweep
+from .checkpoint import DEFAULT_SEGMENT_BYTES, CheckpointWriter, progress_dir_for
 from .codec import canonical_json, decode, encode
 from .errors import (
     AlreadyRecordedError,
     CheckpointClosedError,
-    CheckpointExistsError,
-    CheckpointNotFoundError,
     ConfigurationError,
-    ItemsChangedError,
     ResumableError,
-    SourceUnreachableError,
 )
 from .items import ItemSet
 from .journal import Record
-from .manifest import MANIFEST_NAME, Manifest
 from .mirror import Mirror, MirrorOptions
 from .preempt import Preempted, PreemptionGuard, current_guard, resolve_grace_s
-from .remote import read_manifest, source_store
-from .resume import open_checkpoint
 from .shards import (
-    check_descriptor,
     check_shard,
-    ensure_local_descriptor,
-    ensure_remote_descriptor,
-    read_descriptor,
     shard_dir_name,
     shard_of,
 )
-from .state import State
 from .status import SweepStatus
-from .storage import Store, join
+from .storage import join
 
 log = logging.getLogger("resumable.sweep")
 ResumeMode = Literal["allow", "must", "never"]
@@ -138,150 +126,9 @@ class ResumableSweep:
         self._writer: CheckpointWriter | None = None
         self._mirror: Mirror | None = None
         self.resumed_from = "fresh"
-        self._open(resume, segment_bytes)
+        open_sweep(self, resume, segment_bytes)
 
     # -- opening ---------------------------------------------------------------------------
-
-    def _open(self, resume: ResumeMode, segment_bytes: int) -> None:
-        source = source_store(self.resume_from, self.storage_options) if self.resume_from else None
-        mirror = Store(self.snapshot_dir, self.storage_options) if self.snapshot_dir else None
-        if mirror is not None and _is_http(mirror.root):
-            raise ConfigurationError(
-                f"snapshot_dir {mirror.display} is read-only (http/https); mirror to a local "
-                "directory, file://, s3://, gs://, ... (and serve that over HTTP if you like)"
-            )
-        if self.shard is not None:
-            self._check_shard_descriptors()
-        if resume == "never":
-            self._refuse_existing(source)
-            source = None
-        opened = open_checkpoint(self.progress_dir, self.name, source=source, mirror=mirror)
-        loaded, lock = opened.loaded, opened.lock
-        try:
-            if resume == "must" and loaded is None:
-                where = f"{self.progress_dir}" + (f" or {source.display}" if source else "")
-                raise CheckpointNotFoundError(f"resume='must' but no checkpoint exists at {where}")
-            identity = self._items.identity()
-            changed = (
-                self._changed_keys(loaded)
-                if loaded is not None and identity != loaded.state.items_sha256
-                else []
-            )
-            if changed and self.on_change == "error":
-                shown = ", ".join(repr(k) for k in changed[:20])
-                more = f" and {len(changed) - 20} more" if len(changed) > 20 else ""
-                raise ItemsChangedError(
-                    f"{len(changed)} item(s) changed since they were recorded in "
-                    f"{self.progress_dir}: {shown}{more}. Pass on_change='rerun' to run them "
-                    "again or on_change='keep' to keep the recorded results"
-                )
-            if loaded is None:
-                if lock is not None:
-                    lock.release()
-                    lock = None
-                manifest = Manifest(sweep=self.name, sweep_id=uuid.uuid4().hex, created=time.time())
-                self._writer = CheckpointWriter.create(
-                    self.progress_dir, manifest, segment_bytes=segment_bytes
-                )
-                self._state = State()
-            else:
-                assert lock is not None
-                self._writer = CheckpointWriter(
-                    self.progress_dir, loaded, lock, segment_bytes=segment_bytes
-                )
-                lock = None
-                self._state = loaded.state
-        except BaseException:
-            if lock is not None:
-                lock.release()
-            raise
-        self.resumed_from = opened.source
-        try:
-            self._write_launch(identity, changed)
-            if mirror is not None:
-                self._mirror = Mirror(
-                    mirror,
-                    self._writer,
-                    options=self.mirror_options,
-                    known=opened.mirror_known,
-                    owner=f"{self.launch_id}@{self.host}",
-                )
-                self._mirror.notify()
-        except BaseException:
-            self._writer.close()
-            raise
-
-    def _check_shard_descriptors(self) -> None:
-        """The shard count is fixed per sweep: check it (or record it, the first time)."""
-        assert self.shard is not None
-        count = self.shard[1]
-        local_root, resume_root, mirror_root = self._sweep_root
-        if resume_root:
-            source = source_store(resume_root, self.storage_options)
-            body = read_descriptor(source)
-            if body is not None:
-                check_descriptor(body, self.name, count, source.display)
-        ensure_local_descriptor(local_root, self.name, count)
-        if mirror_root:
-            mirror = Store(mirror_root, self.storage_options)
-            try:
-                ensure_remote_descriptor(mirror, self.name, count)
-            except SourceUnreachableError as exc:
-                log.warning(
-                    "snapshot_dir %s unreachable; shard count not checked: %s", mirror.display, exc
-                )
-
-    def _refuse_existing(self, source: Store | None) -> None:
-        """resume='never': refuse when a checkpoint exists here or at the source."""
-        where = str(self.progress_dir) if (self.progress_dir / MANIFEST_NAME).exists() else None
-        if where is None and source is not None and read_manifest(source) is not None:
-            where = source.display
-        if where is not None:
-            raise CheckpointExistsError(
-                f"resume='never' but a checkpoint of sweep {self.name!r} exists at {where}"
-            )
-
-    def _changed_keys(self, loaded: Loaded) -> list[str]:
-        """Keys recorded with a fingerprint that differs from their item's fingerprint now."""
-        changed = []
-        for source in (loaded.state.results, loaded.state.failure_records):
-            for key, rec in source.items():
-                if key not in self._items.index or rec.fp is None:
-                    continue
-                now = self._items.fingerprint(key)
-                if now is not None and rec.fp != now:
-                    changed.append(key)
-        return changed
-
-    def _write_launch(self, identity: str, changed: list[str]) -> None:
-        self._append(
-            "launch",
-            {
-                "launch": self.launch_id,
-                "host": self.host,
-                "pid": os.getpid(),
-                "items_sha256": identity,
-                "n_items": len(self._items.keys),
-                "library_version": __version__,
-            },
-        )
-        if identity != self._state.items_sha256:
-            listing = self._items.listing()
-            self._append("items", {"items": listing}, fp=identity)
-        if changed and self.on_change == "rerun":
-            done = [k for k in changed if k in self._state.results]
-            failed = [k for k in changed if k in self._state.failures]
-            if done:
-                self._append("invalidate", {"keys": done, "reason": "item changed"})
-            if failed:
-                self._append("retry", {"keys": failed, "reason": "item changed"})
-        self._persisted_meta = canonical_json(self._state.meta)
-        if self.meta:
-            self._save_meta()
-        else:
-            self.meta = {k: v for k, v in decode(self._state.meta, where="meta").items()}
-
-    # -- recording ---------------------------------------------------------------------------
 
     def _append(
         self, kind: str, payload: dict[str, Any], key: str | None = None, fp: str | None = None
@@ -566,10 +413,6 @@ def _text(error: BaseException) -> str:
 def _utf8(text: str) -> str:
     """Text that encodes as UTF-8 (lone surrogates from os.fsdecode become escapes)."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _is_http(url: str) -> bool:
-    return url.split("://", 1)[0].lower() in ("http", "https") and "://" in url
 
 
 def _from_env(value: str | None, var: str) -> str | None:
