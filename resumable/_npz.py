@@ -1,0 +1,552 @@
+"""Low-level .npz streaming for snapshots: write members as they are produced, read them bounded.
+
+Writing streams each array's ``.npy`` bytes straight into an uncompressed (ZIP_STORED, zip64)
+member: header from numpy's own header writer, then the array's memory in 1 MiB slices (numpy's
+own chunked writer for non-contiguous arrays), with no full copy of the state. Each array's
+SHA-256 runs as one task on a helper thread (hashlib releases the GIL) while the main thread
+computes the zip CRC and writes, so hashing overlaps the write instead of adding to it.
+
+Reading trusts nothing: the end-of-central-directory record is bounded before zipfile parses
+the directory, every member must be STORED and unencrypted and lie inside the file, the local
+header must agree with the central directory, the ``.npy`` header is parsed with a size limit
+and `ast.literal_eval` (never pickle) and must equal the manifest, and array buffers are
+allocated only after their declared size was checked against bytes actually in the file. Each
+array is then read (``os.preadv`` straight into its destination buffer) and hashed slice by
+slice by one task, arrays in parallel; digests are compared before anything is returned.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import json
+import os
+import struct
+import warnings
+import zipfile
+import zlib
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+from numpy.lib import format as npformat
+
+from .errors import IntegrityError, UnsupportedValueError
+
+CHUNK = 1 << 20  # slices small enough to stay in cache between copy, CRC and hash
+COPY_CHUNK = 8 << 20  # plain file-to-file copies
+MAX_NPY_HEADER_BYTES = 64 << 10
+_WORKERS = max(1, min(2, os.cpu_count() or 1))
+_INLINE_BELOW = 1 << 20  # arrays smaller than this are hashed on the calling thread
+_PREADV = getattr(os, "preadv", None)
+_NPY_MAGIC = b"\x93NUMPY"
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+_EOCD = struct.Struct("<4s4H2LH")
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+_FIXED_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def normalize_descr(descr: Any) -> Any:
+    """A dtype descr as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(descr))
+
+
+def descr_from_json(descr: Any) -> np.dtype:
+    """The dtype of a JSON-normalized descr (lists back to the tuples numpy expects)."""
+
+    def fix(d: Any) -> Any:
+        if isinstance(d, str):
+            return d
+        if isinstance(d, list):
+            fields = []
+            for field in d:
+                if not isinstance(field, list) or len(field) not in (2, 3):
+                    raise TypeError(f"bad field {field!r}")
+                name = tuple(field[0]) if isinstance(field[0], list) else field[0]
+                item: tuple[Any, ...] = (name, fix(field[1]))
+                if len(field) == 3:
+                    item += (tuple(field[2]),)
+                fields.append(item)
+            return fields
+        raise TypeError(f"bad descr {d!r}")
+
+    return npformat.descr_to_dtype(fix(descr))
+
+
+@dataclass(frozen=True)
+class ArrayRecord:
+    """One array of a snapshot, as its manifest describes it."""
+
+    name: str
+    member: str  # zip member name, e.g. "a00003.npy"
+    dtype: Any  # numpy descr (dtype_to_descr), JSON-normalized
+    shape: tuple[int, ...]
+    fortran_order: bool
+    nbytes: int  # array data bytes
+    size: int  # bytes of the whole .npy member (header + data)
+    sha256: str  # of the whole .npy member
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "member": self.member,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "fortran_order": self.fortran_order,
+            "nbytes": self.nbytes,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
+
+
+class _Tasks:
+    """Whole-array tasks (hash, or read + hash) on a few threads, a bounded number in flight.
+
+    One task per array lets consecutive arrays proceed in parallel with each other and with
+    the zip writer (hashlib and file I/O release the GIL); a read task hashes each slice right
+    after reading it, while it is still in cache. Small arrays, and everything when `workers`
+    is 0, run inline.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._pool = (
+            ThreadPoolExecutor(workers, thread_name_prefix="resumable-hash") if workers else None
+        )
+        self._max = workers + 1
+        self._pending: deque[Future[Any]] = deque()
+
+    @property
+    def parallel(self) -> bool:
+        return self._pool is not None
+
+    def submit(self, inline: bool, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        if self._pool is None or inline:
+            fut: Future[Any] = Future()
+            try:
+                fut.set_result(fn(*args))
+            except Exception as exc:
+                fut.set_exception(exc)
+            return fut
+        fut = self._pool.submit(fn, *args)
+        self._pending.append(fut)
+        while len(self._pending) > self._max:
+            futures_wait([self._pending.popleft()])
+        return fut
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._pending.clear()
+
+
+def _hash_slices(h: Any, header: bytes, data: memoryview) -> None:
+    h.update(header)
+    for start in range(0, len(data), CHUNK):
+        h.update(data[start : start + CHUNK])
+
+
+class _HashingSink:
+    """File-like for numpy's own writer: hashes (inline) and counts what goes to the member."""
+
+    def __init__(self, out: Any) -> None:
+        self._out, self.count, self.hash = out, 0, hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+        self.hash.update(data)
+        self._out.write(data)
+        self.count += n
+        return n
+
+
+class _Unseekable:
+    """Presents a write stream as non-seekable, so zipfile streams (data descriptors)."""
+
+    def __init__(self, out: Any) -> None:
+        self._out, self._pos = out, 0
+
+    def write(self, data: Any) -> int:
+        n = self._out.write(data)
+        n = memoryview(data).nbytes if n is None else n
+        self._pos += n
+        return n
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, *args: Any) -> int:
+        raise OSError("stream is not seekable")
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+def _npy_header(arr: np.ndarray) -> bytes | None:
+    """The exact header numpy writes for `arr` (format 1.0 or 2.0), or None for 3.0."""
+    d = npformat.header_data_from_array_1_0(arr)
+    for writer in (npformat.write_array_header_1_0, npformat.write_array_header_2_0):
+        buf = _Collect()
+        try:
+            writer(buf, d)
+        except (ValueError, UnicodeEncodeError):
+            continue
+        return b"".join(buf.parts)
+    return None
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
+
+
+class NpzStreamWriter:
+    """Writes a ZIP_STORED, zip64 .npz to `out`, one member at a time; see module docstring."""
+
+    def __init__(self, out: BinaryIO, *, seekable: bool) -> None:
+        target: Any = out if seekable else _Unseekable(out)
+        self._zf = zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self._tasks = _Tasks(_WORKERS)
+        self._target = target
+
+    def _info(self, member: str) -> zipfile.ZipInfo:
+        info = zipfile.ZipInfo(member, date_time=_FIXED_DATE)
+        info.compress_type = zipfile.ZIP_STORED
+        info.external_attr = 0o600 << 16
+        return info
+
+    def add_array(self, member: str, name: str, arr: np.ndarray) -> Callable[[], ArrayRecord]:
+        """Stream `arr` as member `member`; returns a function giving its manifest record
+        (it waits for the array's hash)."""
+        header = _npy_header(arr)
+        contiguous = arr.flags.c_contiguous or arr.flags.f_contiguous
+        with self._zf.open(self._info(member), "w", force_zip64=True) as raw:
+            if header is not None and contiguous and arr.dtype.itemsize > 0:
+                flat = (arr if arr.flags.c_contiguous else arr.T).reshape(-1).view(np.uint8)
+                view = memoryview(flat)
+                h = hashlib.sha256()
+                if self._tasks.parallel and arr.nbytes >= _INLINE_BELOW:
+                    done = self._tasks.submit(False, _hash_slices, h, header, view)
+                    raw.write(header)
+                    for start in range(0, len(view), CHUNK):
+                        raw.write(view[start : start + CHUNK])
+                else:  # one pass: each slice is still in cache for the hash
+                    done = self._tasks.submit(True, int)
+                    h.update(header)
+                    raw.write(header)
+                    for start in range(0, len(view), CHUNK):
+                        piece = view[start : start + CHUNK]
+                        raw.write(piece)
+                        h.update(piece)
+                size = len(header) + len(view)
+            else:  # non-contiguous, or a .npy 3.0 header: numpy's chunked writer
+                sink = _HashingSink(raw)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    npformat.write_array(sink, arr, allow_pickle=False)
+                h, size, done = sink.hash, sink.count, self._tasks.submit(True, int)
+        header_size = size - arr.nbytes
+        if header_size > MAX_NPY_HEADER_BYTES:
+            raise UnsupportedValueError(
+                f"array {name!r}: its .npy header ({header_size} bytes, dtype {arr.dtype}) is "
+                f"larger than the {MAX_NPY_HEADER_BYTES} bytes a snapshot reader accepts"
+            )
+        fortran = bool(arr.flags.f_contiguous and not arr.flags.c_contiguous)
+        descr = normalize_descr(npformat.dtype_to_descr(arr.dtype))
+        shape, nbytes = tuple(int(n) for n in arr.shape), int(arr.nbytes)
+
+        def record() -> ArrayRecord:
+            done.result()
+            return ArrayRecord(name, member, descr, shape, fortran, nbytes, size, h.hexdigest())
+
+        return record
+
+    def add_bytes(self, member: str, data: bytes) -> None:
+        self._zf.writestr(self._info(member), data)
+
+    def close(self) -> int:
+        """Write the central directory; returns the archive size in bytes."""
+        try:
+            self._zf.close()
+        finally:
+            self._tasks.close()
+        return int(self._target.tell())
+
+    def abort(self) -> None:
+        """Give up after an error (the caller discards the output)."""
+        with contextlib.suppress(Exception):
+            self._zf.close()
+        self._tasks.close()
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def _zip_bounds(fh: Any, file_size: int, where: str) -> tuple[int, int]:
+    """(entry count, central directory size) from the end records, before zipfile parses."""
+    tail_len = min(file_size, _EOCD.size + 0xFFFF)
+    fh.seek(file_size - tail_len)
+    tail = fh.read(tail_len)
+    pos = tail.rfind(b"PK\x05\x06")
+    if pos < 0 or len(tail) - pos < _EOCD.size:
+        raise IntegrityError(f"{where} is not a complete zip archive (no end record): truncated?")
+    _sig, _d, _dcd, _n_disk, entries, cd_size, _cd_off, _clen = _EOCD.unpack_from(tail, pos)
+    if entries == 0xFFFF or cd_size == 0xFFFFFFFF or _cd_off == 0xFFFFFFFF:
+        loc_at = file_size - tail_len + pos - _ZIP64_LOCATOR.size
+        if loc_at < 0:
+            raise IntegrityError(f"{where}: zip64 end record missing")
+        fh.seek(loc_at)
+        sig, _disk, rec_off, _ndisks = _ZIP64_LOCATOR.unpack(fh.read(_ZIP64_LOCATOR.size))
+        if sig != b"PK\x06\x07" or rec_off + _ZIP64_EOCD.size > file_size:
+            raise IntegrityError(f"{where}: damaged zip64 end record locator")
+        fh.seek(rec_off)
+        rec = _ZIP64_EOCD.unpack(fh.read(_ZIP64_EOCD.size))
+        if rec[0] != b"PK\x06\x06":
+            raise IntegrityError(f"{where}: damaged zip64 end record")
+        entries, cd_size = rec[7], rec[8]
+    return entries, cd_size
+
+
+class NpzReader:
+    """Bounded, verifying access to the members of a snapshot .npz opened as `fh`."""
+
+    def __init__(self, fh: Any, where: str, *, max_members: int, max_dir_bytes: int) -> None:
+        self._fh = fh
+        self.where = where
+        fh.seek(0, 2)
+        self.file_size = fh.tell()
+        entries, cd_size = _zip_bounds(fh, self.file_size, where)
+        if entries > max_members or cd_size > max_dir_bytes or cd_size > self.file_size:
+            raise IntegrityError(
+                f"{where}: zip directory declares {entries} members in {cd_size} bytes; refusing "
+                f"more than {max_members} members or {max_dir_bytes} directory bytes"
+            )
+        try:
+            fh.seek(0)
+            zf = zipfile.ZipFile(fh, "r")
+        except Exception as exc:  # BadZipFile, struct.error, ValueError, EOFError ...
+            raise IntegrityError(f"{where} is not a valid zip archive: {exc}") from exc
+        self._end = min(getattr(zf, "start_dir", self.file_size), self.file_size)
+        self.infos: dict[str, zipfile.ZipInfo] = {}
+        for info in zf.infolist():
+            if info.filename in self.infos:
+                raise IntegrityError(f"{where}: duplicate zip member {info.filename!r}")
+            if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+                raise IntegrityError(
+                    f"{where}: member {info.filename!r} is compressed (method "
+                    f"{info.compress_type}); snapshots hold only uncompressed members"
+                )
+            if info.flag_bits & 0x1:
+                raise IntegrityError(f"{where}: member {info.filename!r} is encrypted")
+            if not 0 <= info.header_offset < self._end:
+                raise IntegrityError(
+                    f"{where}: member {info.filename!r} starts at offset {info.header_offset}, "
+                    f"outside the archive's data (0..{self._end})"
+                )
+            self.infos[info.filename] = info
+        zf.close()  # the file object was passed in, so it stays open
+        self._tasks = _Tasks(0)
+        self._queued: list[tuple[ArrayRecord, Any, Future[Any]]] = []
+        try:
+            self._fd: int | None = fh.fileno() if _PREADV is not None else None
+        except (AttributeError, OSError, ValueError):
+            self._fd = None  # no descriptor: read sequentially on the calling thread
+        self._parsed: dict[bytes, tuple[Any, tuple[int, ...], bool, np.dtype]] = {}
+
+    def __enter__(self) -> NpzReader:
+        self._tasks = _Tasks(_WORKERS if self._fd is not None else 0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._tasks.close()
+        self._tasks = _Tasks(0)
+
+    def _locate(self, member: str) -> tuple[int, int]:
+        """(data offset, size) of a member, after checking its local header."""
+        info = self.infos.get(member)
+        if info is None:
+            raise IntegrityError(f"{self.where}: member {member!r} is missing")
+        self._fh.seek(info.header_offset)
+        raw = self._fh.read(_LOCAL_HEADER.size)
+        if len(raw) != _LOCAL_HEADER.size or raw[:4] != b"PK\x03\x04":
+            raise IntegrityError(f"{self.where}: bad local header for member {member!r}")
+        fields = _LOCAL_HEADER.unpack(raw)
+        name_len, extra_len = fields[10], fields[11]
+        name = self._fh.read(name_len)
+        expected = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
+        if name != expected:
+            raise IntegrityError(f"{self.where}: member {member!r}: local and central names differ")
+        start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        if start + info.file_size > self._end:
+            raise IntegrityError(
+                f"{self.where}: member {member!r} claims {info.file_size} bytes at offset {start}, "
+                f"beyond the data area ({self._end} bytes): truncated or damaged"
+            )
+        return start, info.file_size
+
+    def _read_exact(self, n: int, what: str) -> bytes:
+        data = self._fh.read(n)
+        if len(data) != n:
+            raise IntegrityError(f"{self.where}: {what}: expected {n} bytes, found {len(data)}")
+        return data
+
+    def read_small(self, member: str, limit: int) -> bytes:
+        """A whole small member (e.g. the manifest), CRC-checked, at most `limit` bytes."""
+        info = self.infos.get(member)
+        if info is None:
+            raise IntegrityError(f"{self.where}: member {member!r} is missing")
+        if info.file_size > limit:
+            raise IntegrityError(
+                f"{self.where}: member {member!r} declares {info.file_size} bytes; "
+                f"refusing more than {limit}"
+            )
+        start, size = self._locate(member)
+        self._fh.seek(start)
+        data = self._read_exact(size, f"member {member!r}")
+        if zlib.crc32(data) != info.CRC:
+            raise IntegrityError(f"{self.where}: member {member!r} fails its CRC check (damaged)")
+        return data
+
+    def _check_npy_header(self, rec: ArrayRecord) -> tuple[bytes, np.dtype]:
+        """Read and check a member's .npy header against the manifest; returns its bytes."""
+        what = f"array {rec.name!r} (member {rec.member})"
+        prefix = self._read_exact(min(10, rec.size), f"{what} header")
+        if len(prefix) < 10 or prefix[:6] != _NPY_MAGIC:
+            raise IntegrityError(f"{self.where}: {what} is not a .npy member")
+        version = (prefix[6], prefix[7])
+        if version == (1, 0):
+            (hlen,) = struct.unpack("<H", prefix[8:10])
+        elif version in ((2, 0), (3, 0)):
+            prefix += self._read_exact(2, f"{what} header")
+            (hlen,) = struct.unpack("<I", prefix[8:12])
+        else:
+            raise IntegrityError(f"{self.where}: {what}: unsupported .npy version {version}")
+        if hlen > MAX_NPY_HEADER_BYTES or len(prefix) + hlen > rec.size:
+            raise IntegrityError(f"{self.where}: {what}: .npy header of {hlen} bytes refused")
+        text = self._read_exact(hlen, f"{what} header")
+        parsed = self._parsed.get(prefix + text)
+        if parsed is None:
+            encoding = "latin1" if version < (3, 0) else "utf8"
+            parsed = self._parse_header(text, encoding, what)
+            if len(self._parsed) < 10_000 and hlen <= 1024:  # many arrays share a header
+                self._parsed[prefix + text] = parsed
+        descr, shape, fortran, dtype = parsed
+        found = (descr, shape, fortran)
+        expected = (rec.dtype, rec.shape, rec.fortran_order)
+        if found != expected:
+            raise IntegrityError(
+                f"{self.where}: {what}: .npy header (dtype, shape, fortran_order) = {found} "
+                f"differs from the manifest {expected}"
+            )
+        if dtype.hasobject:
+            raise IntegrityError(f"{self.where}: {what} holds Python objects: refused")
+        header = prefix + text
+        if len(header) + rec.nbytes != rec.size:
+            raise IntegrityError(
+                f"{self.where}: {what}: header {len(header)} + data {rec.nbytes} bytes "
+                f"!= member size {rec.size}"
+            )
+        return header, dtype
+
+    def _parse_header(
+        self, text: bytes, encoding: str, what: str
+    ) -> tuple[Any, tuple[int, ...], bool, np.dtype]:
+        """(descr as JSON, shape, fortran_order, dtype) of a .npy header: literal_eval only."""
+        try:
+            d = ast.literal_eval(text.decode(encoding))
+            if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
+                raise ValueError("not a .npy header dict")
+            shape, fortran = d["shape"], d["fortran_order"]
+            if not isinstance(shape, tuple) or not all(
+                isinstance(n, int) and n >= 0 for n in shape
+            ):
+                raise ValueError(f"bad shape {shape!r}")
+            if not isinstance(fortran, bool):
+                raise ValueError(f"bad fortran_order {fortran!r}")
+            dtype = npformat.descr_to_dtype(d["descr"])
+            descr = normalize_descr(npformat.dtype_to_descr(dtype))
+        except Exception as exc:  # SyntaxError, ValueError, TypeError, RecursionError, ...
+            raise IntegrityError(f"{self.where}: {what}: unreadable .npy header ({exc})") from exc
+        return descr, shape, fortran, dtype
+
+    def _start(self, rec: ArrayRecord) -> tuple[Any, np.dtype, int]:
+        """Check the member's place and .npy header; (hash with the header, dtype, data offset)."""
+        start, size = self._locate(rec.member)
+        if size != rec.size:
+            raise IntegrityError(
+                f"{self.where}: array {rec.name!r} (member {rec.member}): expected "
+                f"{rec.size} bytes, found {size}"
+            )
+        self._fh.seek(start)
+        header, dtype = self._check_npy_header(rec)
+        h = hashlib.sha256(header)
+        return h, dtype, start + len(header)
+
+    def _fill(self, rec: ArrayRecord, h: Any, offset: int, dest: memoryview | None) -> None:
+        """Read the member's data at `offset` into `dest` (or a scratch buffer), hashing it."""
+        total = rec.nbytes if dest is None else len(dest)
+        scratch = memoryview(bytearray(min(CHUNK, total))) if dest is None else None
+        pos = 0
+        if self._fd is None:
+            self._fh.seek(offset)
+        while pos < total:
+            want = min(CHUNK, total - pos)
+            piece = scratch[:want] if scratch is not None else dest[pos : pos + want]  # type: ignore[index]
+            if self._fd is not None:
+                got = _PREADV(self._fd, [piece], offset + pos)  # type: ignore[misc]
+            else:
+                got = self._fh.readinto(piece) or 0
+            if got <= 0:
+                raise IntegrityError(
+                    f"{self.where}: array {rec.name!r}: data ends early (truncated file)"
+                )
+            h.update(piece[:got])
+            pos += got
+
+    def check_hashes(self) -> None:
+        """Wait for the queued reads; IntegrityError naming every damaged array."""
+        for _rec, _h, fut in self._queued:
+            fut.result()
+        bad = [(rec, h.hexdigest()) for rec, h, _f in self._queued if h.hexdigest() != rec.sha256]
+        self._queued.clear()
+        if bad:
+            details = "; ".join(
+                f"{rec.name!r} (member {rec.member}) sha256 expected {rec.sha256}, found {found}"
+                for rec, found in bad
+            )
+            raise IntegrityError(f"{self.where}: {len(bad)} array(s) damaged: {details}")
+
+    def read_array(self, rec: ArrayRecord) -> np.ndarray:
+        """The array of `rec` in a new buffer, filled by a queued read: use it only after
+        `check_hashes()` returned."""
+        h, dtype, offset = self._start(rec)
+        order = "F" if rec.fortran_order else "C"
+        if rec.nbytes == 0:
+            self._queued.append((rec, h, self._tasks.submit(True, int)))
+            try:
+                return np.ndarray(rec.shape, dtype=dtype, order=order)
+            except (ValueError, TypeError, MemoryError) as exc:
+                raise IntegrityError(f"{self.where}: array {rec.name!r}: {exc}") from exc
+        raw = np.empty(rec.nbytes, dtype=np.uint8)
+        inline = rec.nbytes < _INLINE_BELOW
+        fut = self._tasks.submit(inline, self._fill, rec, h, offset, memoryview(raw))
+        self._queued.append((rec, h, fut))
+        return raw.view(dtype).reshape(rec.shape, order=order)
+
+    def verify_member(self, rec: ArrayRecord) -> None:
+        """Queue a check of a member's header and hash without keeping its data."""
+        h, _dtype, offset = self._start(rec)
+        fut = self._tasks.submit(rec.nbytes < _INLINE_BELOW, self._fill, rec, h, offset, None)
+        self._queued.append((rec, h, fut))
