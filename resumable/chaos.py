@@ -347,7 +347,8 @@ def run_chaos(
             index += 1
             machine = machine_root / f"machine-{index:05d}"
             if uses_machine:
-                machine.mkdir(parents=True)
+                machine_root.mkdir(parents=True, exist_ok=True)
+                machine = Path(tempfile.mkdtemp(prefix=f"machine-{index:05d}-", dir=machine_root))
                 if previous_machine is not None:
                     shutil.rmtree(previous_machine, ignore_errors=True)
                 previous_machine = machine
@@ -402,6 +403,8 @@ def run_chaos(
     finally:
         if own_root:
             shutil.rmtree(machine_root, ignore_errors=True)
+        elif previous_machine is not None:
+            shutil.rmtree(previous_machine, ignore_errors=True)
     return report
 
 

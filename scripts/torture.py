@@ -185,7 +185,16 @@ def main() -> int:
     counter = itertools.count(1)
     lock = threading.Lock()
 
+    errors: list[str] = []
+
     def scenario_rounds(scenario: str) -> None:
+        try:
+            rounds(scenario)
+        except Exception as exc:  # a harness failure must fail the run, not vanish in a thread
+            errors.append(f"{scenario}: {exc!r}")
+            raise
+
+    def rounds(scenario: str) -> None:
         left = share[scenario]
         while left > 0:
             with lock:
@@ -229,7 +238,7 @@ def main() -> int:
     log.close()
     server.stop()  # type: ignore[attr-defined]
     all_kills = sum(sum(t["kills"].values()) for t in totals.values())
-    ok = all(
+    ok = not errors and all(
         t["lost"] == 0
         and t["doubled"] == 0
         and t["unexpected"] == 0
@@ -243,6 +252,7 @@ def main() -> int:
         "wall_s": round(time.monotonic() - t0, 1),
         "scenarios": totals,
         "items_per_sweep": len(ref),
+        "errors": errors,
         "s3_endpoint": endpoint,
     }
     if args.json:
