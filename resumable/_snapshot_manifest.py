@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from . import signing
 from ._npz import ArrayRecord, NpzReader, descr_from_json
 from .errors import IntegrityError
 
 FORMAT = "resumable.snapshot"
 SCHEMA_VERSION = 1
 MANIFEST_MEMBER = "__resumable_manifest__.json"
+SIGNATURE_MEMBER = "__resumable_signature__"  # HMAC-SHA256 of the manifest member's bytes
 MAX_ARRAYS = 100_000
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_DIR_BYTES = 64 << 20
@@ -41,6 +43,7 @@ class SnapshotReport:
     arrays: tuple[ArrayRecord, ...]
     extra: dict[str, Any] = field(default_factory=dict)
     file_bytes: int = 0
+    signature: str = "unsigned"  # "valid", "unchecked" (signed, no key given) or "unsigned"
 
     @property
     def array_bytes(self) -> int:
@@ -56,6 +59,7 @@ class SnapshotReport:
             "file_bytes": self.file_bytes,
             "array_bytes": self.array_bytes,
             "extra": self.extra,
+            "signature": self.signature,
             "arrays": [a.to_json() for a in self.arrays],
         }
 
@@ -86,8 +90,11 @@ def _bad(where: str, what: str) -> IntegrityError:
     return IntegrityError(f"{where}: {what}")
 
 
-def parse_manifest(reader: NpzReader) -> SnapshotReport:
-    """The manifest, validated in full against the archive before any array is read."""
+def parse_manifest(reader: NpzReader, signing_key: bytes | None = None) -> SnapshotReport:
+    """The manifest, validated in full against the archive before any array is read.
+
+    With `signing_key`, an unsigned or wrongly signed snapshot is refused (IntegrityError).
+    """
     where = reader.where
     if MANIFEST_MEMBER not in reader.infos:
         raise _bad(where, f"no {MANIFEST_MEMBER} member: not a resumable snapshot (or truncated)")
@@ -109,7 +116,7 @@ def parse_manifest(reader: NpzReader) -> SnapshotReport:
             f"snapshot schema version {version} was written by a newer resumable "
             f"({m.get('library_version')!r}); this version reads up to {SCHEMA_VERSION}",
         )
-    _check_signature(reader, raw)
+    signature = _check_signature(reader, raw, signing_key)
     arrays, extra = m.get("arrays"), m.get("extra", {})
     if not isinstance(arrays, list) or len(arrays) > MAX_ARRAYS:
         raise _bad(where, f"manifest 'arrays' is not a list of at most {MAX_ARRAYS} entries")
@@ -120,7 +127,7 @@ def parse_manifest(reader: NpzReader) -> SnapshotReport:
     members = [r.member for r in records]
     if len(set(names)) != len(names) or len(set(members)) != len(members):
         raise _bad(where, "manifest lists an array name or member twice")
-    unknown = set(reader.infos) - set(members) - {MANIFEST_MEMBER}
+    unknown = set(reader.infos) - set(members) - {MANIFEST_MEMBER, SIGNATURE_MEMBER}
     if unknown:
         raise _bad(where, f"archive holds members the manifest does not list: {sorted(unknown)}")
     missing = [m_ for m_ in members if m_ not in reader.infos]
@@ -142,11 +149,18 @@ def parse_manifest(reader: NpzReader) -> SnapshotReport:
         arrays=tuple(records),
         extra=extra,
         file_bytes=reader.file_size,
+        signature=signature,
     )
 
 
-def _check_signature(reader: NpzReader, manifest_bytes: bytes) -> None:
-    """Placeholder for HMAC verification of the manifest (not implemented: schema 1 is unsigned)."""
+def _check_signature(reader: NpzReader, manifest_bytes: bytes, key: bytes | None) -> str:
+    """Verify the HMAC member against `key` (refusing unsigned snapshots when a key is set)."""
+    sig = None
+    if SIGNATURE_MEMBER in reader.infos:
+        raw = reader.read_small(SIGNATURE_MEMBER, 256)
+        sig = raw.decode("ascii", "replace")
+    signing.check(key, manifest_bytes, sig, f"snapshot {reader.where}")
+    return signing.state(key, manifest_bytes, sig)
 
 
 def _parse_record(where: str, index: int, entry: Any) -> ArrayRecord:

@@ -59,7 +59,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 from numpy.lib import format as npformat
 
-from . import durable
+from . import durable, signing
 from ._npz import COPY_CHUNK, ArrayRecord, NpzReader, NpzStreamWriter, descr_from_json
 from ._snapshot_manifest import (
     FORMAT,
@@ -68,6 +68,7 @@ from ._snapshot_manifest import (
     MAX_DIR_BYTES,
     MEMBER_FMT,
     SCHEMA_VERSION,
+    SIGNATURE_MEMBER,
     SnapshotReport,
     manifest_bytes,
     now_iso,
@@ -243,7 +244,12 @@ def _check_extra(extra: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _write_snapshot(
-    out: BinaryIO, seekable: bool, items: list[tuple[str, Any]], extra: dict[str, Any], where: str
+    out: BinaryIO,
+    seekable: bool,
+    items: list[tuple[str, Any]],
+    extra: dict[str, Any],
+    where: str,
+    key: bytes | None = None,
 ) -> SnapshotReport:
     from . import __version__
 
@@ -256,7 +262,10 @@ def _write_snapshot(
             del arr  # a converted copy (e.g. of a tensor) lives on only until it is hashed
         records = [record() for record in pending]
         created = now_iso()
-        writer.add_bytes(MANIFEST_MEMBER, manifest_bytes(records, extra, created))
+        mbytes = manifest_bytes(records, extra, created)
+        writer.add_bytes(MANIFEST_MEMBER, mbytes)
+        if key is not None:
+            writer.add_bytes(SIGNATURE_MEMBER, signing.sign(key, mbytes).encode("ascii"))
         size = writer.close()
     except BaseException:
         writer.abort()
@@ -270,6 +279,7 @@ def _write_snapshot(
         arrays=tuple(records),
         extra=extra,
         file_bytes=size,
+        signature="valid" if key is not None else "unsigned",
     )
 
 
@@ -280,8 +290,12 @@ def save_state_with_manifest(
     *,
     storage_options: Mapping[str, Any] | None = None,
     keep: int | None = None,
+    signing_key: str | bytes | None = None,
 ) -> SnapshotReport:
     """Save every array of `graph` plus the JSON dict `extra` to `url`, atomically.
+
+    With a signing key (`signing_key`, else env RESUMABLE_SIGNING_KEY) the manifest is signed
+    with HMAC-SHA256, which authenticates every array through its hash.
 
     `url` is a local path or any fsspec URL. `keep=N` keeps the N newest snapshots (see the
     module docstring). Object arrays and non-JSON extras raise `UnsupportedValueError` with
@@ -293,8 +307,10 @@ def save_state_with_manifest(
     items = _check_names(_state_of(graph))
     loc = _locate(url, storage_options)
 
+    key = signing.resolve_key(signing_key)
+
     def write(out: BinaryIO, seekable: bool) -> SnapshotReport:
-        return _write_snapshot(out, seekable, items, clean_extra, loc.display)
+        return _write_snapshot(out, seekable, items, clean_extra, loc.display, key)
 
     if loc.local_path is not None:
         return _save_local(loc.local_path, write, keep or 1)
@@ -460,6 +476,7 @@ def download_and_load_state(
     *,
     storage_options: Mapping[str, Any] | None = None,
     tmp_dir: str | os.PathLike[str] | None = None,
+    signing_key: str | bytes | None = None,
 ) -> dict[str, Any]:
     """Verify the snapshot at `url` completely, then replace `graph`'s arrays; returns `extra`.
 
@@ -472,7 +489,7 @@ def download_and_load_state(
     _check_loadable(graph)
     with _opened(url, storage_options, tmp_dir) as (fh, where):
         reader = _reader(fh, where)
-        report = parse_manifest(reader)
+        report = parse_manifest(reader, signing.resolve_key(signing_key))
         _check_against(report, _state_of(graph))
         arrays = _read_all(reader, report)
     _apply(graph, arrays)
@@ -485,11 +502,12 @@ def read_snapshot(
     *,
     storage_options: Mapping[str, Any] | None = None,
     tmp_dir: str | os.PathLike[str] | None = None,
+    signing_key: str | bytes | None = None,
 ) -> tuple[dict[str, np.ndarray], SnapshotReport]:
     """The verified arrays (by name) and report of a snapshot, without a graph."""
     with _opened(url, storage_options, tmp_dir) as (fh, where):
         reader = _reader(fh, where)
-        report = parse_manifest(reader)
+        report = parse_manifest(reader, signing.resolve_key(signing_key))
         return _read_all(reader, report), report
 
 
@@ -498,14 +516,16 @@ def verify_snapshot(
     *,
     storage_options: Mapping[str, Any] | None = None,
     tmp_dir: str | os.PathLike[str] | None = None,
+    signing_key: str | bytes | None = None,
 ) -> SnapshotReport:
     """Check a snapshot completely (structure, manifest, headers, hashes) in bounded memory.
 
-    Returns its report; raises `IntegrityError` on any damage (and the storage errors).
+    Returns its report; raises `IntegrityError` on any damage (and the storage errors), and,
+    with a signing key set, on an unsigned or wrongly signed snapshot.
     """
     with _opened(url, storage_options, tmp_dir) as (fh, where):
         reader = _reader(fh, where)
-        report = parse_manifest(reader)
+        report = parse_manifest(reader, signing.resolve_key(signing_key))
         with reader:
             for rec in report.arrays:
                 reader.verify_member(rec)

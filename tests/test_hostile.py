@@ -406,3 +406,40 @@ def test_a_zip_bomb_like_snapshot_member_is_refused(tmp_path: Path):
     path.write_bytes(buf.getvalue())
     with pytest.raises(ResumableError):
         verify_snapshot(str(path))
+
+
+# -- authenticity (HMAC-SHA256 signing) ----------------------------------------------------------
+
+
+def test_snapshot_signed_with_a_key_loads_and_unsigned_or_other_key_is_refused(
+    tmp_path: Path, monkeypatch
+):
+    from resumable.snapshot import download_and_load_state, save_state_with_manifest
+
+    graph = {"a": np.arange(5.0)}
+    signed, unsigned = tmp_path / "signed.npz", tmp_path / "unsigned.npz"
+    save_state_with_manifest(graph, str(signed), extra={"step": 1}, signing_key="k1")
+    save_state_with_manifest(graph, str(unsigned), extra={"step": 1})
+    target = {"a": np.zeros(5)}
+    assert download_and_load_state(target, str(signed), signing_key="k1") == {"step": 1}
+    with pytest.raises(IntegrityError, match="not signed"):
+        download_and_load_state(target, str(unsigned), signing_key="k1")
+    with pytest.raises(IntegrityError, match="signature does not match"):
+        download_and_load_state(target, str(signed), signing_key="another key")
+    monkeypatch.setenv("RESUMABLE_SIGNING_KEY", "k1")  # the environment sets the key too
+    with pytest.raises(IntegrityError, match="not signed"):
+        download_and_load_state(target, str(unsigned))
+
+
+def test_snapshot_whose_manifest_was_rewritten_after_signing_is_refused(tmp_path: Path):
+    """An attacker who edits the manifest (and fixes every hash) cannot fix the HMAC."""
+    from resumable.snapshot import save_state_with_manifest, verify_snapshot
+
+    path = tmp_path / "s.npz"
+    save_state_with_manifest({"a": np.arange(5.0)}, str(path), extra={"step": 1}, signing_key="k")
+    data = path.read_bytes()
+    forged = data.replace(b'"step":1', b'"step":9')
+    assert forged != data
+    path.write_bytes(forged)
+    with pytest.raises(IntegrityError):
+        verify_snapshot(str(path), signing_key="k")
