@@ -351,7 +351,18 @@ _SECRET_PARAM_RE = re.compile(
 )
 
 
+# The same, percent-encoded (botocore quotes whole URLs in its messages: "%3F", "%26", "%3D").
+_SECRET_PARAM_QUOTED_RE = re.compile(
+    r"((?:%3F|%26|%3B)(?:(?!%26|%3B|%3D)[^&;#\s'\"<>?=])*"
+    r"(?:sig|token|credential|secret|passw|pwd|key|auth|session|security|code)"
+    r"(?:(?!%26|%3B|%3D)[^&;#\s'\"<>?=])*%3D)(?:(?!%26|%3B)[^&;#\s'\"<>])+",
+    re.IGNORECASE,
+)
+
+
 def redact(text: str) -> str:
-    """Strip credentials from every URL inside `text`: user:password@ and signed query values."""
+    """Strip credentials from every URL inside `text`: user:password@ and signed query values
+    (plain or percent-encoded)."""
     text = _URL_RE.sub(lambda m: _USERINFO_RE.sub(r"\1***@", m.group(0)), str(text))
-    return _SECRET_PARAM_RE.sub(r"\1REDACTED", text)
+    text = _SECRET_PARAM_RE.sub(r"\1REDACTED", text)
+    return _SECRET_PARAM_QUOTED_RE.sub(r"\1REDACTED", text)

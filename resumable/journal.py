@@ -6,8 +6,11 @@ One record per line::
     header  = "<seq> <type> <time> <fingerprint or -> <key as a JSON string, or null>"
     hash    = SHA-256(previous record's hash + "\\n" + header + "\\t" + payload)
 
-`seq` counts 1, 2, 3, ... across all segments and every hash covers the one before it, so an
-edited, removed, reordered or re-hashed record anywhere is detected, not only a damaged byte.
+`seq` counts 1, 2, 3, ... across all segments and every hash covers the one before it, so in
+the active segment an edited, removed, reordered or re-hashed record is detected, not only a
+damaged byte. A sealed segment is vouched for as a whole by its SHA-256 in the manifest (its
+lines are not re-hashed on load); someone who rewrites a segment *and* the manifest's entries
+can forge a consistent checkpoint: that is authenticity, which signing (signing.py) provides.
 The small header is parsed at load; the payload (a result's value, for instance) is verified by
 the hash then but only decoded when it is used, which keeps resuming a large sweep fast. The
 only damage forgiven is a torn tail: a final line without its newline, which a crash in the

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,15 +72,18 @@ class Mirror:
         self.owner = owner
         self._segdir: Path = writer.segdir
         self._cond = threading.Condition()
+        self._busy = threading.Lock()  # the thread's sync/collect vs close()'s final collect
         self._wake = threading.Event()
         self._stop = False
         self._flush_wanted = 0  # seq a flush is waiting for
         self._checked = known is not None
         self._expected_sha: str | None = None  # SHA-256 of the manifest bytes last seen there
+        self._pending: tuple[str, int] | None = None  # (SHA-256, generation) being written
         self._uploaded: dict[str, str] = {}  # object name -> sha256, known to be remote
         self._chunks: list[SegmentInfo] = []
         self._chunk_segment: str | None = None
-        self._garbage: dict[str, float] = {}
+        # superseded object -> when a manifest not naming it was written (None: not yet)
+        self._garbage: dict[str, float | None] = {}
         self._generation = 0
         self._written = False  # superseded objects are collected only after our own manifest
         self.remote_seq = 0
@@ -110,6 +113,7 @@ class Mirror:
         with self._cond:
             self._flush_wanted = max(self._flush_wanted, target)
             self._wake.set()
+            self._cond.notify_all()  # cut a coalescing pause short
             while self.remote_seq < target and self.failed is None:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._thread.is_alive():
@@ -120,21 +124,30 @@ class Mirror:
             if self.remote_seq < target:
                 raise SourceUnreachableError(
                     f"mirror {self.store.display} is {target - self.remote_seq} record(s) behind "
-                    f"after {timeout:.0f} s (last error: {self.last_error or 'none'}); the "
+                    f"after {timeout:g} s (last error: {self.last_error or 'none'}); the "
                     "local checkpoint has everything and the mirror catches up on the next run"
                 )
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush, delete superseded objects, and stop the thread."""
+        """Flush, delete superseded objects, and stop the thread; raises like flush(), also
+        when the mirror had already stopped on an error (a job must not end "successfully"
+        with a mirror that is behind)."""
         try:
             if self.failed is None:
                 self.flush(timeout)
-                self._collect(force=True)
+                with self._busy:
+                    # one more look: a second writer may have replaced the manifest after our
+                    # last write; then this run's records are not in the mirror, say so
+                    self._check_unchanged()
+                    self._collect(force=True)
         finally:
             with self._cond:
                 self._stop = True
                 self._wake.set()
+                self._cond.notify_all()
             self._thread.join(timeout=5.0)
+        if self.failed is not None:
+            raise self.failed
 
     def status(self) -> dict[str, Any]:
         seq = self.writer.view().last_seq
@@ -156,11 +169,11 @@ class Mirror:
 
     def _run(self) -> None:
         failures = 0
-        last_write = 0.0
+        last_write = float("-inf")  # not 0.0: the monotonic clock may start near zero
         while True:
             wait = None
             if failures:
-                wait = min(self.options.max_backoff_s, 0.5 * 2**failures)
+                wait = min(self.options.max_backoff_s, 0.5 * 2 ** min(failures, 30))
             elif self._garbage:
                 wait = self.options.gc_delay_s
             self._wake.wait(wait)
@@ -168,15 +181,25 @@ class Mirror:
                 if self._stop:
                     return
                 flushing = self._flush_wanted > self.remote_seq
-            if not flushing and not failures:
-                pause = last_write + self.options.interval_s - time.monotonic()
-                if pause > 0:  # coalesce: at most one manifest write per interval
-                    time.sleep(pause)
+            behind = self.writer.view().last_seq > self.remote_seq
+            if behind and not flushing and not failures:  # (gc alone does not wait)
+                # coalesce: at most one manifest write per interval; a flush or close (not a
+                # record) cuts the pause short, so it must be a wait on the condition
+                until = last_write + self.options.interval_s
+                with self._cond:
+                    while not self._stop and self._flush_wanted <= self.remote_seq:
+                        pause = until - time.monotonic()
+                        if pause <= 0:
+                            break
+                        self._cond.wait(pause)
+                    if self._stop:
+                        return
             self._wake.clear()
             try:
-                if self._sync():
-                    last_write = time.monotonic()
-                self._collect()
+                with self._busy:
+                    if self._sync():
+                        last_write = time.monotonic()
+                    self._collect()
                 failures = 0
                 self.state = "ok"
             except SourceUnreachableError as exc:
@@ -210,10 +233,14 @@ class Mirror:
             self._check_remote(view)
         if view.last_seq == self.remote_seq and self._generation:
             return False
-        parts = list(view.manifest.segments)
-        for seg in parts:
-            if self._uploaded.get(seg.name) != seg.sha256:
-                self._put_file(seg)
+        if self._expected_sha is None:
+            # Nothing there yet: claim the place with an empty manifest before any object goes
+            # up, so that objects without a manifest can only mean damage (see remote.py).
+            self._write_manifest(view, [], 0)
+        parts = [_remote_part(seg) for seg in view.manifest.segments]
+        for seg, part in zip(view.manifest.segments, parts, strict=True):
+            if self._uploaded.get(part.name) != part.sha256:
+                self._put_file(seg, part.name)
         if self._chunk_segment is not None and self._chunk_segment != view.active:
             self._retire(self._chunks)  # that segment is sealed now and uploaded whole
             self._chunks = []
@@ -221,6 +248,10 @@ class Mirror:
         if view.active_records:
             self._put_chunk(view)
             parts.extend(self._chunks)
+        self._write_manifest(view, parts, view.last_seq)
+        return True
+
+    def _write_manifest(self, view: WriterView, parts: list[SegmentInfo], seq: int) -> None:
         manifest = Manifest(
             sweep=view.manifest.sweep,
             sweep_id=view.manifest.sweep_id,
@@ -231,18 +262,30 @@ class Mirror:
             extra={"writer": self.owner} if self.owner else {},
         )
         data = manifest.to_bytes()
+        sha = hashlib.sha256(data).hexdigest()
         self._check_unchanged()
+        # If the PUT fails, it may still have landed (a lost response): the next check must
+        # then recognise these bytes as ours, not as another writer's.
+        self._pending = (sha, manifest.generation)
         self._request(lambda: self.store.write_bytes(MANIFEST_NAME, data), len(data))
-        self._expected_sha = hashlib.sha256(data).hexdigest()
+        self._pending = None
+        self._expected_sha = sha
         self._generation = manifest.generation
         self._written = True
+        named = {p.name for p in parts}
+        now = time.monotonic()
+        for name, since in list(self._garbage.items()):
+            if name in named:
+                del self._garbage[name]
+            elif since is None:  # superseded as of now: readers get gc_delay_s from here
+                self._garbage[name] = now
         with self._cond:
-            self.remote_seq = view.last_seq
+            self.remote_seq = seq
             self.last_upload = time.time()
             self.uploads += 1
-        return True
+            self._cond.notify_all()  # a waiting flush() returns now, not at its next poll
 
-    def _put_file(self, seg: SegmentInfo) -> None:
+    def _put_file(self, seg: SegmentInfo, remote_name: str) -> None:
         with open(self._segdir / seg.name, "rb") as fh:
             data = fh.read(seg.size + 1)
         if len(data) != seg.size or hashlib.sha256(data).hexdigest() != seg.sha256:
@@ -250,18 +293,29 @@ class Mirror:
                 f"{self._segdir / seg.name}: local sealed segment no longer matches its "
                 "manifest entry; refusing to mirror it"
             )
-        name = f"{SEGMENTS_DIR}/{seg.name}"
+        name = f"{SEGMENTS_DIR}/{remote_name}"
         self._request(lambda: self.store.write_bytes(name, data, create_only=True), len(data))
-        self._uploaded[seg.name] = seg.sha256
+        self._uploaded[remote_name] = seg.sha256
 
     def _put_chunk(self, view: WriterView) -> None:
         covered = sum(c.size for c in self._chunks)
         if view.active_size <= covered:
             return
-        if len(self._chunks) >= self.options.max_chunks:  # compact: one chunk from the start
-            self._retire(self._chunks)
-            self._chunks = []
-            covered = 0
+        if len(self._chunks) >= self.options.max_chunks:
+            # Compact the shortest tail of chunks that, merged with the new bytes, is no larger
+            # than the chunk before it (all of them if there is none): chunk sizes stay
+            # non-increasing, so a byte is re-sent a few times per segment, not once per
+            # `max_chunks` uploads as when merging everything from the start.
+            new = view.active_size - covered
+            keep, tail = 0, new
+            for i in range(len(self._chunks) - 1, 0, -1):
+                tail += self._chunks[i].size
+                if tail <= self._chunks[i - 1].size:
+                    keep = i
+                    break
+            self._retire(self._chunks[keep:])
+            self._chunks = self._chunks[:keep]
+            covered = sum(c.size for c in self._chunks)
         first = view.manifest.sealed_records + 1 + sum(c.records for c in self._chunks)
         fd = os.open(self._segdir / view.active, os.O_RDONLY)
         try:
@@ -303,7 +357,7 @@ class Mirror:
         self.remote_seq = manifest.sealed_records
         for seg in manifest.segments:
             self._uploaded[seg.name] = seg.sha256
-            self._garbage.setdefault(seg.name, time.monotonic())  # unless named again
+            self._garbage.setdefault(seg.name, None)  # unless our manifests name it again
         self._checked = True
 
     def _check_remote(self, view: WriterView) -> None:
@@ -324,6 +378,10 @@ class Mirror:
         if found is None and self._expected_sha is None:
             return
         sha = None if found is None else hashlib.sha256(found[0]).hexdigest()
+        if self._pending is not None and sha == self._pending[0]:
+            self._expected_sha, self._generation = self._pending  # our lost-response write
+            self._pending = None
+            return
         if sha != self._expected_sha:
             raise HistoryConflictError(
                 f"the manifest at {self.store.display} was changed by another writer (another "
@@ -334,29 +392,51 @@ class Mirror:
     # -- garbage -------------------------------------------------------------------------------
 
     def _retire(self, parts: list[SegmentInfo]) -> None:
-        now = time.monotonic()
         for p in parts:
-            self._garbage.setdefault(p.name, now)
+            self._garbage.setdefault(p.name, None)  # the clock starts with the next manifest
 
     def _collect(self, force: bool = False) -> None:
         """Delete superseded objects that no manifest we wrote names any more."""
         if not self._garbage or not self._written:
             return
         view = self.writer.view()
-        live = {s.name for s in view.manifest.segments} | {c.name for c in self._chunks}
+        live = {_remote_part(s).name for s in view.manifest.segments}
+        live |= {c.name for c in self._chunks}
         now = time.monotonic()
+        due = []
         for name, since in list(self._garbage.items()):
             if name in live:
                 del self._garbage[name]
+            # never one a manifest still names (since is None: not superseded remotely yet)
+            elif since is not None and (force or now - since >= self.options.gc_delay_s):
+                due.append(name)
+        if not due:
+            return
+        # A second writer that adopted the same objects may name them in its manifest: delete
+        # only while the manifest there is still ours.
+        self._check_unchanged()
+        for name in due:
+            try:
+                self._request(lambda n=name: self.store.delete(f"{SEGMENTS_DIR}/{n}"))
+            except ResumableError as exc:
+                log.debug("could not delete superseded %s: %s", name, exc)
                 continue
-            if force or now - since >= self.options.gc_delay_s:
-                try:
-                    self._request(lambda n=name: self.store.delete(f"{SEGMENTS_DIR}/{n}"))
-                except ResumableError as exc:
-                    log.debug("could not delete superseded %s: %s", name, exc)
-                    continue
-                del self._garbage[name]
-                self._uploaded.pop(name, None)
+            del self._garbage[name]
+            self._uploaded.pop(name, None)
+
+
+def _remote_part(seg: SegmentInfo) -> SegmentInfo:
+    """A sealed segment's entry in the mirror: stored under a content-addressed name.
+
+    Segment names are reused by other histories of the sweep: a launch killed after uploading
+    `seg-00000007.jsonl` but before its manifest named it leaves that object behind, and the
+    relaunch (resumed from the older manifest) writes a different `seg-00000007.jsonl` of its
+    own. With the SHA-256 in the name, equal names mean equal bytes, so the create-only upload
+    either finds its own bytes (success) or nothing. A name that already ends in its digest (a
+    chunk, or a segment downloaded from a mirror) is kept: names do not grow across relaunches.
+    """
+    tag = "." + seg.sha256[:16]
+    return seg if seg.name.endswith(tag) else replace(seg, name=seg.name + tag)
 
 
 def check_extends(view: WriterView, segdir: Path, remote: Manifest, where: str) -> None:
@@ -378,5 +458,3 @@ def check_extends(view: WriterView, segdir: Path, remote: Manifest, where: str) 
             f"{where} holds a history of sweep {remote.sweep!r} that diverges from this one at or "
             f"before record {seq}; refusing to overwrite it"
         )
-
-

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, Loaded, load
 from .durable import create_durable_file, fsync_dir, make_dirs
-from .errors import IntegrityError, ObjectNotFoundError
+from .errors import IntegrityError, ObjectNotFoundError, StorageError
 from .manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, Manifest, parse_manifest
 from .storage import Store, redact
 
@@ -38,13 +38,35 @@ def read_manifest(store: Store) -> tuple[bytes, Manifest] | None:
     """The verified manifest at `store`, or None if there is none (a fresh start).
 
     Only a source that does not exist gives None; an unreachable, forbidden or damaged one
-    raises (SourceUnreachableError, StorageError, IntegrityError).
+    raises (SourceUnreachableError, StorageError, IntegrityError). A missing manifest beside
+    stored parts is damage, not a fresh start: a mirror writes its (empty) manifest before its
+    first part, so parts without one mean the manifest was deleted.
     """
     try:
         data = store.read_bytes(MANIFEST_NAME, max_bytes=MAX_MANIFEST_READ)
     except ObjectNotFoundError:
+        if _holds_parts(store):
+            parts = redact(store.url(SEGMENTS_DIR))
+            raise IntegrityError(
+                f"{redact(store.url(MANIFEST_NAME))} is missing but {parts} holds checkpoint "
+                "parts; refusing to start over (restore the manifest, or move the directory "
+                "away to start afresh)"
+            ) from None
         return None
     return data, parse_manifest(data, source=redact(store.url(MANIFEST_NAME)))
+
+
+def _holds_parts(store: Store) -> bool:
+    """Whether `segments/` holds anything (raises if that cannot be found out)."""
+    if store.local_path is not None:
+        segdir = store.local_path / SEGMENTS_DIR
+        try:
+            return any(e.is_file() and e.stat().st_size > 0 for e in segdir.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise StorageError(f"cannot list {segdir}: {exc.strerror or exc}") from None
+    return store.exists(SEGMENTS_DIR)  # S3: a prefix with objects; HTTP: a folder listing
 
 
 def download(store: Store, manifest_bytes: bytes, beside: Path) -> tuple[Path, Loaded]:

@@ -9,11 +9,12 @@ directory that already holds this sweep's history is never overwritten by a shor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import SEGMENTS_DIR, DirLock, Loaded, hash_at, load
+from .checkpoint import LOCK_NAME, SEGMENTS_DIR, DirLock, Loaded, hash_at, load
 from .durable import make_dirs
 from .errors import (
     HistoryConflictError,
@@ -88,9 +89,11 @@ def _decide(
         ):
             local, lock, taken = _take_remote(progress_dir, lock, source, data, manifest, local)
             how = "remote" if taken else how
-        elif manifest.sweep_id != local.manifest.sweep_id or hash_at(
-            local.view(), progress_dir / SEGMENTS_DIR, manifest.sealed_records
-        ) != manifest.last_hash:
+        elif (
+            manifest.sweep_id != local.manifest.sweep_id
+            or hash_at(local.view(), progress_dir / SEGMENTS_DIR, manifest.sealed_records)
+            != manifest.last_hash
+        ):
             raise _diverged(source, manifest, local)
     if mirror_known is not None:
         if local is None:
@@ -140,10 +143,17 @@ def _take_remote(
 ) -> tuple[Loaded, DirLock, bool]:
     """Download the source and install it if it extends the local history (True), keep the
     local checkpoint if that extends the source (False), refuse if they diverge."""
+    created = lock is None and not progress_dir.exists()
     if lock is None:  # hold the place while downloading, so two launches cannot race here
         make_dirs(progress_dir)
         lock = DirLock(progress_dir)
-    tmp, fetched = download(source, data, progress_dir)
+    try:
+        tmp, fetched = download(source, data, progress_dir)
+    except BaseException:
+        if created:  # leave no trace of a download that failed (it holds only our LOCK)
+            lock.release()
+            _remove_placeholder(progress_dir)
+        raise
     try:
         if local is not None:
             if manifest.sweep_id != local.manifest.sweep_id:
@@ -176,6 +186,13 @@ def _take_remote(
         "replacing an older local checkpoint" if local is not None else "new local checkpoint",
     )
     return loaded, lock, True
+
+
+def _remove_placeholder(progress_dir: Path) -> None:
+    """Remove the directory `_take_remote` made to hold its lock, if it holds nothing else."""
+    with contextlib.suppress(OSError):
+        (progress_dir / LOCK_NAME).unlink()
+        progress_dir.rmdir()  # fails (and is left alone) if anything else appeared in it
 
 
 def _diverged(source: Store, manifest: Manifest, local: Loaded) -> HistoryConflictError:
