@@ -60,7 +60,10 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
     if resume == "never":
         _refuse_existing(sweep, source)
         source = None
-    opened = open_checkpoint(sweep.progress_dir, sweep.name, source=source, mirror=mirror)
+    key = sweep.signing_key
+    opened = open_checkpoint(
+        sweep.progress_dir, sweep.name, source=source, mirror=mirror, signing_key=key
+    )
     loaded, lock = opened.loaded, opened.lock
     try:
         if resume == "must" and loaded is None:
@@ -86,13 +89,13 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
                 lock = None
             manifest = Manifest(sweep=sweep.name, sweep_id=uuid.uuid4().hex, created=time.time())
             sweep._writer = CheckpointWriter.create(
-                sweep.progress_dir, manifest, segment_bytes=segment_bytes
+                sweep.progress_dir, manifest, segment_bytes=segment_bytes, signing_key=key
             )
             sweep._state = State()
         else:
             assert lock is not None
             sweep._writer = CheckpointWriter(
-                sweep.progress_dir, loaded, lock, segment_bytes=segment_bytes
+                sweep.progress_dir, loaded, lock, segment_bytes=segment_bytes, signing_key=key
             )
             lock = None
             sweep._state = loaded.state
@@ -110,6 +113,7 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
                 options=sweep.mirror_options,
                 known=opened.mirror_known,
                 owner=f"{sweep.launch_id}@{sweep.host}",
+                signing_key=key,
             )
             sweep._mirror.notify()
     except BaseException:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -290,6 +291,11 @@ def observe(checkpoint: str, storage_options: dict[str, Any] | None = None) -> O
 # -- watching a launch for its first record --------------------------------------------------------
 
 
+# Segments this machine appends to; parts fetched from a mirror carry a digest suffix, so a
+# resume's download is not mistaken for new work.
+_LOCAL_SEGMENT = re.compile(r"seg-\d{8}\.jsonl")
+
+
 class _Watcher:
     """Counts result records appended under a local directory, reading only new bytes."""
 
@@ -303,8 +309,12 @@ class _Watcher:
     def poll(self) -> int:
         if not self.root.exists():
             return self.count
-        pattern = f"**/{SEGMENTS_DIR}/*"
-        for path in self.root.glob(pattern) if self.root.is_dir() else []:
+        try:  # the command renames and removes directories while we look
+            found = self.root.glob(f"**/{SEGMENTS_DIR}/seg-*")
+            paths = [p for p in found if _LOCAL_SEGMENT.fullmatch(p.name)]
+        except OSError:
+            return self.count
+        for path in paths:
             try:
                 size = path.stat().st_size
             except OSError:

@@ -337,8 +337,10 @@ class CheckpointWriter:
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         on_seal: Callable[[Manifest], None] | None = None,
+        signing_key: bytes | None = None,
     ) -> None:
         self.dir = progress_dir
+        self.signing_key = signing_key
         self.segdir = progress_dir / SEGMENTS_DIR
         self.manifest = loaded.manifest
         self.lock = lock
@@ -356,7 +358,7 @@ class CheckpointWriter:
             active = next_segment_name(self.manifest)
             _create_empty_segment(self.segdir / active)
             self.manifest = self.manifest.with_segments(self.manifest.segments, active)
-            atomic_write_bytes(self.dir / MANIFEST_NAME, self.manifest.to_bytes())
+            atomic_write_bytes(self.dir / MANIFEST_NAME, self.manifest.to_bytes(self.signing_key))
         self._active_path = self.segdir / check_name(self.manifest.active)
         try:
             if loaded.torn_bytes:
@@ -380,6 +382,7 @@ class CheckpointWriter:
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         on_seal: Callable[[Manifest], None] | None = None,
+        signing_key: bytes | None = None,
     ) -> CheckpointWriter:
         """Lay out a new, empty checkpoint directory and open it for writing."""
         make_dirs(progress_dir / SEGMENTS_DIR)
@@ -394,9 +397,16 @@ class CheckpointWriter:
                 active=active,
                 extra=manifest.extra,
             )
-            atomic_write_bytes(progress_dir / MANIFEST_NAME, manifest.to_bytes())
+            atomic_write_bytes(progress_dir / MANIFEST_NAME, manifest.to_bytes(signing_key))
             loaded = Loaded(manifest=manifest, state=State(), active_hash=hashlib.sha256())
-            return cls(progress_dir, loaded, lock, segment_bytes=segment_bytes, on_seal=on_seal)
+            return cls(
+                progress_dir,
+                loaded,
+                lock,
+                segment_bytes=segment_bytes,
+                on_seal=on_seal,
+                signing_key=signing_key,
+            )
         except BaseException:
             lock.release()
             raise
@@ -466,7 +476,7 @@ class CheckpointWriter:
         try:
             _create_empty_segment(new_path)
             manifest = self.manifest.with_segments((*self.manifest.segments, info), new_name)
-            atomic_write_bytes(self.dir / MANIFEST_NAME, manifest.to_bytes())
+            atomic_write_bytes(self.dir / MANIFEST_NAME, manifest.to_bytes(self.signing_key))
         except OSError as exc:
             self._fail(f"sealing segment {name} failed: {exc}")
             raise

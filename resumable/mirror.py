@@ -65,8 +65,10 @@ class Mirror:
         options: MirrorOptions | None = None,
         known: tuple[bytes, Manifest] | None = None,
         owner: str = "",
+        signing_key: bytes | None = None,
     ) -> None:
         self.store = store
+        self.signing_key = signing_key
         self.writer = writer
         self.options = options or MirrorOptions()
         self.owner = owner
@@ -261,7 +263,7 @@ class Mirror:
             generation=self._generation + 1,
             extra={"writer": self.owner} if self.owner else {},
         )
-        data = manifest.to_bytes()
+        data = manifest.to_bytes(self.signing_key)
         sha = hashlib.sha256(data).hexdigest()
         self._check_unchanged()
         # If the PUT fails, it may still have landed (a lost response): the next check must

@@ -34,7 +34,7 @@ def source_store(url: str, storage_options: dict | None = None) -> Store:
     return Store(path + sep + query, storage_options=storage_options)
 
 
-def read_manifest(store: Store) -> tuple[bytes, Manifest] | None:
+def read_manifest(store: Store, signing_key: bytes | None = None) -> tuple[bytes, Manifest] | None:
     """The verified manifest at `store`, or None if there is none (a fresh start).
 
     Only a source that does not exist gives None; an unreachable, forbidden or damaged one
@@ -53,7 +53,8 @@ def read_manifest(store: Store) -> tuple[bytes, Manifest] | None:
                 "away to start afresh)"
             ) from None
         return None
-    return data, parse_manifest(data, source=redact(store.url(MANIFEST_NAME)))
+    source = redact(store.url(MANIFEST_NAME))
+    return data, parse_manifest(data, source=source, signing_key=signing_key)
 
 
 def _holds_parts(store: Store) -> bool:

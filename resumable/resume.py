@@ -53,11 +53,12 @@ def open_checkpoint(
     *,
     source: Store | None,
     mirror: Store | None,
+    signing_key: bytes | None = None,
 ) -> Opened:
     """Lock and load the local checkpoint, consult the source and the mirror, and decide."""
     lock = DirLock(progress_dir) if progress_dir.is_dir() else None
     try:
-        return _decide(progress_dir, name, lock, source, mirror)
+        return _decide(progress_dir, name, lock, source, mirror, signing_key)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -65,12 +66,19 @@ def open_checkpoint(
 
 
 def _decide(
-    progress_dir: Path, name: str, lock: DirLock | None, source: Store | None, mirror: Store | None
+    progress_dir: Path,
+    name: str,
+    lock: DirLock | None,
+    source: Store | None,
+    mirror: Store | None,
+    signing_key: bytes | None,
 ) -> Opened:
     local = load(progress_dir) if lock is not None else None
     if local is not None:
         check_name(local.manifest, name, str(progress_dir))
-    remote = read_manifest(source) if source is not None else None
+    # With a signing key, a resume source must be signed with it: a URL on someone else's
+    # server is trusted only if it proves it was written with the key.
+    remote = read_manifest(source, signing_key) if source is not None else None
     if remote is not None:
         check_name(remote[1], name, source.display)
     elif source is not None:

@@ -77,8 +77,9 @@ def shard_from_env(environ: Mapping[str, str] | None = None) -> tuple[int, int] 
     In order: ``SWEEP_SHARD_INDEX``/``SWEEP_SHARD_COUNT``; Kubernetes Indexed Jobs
     (``JOB_COMPLETION_INDEX``, count from ``SWEEP_SHARD_COUNT`` set by the job spec); SLURM job
     arrays (``SLURM_ARRAY_TASK_ID``, count from ``SLURM_ARRAY_TASK_COUNT`` or MIN/MAX, index
-    relative to ``SLURM_ARRAY_TASK_MIN``); AWS Batch array jobs (``AWS_BATCH_JOB_ARRAY_INDEX``,
-    count from ``SWEEP_SHARD_COUNT``).
+    relative to ``SLURM_ARRAY_TASK_MIN``; the array must be contiguous); AWS Batch array jobs
+    (``AWS_BATCH_JOB_ARRAY_INDEX``, count from ``SWEEP_SHARD_COUNT``). A count without an
+    index is refused: every task of the array would run the whole sweep.
     """
     env = os.environ if environ is None else environ
     count = _int(env, ENV_COUNT)
@@ -95,17 +96,33 @@ def shard_from_env(environ: Mapping[str, str] | None = None) -> tuple[int, int] 
     if task is not None:
         lo = _int(env, "SLURM_ARRAY_TASK_MIN") or 0
         hi = _int(env, "SLURM_ARRAY_TASK_MAX")
-        n = (
-            count
-            or _int(env, "SLURM_ARRAY_TASK_COUNT")
-            or (hi - lo + 1 if hi is not None else None)
-        )
+        slurm_count = _int(env, "SLURM_ARRAY_TASK_COUNT")
+        span = hi - lo + 1 if hi is not None else None
+        if slurm_count is not None and span is not None and slurm_count != span:
+            # --array=1,3,5 or 0-10:2: task IDs minus MIN are not 0..count-1
+            raise ConfigurationError(
+                f"SLURM array tasks {lo}..{hi} are not contiguous ({slurm_count} tasks): "
+                "submit the sharded sweep as --array=0-N (a %-limit is fine, steps and lists "
+                "are not)"
+            )
+        n = count or slurm_count or span
         if n is None:
             raise ConfigurationError(
                 "SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_COUNT nor "
                 f"SLURM_ARRAY_TASK_MAX nor {ENV_COUNT} is"
             )
+        if not 0 <= task - lo < n:
+            raise ConfigurationError(
+                f"SLURM_ARRAY_TASK_ID={task} is outside the array {lo}..{lo + n - 1} "
+                f"({n} shards); submit the sharded sweep as --array=0-{n - 1}"
+            )
         return check_shard((task - lo, n))
+    if count is not None:
+        raise ConfigurationError(
+            f"{ENV_COUNT}={count} is set but no shard index is ({ENV_INDEX}, "
+            "JOB_COMPLETION_INDEX of an Indexed Job, SLURM_ARRAY_TASK_ID, "
+            "AWS_BATCH_JOB_ARRAY_INDEX): every task would run the whole sweep"
+        )
     return None
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from . import signing
 from ._opening import open_sweep
 from .checkpoint import DEFAULT_SEGMENT_BYTES, CheckpointWriter, progress_dir_for
 from .codec import canonical_json, decode, encode
@@ -76,6 +77,7 @@ class ResumableSweep:
         handle_signals: bool = True,
         signals: Iterable[int] | None = None,
         grace_s: float | None = None,
+        signing_key: str | bytes | None = None,
     ) -> None:
         if resume not in ("allow", "must", "never"):
             raise ConfigurationError(f"resume must be 'allow', 'must' or 'never', found {resume!r}")
@@ -101,6 +103,8 @@ class ResumableSweep:
         self.snapshot_dir = _from_env(snapshot_dir, ENV_SNAPSHOT_DIR)
         self._sweep_root = (self.progress_dir, self.resume_from, self.snapshot_dir)
         self.storage_options = storage_options
+        # HMAC key: manifests written are signed, resume sources must be (env RESUMABLE_SIGNING_KEY)
+        self.signing_key = signing.resolve_key(signing_key)
         self.mirror_options = mirror_options or MirrorOptions()
         self.retry_failed = bool(retry_failed)
         self.handle_signals = bool(handle_signals)

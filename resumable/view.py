@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import signing
 from .checkpoint import MAX_MANIFEST_READ, PROGRESS_SUFFIX, SEGMENTS_DIR, Loaded, load, load_from
 from .codec import decode
 from .errors import CheckpointNotFoundError, IntegrityError, ObjectNotFoundError, ResumableError
-from .manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, parse_manifest
+from .manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, parse_manifest, signature_state
 from .remote import download, read_manifest, source_store
 from .shards import (
     DESCRIPTOR_NAME,
@@ -222,8 +223,17 @@ class Problem:
         return f"{self.where}: {self.what}"
 
 
-def verify(path_or_url: str, storage_options: dict | None = None) -> list[Problem]:
-    """Check every hash of a checkpoint (every shard of a sharded one); [] when intact."""
+def verify(
+    path_or_url: str,
+    storage_options: dict | None = None,
+    signing_key: str | bytes | None = None,
+) -> list[Problem]:
+    """Check every hash of a checkpoint (every shard of a sharded one); [] when intact.
+
+    With a signing key (parameter, else env RESUMABLE_SIGNING_KEY), an unsigned or wrongly
+    signed manifest is a problem too.
+    """
+    key = signing.resolve_key(signing_key)
     stores: list[Store]
     if not is_url(path_or_url):
         stores = []
@@ -267,7 +277,7 @@ def verify(path_or_url: str, storage_options: dict | None = None) -> list[Proble
             ]
     problems: list[Problem] = []
     for store in stores:
-        problems.extend(_verify_one(store, shard_optional=len(stores) > 1))
+        problems.extend(_verify_one(store, shard_optional=len(stores) > 1, key=key))
     return problems
 
 
@@ -280,7 +290,7 @@ def _orphaned_parts(store: Store) -> Problem | None:
     return None
 
 
-def _verify_one(store: Store, *, shard_optional: bool) -> list[Problem]:
+def _verify_one(store: Store, *, shard_optional: bool, key: bytes | None) -> list[Problem]:
     where = store.display
     try:
         mbytes = store.read_bytes(MANIFEST_NAME, max_bytes=MAX_MANIFEST_READ)
@@ -293,6 +303,11 @@ def _verify_one(store: Store, *, shard_optional: bool) -> list[Problem]:
     except IntegrityError as exc:
         return [Problem(f"{where}/{MANIFEST_NAME}", str(exc))]
     problems = []
+    if key is not None:
+        state = signature_state(mbytes, key)
+        if state != "valid":
+            what = "wrongly signed (altered, or another key)" if state == "invalid" else state
+            problems.append(Problem(f"{where}/{MANIFEST_NAME}", f"signature: {what}"))
     parts: dict[str, bytes] = {}
     for seg in manifest.segments:
         name = f"{SEGMENTS_DIR}/{seg.name}"

@@ -443,3 +443,59 @@ def test_snapshot_whose_manifest_was_rewritten_after_signing_is_refused(tmp_path
     path.write_bytes(forged)
     with pytest.raises(IntegrityError):
         verify_snapshot(str(path), signing_key="k")
+
+
+def test_signed_mirror_resumes_and_an_unsigned_or_forged_source_is_refused(tmp_path: Path):
+    from resumable.view import verify
+
+    items = ITEMS[:10]
+    mirror = tmp_path / "mirror"
+    with ResumableSweep(
+        items,
+        key=key,
+        checkpoint_path=tmp_path / "m1" / "exp.h5",
+        snapshot_dir=str(mirror),
+        signing_key="k",
+    ) as sweep:
+        for item in sweep.pending:
+            sweep.record(item, item["x"])
+    assert verify(str(mirror), signing_key="k") == []
+    # The right key resumes on a new machine.
+    with ResumableSweep(
+        items,
+        key=key,
+        checkpoint_path=tmp_path / "m2" / "exp.h5",
+        resume_from=str(mirror),
+        signing_key="k",
+    ) as again:
+        assert again.status().done == 10
+    # Another key is refused, and nothing is written.
+    target = tmp_path / "m3" / "exp.h5"
+    with pytest.raises(IntegrityError, match="signature"):
+        ResumableSweep(
+            items, key=key, checkpoint_path=target, resume_from=str(mirror), signing_key="other"
+        )
+    assert not progress_dir_for(target).exists()
+    # A forger without the key rewrites the manifest consistently: hashes fine, HMAC not.
+    body = json.loads((mirror / "manifest.json").read_bytes())
+    body.pop("signature")
+    body["extra"] = {"forged": True}
+    (mirror / "manifest.json").write_bytes(_signed_body(body))
+    with pytest.raises(IntegrityError, match="not signed"):
+        ResumableSweep(
+            items, key=key, checkpoint_path=target, resume_from=str(mirror), signing_key="k"
+        )
+    problems = verify(str(mirror), signing_key="k")
+    assert len(problems) == 1 and "signature: unsigned" in str(problems[0])
+    assert verify(str(mirror)) == []  # without a key only integrity is checked
+
+
+def test_verify_reports_a_wrongly_signed_manifest(tmp_path: Path):
+    from resumable.view import verify
+
+    ckpt = tmp_path / "exp.h5"
+    with ResumableSweep(ITEMS[:3], key=key, checkpoint_path=ckpt, signing_key="k1") as sweep:
+        for item in sweep.pending:
+            sweep.record(item, 1)
+    problems = verify(str(ckpt), signing_key="k2")
+    assert len(problems) == 1 and "wrongly signed" in str(problems[0])

@@ -1,0 +1,502 @@
+"""`sweep.run(fn, executor=...)`: run every pending item through `fn`, here or on a pool.
+
+Only the owning process writes the checkpoint: workers return results, and each is recorded
+here as it arrives (`record`; `record_failure` when `fn` raised or its result cannot be
+stored). `sweep.pending` is read lazily and at most `max_in_flight` items are outstanding, so
+a million-item sweep floods neither the scheduler nor memory.
+
+Executors: None (in-process); an int N or ``"processes"`` (a pool made here, `process_pool`);
+any `concurrent.futures.Executor`; a Dask `distributed.Client` or its ``get_executor()``.
+Process pools need a picklable `fn` (module level) and items; Dask uses cloudpickle.
+
+Batching: items are sent in batches sized from their measured durations, so that a task takes
+about 100 ms on Dask (whose per-task cost is milliseconds of scheduler time) and 20 ms
+elsewhere; longer items go one per task. The default window is two tasks per worker (workers:
+a pool's `_max_workers`, the Dask cluster's threads); `max_in_flight` caps items, batches too.
+
+Seeds: a `fn` with a parameter named ``seed`` is called as ``fn(item, seed=sweep.seed(item))``
+(computed here and sent along: the sweep cannot travel to workers), else as ``fn(item)``.
+
+Preemption: the sweep's guard (its own under ``with sweep:``, an enclosing `current_guard()`,
+or one installed for the run in the main thread) raises a flag. Then nothing new is submitted,
+queued tasks are cancelled, running ones are awaited until shortly before the grace deadline
+and recorded if they finish, and `guard.exit()` flushes the mirror and raises `Preempted` (exit
+75; ``.summary`` is attached). Unrecorded items stay pending, never failed. Ctrl-C (SIGINT not
+among the sweep's `signals`) does the same within the grace period; a second Ctrl-C abandons
+the running items; KeyboardInterrupt propagates. Pool workers must not die of the terminal's
+SIGINT mid-item: pools made here ignore it; give your own ``initializer=worker_initializer``.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import contextlib
+import inspect
+import itertools
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from tqdm import tqdm
+
+from .errors import ConfigurationError, UnsupportedValueError
+from .preempt import Preempted, PreemptionGuard
+
+if TYPE_CHECKING:
+    from .sweep import ResumableSweep
+
+log = logging.getLogger("resumable.runner")
+_POLL_S = 0.1  # how often a waiting parent looks at the preemption flag
+_EXIT_MARGIN_S = 0.5  # reach guard.exit() this long before the watchdog would take over
+_TASK_S = {"dask": 0.1, "other": 0.02}  # batch short items into tasks of about this length
+_MAX_BATCH = 1000
+_INFRA_ERRORS = (cf.BrokenExecutor, cf.CancelledError)  # the executor's fault, not the item's
+Outcome = tuple[bool, Any, "str | None", float]  # ok, value or exception, traceback, seconds
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one `run` did. `skipped`: finished or failed before it; `remaining`: pending after
+    it (e.g. preempted); `max_in_flight`: most items outstanding; `max_batch`: largest task."""
+
+    done: int
+    failed: int
+    skipped: int
+    elapsed_s: float
+    preempted: bool
+    interrupted: bool = False
+    remaining: int = 0
+    workers: int = 1
+    max_in_flight: int = 1
+    max_batch: int = 1
+
+
+class RemoteTraceback(Exception):
+    """A worker's traceback text, attached as the cause of the exception it sent back."""
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.args[0]}"""'
+
+
+def worker_initializer(*signals: int) -> None:
+    """Pool initializer: ignore SIGINT (or the given signals) in worker processes.
+
+    Ctrl-C reaches the whole process group; a worker dying of it mid-item breaks the pool. The
+    owning process decides instead. ``ProcessPoolExecutor(n, initializer=worker_initializer)``;
+    SLURM signals every process of a step on preemption: there add
+    ``initargs=(signal.SIGINT, signal.SIGTERM)``.
+    """
+    for signum in signals or (signal.SIGINT,):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def process_pool(max_workers: int | None = None) -> cf.ProcessPoolExecutor:
+    """A process pool whose workers ignore SIGINT. Started by forkserver (forking a parent that
+    runs threads, like the mirror's, can deadlock the child), or by fork from an interactive
+    ``__main__`` (no file to re-import, so functions defined there resolve in workers)."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file and "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["__main__", __name__])  # workers fork with us imported
+    else:
+        ctx = multiprocessing.get_context()
+    return cf.ProcessPoolExecutor(max_workers, mp_context=ctx, initializer=worker_initializer)
+
+
+def run_batch(fn: Callable[..., Any], batch: list[tuple[Any, int | None]]) -> list[Outcome]:
+    """Runs in the worker: one outcome per (item, seed); an exception fails only its item."""
+    out: list[Outcome] = []
+    for item, seed in batch:
+        t0 = time.perf_counter()
+        try:
+            value = fn(item) if seed is None else fn(item, seed=seed)
+        except Exception as exc:  # KeyboardInterrupt, SystemExit (Preempted): not failures
+            out.append((False, exc, traceback.format_exc(), time.perf_counter() - t0))
+        else:
+            out.append((True, value, None, time.perf_counter() - t0))
+    return out
+
+
+def _accepts_seed(fn: Callable[..., Any]) -> bool:
+    try:
+        param = inspect.signature(fn).parameters.get("seed")
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+
+
+def _dask_client(executor: Any) -> Any:
+    """The Dask client behind `executor` (a Client or its executor), else None."""
+    if type(executor).__module__.split(".")[0] != "distributed":
+        return None
+    return getattr(executor, "_client", executor)
+
+
+def _worker_count(executor: Any, client: Any) -> int:
+    if client is not None:
+        with contextlib.suppress(Exception):
+            return max(1, sum(client.nthreads().values()))
+    n = getattr(executor, "_max_workers", None)
+    return n if isinstance(n, int) and n > 0 else 2 * (os.cpu_count() or 1)
+
+
+def _dask_executing(dask_worker: Any) -> list[str]:
+    """Runs on each Dask worker: keys of the tasks it is executing right now."""
+    state = dask_worker.state
+    return [str(ts.key) for ts in (*state.executing, *state.long_running)]
+
+
+def _dask_running_keys(client: Any, timeout: float) -> set[str] | None:
+    """Keys executing on the workers, or None if unknown. (A Dask future's cancel() succeeds
+    even while it runs, so this is how queued tasks are told from running ones.)"""
+    out: dict[str, set[str]] = {}
+
+    def query() -> None:
+        with contextlib.suppress(Exception):
+            per = client.run(_dask_executing, on_error="ignore")
+            out["keys"] = {k for keys in per.values() if isinstance(keys, list) for k in keys}
+
+    thread = threading.Thread(target=query, daemon=True, name="resumable-dask-query")
+    thread.start()
+    thread.join(timeout)
+    return out.get("keys")
+
+
+@contextlib.contextmanager
+def _guard_for(sweep: ResumableSweep) -> Iterator[tuple[PreemptionGuard | None, bool]]:
+    """(guard, whether its exit flushes this sweep's mirror): the sweep's own guard, an
+    enclosing one, or one installed here for the run (main thread, signals handled)."""
+    guard = sweep.guard
+    if (
+        guard is not None
+        or not sweep.handle_signals
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield guard, guard is not None and guard is getattr(sweep, "_guard", None)
+        return
+    flush = sweep._flush_on_preemption
+    with PreemptionGuard(flush=[flush], signals=sweep._signals, grace_s=sweep._grace_s) as made:
+        yield made, True
+
+
+@dataclass
+class _Task:
+    items: list[Any]
+    t0: float
+    key: str
+
+
+class _Run:
+    """One `run`: the submission window, recording, and the preemption/Ctrl-C drain."""
+
+    def __init__(self, sweep: ResumableSweep, fn: Callable[..., Any], bar: Any) -> None:
+        self.sweep, self.fn, self.bar = sweep, fn, bar
+        self.guard: PreemptionGuard | None = None
+        self.guard_flushes = False
+        self.wants_seed = _accepts_seed(fn)
+        self.done = self.failed = self.lost = self.failed_before = 0
+        self.preempted = self.interrupted = False
+        self.recording = False  # a KeyboardInterrupt inside record(): record nothing more
+        self.inflight: dict[cf.Future[Any], _Task] = {}
+        self.outstanding = self.peak = self.max_batch = 0
+        self.item_s: float | None = None  # moving average of the items' compute time
+        self.singly: collections.deque[Any] = collections.deque()  # from batches that broke
+        self.client: Any = None
+
+    # -- recording (parent only) ----------------------------------------------------------
+    def _outcome(self, item: Any, outcome: Outcome) -> None:
+        ok, value, tb, seconds = outcome
+        self.item_s = seconds if self.item_s is None else 0.8 * self.item_s + 0.2 * seconds
+        self.recording = True
+        if ok:
+            try:
+                self.sweep.record(item, value, duration=seconds)
+                self.done += 1
+            except UnsupportedValueError as exc:  # nothing was written: record why instead
+                self._failure(item, exc, seconds)
+        else:
+            if tb and value.__traceback__ is None:  # it came from another process
+                value.__cause__ = RemoteTraceback(tb)
+            self._failure(item, value, seconds)
+        self.recording = False
+        self.bar.update(1)
+
+    def _failure(self, item: Any, exc: BaseException, seconds: float) -> None:
+        self.sweep.record_failure(item, exc, duration=seconds)
+        self.failed += 1
+        self.bar.set_postfix(failed=self.failed_before + self.failed, refresh=False)
+
+    def _pop(self, fut: cf.Future[Any]) -> _Task:
+        task = self.inflight.pop(fut)
+        self.outstanding -= len(task.items)
+        return task
+
+    def _settle(self, fut: cf.Future[Any], task: _Task | None = None) -> None:
+        task = task or self._pop(fut)
+        n = len(task.items)
+        exc = None if fut.cancelled() else fut.exception(timeout=0)
+        if fut.cancelled() or isinstance(exc, (*_INFRA_ERRORS, KeyboardInterrupt)):
+            self.lost += n  # not the items' fault (a dead worker, Ctrl-C): they stay pending
+            log.warning("%d item(s) stay pending: %r", n, exc or "cancelled")
+            if isinstance(exc, _INFRA_ERRORS):
+                raise exc
+        elif exc is None:
+            for item, outcome in zip(task.items, fut.result(), strict=True):
+                self._outcome(item, outcome)
+        elif n > 1:  # e.g. one result did not pickle: find it, one by one
+            self.singly.extend(task.items)
+        else:
+            self._outcome(task.items[0], (False, exc, None, time.monotonic() - task.t0))
+
+    def _preempting(self) -> bool:
+        return self.guard is not None and self.guard.preempted
+
+    # -- in-process ---------------------------------------------------------------------
+    def run_inline(self) -> None:
+        pending = iter(self.sweep.pending)  # its own safe point raises Preempted between items
+        while True:
+            try:
+                item = next(pending)
+            except StopIteration:
+                break
+            except Preempted as exc:
+                self.preempted = True
+                self._exit(exc)
+            seed = self.sweep.seed(item) if self.wants_seed else None
+            self._outcome(item, run_batch(self.fn, [(item, seed)])[0])
+        self.preempted = self._preempting()  # a late signal: the work is complete anyway
+
+    # -- executors ----------------------------------------------------------------------
+    def run_pool(self, executor: Any, client: Any, workers: int, limit: int | None) -> None:
+        self.executor, self.client, self.workers, self.limit = executor, client, workers, limit
+        self.pending = iter(self.sweep.pending)
+        self.exhausted = False
+        self.token, self.counter = uuid.uuid4().hex[:12], itertools.count()
+        self.target_s = _TASK_S["dask" if client is not None else "other"]
+        self.cap = max(1, limit // (2 * workers)) if limit else _MAX_BATCH
+        try:
+            while True:
+                self._fill()
+                if self._preempting():
+                    self._drain(complete=self.exhausted and not self.singly)
+                    return  # everything finished during the drain: the work is complete
+                if not self.inflight:
+                    return
+                done, _ = cf.wait(self.inflight, timeout=_POLL_S, return_when=cf.FIRST_COMPLETED)
+                ready = [(fut, self._pop(fut)) for fut in done]
+                self._fill()  # keep the workers busy while the results are fsync'd here
+                errors = []
+                for fut, task in ready:
+                    try:
+                        self._settle(fut, task)
+                    except _INFRA_ERRORS as exc:  # record the others first
+                        errors.append(exc)
+                if errors:
+                    raise errors[0]
+        except KeyboardInterrupt:
+            self.interrupted = True
+            if self.recording or not self.inflight:
+                raise
+            grace = self.guard.grace_s if self.guard is not None else 25.0
+            log.warning(
+                "interrupted: cancelling queued items, waiting up to %.0f s for the running "
+                "ones to finish and be recorded (Ctrl-C again to abandon them)",
+                grace,
+            )
+            self._cancel_queued()
+            self._await(time.monotonic() + grace)
+            raise
+
+    def _fill(self) -> None:
+        """Submit batches while the window has room (items of a broken batch go one by one)."""
+        while not self._preempting() and not (self.exhausted and not self.singly):
+            size = 1
+            if self.item_s is not None:
+                size = max(
+                    1, min(self.cap, _MAX_BATCH, int(self.target_s / max(self.item_s, 1e-6)))
+                )
+            size = min(size, (self.limit or 2 * self.workers * size) - self.outstanding)
+            if size < 1:
+                return
+            alone = bool(self.singly)
+            batch = [self.singly.popleft()] if alone else []
+            while not alone and len(batch) < size:
+                try:
+                    batch.append(next(self.pending))
+                except StopIteration:
+                    self.exhausted = True
+                    break
+                except Preempted as exc:  # the flag rose between our check and its own
+                    self._drain(exc)
+            if batch:
+                self._submit(batch)
+
+    def _submit(self, batch: list[Any]) -> None:
+        seeds = [self.sweep.seed(item) if self.wants_seed else None for item in batch]
+        key = f"resumable-{self.token}-{next(self.counter)}"
+        extra = {"key": key} if self.client is not None else {}  # to find it on the workers
+        pairs = list(zip(batch, seeds, strict=True))
+        fut = self.executor.submit(run_batch, self.fn, pairs, **extra)
+        self.inflight[fut] = _Task(batch, time.monotonic(), key)
+        self.outstanding += len(batch)
+        self.peak = max(self.peak, self.outstanding)
+        self.max_batch = max(self.max_batch, len(batch))
+
+    def _cancel_queued(self) -> None:
+        """Cancel tasks that have not started; those left in `inflight` are running."""
+        for fut in [f for f in self.inflight if f.done()]:
+            self._settle(fut)
+        running = None
+        if self.client is not None and self.inflight:
+            running = _dask_running_keys(self.client, timeout=2.0)
+            if running is None:
+                return  # unknown: await them all rather than lose work that is running
+        for fut, task in list(self.inflight.items()):
+            if (running is None or task.key not in running) and fut.cancel():
+                self.lost += len(self._pop(fut).items)
+
+    def _await(self, until: float) -> None:
+        """Record what completes before `until` (monotonic)."""
+        while self.inflight and (left := until - time.monotonic()) > 0:
+            wait = min(_POLL_S, left)
+            done, _ = cf.wait(self.inflight, timeout=wait, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                self._settle(fut)
+
+    def _drain(self, raised: Preempted | None = None, complete: bool = False) -> None:
+        """Preemption: cancel queued tasks, record the running ones that finish in time, then
+        exit through the guard (returns only when nothing at all was left undone)."""
+        guard = self.guard
+        assert guard is not None
+        self.preempted = True
+        self._cancel_queued()
+        reserve = getattr(guard, "_flush_reserve_s", 5.0) + _EXIT_MARGIN_S
+        if running := len(self.inflight):
+            log.warning("preempted: awaiting %d running task(s)", running)
+        self._await(time.monotonic() + guard.remaining_s() - reserve)
+        for fut, task in self.inflight.items():
+            fut.cancel()  # best effort; their results would come too late
+            self.lost += len(task.items)
+        if self.inflight:
+            log.warning("preempted: %d task(s) did not finish in time", len(self.inflight))
+        if raised is None and complete and not self.lost and not self.singly:
+            return
+        self._exit(raised)
+
+    def _exit(self, raised: Preempted | None) -> NoReturn:
+        """Flush the mirror (unless the guard's exit does) and leave with `Preempted`."""
+        guard = self.guard
+        assert guard is not None
+        if raised is not None or not self.guard_flushes:
+            reserve = getattr(guard, "_flush_reserve_s", 5.0)
+            try:
+                self.sweep._flush_on_preemption(max(0.1, guard.remaining_s() - reserve))
+            except Exception as exc:  # the local checkpoint has everything
+                log.error("flushing the mirror on preemption: %s", exc)
+        if raised is not None:
+            raise raised
+        guard.exit()
+
+    def summary(self, skipped: int, t0: float, workers: int) -> RunSummary:
+        return RunSummary(
+            done=self.done,
+            failed=self.failed,
+            skipped=skipped,
+            elapsed_s=time.monotonic() - t0,
+            preempted=self.preempted,
+            interrupted=self.interrupted,
+            remaining=self.sweep.status().pending,
+            workers=workers,
+            max_in_flight=max(1, self.peak),
+            max_batch=max(1, self.max_batch),
+        )
+
+
+def run_sweep(
+    sweep: ResumableSweep,
+    fn: Callable[..., Any],
+    *,
+    executor: Any = None,
+    max_in_flight: int | None = None,
+    progress: bool | None = None,
+) -> RunSummary:
+    """Run every pending item of `sweep` through `fn`; see the module docstring."""
+    if not callable(fn):
+        raise ConfigurationError(f"fn must be callable, found {fn!r}")
+    if max_in_flight is not None and (type(max_in_flight) is not int or max_in_flight < 1):
+        raise ConfigurationError(f"max_in_flight must be an int >= 1, found {max_in_flight!r}")
+    make_pool = (isinstance(executor, str) and executor == "processes") or (
+        type(executor) is int and executor > 0
+    )
+    if not (make_pool or executor is None or callable(getattr(executor, "submit", None))):
+        raise ConfigurationError(
+            "executor must be a concurrent.futures.Executor, a Dask Client, an int, "
+            f"'processes' or None; found {executor!r}"
+        )
+    before = sweep.status()
+    failed_before = 0 if sweep.retry_failed else before.failed
+    skipped = before.done + failed_before
+    own_pool = None
+    if make_pool:
+        executor = own_pool = process_pool(executor if type(executor) is int else None)
+    client = _dask_client(executor)
+    if client is not None and client is executor:
+        executor = client.get_executor()
+    workers = 1 if executor is None else _worker_count(executor, client)
+    bar = tqdm(
+        total=before.total,
+        initial=skipped,
+        desc=sweep.name,
+        unit="item",
+        disable=not (sys.stderr.isatty() if progress is None else progress),
+        dynamic_ncols=True,
+        smoothing=0.05,
+        postfix={"failed": failed_before} if failed_before else None,
+    )
+    t0 = time.monotonic()
+    run = _Run(sweep, fn, bar)
+    run.failed_before = failed_before
+    graceful = False
+    try:
+        with _guard_for(sweep) as (run.guard, run.guard_flushes):
+            try:
+                if executor is None:
+                    run.run_inline()
+                else:
+                    run.run_pool(executor, client, workers, max_in_flight)
+                graceful = True
+            except Preempted as exc:
+                exc.summary = run.summary(skipped, t0, workers)  # type: ignore[attr-defined]
+                raise
+    finally:
+        bar.close()
+        for fut in run.inflight:
+            fut.cancel()  # our own work only: an executor passed in stays the caller's
+        if own_pool is not None:
+            _close_pool(own_pool, graceful=graceful)
+    summary = run.summary(skipped, t0, workers)
+    log.info("run of sweep %r: %s", sweep.name, summary)
+    return summary
+
+
+def _close_pool(pool: cf.ProcessPoolExecutor, *, graceful: bool) -> None:
+    """Shut down a pool made here. After an abnormal end the items still running are
+    abandoned (their results would be discarded): kill the workers rather than await them."""
+    if graceful:
+        pool.shutdown(wait=True)
+        return
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.kill()
