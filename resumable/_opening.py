@@ -26,8 +26,9 @@ from .errors import (
 from .manifest import MANIFEST_NAME, Manifest
 from .mirror import Mirror
 from .remote import read_manifest, source_store
-from .resume import open_checkpoint
+from .resume import open_checkpoint, sharded_root_error
 from .shards import (
+    DESCRIPTOR_NAME,
     check_descriptor,
     ensure_local_descriptor,
     ensure_remote_descriptor,
@@ -57,12 +58,19 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
         )
     if sweep.shard is not None:
         _check_shard_descriptors(sweep)
+    elif (sweep.progress_dir / DESCRIPTOR_NAME).is_file():
+        raise sharded_root_error(str(sweep.progress_dir))
     if resume == "never":
         _refuse_existing(sweep, source)
         source = None
     key = sweep.signing_key
     opened = open_checkpoint(
-        sweep.progress_dir, sweep.name, source=source, mirror=mirror, signing_key=key
+        sweep.progress_dir,
+        sweep.name,
+        source=source,
+        mirror=mirror,
+        signing_key=key,
+        unsharded=sweep.shard is None,
     )
     loaded, lock = opened.loaded, opened.lock
     try:

@@ -436,6 +436,8 @@ class CheckpointWriter:
             try:
                 _write_all(self._fd, line)
                 fsync_file(self._fd, str(self._active_path))
+                hasher = self._active_hash.copy()
+                hasher.update(line)
             except OSError as exc:
                 self._fail(f"{type(exc).__name__}: {exc}", truncate_to=before)
                 if isinstance(exc, CheckpointWriteError):
@@ -443,8 +445,15 @@ class CheckpointWriter:
                 raise CheckpointWriteError(
                     exc.errno, f"recording to {self._active_path} failed: {exc.strerror or exc}"
                 ) from exc
-            self._active_size += len(line)
-            self._active_hash.update(line)
+            except BaseException as exc:  # Ctrl-C (or a SystemExit) between write and bookkeeping
+                self._fail(
+                    f"interrupted while recording ({type(exc).__name__}); reopen the sweep",
+                    truncate_to=before,
+                )
+                raise
+            # From here on nothing can fail: plain assignments only.
+            self._active_hash = hasher
+            self._active_size = before + len(line)
             self._active_records += 1
             self.last_seq = seq
             self.last_hash = digest

@@ -17,6 +17,7 @@ from pathlib import Path
 from .checkpoint import LOCK_NAME, SEGMENTS_DIR, DirLock, Loaded, hash_at, load
 from .durable import make_dirs
 from .errors import (
+    ConfigurationError,
     HistoryConflictError,
     SourceUnreachableError,
     SweepMismatchError,
@@ -24,6 +25,7 @@ from .errors import (
 from .manifest import Manifest
 from .mirror import check_extends
 from .remote import discard, download, install, read_manifest
+from .shards import DESCRIPTOR_NAME, read_descriptor
 from .storage import Store
 
 log = logging.getLogger("resumable.resume")
@@ -37,6 +39,21 @@ class Opened:
     lock: DirLock | None
     mirror_known: tuple[bytes, Manifest] | None  # the snapshot dir's manifest, if read
     source: str  # "local", "remote" or "fresh", for logs and status
+
+
+def sharded_root_error(where: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{where} holds a sharded sweep (a {DESCRIPTOR_NAME} beside shard-* directories), but "
+        "this launch has no shard=...: pass shard=shard_from_env() (is the job-array index "
+        "variable missing?), or use another location for an unsharded sweep"
+    )
+
+
+def _refuse_descriptor(store: Store) -> None:
+    """No manifest at `store`: an unsharded launch must not write beside a sharded sweep's
+    shards (a job array that lost its index variable would), hiding them from merged views."""
+    if read_descriptor(store) is not None:
+        raise sharded_root_error(store.display)
 
 
 def check_name(manifest: Manifest, name: str, where: str) -> None:
@@ -54,11 +71,12 @@ def open_checkpoint(
     source: Store | None,
     mirror: Store | None,
     signing_key: bytes | None = None,
+    unsharded: bool = False,
 ) -> Opened:
     """Lock and load the local checkpoint, consult the source and the mirror, and decide."""
     lock = DirLock(progress_dir) if progress_dir.is_dir() else None
     try:
-        return _decide(progress_dir, name, lock, source, mirror, signing_key)
+        return _decide(progress_dir, name, lock, source, mirror, signing_key, unsharded)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -72,6 +90,7 @@ def _decide(
     source: Store | None,
     mirror: Store | None,
     signing_key: bytes | None,
+    unsharded: bool,
 ) -> Opened:
     local = load(progress_dir) if lock is not None else None
     if local is not None:
@@ -79,11 +98,13 @@ def _decide(
     # With a signing key, a resume source must be signed with it: a URL on someone else's
     # server is trusted only if it proves it was written with the key.
     remote = read_manifest(source, signing_key) if source is not None else None
+    if remote is None and source is not None and unsharded:
+        _refuse_descriptor(source)
     if remote is not None:
         check_name(remote[1], name, source.display)
     elif source is not None:
         log.info("resume source %s holds no checkpoint of %r", source.display, name)
-    mirror_known = _read_mirror(mirror, source, remote, name)
+    mirror_known = _read_mirror(mirror, source, remote, name, unsharded)
 
     how = "local" if local is not None else "fresh"
     if remote is not None:
@@ -121,6 +142,7 @@ def _read_mirror(
     source: Store | None,
     remote: tuple[bytes, Manifest] | None,
     name: str,
+    unsharded: bool,
 ) -> tuple[bytes, Manifest] | None:
     if mirror is None:
         return None
@@ -138,6 +160,8 @@ def _read_mirror(
         return None
     if known is not None:
         check_name(known[1], name, mirror.display)
+    elif unsharded:
+        _refuse_descriptor(mirror)
     return known
 
 

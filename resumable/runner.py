@@ -10,7 +10,7 @@ any `concurrent.futures.Executor`; a Dask `distributed.Client` or its ``get_exec
 Process pools need a picklable `fn` (module level) and items; Dask uses cloudpickle.
 
 Batching: items are sent in batches sized from their measured durations, so that a task takes
-about 100 ms on Dask (whose per-task cost is milliseconds of scheduler time) and 20 ms
+about 250 ms on Dask (whose per-task cost is milliseconds of scheduler time) and 20 ms
 elsewhere; longer items go one per task. The default window is two tasks per worker (workers:
 a pool's `_max_workers`, the Dask cluster's threads); `max_in_flight` caps items, batches too.
 
@@ -21,10 +21,11 @@ Preemption: the sweep's guard (its own under ``with sweep:``, an enclosing `curr
 or one installed for the run in the main thread) raises a flag. Then nothing new is submitted,
 queued tasks are cancelled, running ones are awaited until shortly before the grace deadline
 and recorded if they finish, and `guard.exit()` flushes the mirror and raises `Preempted` (exit
-75; ``.summary`` is attached). Unrecorded items stay pending, never failed. Ctrl-C (SIGINT not
-among the sweep's `signals`) does the same within the grace period; a second Ctrl-C abandons
-the running items; KeyboardInterrupt propagates. Pool workers must not die of the terminal's
-SIGINT mid-item: pools made here ignore it; give your own ``initializer=worker_initializer``.
+75). Unrecorded items stay pending, never failed. Ctrl-C (SIGINT not among the sweep's
+`signals`) does the same within the grace period, a second Ctrl-C abandons the running items,
+and KeyboardInterrupt propagates; it never lands inside a record(). Both carry ``.summary``.
+Pool workers must not die of the terminal's SIGINT mid-item: pools made here ignore it; give
+your own pools ``initializer=worker_initializer``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("resumable.runner")
 _POLL_S = 0.1  # how often a waiting parent looks at the preemption flag
 _EXIT_MARGIN_S = 0.5  # reach guard.exit() this long before the watchdog would take over
-_TASK_S = {"dask": 0.1, "other": 0.02}  # batch short items into tasks of about this length
+_TASK_S = {"dask": 0.25, "other": 0.02}  # batch short items into tasks of about this length
 _MAX_BATCH = 1000
 _INFRA_ERRORS = (cf.BrokenExecutor, cf.CancelledError)  # the executor's fault, not the item's
 Outcome = tuple[bool, Any, "str | None", float]  # ok, value or exception, traceback, seconds
@@ -189,6 +190,21 @@ def _guard_for(sweep: ResumableSweep) -> Iterator[tuple[PreemptionGuard | None, 
         yield made, True
 
 
+@contextlib.contextmanager
+def _sigint_to(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Route SIGINT to `handler` for the block, if Python's default handler has it now (not
+    when it is among the guard's signals or the user's own), in the main thread only."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @dataclass
 class _Task:
     items: list[Any]
@@ -206,7 +222,9 @@ class _Run:
         self.wants_seed = _accepts_seed(fn)
         self.done = self.failed = self.lost = self.failed_before = 0
         self.preempted = self.interrupted = False
-        self.recording = False  # a KeyboardInterrupt inside record(): record nothing more
+        self.recording = False  # in record(): a Ctrl-C now waits until it returns
+        self.deferring = False  # pool runs take Ctrl-C at their safe points only
+        self.sigint = False
         self.inflight: dict[cf.Future[Any], _Task] = {}
         self.outstanding = self.peak = self.max_batch = 0
         self.item_s: float | None = None  # moving average of the items' compute time
@@ -261,6 +279,20 @@ class _Run:
     def _preempting(self) -> bool:
         return self.guard is not None and self.guard.preempted
 
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        """SIGINT while we own it: KeyboardInterrupt at the next safe point, or now inside the
+        user's in-process `fn`. Never inside record(): a record cut short would leave the
+        checkpoint writer in an unknown state. A second Ctrl-C before then raises at once."""
+        if (self.recording or self.deferring) and not self.sigint:
+            self.sigint = True
+        else:
+            raise KeyboardInterrupt
+
+    def _safe_point(self) -> None:
+        if self.sigint:
+            self.sigint = False
+            raise KeyboardInterrupt
+
     # -- in-process ---------------------------------------------------------------------
     def run_inline(self) -> None:
         pending = iter(self.sweep.pending)  # its own safe point raises Preempted between items
@@ -274,6 +306,7 @@ class _Run:
                 self._exit(exc)
             seed = self.sweep.seed(item) if self.wants_seed else None
             self._outcome(item, run_batch(self.fn, [(item, seed)])[0])
+            self._safe_point()
         self.preempted = self._preempting()  # a late signal: the work is complete anyway
 
     # -- executors ----------------------------------------------------------------------
@@ -284,6 +317,7 @@ class _Run:
         self.token, self.counter = uuid.uuid4().hex[:12], itertools.count()
         self.target_s = _TASK_S["dask" if client is not None else "other"]
         self.cap = max(1, limit // (2 * workers)) if limit else _MAX_BATCH
+        self.deferring = True
         try:
             while True:
                 self._fill()
@@ -303,6 +337,7 @@ class _Run:
                         errors.append(exc)
                 if errors:
                     raise errors[0]
+                self._safe_point()
         except KeyboardInterrupt:
             self.interrupted = True
             if self.recording or not self.inflight:
@@ -325,7 +360,11 @@ class _Run:
                 size = max(
                     1, min(self.cap, _MAX_BATCH, int(self.target_s / max(self.item_s, 1e-6)))
                 )
-            size = min(size, (self.limit or 2 * self.workers * size) - self.outstanding)
+            if self.limit is None:  # the default window: two tasks per worker
+                if len(self.inflight) >= 2 * self.workers:
+                    return
+            else:  # an explicit max_in_flight bounds items
+                size = min(size, self.limit - self.outstanding)
             if size < 1:
                 return
             alone = bool(self.singly)
@@ -372,6 +411,7 @@ class _Run:
             done, _ = cf.wait(self.inflight, timeout=wait, return_when=cf.FIRST_COMPLETED)
             for fut in done:
                 self._settle(fut)
+            self._safe_point()  # a second Ctrl-C abandons the rest
 
     def _drain(self, raised: Preempted | None = None, complete: bool = False) -> None:
         """Preemption: cancel queued tasks, record the running ones that finish in time, then
@@ -468,14 +508,14 @@ def run_sweep(
     run.failed_before = failed_before
     graceful = False
     try:
-        with _guard_for(sweep) as (run.guard, run.guard_flushes):
+        with _guard_for(sweep) as (run.guard, run.guard_flushes), _sigint_to(run._on_sigint):
             try:
                 if executor is None:
                     run.run_inline()
                 else:
                     run.run_pool(executor, client, workers, max_in_flight)
                 graceful = True
-            except Preempted as exc:
+            except (Preempted, KeyboardInterrupt) as exc:
                 exc.summary = run.summary(skipped, t0, workers)  # type: ignore[attr-defined]
                 raise
     finally:

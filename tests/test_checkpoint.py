@@ -329,3 +329,40 @@ def test_sweep_on_locked_checkpoint_writes_nothing(tmp_path):
         assert after == before
     finally:
         lock.release()
+
+
+def test_interrupt_between_write_and_bookkeeping_leaves_a_loadable_checkpoint(
+    tmp_path, monkeypatch
+):
+    """Ctrl-C landing inside record() (after the write, before the writer's bookkeeping): the
+    sweep refuses further records, and the checkpoint reopens with every acknowledged record."""
+    import resumable.checkpoint as ck
+    from resumable.errors import CheckpointClosedError
+
+    items = [str(i) for i in range(6)]
+    ckpt = tmp_path / "exp.h5"
+    sweep = ResumableSweep(items, key=str, checkpoint_path=ckpt)
+    sweep.record(items[0], 0)
+    real = ck.fsync_file
+    calls = []
+
+    def interrupted(fd, name, **kw):
+        real(fd, name, **kw)
+        calls.append(name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ck, "fsync_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.record(items[1], 1)
+    monkeypatch.setattr(ck, "fsync_file", real)
+    assert calls
+    with pytest.raises(CheckpointClosedError, match="interrupted while recording"):
+        sweep.record(items[2], 2)
+    sweep.close()
+    with ResumableSweep(items, key=str, checkpoint_path=ckpt) as again:
+        assert again.result(items[0]) == 0
+        assert not again.is_done(items[1])  # never acknowledged: still pending
+        for item in again.pending:
+            again.record(item, int(item))
+    loaded = load(progress_dir_for(ckpt))
+    assert sorted(loaded.state.results) == items
