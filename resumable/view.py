@@ -163,6 +163,8 @@ def open_view(path_or_url: str, storage_options: dict | None = None) -> Checkpoi
             if (cand / DESCRIPTOR_NAME).is_file():
                 body = parse_descriptor((cand / DESCRIPTOR_NAME).read_bytes(), str(cand))
                 return _merged(Store(str(cand)), body, storage_options)
+            if (cand / SEGMENTS_DIR).is_dir():
+                load(cand)  # records without a manifest are damage (IntegrityError), not absence
         raise CheckpointNotFoundError(
             f"no checkpoint at {path_or_url} (looked for {MANIFEST_NAME} or {DESCRIPTOR_NAME} "
             f"there and in {path_or_url}{PROGRESS_SUFFIX})"

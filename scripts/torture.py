@@ -107,45 +107,25 @@ def reference(tmp: Path) -> dict[str, object]:
 
 
 def round_config(scenario: str, tmp: Path, n: int, kills: int, seed: int, log) -> ChaosConfig:
+    """One chaos round of `scenario`: where the sweep writes, what it mirrors, what is read."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEP_")}
     base = [sys.executable, str(EXAMPLE), *SWEEP_ARGS, "--out"]
+    common = {"kills": kills, "seed": seed, "env": env, "output": log, "timeout_s": 120}
     if scenario == "local":
         ckpt = str(tmp / f"local-{n}" / "ising.h5")
-        return ChaosConfig(
-            command=[*base, ckpt],
-            checkpoint=ckpt,
-            kills=kills,
-            seed=seed,
-            max_s=0.6,
-            env=env,
-            output=log,
-            timeout_s=120,
-        )
+        return ChaosConfig(command=[*base, ckpt], checkpoint=ckpt, max_s=0.6, **common)
     url = f"s3://torture/{scenario}-{n}"
     env.update(SWEEP_SNAPSHOT_DIR=url, SWEEP_RESUME_FROM=url)
     if scenario == "s3-mirror":
         ckpt = str(tmp / f"mirror-{n}" / "ising.h5")
-        return ChaosConfig(
-            command=[*base, ckpt],
-            checkpoint=ckpt,
-            kills=kills,
-            seed=seed,
-            max_s=0.6,
-            env=env,
-            output=log,
-            timeout_s=120,
-        )
-    return ChaosConfig(
+        return ChaosConfig(command=[*base, ckpt], checkpoint=ckpt, max_s=0.6, **common)
+    return ChaosConfig(  # fresh-machine: every launch on an empty dir, the mirror carries over
         command=[*base, "{machine}/ising.h5"],
         checkpoint=url,
-        kills=kills,
-        seed=seed,
         min_s=0.2,
         max_s=1.5,
-        env=env,
-        output=log,
-        timeout_s=120,
         machine_root=str(tmp / "machines"),
+        **common,
     )
 
 

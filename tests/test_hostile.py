@@ -499,3 +499,15 @@ def test_verify_reports_a_wrongly_signed_manifest(tmp_path: Path):
             sweep.record(item, 1)
     problems = verify(str(ckpt), signing_key="k2")
     assert len(problems) == 1 and "wrongly signed" in str(problems[0])
+
+
+def test_a_deleted_manifest_is_damage_for_views_not_absence(tmp_path: Path):
+    from resumable.view import open_view
+
+    ckpt = tmp_path / "exp.h5"
+    with ResumableSweep(ITEMS[:3], key=key, checkpoint_path=ckpt) as sweep:
+        for item in sweep.pending:
+            sweep.record(item, 1)
+    (progress_dir_for(ckpt) / "manifest.json").unlink()
+    with pytest.raises(IntegrityError, match=r"manifest\.json is missing"):
+        open_view(str(ckpt))
