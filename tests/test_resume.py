@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+try:  # tests/ is on sys.path (see conftest.py)
+    from fixtures.compare import assert_bitwise_equal
+except ImportError:  # pragma: no cover
+    from tests.fixtures.compare import assert_bitwise_equal
 
 from resumable import ResumableSweep
 from resumable.checkpoint import progress_dir_for
@@ -93,25 +97,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return _results(ckpt)
 
 
-def _assert_bitwise_equal(got, want, where: str = "") -> None:
-    assert type(got) is type(want), where
-    if isinstance(want, np.ndarray):
-        assert got.dtype == want.dtype and got.shape == want.shape, where
-        assert got.tobytes() == want.tobytes(), where
-    elif isinstance(want, float):
-        assert struct.pack("<d", got) == struct.pack("<d", want), where
-    elif isinstance(want, dict):
-        assert list(got) == list(want), where
-        for k in want:
-            _assert_bitwise_equal(got[k], want[k], f"{where}[{k!r}]")
-    elif isinstance(want, (list, tuple)):
-        assert len(got) == len(want), where
-        for i, (g, w) in enumerate(zip(got, want, strict=True)):
-            _assert_bitwise_equal(g, w, f"{where}[{i}]")
-    else:
-        assert got == want, where
-
-
 def _mirror_records(url: str, tmp: Path) -> tuple[int, list[str]]:
     """(last seq, result keys) of the verified mirror at `url`."""
     store = source_store(url)
@@ -162,7 +147,7 @@ def test_relaunch_on_new_machines_from_s3(
     got = _results(final)
     assert sorted(got) == sorted(reference)
     for key in reference:
-        _assert_bitwise_equal(got[key], reference[key], key)
+        assert_bitwise_equal(got[key], reference[key], key)
     _, keys = _mirror_records(url, tmp_path)
     assert sorted(keys) == sorted(reference)  # the mirror caught up with the end, too
 
@@ -175,7 +160,7 @@ def test_relaunch_on_new_machines_from_local_mirror(tmp_path: Path, reference, k
     final = _relaunch_on_new_machines(tmp_path, url, resume_url)
     got = _results(final)
     for key in reference:
-        _assert_bitwise_equal(got[key], reference[key], key)
+        assert_bitwise_equal(got[key], reference[key], key)
 
 
 @pytest.mark.integration
@@ -191,7 +176,7 @@ def test_relaunch_over_http_from_the_served_mirror(
     final = _relaunch_on_new_machines(tmp_path, mirror, resume_url)
     got = _results(final)
     for key in reference:
-        _assert_bitwise_equal(got[key], reference[key], key)
+        assert_bitwise_equal(got[key], reference[key], key)
     assert http_server.requests["/sweeps/exp/manifest.json"] >= 2
     assert any(p.startswith("/sweeps/exp/segments/") for p in http_server.requests)
 
@@ -220,7 +205,7 @@ def test_local_ahead_of_the_mirror_wins_and_the_mirror_catches_up(tmp_path: Path
     sweep.close()
     got = _results(ckpt)
     for key in reference:
-        _assert_bitwise_equal(got[key], reference[key], key)
+        assert_bitwise_equal(got[key], reference[key], key)
 
 
 def test_mirror_ahead_of_local_wins_and_replaces_it(tmp_path: Path, reference) -> None:
@@ -238,7 +223,7 @@ def test_mirror_ahead_of_local_wins_and_replaces_it(tmp_path: Path, reference) -
     assert [p.name for p in ckpt.parent.iterdir()] == ["exp.h5.resumable"]  # no leftovers
     got = _results(ckpt)
     for key in reference:
-        _assert_bitwise_equal(got[key], reference[key], key)
+        assert_bitwise_equal(got[key], reference[key], key)
 
 
 def _mirror_objects(mirror: Path) -> dict[str, bytes]:

@@ -21,14 +21,17 @@ import random
 import select
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+try:  # tests/ is on sys.path (see conftest.py)
+    from fixtures.compare import assert_bitwise_equal
+except ImportError:  # pragma: no cover
+    from tests.fixtures.compare import assert_bitwise_equal
 
 from resumable import ResumableSweep
 from resumable.checkpoint import Loaded
@@ -132,21 +135,6 @@ def _values(loaded: Loaded) -> dict[str, object]:
     return {k: decode(r.body()["value"], where=k) for k, r in loaded.state.results.items()}
 
 
-def _assert_bitwise_equal(got, want, where: str) -> None:
-    assert type(got) is type(want), where
-    if isinstance(want, np.ndarray):
-        assert got.dtype == want.dtype and got.shape == want.shape, where
-        assert got.tobytes() == want.tobytes(), where
-    elif isinstance(want, float):
-        assert struct.pack("<d", got) == struct.pack("<d", want), where
-    elif isinstance(want, dict):
-        assert list(got) == list(want), where
-        for k in want:
-            _assert_bitwise_equal(got[k], want[k], f"{where}[{k!r}]")
-    else:
-        assert got == want, where
-
-
 def _run_to_completion(ckpt: Path, url: str, log: Path) -> Worker:
     worker = Worker(ckpt, url, log)
     worker.wait_ready()
@@ -221,5 +209,5 @@ def test_sigkill_and_relaunch_from_the_s3_mirror_only(s3_bucket: str, tmp_path: 
     got = _values(final)
     assert sorted(got) == sorted(want)
     for key in want:
-        _assert_bitwise_equal(got[key], want[key], key)
+        assert_bitwise_equal(got[key], want[key], key)
     shutil.rmtree(fetched)

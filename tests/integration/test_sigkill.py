@@ -19,15 +19,18 @@ import json
 import random
 import select
 import signal
-import struct
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+try:  # tests/ is on sys.path (see conftest.py)
+    from fixtures.compare import assert_bitwise_equal
+except ImportError:  # pragma: no cover
+    from tests.fixtures.compare import assert_bitwise_equal
 
 from resumable import ResumableSweep
 from resumable.checkpoint import load, progress_dir_for
@@ -137,25 +140,6 @@ def _values(ckpt: Path) -> dict[str, object]:
         return {sweep.key(item): sweep.result(item) for item in items}
 
 
-def _assert_bitwise_equal(got, want, where: str) -> None:
-    assert type(got) is type(want), where
-    if isinstance(want, np.ndarray):
-        assert got.dtype == want.dtype and got.shape == want.shape, where
-        assert got.tobytes() == want.tobytes(), where
-    elif isinstance(want, float):
-        assert struct.pack("<d", got) == struct.pack("<d", want), where
-    elif isinstance(want, dict):
-        assert list(got) == list(want), where
-        for k in want:
-            _assert_bitwise_equal(got[k], want[k], f"{where}[{k!r}]")
-    elif isinstance(want, (list, tuple)):
-        assert len(got) == len(want), where
-        for i, (g, w) in enumerate(zip(got, want, strict=True)):
-            _assert_bitwise_equal(g, w, f"{where}[{i}]")
-    else:
-        assert got == want, where
-
-
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path):
     rng = random.Random(SEED)
     ckpt = tmp_path / "killed" / "exp.h5"
@@ -226,7 +210,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path):
     got, want = _values(ckpt), _values(ref_ckpt)
     assert list(sorted(got)) == list(sorted(want))
     for key in want:
-        _assert_bitwise_equal(got[key], want[key], key)
+        assert_bitwise_equal(got[key], want[key], key)
 
     # Every run that reported ready had written its launch record (plus the final run).
     assert len(loaded.state.launches) >= ready_runs + 1
