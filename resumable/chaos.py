@@ -34,9 +34,9 @@ from .journal import Record, parse_segment
 from .manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, parse_manifest
 from .preempt import PREEMPTED_EXIT_CODE
 from .remote import source_store
-from .shards import DESCRIPTOR_NAME, read_descriptor, shard_dir_name
+from .shards import DESCRIPTOR_NAME, read_descriptor
 from .storage import Store, is_url, redact
-from .view import verify
+from .view import shard_stores, verify
 
 MACHINE = "{machine}"
 SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
@@ -201,7 +201,8 @@ def _stores(checkpoint: str, storage_options: dict[str, Any] | None) -> list[Sto
             if (cand / MANIFEST_NAME).is_file():
                 return [Store(str(cand))]
             if (cand / DESCRIPTOR_NAME).is_file():
-                return _shard_stores(Store(str(cand)), storage_options)
+                root = Store(str(cand))
+                return _shard_stores(root, read_descriptor(root), storage_options)
         return [Store(str(Path(str(path) + PROGRESS_SUFFIX)))]  # nothing yet
     store = source_store(checkpoint, storage_options)
     try:
@@ -209,19 +210,16 @@ def _stores(checkpoint: str, storage_options: dict[str, Any] | None) -> list[Sto
         return [store]
     except ObjectNotFoundError:
         pass
-    return _shard_stores(store, storage_options) if read_descriptor(store) else [store]
+    return _shard_stores(store, read_descriptor(store), storage_options)
 
 
-def _shard_stores(root: Store, storage_options: dict[str, Any] | None) -> list[Store]:
-    body = read_descriptor(root)
-    assert body is not None
-    n = body["shards"]
-    if root.is_local:
-        assert root.local_path is not None
-        return [Store(str(root.local_path / shard_dir_name(i, n))) for i in range(n)]
-    return [
-        Store(f"{root.root.rstrip('/')}/{shard_dir_name(i, n)}", storage_options) for i in range(n)
-    ]
+def _shard_stores(
+    root: Store, descriptor: dict[str, Any] | None, storage_options: dict[str, Any] | None
+) -> list[Store]:
+    """Every shard's Store under a sharded root, or the root itself when it is not sharded."""
+    if descriptor is None:
+        return [root]
+    return shard_stores(root, descriptor["shards"], storage_options)
 
 
 def read_records(store: Store) -> list[Record]:

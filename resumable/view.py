@@ -204,14 +204,18 @@ def _remote_view(store: Store) -> CheckpointView | None:
     return CheckpointView(store.display, loaded, files=path, _keep=tmp)
 
 
+def shard_stores(root: Store, count: int, storage_options: dict | None = None) -> list[Store]:
+    """The Store of every shard of a sharded sweep whose root (descriptor place) is `root`."""
+    names = [shard_dir_name(index, count) for index in range(count)]
+    if root.is_local:
+        assert root.local_path is not None
+        return [Store(str(root.local_path / name)) for name in names]
+    return [Store(f"{root.root.rstrip('/')}/{name}", storage_options) for name in names]
+
+
 def _merged(root: Store, body: dict, storage_options: dict | None) -> MergedView:
-    count = body["shards"]
-    merged = MergedView(location=root.display, name=body["sweep"], count=count)
-    for index in range(count):
-        sub = Store(f"{root.root.rstrip('/')}/{shard_dir_name(index, count)}", storage_options)
-        if root.is_local:
-            assert root.local_path is not None
-            sub = Store(str(root.local_path / shard_dir_name(index, count)))
+    merged = MergedView(location=root.display, name=body["sweep"], count=body["shards"])
+    for sub in shard_stores(root, body["shards"], storage_options):
         merged.shards.append(_remote_view(sub))
     return merged
 
@@ -248,10 +252,7 @@ def verify(
                     body = parse_descriptor((cand / DESCRIPTOR_NAME).read_bytes(), str(cand))
                 except IntegrityError as exc:
                     return [Problem(str(cand / DESCRIPTOR_NAME), str(exc))]
-                stores = [
-                    Store(str(cand / shard_dir_name(i, body["shards"])))
-                    for i in range(body["shards"])
-                ]
+                stores = shard_stores(Store(str(cand)), body["shards"])
                 break
         if not stores:
             for cand in _local_candidates(Path(path_or_url).expanduser()):
@@ -271,12 +272,7 @@ def verify(
                 if orphans is not None:
                     return [orphans]
                 raise CheckpointNotFoundError(f"no checkpoint at {root.display}") from None
-            stores = [
-                Store(
-                    f"{root.root.rstrip('/')}/{shard_dir_name(i, body['shards'])}", storage_options
-                )
-                for i in range(body["shards"])
-            ]
+            stores = shard_stores(root, body["shards"], storage_options)
     problems: list[Problem] = []
     for store in stores:
         problems.extend(_verify_one(store, shard_optional=len(stores) > 1, key=key))
