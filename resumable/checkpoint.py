@@ -34,6 +34,7 @@ from .errors import (
     CheckpointClosedError,
     CheckpointLockedError,
     CheckpointWriteError,
+    ForeignProcessError,
     IntegrityError,
 )
 from .journal import ParsedSegment, Record, encode_record, parse_sealed_segment, parse_segment
@@ -277,6 +278,25 @@ _HELD_LOCKS: set[str] = set()
 _HELD_GUARD = threading.Lock()
 
 
+def _forget_locks_after_fork() -> None:
+    """A forked child holds none of its parent's POSIX locks (they are per process)."""
+    global _HELD_GUARD
+    _HELD_GUARD = threading.Lock()  # another thread may have held it at the fork
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_after_fork)
+
+
+def foreign_process_error(what: str, owner: int) -> ForeignProcessError:
+    return ForeignProcessError(
+        f"{what} was opened by process {owner}; process {os.getpid()} (a forked child) may not "
+        "record through it. Nothing was written. Record in the process that opened the sweep "
+        "(return results to it, as sweep.run does), or open a sweep of its own in the child"
+    )
+
+
 class DirLock:
     """An exclusive POSIX lock on ``LOCK``; the kernel drops it when the holder dies."""
 
@@ -315,15 +335,19 @@ class DirLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, info.encode(), 0)
             self._fd = fd
+            self._pid = os.getpid()
             _HELD_LOCKS.add(self._key)
 
     def release(self) -> None:
+        """Drop the lock. In a forked child this only closes the inherited descriptor: POSIX
+        locks belong to the process that took them, so the parent keeps its lock."""
         if self._fd is None:
             return
         with _HELD_GUARD:
-            os.close(self._fd)  # closing drops the POSIX lock
+            os.close(self._fd)  # closing drops the POSIX lock (in the owner only)
             self._fd = None
-            _HELD_LOCKS.discard(self._key)
+            if os.getpid() == self._pid:
+                _HELD_LOCKS.discard(self._key)
 
 
 class CheckpointWriter:
@@ -353,6 +377,7 @@ class CheckpointWriter:
         self._active_records = loaded.active_records
         self._broken: str | None = None
         self._mutex = threading.Lock()
+        self.owner_pid = os.getpid()  # a forked child inherits this object but may not append
         if self.manifest.active is None:
             # All parts sealed (a checkpoint fetched from a mirror): start a new active segment.
             active = next_segment_name(self.manifest)
@@ -424,6 +449,8 @@ class CheckpointWriter:
         fp: str | None = None,
     ) -> Record:
         """Durably append one record; when this returns it survives SIGKILL and power loss."""
+        if os.getpid() != self.owner_pid:  # before the mutex: a parent's thread may hold it
+            raise foreign_process_error(f"checkpoint {self.dir}", self.owner_pid)
         with self._mutex:
             if self._broken is not None:
                 raise CheckpointClosedError(
@@ -512,6 +539,9 @@ class CheckpointWriter:
             )
 
     def close(self) -> None:
+        if os.getpid() != self.owner_pid:
+            self._close_inherited()
+            return
         with self._mutex:
             try:
                 if self._fd >= 0:
@@ -521,6 +551,15 @@ class CheckpointWriter:
                 self.lock.release()
                 if self._broken is None:
                     self._broken = "the sweep was closed"
+
+    def _close_inherited(self) -> None:
+        """In a forked child: close the inherited descriptors, touch nothing on disk."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.lock.release()
+        self._broken = "the sweep belongs to another process"
 
 
 def _write_all(fd: int, data: bytes) -> None:

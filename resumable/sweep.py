@@ -23,7 +23,12 @@ from typing import Any, Literal
 
 from . import signing
 from ._opening import open_sweep
-from .checkpoint import DEFAULT_SEGMENT_BYTES, CheckpointWriter, progress_dir_for
+from .checkpoint import (
+    DEFAULT_SEGMENT_BYTES,
+    CheckpointWriter,
+    foreign_process_error,
+    progress_dir_for,
+)
 from .codec import canonical_json, decode, encode
 from .errors import (
     AlreadyRecordedError,
@@ -59,7 +64,10 @@ class ResumableSweep:
     Threads: one sweep may be shared by many threads of the process that opened it. `record`,
     `record_failure`, `retry_failures`, `flush` and `close` are each atomic (the check that an
     item is not yet done and the durable append happen under one lock), so recording one item
-    from two threads gives one record and one `AlreadyRecordedError`.
+    from two threads gives one record and one `AlreadyRecordedError`. Processes: only the
+    process that opened the sweep may record; a forked child (multiprocessing's "fork" start
+    method, `os.fork`) that tries gets `ForeignProcessError` and writes nothing, and closing
+    the child's copy leaves the parent's lock and checkpoint alone.
     """
 
     def __init__(
@@ -136,6 +144,7 @@ class ResumableSweep:
         self._mirror: Mirror | None = None
         # One lock around every check-and-append (see `record`): a sweep may be shared by threads.
         self._lock = threading.RLock()
+        self._owner_pid = os.getpid()
         self.resumed_from = "fresh"
         open_sweep(self, resume, segment_bytes)
 
@@ -144,6 +153,7 @@ class ResumableSweep:
     def _append(
         self, kind: str, payload: dict[str, Any], key: str | None = None, fp: str | None = None
     ) -> Record:
+        self._check_owner()
         with self._lock:  # append and apply in one step: the state follows the journal's order
             if self._writer is None or self._closed:
                 raise CheckpointClosedError(f"sweep {self.name!r} is closed")
@@ -152,6 +162,14 @@ class ResumableSweep:
             if self._mirror is not None:
                 self._mirror.notify()
             return rec
+
+    def _check_owner(self) -> None:
+        """Only the process that opened the sweep records (checked before taking any lock: a
+        forked child's copy of a lock may be held by a thread that does not exist there)."""
+        if os.getpid() != self._owner_pid:
+            raise foreign_process_error(
+                f"sweep {self.name!r} ({self.progress_dir})", self._owner_pid
+            )
 
     def _save_meta(self) -> None:
         with self._lock:
@@ -182,6 +200,7 @@ class ResumableSweep:
         `AlreadyRecordedError`.
         """
         key = self._items.key_of(item)
+        self._check_owner()
         self._check_not_done(key, "each item is recorded once")
         value = encode(result, what=f"the result of item {key!r}")  # outside the lock: CPU
         with self._lock:
@@ -209,6 +228,7 @@ class ResumableSweep:
     ) -> None:
         """Record that `item` failed; a plain re-run skips it until retried on purpose."""
         key = self._items.key_of(item)
+        self._check_owner()
         self._check_not_done(key, "it cannot be recorded as failed")
         if isinstance(error, BaseException):
             etype = type(error).__qualname__
@@ -237,6 +257,7 @@ class ResumableSweep:
     def retry_failures(self, keys: Iterable[str] | None = None) -> list[str]:
         """Durably mark failed items (all, or the given keys) as pending again."""
         keys = None if keys is None else list(keys)
+        self._check_owner()
         with self._lock:
             wanted = (
                 list(self._state.failures)
@@ -375,6 +396,7 @@ class ResumableSweep:
 
         Records are durable locally when `record()` returns, whatever happens here.
         """
+        self._check_owner()
         with self._lock:
             if self._writer is not None and self._writer.broken is None and not self._closed:
                 self._save_meta()
@@ -386,6 +408,9 @@ class ResumableSweep:
 
         Raises if the mirror cannot be brought up to date; the checkpoint is released anyway.
         """
+        if os.getpid() != self._owner_pid:
+            self._close_inherited()
+            return
         with self._lock:  # no record of another thread lands half-way through the close
             if self._closed:
                 return
@@ -398,6 +423,13 @@ class ResumableSweep:
                 self._closed = True
                 if self._writer is not None:
                     self._writer.close()
+
+    def _close_inherited(self) -> None:
+        """Close in a forked child: release inherited descriptors only. No meta is saved, the
+        mirror is not flushed (its threads live in the parent) and the parent's lock stays."""
+        self._closed = True
+        if self._writer is not None:
+            self._writer.close()
 
     def __enter__(self) -> ResumableSweep:
         """Install preemption handling (main thread only; see `handle_signals`)."""

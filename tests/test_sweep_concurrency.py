@@ -127,3 +127,134 @@ def test_many_threads_same_item_repeatedly(tmp_path, rounds):
             errors = _hammer(lambda t: sweep.record(ITEMS[0], t), 2)
         assert len(errors) == 1 and isinstance(errors[0], AlreadyRecordedError)
         assert load(progress_dir_for(ckpt)) is not None
+
+
+# -- forks ---------------------------------------------------------------------------------------
+
+
+def _lock_is_held(pdir) -> bool:
+    """Whether another process holds the checkpoint's writer lock (asked from a fresh process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from resumable.checkpoint import DirLock\n"
+        "from resumable.errors import CheckpointLockedError\n"
+        "try:\n"
+        f"    DirLock(__import__('pathlib').Path({str(pdir)!r})).release()\n"
+        "except CheckpointLockedError:\n"
+        "    sys.exit(3)\n"
+    )
+    rc = subprocess.run([sys.executable, "-c", code], timeout=60).returncode
+    assert rc in (0, 3), rc
+    return rc == 3
+
+
+def _child_tries_everything(sweep: ResumableSweep, item) -> int:
+    """In a forked child: every way to write must raise ForeignProcessError; 0 if so."""
+    from resumable.errors import ForeignProcessError
+
+    attempts = [
+        lambda: sweep.record(item, "from the child"),
+        lambda: sweep.record_failure(item, "from the child"),
+        lambda: sweep.retry_failures(),
+        lambda: sweep.flush(),
+    ]
+    code = 0
+    for i, attempt in enumerate(attempts):
+        try:
+            attempt()
+        except ForeignProcessError:
+            pass
+        except BaseException:
+            code |= 1 << i
+        else:
+            code |= 1 << i
+    sweep.meta["child"] = True
+    sweep.__exit__(None, None, None)  # what a `with` block in the child would do
+    sweep.close()
+    return code
+
+
+def test_forked_child_cannot_record_and_leaves_the_parent_alone(tmp_path):
+    import os
+
+    ckpt = tmp_path / "exp.h5"
+    pdir = progress_dir_for(ckpt)
+    with ResumableSweep(ITEMS, checkpoint_path=ckpt, handle_signals=False) as sweep:
+        sweep.record(ITEMS[0], 0)
+        size_before = sum(p.stat().st_size for p in (pdir / "segments").iterdir())
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 99
+            try:
+                code = _child_tries_everything(sweep, ITEMS[1])
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        size_after = sum(p.stat().st_size for p in (pdir / "segments").iterdir())
+        assert size_after == size_before  # the child wrote nothing
+        assert _lock_is_held(pdir)  # the child's close did not release the parent's lock
+        for item in ITEMS[1:5]:
+            sweep.record(item, item["i"])
+    loaded = load(pdir)  # used to fail: the child's record broke the hash chain
+    assert loaded is not None and len(loaded.state.results) == 5
+    assert "child" not in loaded.state.meta
+
+
+def test_forked_child_exiting_normally_runs_no_writes(tmp_path):
+    """A child leaving through sys.exit (atexit handlers, garbage collection) writes nothing."""
+    import os
+
+    ckpt = tmp_path / "exp.h5"
+    pdir = progress_dir_for(ckpt)
+    with ResumableSweep(ITEMS, checkpoint_path=ckpt, handle_signals=False) as sweep:
+        sweep.record(ITEMS[0], 0)
+        sweep.meta["x"] = 1  # unsaved meta: a child closing must not save it
+        before = (pdir / "segments" / "seg-00000001.jsonl").read_bytes()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                with sweep:
+                    pass
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert (pdir / "segments" / "seg-00000001.jsonl").read_bytes() == before
+        assert _lock_is_held(pdir)
+        sweep.record(ITEMS[1], 1)
+    assert load(pdir) is not None
+
+
+def _pool_record(args):
+    sweep, item = args
+    try:
+        sweep.record(item, "from a worker")
+    except BaseException as exc:  # reported back to the parent
+        return type(exc).__name__
+    return "acknowledged"
+
+
+def test_multiprocessing_fork_workers_cannot_record(tmp_path):
+    import multiprocessing
+
+    ckpt = tmp_path / "exp.h5"
+    ctx = multiprocessing.get_context("fork")
+    with ResumableSweep(ITEMS, checkpoint_path=ckpt, handle_signals=False) as sweep:
+        with ctx.Pool(2) as pool:
+            outcomes = pool.map(_pool_record_global, ITEMS[:6])
+        assert outcomes == ["ForeignProcessError"] * 6
+        for item in ITEMS[:6]:
+            sweep.record(item, item["i"])
+    loaded = load(progress_dir_for(ckpt))
+    assert loaded is not None and len(loaded.state.results) == 6
+
+
+def _pool_record_global(item):
+    # the sweep reaches the worker by inheritance (the fork), not by pickling
+    import gc
+
+    sweep = next(o for o in gc.get_objects() if isinstance(o, ResumableSweep) and not o.closed)
+    return _pool_record((sweep, item))
