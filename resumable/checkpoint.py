@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import limits
 from .durable import atomic_write_bytes, create_durable_file, fsync_file, make_dirs
 from .errors import (
     CheckpointClosedError,
@@ -43,7 +44,6 @@ from .errors import (
 from .journal import ParsedSegment, Record, encode_record, parse_sealed_segment, parse_segment
 from .manifest import (
     MANIFEST_NAME,
-    MAX_SEGMENT_BYTES,
     Manifest,
     SegmentInfo,
     check_name,
@@ -130,7 +130,7 @@ Reader = Callable[[str, int], bytes]
 """Reads the object `name` (e.g. "segments/seg-00000001.jsonl") of at most `max_bytes`;
 raises FileNotFoundError (ObjectNotFoundError for a Store) when it does not exist."""
 
-MAX_MANIFEST_READ = 64 * 1024 * 1024
+MAX_MANIFEST_READ = limits.MAX_MANIFEST_BYTES  # an alias for readers elsewhere
 
 
 def load(progress_dir: Path) -> Loaded | None:
@@ -140,7 +140,7 @@ def load(progress_dir: Path) -> Loaded | None:
         return _read_file(progress_dir / name, max_bytes=max_bytes)
 
     try:
-        mbytes = read(MANIFEST_NAME, MAX_MANIFEST_READ)
+        mbytes = read(MANIFEST_NAME, limits.MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         _check_no_orphans(progress_dir)
         return None
@@ -183,7 +183,7 @@ def load_from(read: Reader, manifest_bytes: bytes, *, location: str) -> Loaded:
     if manifest.active is not None:
         where = f"{location}/{SEGMENTS_DIR}/{manifest.active}"
         try:
-            active = read(f"{SEGMENTS_DIR}/{manifest.active}", MAX_SEGMENT_BYTES)
+            active = read(f"{SEGMENTS_DIR}/{manifest.active}", limits.MAX_SEGMENT_BYTES)
         except FileNotFoundError:
             raise IntegrityError(
                 f"{where}: the active segment named by the manifest is missing"
@@ -441,7 +441,9 @@ class CheckpointWriter:
             active = next_segment_name(self.manifest)
             _create_empty_segment(self.segdir / active)
             self.manifest = self.manifest.with_segments(self.manifest.segments, active)
-            atomic_write_bytes(self.dir / MANIFEST_NAME, self.manifest.to_bytes(self.signing_key))
+            data = self.manifest.to_bytes(self.signing_key)
+            limits.check_manifest(len(data), len(self.manifest.segments), f"checkpoint {self.dir}")
+            atomic_write_bytes(self.dir / MANIFEST_NAME, data)
         self._active_path = self.segdir / check_name(self.manifest.active)
         try:
             if loaded.torn_bytes:
@@ -521,12 +523,29 @@ class CheckpointWriter:
             seq = self.last_seq + 1
             t = time.time()
             line, digest, body = encode_record(self.last_hash, seq, kind, key, t, fp, payload)
+            if self._active_size and self._active_size + len(line) > limits.MAX_SEGMENT_BYTES:
+                # Roll first: no segment may grow past what the loader reads.
+                self._seal(
+                    self._plan_seal(
+                        self._active_size,
+                        self._active_hash,
+                        self._active_records,
+                        self.last_seq,
+                        self.last_hash,
+                    )
+                )
             before = self._active_size
+            hasher = self._active_hash.copy()
+            hasher.update(line)
+            plan = None
+            if before + len(line) >= self.segment_bytes:  # this record fills the segment:
+                # the manifest that seals it is built (and checked against the limits) first
+                plan = self._plan_seal(
+                    before + len(line), hasher, self._active_records + 1, seq, digest
+                )
             try:
                 _write_all(self._fd, line)
                 fsync_file(self._fd, str(self._active_path))
-                hasher = self._active_hash.copy()
-                hasher.update(line)
             except OSError as exc:
                 self._fail(f"{type(exc).__name__}: {exc}", truncate_to=before)
                 if isinstance(exc, CheckpointWriteError):
@@ -547,8 +566,8 @@ class CheckpointWriter:
             self.last_seq = seq
             self.last_hash = digest
             record = Record(seq, kind, key, t, fp, body, str(self._active_path))
-            if self._active_size >= self.segment_bytes:
-                self._seal()
+            if plan is not None:
+                self._seal(plan)
             return record
 
     def _fail(self, why: str, truncate_to: int | None = None) -> None:
@@ -558,23 +577,34 @@ class CheckpointWriter:
             with contextlib.suppress(OSError):  # a torn tail is dropped on the next load anyway
                 os.ftruncate(self._fd, truncate_to)
 
-    def _seal(self) -> None:
-        name = self._active_path.name
+    def _plan_seal(
+        self, size: int, hasher: Any, records: int, last_seq: int, last_hash: str
+    ) -> tuple[str, Manifest, bytes]:
+        """The next segment's name and the manifest (and its bytes) that seal the active segment
+        once it holds `records` records in `size` bytes; LimitExceededError if the manifest
+        would break a limit of the loader (checked before the record is written)."""
         info = SegmentInfo(
-            name=name,
-            size=self._active_size,
-            sha256=self._active_hash.hexdigest(),
-            records=self._active_records,
-            first_seq=self.last_seq - self._active_records + 1,
-            last_seq=self.last_seq,
-            last_hash=self.last_hash,
+            name=self._active_path.name,
+            size=size,
+            sha256=hasher.hexdigest(),
+            records=records,
+            first_seq=last_seq - records + 1,
+            last_seq=last_seq,
+            last_hash=last_hash,
         )
         new_name = next_segment_name(self.manifest)
+        manifest = self.manifest.with_segments((*self.manifest.segments, info), new_name)
+        data = manifest.to_bytes(self.signing_key)
+        limits.check_manifest(len(data), len(manifest.segments), f"checkpoint {self.dir}")
+        return new_name, manifest, data
+
+    def _seal(self, plan: tuple[str, Manifest, bytes]) -> None:
+        new_name, manifest, data = plan
+        name = self._active_path.name
         new_path = self.segdir / new_name
         try:
             _create_empty_segment(new_path)
-            manifest = self.manifest.with_segments((*self.manifest.segments, info), new_name)
-            atomic_write_bytes(self.dir / MANIFEST_NAME, manifest.to_bytes(self.signing_key))
+            atomic_write_bytes(self.dir / MANIFEST_NAME, data)
         except OSError as exc:
             self._fail(f"sealing segment {name} failed: {exc}")
             raise

@@ -25,10 +25,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from . import limits
 from .errors import IntegrityError
 
-MAX_RECORD_BYTES = 256 * 1024 * 1024
-MAX_KEY_CHARS = 1 << 20
 _HASH_LEN = 64
 _TYPES = frozenset({"launch", "items", "result", "failure", "retry", "invalidate", "meta"})
 
@@ -89,8 +88,12 @@ def encode_record(
     """(line bytes, record hash, payload bytes) of a new record."""
     if kind not in _TYPES:
         raise ValueError(f"unknown record type {kind!r}")
+    what = f"the {kind} record" + (f" of item {key!r:.100}" if key is not None else "")
+    if key is not None:
+        limits.check_key(key, what)
     header = b"%d %s %r %s " % (seq, kind.encode(), t, (fp or "-").encode()) + _dumps(key)
     body = _dumps(payload)
+    limits.check_record(_HASH_LEN + 2 + len(header) + len(body), what)
     digest = hashlib.sha256(prev_hash.encode("ascii") + b"\n" + header + b"\t" + body).hexdigest()
     return digest.encode("ascii") + b" " + header + b"\t" + body + b"\n", digest, body
 
@@ -124,6 +127,7 @@ def parse_segment(
     prev = prev_hash.encode("ascii")
     n = len(data)
     sha = hashlib.sha256
+    max_record = limits.MAX_RECORD_BYTES
     while pos < n:
         end = data.find(b"\n", pos)
         if end < 0:
@@ -133,10 +137,10 @@ def parse_segment(
                 f"{source}: record {seq} at byte {pos} is cut short "
                 f"({n - pos} bytes without a line end) in a sealed segment"
             )
-        if end - pos > MAX_RECORD_BYTES:
+        if end - pos > max_record:
             raise IntegrityError(
                 f"{source}: record {seq} at byte {pos} is {end - pos} bytes; at most "
-                f"{MAX_RECORD_BYTES} expected"
+                f"{max_record} expected"
             )
         claimed = data[pos : pos + _HASH_LEN]
         tab = data.find(b"\t", pos + _HASH_LEN + 1, end)
@@ -251,7 +255,7 @@ def _record(header: bytes, payload: bytes, *, seq: int, source: str, offset: int
             key_s = json.loads(key)
             if type(key_s) is not str:
                 raise ValueError("key is not a string")
-        if len(key_s or "") > MAX_KEY_CHARS:
+        if len(key_s or "") > limits.MAX_KEY_CHARS:
             raise ValueError("key too long")
         tval = float(t)
         fp_s = None if fp == b"-" else fp.decode("ascii")

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from resumable import journal as journal_mod
+from resumable import limits
 from resumable.errors import IntegrityError
 from resumable.journal import encode_record, parse_sealed_segment, parse_segment
 
@@ -219,7 +219,7 @@ def test_payload_is_checked_when_decoded(payload):
 
 def test_oversized_record_is_refused(monkeypatch):
     data, _, _ = _build(SPECS[:3])
-    monkeypatch.setattr(journal_mod, "MAX_RECORD_BYTES", 100)
+    monkeypatch.setattr(limits, "MAX_RECORD_BYTES", 100)
     with pytest.raises(IntegrityError, match="at most 100"):
         parse_segment(data, source="s", first_seq=1, prev_hash="", allow_torn_tail=True)
 
