@@ -4,6 +4,7 @@ Layout (beside the user's ``checkpoint_path``, e.g. ``data/exp.h5`` -> ``data/ex
 
     manifest.json          sealed segments (size, SHA-256, seq range) and the active one
     segments/seg-00000001.jsonl ...   append-only journal segments (see journal.py)
+    torn/                  torn tails cut off the active segment at an open (kept, never used)
 
 and beside it ``data/exp.h5.resumable.lock``: one writer at a time (a POSIX lock, released by the
 kernel on death). It lies outside the directory so that it also covers replacing the whole
@@ -22,6 +23,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -53,8 +55,10 @@ from .state import State
 
 PROGRESS_SUFFIX = ".resumable"
 SEGMENTS_DIR = "segments"
+TORN_DIR = "torn"  # torn tails cut off the active segment, kept for inspection
 LOCK_SUFFIX = ".lock"
 DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
+log = logging.getLogger("resumable.checkpoint")
 _INDEX_RE = re.compile(r"seg-(\d{8})")
 
 
@@ -447,10 +451,7 @@ class CheckpointWriter:
         self._active_path = self.segdir / check_name(self.manifest.active)
         try:
             if loaded.torn_bytes:
-                # Drop the unacknowledged torn tail before appending after it.
-                with open(self._active_path, "r+b") as fh:
-                    fh.truncate(self._active_size)
-                    fsync_file(fh.fileno(), str(self._active_path))
+                self._drop_torn_tail()
             self._fd = os.open(self._active_path, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
             if isinstance(exc, CheckpointWriteError):
@@ -458,6 +459,31 @@ class CheckpointWriter:
             raise CheckpointWriteError(
                 exc.errno, f"cannot open {self._active_path} for appending: {exc.strerror}"
             ) from None
+
+    def _drop_torn_tail(self) -> None:
+        """Keep the torn tail's bytes in ``torn/`` (durably), then cut it off the active segment
+        so that appends follow the last valid record. Never acknowledged, never deleted."""
+        with open(self._active_path, "r+b") as fh:
+            fh.seek(self._active_size)
+            tail = fh.read()
+            if tail:
+                keep = (
+                    self.dir
+                    / TORN_DIR
+                    / (f"{self._active_path.name}.at-{self._active_size}.{time.time_ns()}.torn")
+                )
+                make_dirs(keep.parent)
+                create_durable_file(keep, tail)
+                log.warning(
+                    "%s: dropped a torn tail of %d bytes after the last valid record (byte %d): "
+                    "an append cut short by a crash, never acknowledged. Its bytes are kept in %s",
+                    self._active_path,
+                    len(tail),
+                    self._active_size,
+                    keep,
+                )
+            fh.truncate(self._active_size)
+            fsync_file(fh.fileno(), str(self._active_path))
 
     @classmethod
     def create(
