@@ -99,7 +99,7 @@ def gather_status(target: str, mirror_url: str | None = None) -> dict[str, Any]:
     view = open_checked(target)
     status = view.status()
     tls = timelines(view)
-    problems = verify(target)
+    problems = verify(target, mirror=mirror_url)  # records only the mirror holds: a problem
     out = status.as_dict()
     out["location"] = redact(out["location"])
     out["now"] = now
