@@ -102,3 +102,8 @@ class ObjectExistsError(StorageError, FileExistsError):
 
 class StorageWriteError(CheckpointWriteError, StorageError):
     """A durable local write through a Store failed (fsync, disk full, read-only)."""
+
+
+class ObjectChangedError(StorageError):
+    """A conditional write (compare-and-swap) found the object changed since the version it was
+    based on, or created when it was expected absent: another writer got there first."""
