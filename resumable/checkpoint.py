@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import limits
+from . import durable, limits
 from .durable import atomic_write_bytes, create_durable_file, fsync_file, make_dirs
 from .errors import (
     CheckpointClosedError,
@@ -83,7 +83,7 @@ def next_segment_name(manifest: Manifest) -> str:
 def _create_empty_segment(path: Path) -> None:
     """Create a new, empty segment; an empty leftover of a crash before its manifest is reused."""
     if path.exists() and path.stat().st_size == 0:
-        path.unlink()
+        durable.ops.unlink(path)
     create_durable_file(path)
 
 
@@ -452,7 +452,7 @@ class CheckpointWriter:
         try:
             if loaded.torn_bytes:
                 self._drop_torn_tail()
-            self._fd = os.open(self._active_path, os.O_WRONLY | os.O_APPEND)
+            self._fd = durable.ops.open(self._active_path, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
             if isinstance(exc, CheckpointWriteError):
                 raise
@@ -463,9 +463,10 @@ class CheckpointWriter:
     def _drop_torn_tail(self) -> None:
         """Keep the torn tail's bytes in ``torn/`` (durably), then cut it off the active segment
         so that appends follow the last valid record. Never acknowledged, never deleted."""
-        with open(self._active_path, "r+b") as fh:
-            fh.seek(self._active_size)
-            tail = fh.read()
+        fd = durable.ops.open(self._active_path, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            tail = durable.ops.pread(fd, size - self._active_size, self._active_size)
             if tail:
                 keep = (
                     self.dir
@@ -482,8 +483,10 @@ class CheckpointWriter:
                     self._active_size,
                     keep,
                 )
-            fh.truncate(self._active_size)
-            fsync_file(fh.fileno(), str(self._active_path))
+            durable.ops.ftruncate(fd, self._active_size)
+            fsync_file(fd, str(self._active_path))
+        finally:
+            durable.ops.close(fd)
 
     @classmethod
     def create(
@@ -601,7 +604,7 @@ class CheckpointWriter:
         self._broken = why
         if truncate_to is not None:
             with contextlib.suppress(OSError):  # a torn tail is dropped on the next load anyway
-                os.ftruncate(self._fd, truncate_to)
+                durable.ops.ftruncate(self._fd, truncate_to)
 
     def _plan_seal(
         self, size: int, hasher: Any, records: int, last_seq: int, last_hash: str
@@ -634,10 +637,10 @@ class CheckpointWriter:
         except OSError as exc:
             self._fail(f"sealing segment {name} failed: {exc}")
             raise
-        os.close(self._fd)
+        durable.ops.close(self._fd)
         self.manifest = manifest
         self._active_path = new_path
-        self._fd = os.open(new_path, os.O_WRONLY | os.O_APPEND)
+        self._fd = durable.ops.open(new_path, os.O_WRONLY | os.O_APPEND)
         self._active_hash = hashlib.sha256()
         self._active_size = 0
         self._active_records = 0
@@ -663,7 +666,7 @@ class CheckpointWriter:
         with self._mutex:
             try:
                 if self._fd >= 0:
-                    os.close(self._fd)
+                    durable.ops.close(self._fd)
                     self._fd = -1
             finally:
                 self.lock.release()
@@ -675,12 +678,13 @@ class CheckpointWriter:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             with contextlib.suppress(OSError):
-                os.close(fd)
+                durable.ops.close(fd)
         self.lock.release()
         self._broken = "the sweep belongs to another process"
 
 
 def _write_all(fd: int, data: bytes) -> None:
+    write = durable.ops.write
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        view = view[write(fd, view) :]
