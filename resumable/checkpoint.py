@@ -238,6 +238,44 @@ def load_records(
     return loaded
 
 
+def recover_interrupted_install(progress_dir: Path) -> None:
+    """Under the writer lock: tidy what an install cut short by a crash left beside `progress_dir`.
+
+    Installing a resumed source renames the local checkpoint aside (``.NAME.replaced-*``), then
+    the verified download (``.NAME.incoming-*``) into place. A crash between the two renames
+    can leave no progress directory at all: the one set aside is put back (a relaunch that
+    resumes from the source fetches it again). Leftover downloads, and copies set aside whose
+    replacement is in place, are removed.
+    """
+    parent = progress_dir.parent
+    if not parent.is_dir():
+        return
+    prefix = f".{progress_dir.name}."
+    aside = sorted(p for p in parent.iterdir() if p.name.startswith(prefix + "replaced-"))
+    leftovers = [p for p in parent.iterdir() if p.name.startswith(prefix + "incoming-")]
+    if not progress_dir.exists() and aside:
+        best = max(aside, key=_records_in)
+        durable.rename_durably(best, progress_dir)
+        durable.fsync_dir(parent)
+        log.warning(
+            "%s was missing after an install cut short by a crash: put back the checkpoint "
+            "that install had set aside (%s)",
+            progress_dir,
+            best.name,
+        )
+    leftovers += [p for p in aside if p.exists()]
+    for p in leftovers:
+        durable.remove_tree(p)
+
+
+def _records_in(candidate: Path) -> int:
+    try:
+        loaded = load(candidate)
+    except (IntegrityError, OSError):
+        return -1
+    return loaded.state.last_seq if loaded is not None else 0
+
+
 def hash_at(view: WriterView, segdir: Path, seq: int) -> str | None:
     """The hash of record `seq` as of `view` (None past its end); reads at most one segment.
 

@@ -13,7 +13,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import SEGMENTS_DIR, DirLock, Loaded, hash_at, load
+from .checkpoint import (
+    SEGMENTS_DIR,
+    DirLock,
+    Loaded,
+    hash_at,
+    load,
+    recover_interrupted_install,
+)
 from .durable import pause_point
 from .errors import (
     ConfigurationError,
@@ -79,6 +86,7 @@ def open_checkpoint(
     """
     lock = DirLock(progress_dir)
     try:
+        recover_interrupted_install(progress_dir)
         return _decide(progress_dir, name, lock, source, mirror, signing_key, unsharded)
     except BaseException:
         lock.release_and_tidy()

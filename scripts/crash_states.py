@@ -591,6 +591,20 @@ def _check(
         problem = _check_export(root / sc.export)
         if problem:
             return problem
+    if have < acked and sc.resume_from:  # an install cut short: the open must put it back
+        alone = root.with_name(root.name + "-alone")  # a copy: this open starts a new history
+        shutil.copytree(root, alone, symlinks=True)
+        try:
+            with _open(alone, replace(sc, resume_from=None)):
+                pass
+            back = load(progress_dir_for(alone / sc.ckpt))
+        except ResumableError as exc:
+            return f"refusal: reopening without the source raised {type(exc).__name__}: {exc}"
+        finally:
+            shutil.rmtree(alone, ignore_errors=True)
+        if back is None or back.state.last_seq < acked:
+            got = back.state.last_seq if back is not None else 0
+            return f"loss: reopened without the source with {got} records, {acked} acknowledged"
     if sweep_open or (have < acked and sc.resume_from):
         try:
             with _open(root, sc) as sweep:
@@ -629,12 +643,13 @@ def explore(sc: Scenario, *, budget: int, sweep_every: int, seed: int, workdir: 
     live = workdir / "live"
     live.mkdir()
     sc.prepare(live, sc.variant)
+    baseline = _acked(live, sc)  # acknowledged before the recorded run began
     rec = Recorder(live)
     with durable.use_ops(rec):
         sc.run(live, rec, sc)
     tally.recorded_ops = len([op for op in rec.ops if op[0] != "ack"])
     history = _history(progress_dir_for(live / sc.ckpt))
-    acks = [0] * (len(rec.ops) + 1)
+    acks = [baseline] * (len(rec.ops) + 1)
     for i, op in enumerate(rec.ops):
         acks[i + 1] = op[1] if op[0] == "ack" else acks[i]
     seen: set[str] = set()
@@ -671,7 +686,16 @@ def run(*, min_states: int, sweep_every: int, seed: int, quiet: bool = False) ->
     were checked; returns one tally per recorded run."""
     import logging
 
-    logging.getLogger("resumable").setLevel(logging.ERROR)  # torn-tail warnings, by design
+    logger = logging.getLogger("resumable")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # torn-tail warnings, by design
+    try:
+        return _run(min_states=min_states, sweep_every=sweep_every, seed=seed, quiet=quiet)
+    finally:
+        logger.setLevel(level)
+
+
+def _run(*, min_states: int, sweep_every: int, seed: int, quiet: bool) -> list[Tally]:
     results: list[Tally] = []
     total = 0
     first_share = max(1, min_states // len(SCENARIOS))
