@@ -53,6 +53,24 @@ from ._load import download_and_load_state, nest_arrays, read_snapshot, verify_s
 from ._location import display_url
 from ._save import save_state_with_manifest
 
+
+def pending_saves() -> list[str]:
+    """Background saves still in flight in this process (their redacted targets)."""
+    from .. import _inflight
+
+    return _inflight.pending()
+
+
+def wait_for_saves(timeout: float | None = None) -> list[str]:
+    """Wait for the background saves in flight (at most `timeout` s); returns those left."""
+    import math
+    import time
+
+    from .. import _inflight
+
+    limit = math.inf if timeout is None else timeout
+    return _inflight.wait_all(time.monotonic() + min(limit, 1e9))
+
 __all__ = [
     "FORMAT",
     "MANIFEST_MEMBER",
@@ -64,7 +82,9 @@ __all__ = [
     "download_and_load_state",
     "name_of",
     "nest_arrays",
+    "pending_saves",
     "read_snapshot",
     "save_state_with_manifest",
     "verify_snapshot",
+    "wait_for_saves",
 ]
