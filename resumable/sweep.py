@@ -142,6 +142,7 @@ class ResumableSweep:
         self._closed = False
         self._writer: CheckpointWriter | None = None
         self._mirror: Mirror | None = None
+        self._item_snapshots: Any = None  # item_snapshot.ItemSnapshots, made on first use
         # One lock around every check-and-append (see `record`): a sweep may be shared by threads.
         self._lock = threading.RLock()
         self._owner_pid = os.getpid()
@@ -216,6 +217,18 @@ class ResumableSweep:
                 key=key,
                 fp=self._items.fingerprint(key),
             )
+        if self._item_snapshots is not None:
+            self._item_snapshots.recorded(key)
+
+    def item_snapshot(self, item: Any) -> Any:
+        """A handle to restore and save `item`'s state mid-run (`resumable.item_snapshot`)."""
+        from .item_snapshot import ItemSnapshot, ItemSnapshots
+
+        key = self._items.key_of(item)
+        with self._lock:
+            if self._item_snapshots is None:
+                self._item_snapshots = ItemSnapshots(self)
+        return ItemSnapshot(self._item_snapshots, key)
 
     def _check_not_done(self, key: str, why: str) -> None:
         if key in self._state.results:
@@ -402,6 +415,8 @@ class ResumableSweep:
                 self._save_meta()
         if self._mirror is not None:
             self._mirror.flush(timeout)
+        if self._item_snapshots is not None:
+            self._item_snapshots.flushed()
 
     def close(self, timeout: float | None = None) -> None:
         """Persist `meta`, flush the mirror, release the checkpoint. Idempotent.
@@ -419,6 +434,8 @@ class ResumableSweep:
                     self._save_meta()
                 if self._mirror is not None:
                     self._mirror.close(timeout)
+                if self._item_snapshots is not None:
+                    self._item_snapshots.flushed()
             finally:
                 self._closed = True
                 if self._writer is not None:

@@ -1,0 +1,106 @@
+"""Long items resume mid-item: SIGTERM and SIGKILL inside an item, then fresh machines that
+resume from the mirror; every result equals an uninterrupted run bit for bit (issue 13)."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from resumable.item_snapshot import interruptions, item_id
+from resumable.view import open_view, verify
+
+try:
+    from fixtures.compare import assert_bitwise_equal
+except ImportError:  # pragma: no cover
+    from tests.fixtures.compare import assert_bitwise_equal
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SCRIPT = Path(__file__).parents[2] / "scripts" / "run_item_sweep.py"
+ARGS = ["--items", "3", "--steps", "120", "--snap-every", "20", "--report-every", "5"]
+
+
+def _launch(ckpt: Path, mirror: str | None, sleep: float) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RESUMABLE_GRACE_S": "20"}
+    env.pop("SWEEP_RESUME_FROM", None)
+    env.pop("SWEEP_SNAPSHOT_DIR", None)
+    if mirror:
+        env["SWEEP_RESUME_FROM"] = env["SWEEP_SNAPSHOT_DIR"] = mirror
+    cmd = [sys.executable, str(SCRIPT), "--checkpoint", str(ckpt), *ARGS, "--sleep", str(sleep)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _until(proc: subprocess.Popen[str], want: str, seen: list[str], timeout: float = 60) -> None:
+    assert proc.stdout is not None
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, end - time.monotonic()))
+        line = proc.stdout.readline() if ready else ""
+        if not line:
+            break
+        seen.append(line.strip())
+        if line.strip() == want:
+            return
+    proc.kill()
+    raise AssertionError(f"never saw {want!r}; output: {seen[-5:]}; stderr: {proc.stderr.read()}")
+
+
+def _results(ckpt: Path) -> dict[str, object]:
+    return {key: result for key, _params, result in open_view(str(ckpt)).results()}
+
+
+def test_item_resumes_mid_item_on_fresh_machines_from_the_mirror(tmp_path: Path) -> None:
+    ref = tmp_path / "ref" / "sweep.h5"
+    proc = _launch(ref, None, 0.0)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    want = _results(ref)
+    assert sorted(want) == ["0", "1", "2"]
+
+    mirror = str(tmp_path / "bucket" / "sweep")
+    # machine 1: SIGTERM in the middle of item 1 -> the guard saves the item, exit 75
+    m1 = tmp_path / "m1" / "sweep.h5"
+    seen: list[str] = []
+    proc = _launch(m1, mirror, 0.01)
+    _until(proc, "item 1 step 55", seen)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err
+    snap = Path(mirror) / "items" / f"{item_id('1')}.npz"
+    assert snap.exists()  # in the mirror: a fresh machine can continue item 1
+
+    # machine 2 (fresh, from the mirror): resumes item 1 mid-item, SIGKILLed after a save
+    m2 = tmp_path / "m2" / "sweep.h5"
+    seen = []
+    proc = _launch(m2, mirror, 0.01)
+    _until(proc, "item 1 saved at 80", seen)
+    resumed = [x for x in seen if x.startswith("item 1 resumed at ")]
+    assert resumed and int(resumed[0].rsplit(" ", 1)[1]) >= 55  # not from zero
+    assert not any(x.startswith("item 1 step 5 ") or x == "item 1 step 5" for x in seen)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+    # machine 3 (fresh, from the mirror): finishes everything
+    m3 = tmp_path / "m3" / "sweep.h5"
+    seen = []
+    proc = _launch(m3, mirror, 0.0)
+    _until(proc, "finished", seen, timeout=120)
+    assert proc.wait(30) == 0
+    assert "item 1 resumed at 80" in seen
+    got = _results(m3)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert_bitwise_equal(got[key], want[key], key)
+
+    # interrupted twice (SIGTERM on m1, SIGKILL on m2); the done item's snapshots are gone
+    assert interruptions(m3.parent / "sweep.h5.resumable") == {"1": 2}
+    assert not list((m3.parent / "sweep.h5.resumable" / "items").glob("*.npz"))
+    assert not list((Path(mirror) / "items").glob("*.npz"))
+    assert not verify(mirror)
