@@ -78,6 +78,26 @@ def interruptions(progress_dir: str | Path) -> dict[str, int]:
     return {k: len(v) for k, v in _parse_index(data, str(path)).items()}
 
 
+def repeatedly_interrupted(view: Any) -> dict[str, int]:
+    """Items interrupted more than once (key -> count), for a checkpoint view (local or URL,
+    sharded or not): the sign of an item longer than the instances live."""
+    shards = getattr(view, "shards", None)
+    views = [v for v in shards if v is not None] if shards is not None else [view]
+    out: dict[str, int] = {}
+    for v in views:
+        location = str(v.location)
+        if "://" in location:
+            url = f"{location.rstrip('/')}/{ITEMS_DIR}/{INDEX_NAME}"
+            data = _read_remote(url, None)
+            counts = {} if data is None else {
+                k: len(x) for k, x in _parse_index(data, url).items()
+            }  # fmt: skip
+        else:
+            counts = interruptions(location)
+        out.update({k: n for k, n in counts.items() if n > 1})
+    return out
+
+
 def _parse_index(data: bytes, where: str) -> dict[str, list[str]]:
     try:
         raw = json.loads(data)
@@ -136,13 +156,23 @@ class ItemSnapshots:
 
     def note_interrupted(self, key: str, launches: list[str]) -> None:
         """Add `launches` to the item's interrupted launches (durably, local and mirror)."""
+        self.note_many({key: launches})
+
+    def note_preempted(self, keys: list[str]) -> None:
+        """This launch is preempted while `keys` are in flight (snapshots or not)."""
+        self.note_many({k: [self._sweep.launch_id] for k in keys})
+
+    def note_many(self, launches_by_key: Mapping[str, list[str]]) -> None:
         with self._lock:
             index = self._load_index()
-            seen = index.setdefault(key, [])
-            new = [x for x in launches if x not in seen]
-            if not new:
+            changed = False
+            for key, launches in launches_by_key.items():
+                seen = index.setdefault(key, [])
+                new = [x for x in launches if x not in seen]
+                seen.extend(new)
+                changed = changed or bool(new)
+            if not changed:
                 return
-            seen.extend(new)
             data = json.dumps({"version": 1, "items": index}, sort_keys=True).encode()
             durable.make_dirs(self.local_dir)
             durable.atomic_write_bytes(self.local_dir / INDEX_NAME, data)

@@ -222,13 +222,17 @@ class ResumableSweep:
 
     def item_snapshot(self, item: Any) -> Any:
         """A handle to restore and save `item`'s state mid-run (`resumable.item_snapshot`)."""
-        from .item_snapshot import ItemSnapshot, ItemSnapshots
+        from .item_snapshot import ItemSnapshot
 
-        key = self._items.key_of(item)
-        with self._lock:
-            if self._item_snapshots is None:
-                self._item_snapshots = ItemSnapshots(self)
-        return ItemSnapshot(self._item_snapshots, key)
+        return ItemSnapshot(self._snapshots_of_items(), self._items.key_of(item))
+
+    def _snapshots_of_items(self) -> Any:
+        from .item_snapshot import ItemSnapshots
+
+        snaps = self._item_snapshots  # no lock: the preemption watchdog calls this too
+        if snaps is None:
+            snaps = self._item_snapshots = ItemSnapshots(self)
+        return snaps
 
     def _check_not_done(self, key: str, why: str) -> None:
         if key in self._state.results:
@@ -319,6 +323,12 @@ class ResumableSweep:
 
     def _flush_on_preemption(self, remaining_s: float) -> None:
         """Run by the guard at the safe point, or by its watchdog when none comes in time."""
+        in_flight = list(self._yielded)  # yielded, not yet recorded: interrupted now
+        if in_flight:
+            try:
+                self._snapshots_of_items().note_preempted(in_flight)
+            except ResumableError as exc:
+                log.warning("could not note the items in flight at preemption: %s", exc)
         if self._mirror is not None:
             self._mirror.flush(timeout=max(0.1, remaining_s - 0.5))
 

@@ -71,6 +71,7 @@ def wait_for_saves(timeout: float | None = None) -> list[str]:
     limit = math.inf if timeout is None else timeout
     return _inflight.wait_all(time.monotonic() + min(limit, 1e9))
 
+
 __all__ = [
     "FORMAT",
     "MANIFEST_MEMBER",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from resumable._status_text import format_status, gather_status
 from resumable.item_snapshot import interruptions, item_id
 from resumable.view import open_view, verify
 
@@ -104,3 +105,7 @@ def test_item_resumes_mid_item_on_fresh_machines_from_the_mirror(tmp_path: Path)
     assert not list((m3.parent / "sweep.h5.resumable" / "items").glob("*.npz"))
     assert not list((Path(mirror) / "items").glob("*.npz"))
     assert not verify(mirror)
+    status = gather_status(str(m3))  # `resumable status` shows the long item
+    assert status["interrupted_items"] == {"1": 2}
+    assert "1 item(s) interrupted more than once" in format_status(status)
+    assert gather_status(mirror)["interrupted_items"] == {"1": 2}  # and so does the mirror's
