@@ -5,8 +5,9 @@ remotely (through `storage.Store`) the object appears complete or not at all. ``
 history: ``snapshot.npz`` is the newest, ``snapshot.1.npz`` ... ``snapshot.<N-1>.npz`` the
 previous ones (1 the most recent). Locally the rotation renames and hard-links (no data is
 copied; a copy is made only where hard links are unsupported) after the new snapshot is complete
-on disk. On object stores there is no rename: each save with ``keep=N`` first copies up to N-1
-objects (download + upload), so keep N small there.
+on disk. On object stores there is no rename: each save with ``keep=N`` first shifts up to N-1
+objects by server-side copies (S3 CopyObject, GCS rewrite: no data passes through this process,
+so a save uploads one snapshot's bytes), then uploads the new one.
 """
 
 from __future__ import annotations
@@ -155,8 +156,7 @@ def _save_remote(loc: Location, body: Callable[[BinaryIO, bool], T], keep: int) 
 
 def _copy_remote(store: Any, src: str, dst: str) -> None:
     try:
-        with store.open_read(src) as fin, store.open_write(dst) as fout:
-            shutil.copyfileobj(fin, fout, COPY_CHUNK)
+        store.copy(src, dst)  # server-side: nothing is downloaded or uploaded
     except ObjectNotFoundError:
         return
 
