@@ -87,3 +87,19 @@ def test_interruption_index(tmp_path: Path) -> None:
     third.item_snapshot({"id": 0}).restore({"u": np.zeros(2)})
     assert interruptions(third.progress_dir) == {"0": 2}
     third.close()
+
+
+def test_items_in_flight_at_preemption_are_noted(tmp_path: Path) -> None:
+    from resumable.preempt import Preempted
+
+    items = [{"id": i} for i in range(3)]
+    kw = {"checkpoint_path": tmp_path / "s.h5", "key": lambda c: str(c["id"]), "resume_from": ""}
+    for launch in range(2):  # item 1 is in flight (no item snapshot) at both preemptions
+        with pytest.raises(Preempted), ResumableSweep(items, **kw) as sw:  # type: ignore[arg-type]
+            for item in sw.pending:
+                if item["id"] == 1:
+                    assert sw.guard is not None
+                    sw.guard.request(f"test {launch}")
+                    sw.checkpoint_if_preempted()
+                sw.record(item, item["id"])
+    assert interruptions(tmp_path / "s.h5.resumable") == {"1": 2}
