@@ -134,6 +134,11 @@ def parse_manifest(reader: NpzReader, signing_key: bytes | None = None) -> Snaps
         raise _bad(where, "manifest lists an array name or member twice")
     if len(set(paths)) != len(paths):
         raise _bad(where, "manifest lists an array path twice")
+    known = set(paths)
+    for path in paths:  # an array cannot also be a container of others
+        for cut in range(1, len(path or ())):
+            if path[:cut] in known:  # type: ignore[index]
+                raise _bad(where, f"array path {list(path)!r:.200} lies inside another array")
     unknown = set(reader.infos) - set(members) - {MANIFEST_MEMBER, SIGNATURE_MEMBER}
     if unknown:
         raise _bad(where, f"archive holds members the manifest does not list: {sorted(unknown)}")

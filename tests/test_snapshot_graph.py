@@ -235,3 +235,32 @@ def test_state_dict_objects_nested_in_a_graph(tmp_path: Path) -> None:
     download_and_load_state({"model": fresh, "u": np.zeros(2)}, url)
     assert fresh.loaded is not None and list(fresh.w) == [1, 2, 3]
     assert type(fresh.loaded["cfg"]["scale"]) is np.float32
+
+
+def test_forged_paths_and_dtype_names_refused(tmp_path: Path) -> None:
+    import json
+    import zipfile
+
+    from resumable.snapshot import MANIFEST_MEMBER
+
+    url = tmp_path / "snap.npz"
+    save_state_with_manifest({"a": np.zeros(2, dtype="V2"), "b": np.ones(2)}, url)
+
+    def forge(change: Any) -> Path:
+        with zipfile.ZipFile(url) as zf:
+            members = {n: zf.read(n) for n in zf.namelist()}
+        manifest = json.loads(members.pop(MANIFEST_MEMBER))
+        change(manifest["arrays"])
+        out = tmp_path / "forged.npz"
+        with zipfile.ZipFile(out, "w") as zf:
+            for name, blob in members.items():
+                zf.writestr(name, blob)
+            zf.writestr(MANIFEST_MEMBER, json.dumps(manifest))
+        return out
+
+    inside = forge(lambda arrays: arrays[1].update(path=["a", "x"]))
+    with pytest.raises(IntegrityError, match="inside another array"):
+        read_snapshot(inside)
+    bad_name = forge(lambda arrays: arrays[0].update(dtype_name="finfo"))
+    with pytest.raises(IntegrityError):
+        read_snapshot(bad_name)

@@ -21,7 +21,7 @@ import numpy as np
 from .. import signing
 from .._npz import NpzReader, descr_from_json
 from .._snapshot_manifest import MAX_DIR_BYTES, SnapshotReport, parse_manifest
-from ..errors import SnapshotMismatchError, UnsupportedValueError
+from ..errors import IntegrityError, SnapshotMismatchError, UnsupportedValueError
 from . import _graph
 from ._location import opened
 
@@ -89,7 +89,10 @@ def _read_all(reader: NpzReader, report: SnapshotReport) -> dict[Any, np.ndarray
     with reader:
         raw = {rec.path: (rec, reader.read_array(rec)) for rec in report.arrays}
         reader.check_hashes()
-    return {path: _graph.logical(arr, rec.dtype_name, rec.name) for path, (rec, arr) in raw.items()}
+    try:
+        return {path: _graph.logical(a, rec.dtype_name, rec.name) for path, (rec, a) in raw.items()}
+    except UnsupportedValueError as exc:  # a dtype name this machine cannot give (or forged)
+        raise IntegrityError(f"{reader.where}: {exc}") from None
 
 
 def download_and_load_state(
