@@ -159,3 +159,12 @@ def test_dlpack_only_objects(tmp_path: Path) -> None:
     save_state_with_manifest({"x": OnlyDlpack(src)}, tmp_path / "s.npz")
     arrays, _ = read_snapshot(tmp_path / "s.npz")
     assert arrays["x"].dtype == np.int16 and list(arrays["x"]) == list(range(6))
+
+
+def test_jax_cpu_array_saved_without_copy() -> None:
+    jax = pytest.importorskip("jax", reason="JAX is not installed (pip install jax jaxlib)")
+    from resumable.snapshot import _graph
+
+    x = jax.numpy.arange(1 << 16, dtype=jax.numpy.bfloat16)
+    view = _graph.as_numpy(_graph.walk({"x": x}, 10)[0])
+    assert view.ctypes.data == x.unsafe_buffer_pointer() and view.dtype == x.dtype
