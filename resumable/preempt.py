@@ -527,7 +527,8 @@ def make_preempt_snapshot_hook(
 
     `extra` is a JSON dict, or a callable returning one evaluated at each save (so it can report
     the current step). The same hook serves as the guard's preemption hook and for periodic
-    snapshots; exiting is the guard's job.
+    snapshots; exiting is the guard's job. A background save to the same `url` still in flight
+    is waited for first (one save per target at a time), so the newest state always wins.
     """
     if extra is not None and not callable(extra) and not isinstance(extra, Mapping):
         raise ConfigurationError("extra must be None, a mapping, or a callable returning one")
