@@ -57,7 +57,27 @@ def _results(ckpt: Path) -> dict[str, object]:
     return {key: result for key, _params, result in open_view(str(ckpt)).results()}
 
 
-def test_item_resumes_mid_item_on_fresh_machines_from_the_mirror(tmp_path: Path) -> None:
+def _objects(mirror: str, under: str) -> list[str]:
+    """Names of the objects under `mirror`/`under` (a local directory or an s3:// prefix)."""
+    if not mirror.startswith("s3://"):
+        return sorted(p.name for p in (Path(mirror) / under).glob("*"))
+    import boto3
+
+    bucket, _, prefix = mirror[5:].partition("/")
+    listing = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{under}/")
+    return sorted(o["Key"].rsplit("/", 1)[-1] for o in listing.get("Contents", []))
+
+
+@pytest.fixture(params=["local", "s3"])
+def mirror(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "bucket" / "sweep")
+    return f"{request.getfixturevalue('s3_bucket')}/sweeps/sweep"
+
+
+def test_item_resumes_mid_item_on_fresh_machines_from_the_mirror(
+    tmp_path: Path, mirror: str
+) -> None:
     ref = tmp_path / "ref" / "sweep.h5"
     proc = _launch(ref, None, 0.0)
     _out, err = proc.communicate(timeout=120)
@@ -65,7 +85,6 @@ def test_item_resumes_mid_item_on_fresh_machines_from_the_mirror(tmp_path: Path)
     want = _results(ref)
     assert sorted(want) == ["0", "1", "2"]
 
-    mirror = str(tmp_path / "bucket" / "sweep")
     # machine 1: SIGTERM in the middle of item 1 -> the guard saves the item, exit 75
     m1 = tmp_path / "m1" / "sweep.h5"
     seen: list[str] = []
@@ -74,8 +93,7 @@ def test_item_resumes_mid_item_on_fresh_machines_from_the_mirror(tmp_path: Path)
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 75, err
-    snap = Path(mirror) / "items" / f"{item_id('1')}.npz"
-    assert snap.exists()  # in the mirror: a fresh machine can continue item 1
+    assert f"{item_id('1')}.npz" in _objects(mirror, "items")  # a fresh machine can continue it
 
     # machine 2 (fresh, from the mirror): resumes item 1 mid-item, SIGKILLed after a save
     m2 = tmp_path / "m2" / "sweep.h5"
@@ -103,7 +121,7 @@ def test_item_resumes_mid_item_on_fresh_machines_from_the_mirror(tmp_path: Path)
     # interrupted twice (SIGTERM on m1, SIGKILL on m2); the done item's snapshots are gone
     assert interruptions(m3.parent / "sweep.h5.resumable") == {"1": 2}
     assert not list((m3.parent / "sweep.h5.resumable" / "items").glob("*.npz"))
-    assert not list((Path(mirror) / "items").glob("*.npz"))
+    assert [n for n in _objects(mirror, "items") if n.endswith(".npz")] == []
     assert not verify(mirror)
     status = gather_status(str(m3))  # `resumable status` shows the long item
     assert status["interrupted_items"] == {"1": 2}
