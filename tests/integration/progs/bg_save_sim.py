@@ -31,8 +31,9 @@ def main() -> None:
     def flush() -> None:  # e.g. a mirror upload: it must see the finished snapshot
         print(f"flush sees snapshot {os.path.exists(url)}", flush=True)
 
-    # stuck: the watchdog fires 0.05 s after the signal, long before the save is done
-    grace, reserve = (3.0, 2.95) if stuck else (20.0, 1.0)
+    # stuck: the watchdog fires 0.05 s after the signal, long before the save is done, and
+    # may wait up to ~10 s for it
+    grace, reserve = (20.0, 19.95) if stuck else (20.0, 1.0)
     with PreemptionGuard(report, flush=[flush], grace_s=grace, flush_reserve_s=reserve) as guard:
         for step in range(1, 10):
             for arr in graph.values():
