@@ -8,6 +8,7 @@ copy of the state that is worth making durable before the process ends.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -49,3 +50,13 @@ def wait_all(deadline: float) -> list[str]:
     if left:
         logger.error("background save(s) still running at the deadline: %s", ", ".join(left))
     return left
+
+
+def _after_fork_in_child() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()  # the parent's saves run on threads the child does not have
+    _pending.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -128,3 +128,42 @@ def test_hook_waits_for_a_background_save_to_the_same_target(tmp_path: Path) -> 
     assert fut.done() and fut.result().extra == {"step": 1}
     arrays, report = read_snapshot(url)
     assert report.extra == {"step": 2} and (arrays["u"] == 2).all()
+
+
+def test_a_forked_child_does_not_wait_for_the_parents_saves(tmp_path: Path) -> None:
+    import os
+
+    gate = threading.Event()
+    real = _background.submit.__globals__["_executor"]
+
+    def held() -> object:
+        pool = real()
+
+        class Wrapped:
+            def submit(self, fn: object) -> object:
+                return pool.submit(lambda: (gate.wait(30), fn()))  # type: ignore[operator]
+
+        return Wrapped()
+
+    _background.submit.__globals__["_executor"] = held
+    try:
+        fut = save_state_with_manifest({"x": np.zeros(3)}, tmp_path / "s.npz", background=True)
+    finally:
+        _background.submit.__globals__["_executor"] = real
+    assert pending_saves() != []
+    pid = os.fork()
+    if pid == 0:  # the child: nothing in flight here, and its own saves work
+        code = 0
+        try:
+            if pending_saves() != [] or wait_for_saves(1) != []:
+                code = 3
+            f = save_state_with_manifest({"y": np.ones(2)}, tmp_path / "c.npz", background=True)
+            f.result(10)
+        except BaseException:
+            code = 4
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    gate.set()
+    fut.result(30)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert verify_snapshot(tmp_path / "c.npz").arrays[0].name == "y"
