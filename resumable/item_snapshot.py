@@ -19,7 +19,8 @@ live needs both: ``snap = sweep.item_snapshot(item)`` gives a handle for the ite
 Where they live
     ``<progress dir>/items/<id>.npz`` beside the checkpoint, where ``<id>`` is the first 32 hex
     digits of the SHA-256 of the item's key, and ``<mirror>/items/<id>.npz`` in the mirror
-    (uploaded right after each local save, so a fresh machine resumes the item mid-run).
+    (uploaded right after each local save, so a fresh machine resumes the item mid-run; while
+    the mirror cannot be reached the save is local only, logged, and the next save uploads).
     `restore` reads the local one, else the resume source's, else the mirror's; each is a
     regular snapshot (`resumable.snapshot`), verified completely before the state is touched.
     A missing snapshot is a fresh start for the item; an unreachable or damaged one raises.
@@ -48,7 +49,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import durable
-from .errors import ConfigurationError, IntegrityError, ObjectNotFoundError, StorageError
+from .errors import (
+    ConfigurationError,
+    IntegrityError,
+    ObjectNotFoundError,
+    ResumableError,
+    StorageError,
+)
 
 if TYPE_CHECKING:
     from .sweep import ResumableSweep
@@ -304,7 +311,12 @@ class ItemSnapshot:
         )
         url = self._owner.mirror_url(self.name)
         if url is not None:
-            _upload(self.path, url, sweep.storage_options)
+            try:
+                _upload(self.path, url, sweep.storage_options)
+            except ResumableError as exc:  # like records: the sweep goes on while the mirror
+                log.warning(  # is down; the next save uploads the newer state
+                    "item %r: saved locally, but not to the mirror (%s)", self.key, exc
+                )
         if preempted:
             self._owner.note_interrupted(self.key, [sweep.launch_id])
 

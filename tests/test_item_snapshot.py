@@ -103,3 +103,16 @@ def test_items_in_flight_at_preemption_are_noted(tmp_path: Path) -> None:
                     sw.checkpoint_if_preempted()
                 sw.record(item, item["id"])
     assert interruptions(tmp_path / "s.h5.resumable") == {"1": 2}
+
+
+def test_mirror_failing_keeps_the_local_save(tmp_path: Path) -> None:
+    mirror = tmp_path / "bucket"
+    mirror.mkdir()
+    (mirror / "items").write_text("not a directory")  # every item upload fails
+    sw = _sweep(tmp_path, mirror)
+    snap = sw.item_snapshot({"id": 0})
+    snap.save({"u": np.ones(2)}, {"step": 5})  # logged, not raised
+    assert snap.path.exists()
+    target = {"u": np.zeros(2)}
+    assert sw.item_snapshot({"id": 0}).restore(target) == {"step": 5} and target["u"].all()
+    sw.close()
