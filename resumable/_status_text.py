@@ -109,6 +109,10 @@ def gather_status(target: str, mirror_url: str | None = None) -> dict[str, Any]:
     status = view.status()
     tls = timelines(view, detail=False)
     problems = problems_after_open(target)
+    if mirror_url and not problems:  # records only the mirror holds: a problem
+        from .view import compare_with_mirror
+
+        problems = compare_with_mirror(view, mirror_url)
     out = status.as_dict()
     out["location"] = redact(out["location"])
     out["now"] = now

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from . import signing
+from . import limits, signing
 from ._opening import open_sweep
 from .checkpoint import (
     DEFAULT_SEGMENT_BYTES,
@@ -98,9 +98,10 @@ class ResumableSweep:
             raise ConfigurationError(
                 f"on_change must be 'error', 'rerun' or 'keep', found {on_change!r}"
             )
-        if not isinstance(segment_bytes, int) or segment_bytes < 1:
+        if not isinstance(segment_bytes, int) or not 1 <= segment_bytes <= limits.MAX_SEGMENT_BYTES:
             raise ConfigurationError(
-                f"segment_bytes must be a positive int, found {segment_bytes!r}"
+                f"segment_bytes must be an int in [1, {limits.MAX_SEGMENT_BYTES}] "
+                f"(limits.MAX_SEGMENT_BYTES), found {segment_bytes!r}"
             )
         self.checkpoint_path = Path(checkpoint_path)
         self.name = name if name is not None else self.checkpoint_path.stem
@@ -129,6 +130,11 @@ class ResumableSweep:
         if meta is not None:
             encode(self.meta, what="meta")
         self._items = ItemSet.build(items, key)  # duplicates are checked across all shards
+        if self._items.keys and max(map(len, self._items.keys)) > limits.MAX_KEY_CHARS:
+            longest = max(self._items.keys, key=len)
+            limits.check_key(
+                longest, f"item {self._items.items[self._items.index[longest]]!r:.100}"
+            )
         if self.shard is not None:
             index, count = self.shard
             self._items = self._items.subset(lambda k: shard_of(k, count) == index)
