@@ -70,11 +70,18 @@ def _holds_parts(store: Store) -> bool:
     return store.exists(SEGMENTS_DIR)  # S3: a prefix with objects; HTTP: a folder listing
 
 
-def download(store: Store, manifest_bytes: bytes, beside: Path) -> tuple[Path, Loaded]:
+def download(
+    store: Store, manifest_bytes: bytes, beside: Path, *, signing_key: bytes | None = None
+) -> tuple[Path, Loaded]:
     """Copy the checkpoint at `store` into a new directory beside `beside`, and verify it.
 
     Each part is checked against the manifest's size and SHA-256 as it arrives, then the whole
     copy is loaded (every record verified). The caller installs or discards the directory.
+
+    With `signing_key` (the manifest's signature already checked), every byte taken must be
+    covered by that signature. A manifest signs its sealed parts by SHA-256, but not the
+    bytes of an active segment (another machine's progress directory, still being appended
+    to): a source whose active segment holds anything is refused. A mirror never has one.
     """
     manifest = parse_manifest(manifest_bytes, source=redact(store.url(MANIFEST_NAME)))
     make_dirs(beside.parent)
@@ -111,6 +118,14 @@ def download(store: Store, manifest_bytes: bytes, beside: Path) -> tuple[Path, L
                     f"{redact(store.url(name))}: the active segment named by the manifest is "
                     "missing"
                 ) from None
+            if signing_key is not None and data:
+                raise IntegrityError(
+                    f"{redact(store.url(name))}: the active segment holds {len(data)} bytes "
+                    "not covered by the signature of the manifest naming it (a signature "
+                    "covers sealed parts only), and a signing key is set: refusing to trust "
+                    "them. Resume from the sweep's mirror (snapshot_dir), whose signed "
+                    "manifest covers every part"
+                )
             create_durable_file(segdir / manifest.active, data)
         create_durable_file(tmp / MANIFEST_NAME, manifest_bytes)
         loaded = load(tmp)
