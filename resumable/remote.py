@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 
 from .checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, Loaded, load
@@ -23,6 +24,8 @@ from .manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, Manifest, parse_manifest
 from .storage import Store, redact
 
 log = logging.getLogger("resumable.remote")
+
+STALE_AFTER_S = 30.0  # leftovers of killed downloads are removed once this old (gc_delay_s)
 
 
 def source_store(url: str, storage_options: dict | None = None) -> Store:
@@ -85,6 +88,7 @@ def download(
     """
     manifest = parse_manifest(manifest_bytes, source=redact(store.url(MANIFEST_NAME)))
     make_dirs(beside.parent)
+    collect_leftovers(beside)
     tmp = beside.parent / f".{beside.name}.incoming-{secrets.token_hex(4)}"
     segdir = tmp / SEGMENTS_DIR
     make_dirs(segdir)
@@ -135,6 +139,26 @@ def download(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return tmp, loaded
+
+
+def collect_leftovers(beside: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove what killed launches left beside `beside`: unfinished downloads
+    (`.<name>.incoming-*`) and checkpoints replaced by an install (`.<name>.replaced-*`), once
+    untouched for `older_than_s`. (The caller holds the checkpoint's lock; the age covers the
+    moment between a download and its install, where it is released.)"""
+    removed = []
+    now = time.time()
+    for pattern in (f".{beside.name}.incoming-*", f".{beside.name}.replaced-*"):
+        for path in beside.parent.glob(pattern):
+            try:
+                age = now - path.lstat().st_mtime
+            except OSError:
+                continue
+            if age >= older_than_s and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("removed %s, left by a killed launch", path)
+                removed.append(path)
+    return removed
 
 
 def install(downloaded: Path, progress_dir: Path) -> None:

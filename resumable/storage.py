@@ -657,6 +657,45 @@ class Store:
 
         self._run("delete", url, rm)
 
+    def list_dir(self, name: str) -> dict[str, float | None]:
+        """The objects directly under the directory `name`: {child name: modification time
+        (seconds since the epoch; None if the back end does not say)}. Empty if there is none;
+        unreachable or forbidden raises, like every read."""
+        url = self.url(name)
+        if self.is_local:
+            path = self._path(name)
+            found: dict[str, float | None] = {}
+            try:
+                with os.scandir(path) as it:
+                    for entry in it:
+                        if entry.is_file(follow_symlinks=False):
+                            found[entry.name] = entry.stat(follow_symlinks=False).st_mtime
+            except (FileNotFoundError, NotADirectoryError):
+                return {}
+            except OSError as exc:
+                raise _local_error(exc, "list", path) from exc
+            return found
+        if self._protocol in _HTTP:
+            raise StorageError(f"cannot list {redact(url)}: http(s) stores have no listing")
+
+        def ls() -> dict[str, float | None]:
+            fs = self._fs()
+            with contextlib.suppress(Exception):
+                fs.invalidate_cache(url)  # other writers change listings: never reuse one
+            try:
+                entries = fs.ls(url, detail=True)
+            except Exception as exc:
+                if classify(exc) is Kind.MISSING:
+                    return {}
+                raise
+            return {
+                str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: _mtime(e)
+                for e in entries
+                if e.get("type") == "file"
+            }
+
+        return self._run("list", url, ls)
+
     def exists(self, name: str) -> bool:
         """Whether something exists under `name`. Never False because the store could not be
         reached: that raises SourceUnreachableError (fsspec's exists() would say False)."""
@@ -680,3 +719,24 @@ class Store:
             if classify(exc) is Kind.MISSING:
                 return False
             raise
+
+
+def _mtime(entry: dict[str, Any]) -> float | None:
+    """An fsspec listing entry's modification time in epoch seconds (each back end names it
+    differently: S3 LastModified, GCS mtime/updated, Azure last_modified, memory created)."""
+    for key in ("LastModified", "mtime", "last_modified", "updated", "created"):
+        value = entry.get(key)
+        if value is None:
+            continue
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            import datetime
+
+            try:
+                return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
