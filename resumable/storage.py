@@ -401,8 +401,13 @@ class Store:
             return
         self._check_writable(url)
 
+        conditional = _cas.writer(self._protocol) if create_only else None
+
         def put() -> None:
             try:
+                if conditional is not None:  # fsspec's mode="create" is not honoured everywhere
+                    conditional(self._fs(), url, data, None)
+                    return
                 self._fs().pipe_file(url, data, mode="create" if create_only else "overwrite")
             except Exception as exc:
                 if classify(exc) is Kind.EXISTS:

@@ -87,6 +87,8 @@ def _zombie_race(url: str, tmp_path: Path) -> None:
 def test_a_zombie_writer_cannot_overwrite_another_launchs_history(
     mirror_url: str, tmp_path: Path
 ) -> None:
+    if mirror_url.startswith("gs://"):
+        pytest.skip("gcp-storage-emulator ignores ifGenerationMatch: the swap cannot fail there")
     _zombie_race(mirror_url, tmp_path)
 
 
