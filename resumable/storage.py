@@ -27,6 +27,7 @@ import secrets
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -300,6 +301,17 @@ class Store:
             ) from None
         if self._protocol in _S3:
             fs.retries = 1  # s3fs's own loop (no jitter) would multiply our attempts
+        unretried = getattr(getattr(type(fs), "_request", None), "__wrapped__", None)
+        if self._protocol in ("gs", "gcs") and unretried is not None:
+            # gcsfs retries every request 6 times (sleeping 1+2+4+8+16 s) whatever it is told:
+            # this instance calls the undecorated request, so our policy alone retries
+            fs._request = types.MethodType(unretried, fs)
+        retry_policy = getattr(getattr(fs, "service_client", None), "_config", None)
+        retry_policy = getattr(retry_policy, "retry_policy", None)
+        if self._protocol in ("az", "abfs", "abfss") and hasattr(retry_policy, "total_retries"):
+            # the Azure SDK retries 3 times, 15 s apart and more: ours owns retries (and the
+            # policy object is shared by every blob client this filesystem makes)
+            retry_policy.total_retries = 0
         return fs
 
     def _run(self, op: str, url: str, fn: Callable[[], T], *, retry: bool = True) -> T:
