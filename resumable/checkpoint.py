@@ -4,7 +4,11 @@ Layout (beside the user's ``checkpoint_path``, e.g. ``data/exp.h5`` -> ``data/ex
 
     manifest.json          sealed segments (size, SHA-256, seq range) and the active one
     segments/seg-00000001.jsonl ...   append-only journal segments (see journal.py)
-    LOCK                   one writer at a time (POSIX lock; released by the kernel on death)
+    torn/                  torn tails cut off the active segment at an open (kept, never used)
+
+and beside it ``data/exp.h5.resumable.lock``: one writer at a time (a POSIX lock, released by the
+kernel on death). It lies outside the directory so that it also covers replacing the whole
+directory (installing a resumed source).
 
 A record is durable when `append` returns: written with one write() and fdatasync'd. Once the
 active segment passes `segment_bytes` it is sealed: its size and SHA-256 go into a new manifest,
@@ -19,6 +23,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -29,17 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import durable, limits
 from .durable import atomic_write_bytes, create_durable_file, fsync_file, make_dirs
 from .errors import (
     CheckpointClosedError,
     CheckpointLockedError,
     CheckpointWriteError,
+    ForeignProcessError,
     IntegrityError,
 )
 from .journal import ParsedSegment, Record, encode_record, parse_sealed_segment, parse_segment
 from .manifest import (
     MANIFEST_NAME,
-    MAX_SEGMENT_BYTES,
     Manifest,
     SegmentInfo,
     check_name,
@@ -49,8 +55,10 @@ from .state import State
 
 PROGRESS_SUFFIX = ".resumable"
 SEGMENTS_DIR = "segments"
-LOCK_NAME = "LOCK"
+TORN_DIR = "torn"  # torn tails cut off the active segment, kept for inspection
+LOCK_SUFFIX = ".lock"
 DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
+log = logging.getLogger("resumable.checkpoint")
 _INDEX_RE = re.compile(r"seg-(\d{8})")
 
 
@@ -75,7 +83,7 @@ def next_segment_name(manifest: Manifest) -> str:
 def _create_empty_segment(path: Path) -> None:
     """Create a new, empty segment; an empty leftover of a crash before its manifest is reused."""
     if path.exists() and path.stat().st_size == 0:
-        path.unlink()
+        durable.ops.unlink(path)
     create_durable_file(path)
 
 
@@ -126,7 +134,7 @@ Reader = Callable[[str, int], bytes]
 """Reads the object `name` (e.g. "segments/seg-00000001.jsonl") of at most `max_bytes`;
 raises FileNotFoundError (ObjectNotFoundError for a Store) when it does not exist."""
 
-MAX_MANIFEST_READ = 64 * 1024 * 1024
+MAX_MANIFEST_READ = limits.MAX_MANIFEST_BYTES  # an alias for readers elsewhere
 
 
 def load(progress_dir: Path) -> Loaded | None:
@@ -136,7 +144,7 @@ def load(progress_dir: Path) -> Loaded | None:
         return _read_file(progress_dir / name, max_bytes=max_bytes)
 
     try:
-        mbytes = read(MANIFEST_NAME, MAX_MANIFEST_READ)
+        mbytes = read(MANIFEST_NAME, limits.MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         _check_no_orphans(progress_dir)
         return None
@@ -179,7 +187,7 @@ def load_from(read: Reader, manifest_bytes: bytes, *, location: str) -> Loaded:
     if manifest.active is not None:
         where = f"{location}/{SEGMENTS_DIR}/{manifest.active}"
         try:
-            active = read(f"{SEGMENTS_DIR}/{manifest.active}", MAX_SEGMENT_BYTES)
+            active = read(f"{SEGMENTS_DIR}/{manifest.active}", limits.MAX_SEGMENT_BYTES)
         except FileNotFoundError:
             raise IntegrityError(
                 f"{where}: the active segment named by the manifest is missing"
@@ -277,11 +285,53 @@ _HELD_LOCKS: set[str] = set()
 _HELD_GUARD = threading.Lock()
 
 
+def _forget_locks_after_fork() -> None:
+    """A forked child holds none of its parent's POSIX locks (they are per process)."""
+    global _HELD_GUARD
+    _HELD_GUARD = threading.Lock()  # another thread may have held it at the fork
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_after_fork)
+
+
+def foreign_process_error(what: str, owner: int) -> ForeignProcessError:
+    return ForeignProcessError(
+        f"{what} was opened by process {owner}; process {os.getpid()} (a forked child) may not "
+        "record through it. Nothing was written. Record in the process that opened the sweep "
+        "(return results to it, as sweep.run does), or open a sweep of its own in the child"
+    )
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def lock_path_for(progress_dir: Path) -> Path:
+    """The writer lock of a progress directory: a file *beside* it (``exp.h5.resumable.lock``),
+    so that replacing the directory (installing a resumed source) happens under the lock."""
+    return progress_dir.with_name(progress_dir.name + LOCK_SUFFIX)
+
+
 class DirLock:
-    """An exclusive POSIX lock on ``LOCK``; the kernel drops it when the holder dies."""
+    """The single-writer lock of a progress directory: an exclusive POSIX lock on the file
+    beside it (see `lock_path_for`); the kernel drops it when the holder dies.
+
+    The lock file is removed on release (while still locked). A launch that opened the file
+    just before it was removed would then lock an orphan: after locking, the file at the path
+    must still be the one locked, else it tries again. POSIX locks belong to a process, so a
+    forked child inherits the descriptor but not the lock, and closing its copy leaves the
+    parent's lock in place.
+    """
 
     def __init__(self, progress_dir: Path) -> None:
-        self.path = progress_dir / LOCK_NAME
+        self.path = lock_path_for(progress_dir)
         self._key = os.path.realpath(progress_dir)
         self._fd: int | None = None
         with _HELD_GUARD:
@@ -290,40 +340,76 @@ class DirLock:
                     f"{progress_dir} is already open for writing in this process; "
                     "close the other ResumableSweep first"
                 )
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise CheckpointWriteError(
-                    exc.errno,
-                    f"cannot open {self.path} for writing ({exc.strerror}); a checkpoint is "
-                    "opened for writing by its sweep: is the directory read-only?",
-                ) from None
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-                os.close(fd)
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    raise CheckpointLockedError(
-                        f"{progress_dir} is open for writing by another live process "
-                        f"({holder or 'unknown holder'}); one writer at a time"
-                    ) from None
-                raise
+            self.created_dirs = _missing_dirs(self.path.parent)
+            make_dirs(self.path.parent)
+            for _attempt in range(100):
+                fd = self._try_lock(progress_dir)
+                if fd is not None:
+                    break
+            else:  # pragma: no cover - 100 holders releasing in a row
+                raise CheckpointLockedError(f"{progress_dir}: could not take {self.path}")
             info = json.dumps(
                 {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
             )
             os.ftruncate(fd, 0)
             os.pwrite(fd, info.encode(), 0)
             self._fd = fd
+            self._pid = os.getpid()
             _HELD_LOCKS.add(self._key)
 
+    def _try_lock(self, progress_dir: Path) -> int | None:
+        """The locked descriptor, None if the file was replaced meanwhile (try again)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CheckpointWriteError(
+                exc.errno,
+                f"cannot open {self.path} for writing ({exc.strerror}); a checkpoint is "
+                "opened for writing by its sweep: is the directory read-only?",
+            ) from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise CheckpointLockedError(
+                    f"{progress_dir} is open for writing by another live process "
+                    f"({holder or 'unknown holder'}); one writer at a time"
+                ) from None
+            raise
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            now = None
+        mine = os.fstat(fd)
+        if now is None or (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+            os.close(fd)  # its holder removed it as we opened it: lock the new one
+            return None
+        return fd
+
     def release(self) -> None:
+        """Drop the lock. In a forked child this only closes the inherited descriptor: POSIX
+        locks belong to the process that took them, so the parent keeps its lock."""
         if self._fd is None:
             return
         with _HELD_GUARD:
-            os.close(self._fd)  # closing drops the POSIX lock
+            if os.getpid() == self._pid:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)  # still locked: nobody can be using it now
+                _HELD_LOCKS.discard(self._key)
+            os.close(self._fd)  # closing drops the POSIX lock (in the owner only)
             self._fd = None
-            _HELD_LOCKS.discard(self._key)
+
+    def release_and_tidy(self) -> None:
+        """Release after a failed open: also remove the directories the lock created, if they
+        are still empty (a refused launch leaves no trace)."""
+        self.release()
+        for d in self.created_dirs:
+            try:
+                d.rmdir()
+            except OSError:
+                break
 
 
 class CheckpointWriter:
@@ -353,26 +439,54 @@ class CheckpointWriter:
         self._active_records = loaded.active_records
         self._broken: str | None = None
         self._mutex = threading.Lock()
+        self.owner_pid = os.getpid()  # a forked child inherits this object but may not append
         if self.manifest.active is None:
             # All parts sealed (a checkpoint fetched from a mirror): start a new active segment.
             active = next_segment_name(self.manifest)
             _create_empty_segment(self.segdir / active)
             self.manifest = self.manifest.with_segments(self.manifest.segments, active)
-            atomic_write_bytes(self.dir / MANIFEST_NAME, self.manifest.to_bytes(self.signing_key))
+            data = self.manifest.to_bytes(self.signing_key)
+            limits.check_manifest(len(data), len(self.manifest.segments), f"checkpoint {self.dir}")
+            atomic_write_bytes(self.dir / MANIFEST_NAME, data)
         self._active_path = self.segdir / check_name(self.manifest.active)
         try:
             if loaded.torn_bytes:
-                # Drop the unacknowledged torn tail before appending after it.
-                with open(self._active_path, "r+b") as fh:
-                    fh.truncate(self._active_size)
-                    fsync_file(fh.fileno(), str(self._active_path))
-            self._fd = os.open(self._active_path, os.O_WRONLY | os.O_APPEND)
+                self._drop_torn_tail()
+            self._fd = durable.ops.open(self._active_path, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
             if isinstance(exc, CheckpointWriteError):
                 raise
             raise CheckpointWriteError(
                 exc.errno, f"cannot open {self._active_path} for appending: {exc.strerror}"
             ) from None
+
+    def _drop_torn_tail(self) -> None:
+        """Keep the torn tail's bytes in ``torn/`` (durably), then cut it off the active segment
+        so that appends follow the last valid record. Never acknowledged, never deleted."""
+        fd = durable.ops.open(self._active_path, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            tail = durable.ops.pread(fd, size - self._active_size, self._active_size)
+            if tail:
+                keep = (
+                    self.dir
+                    / TORN_DIR
+                    / (f"{self._active_path.name}.at-{self._active_size}.{time.time_ns()}.torn")
+                )
+                make_dirs(keep.parent)
+                create_durable_file(keep, tail)
+                log.warning(
+                    "%s: dropped a torn tail of %d bytes after the last valid record (byte %d): "
+                    "an append cut short by a crash, never acknowledged. Its bytes are kept in %s",
+                    self._active_path,
+                    len(tail),
+                    self._active_size,
+                    keep,
+                )
+            durable.ops.ftruncate(fd, self._active_size)
+            fsync_file(fd, str(self._active_path))
+        finally:
+            durable.ops.close(fd)
 
     @classmethod
     def create(
@@ -383,11 +497,14 @@ class CheckpointWriter:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         on_seal: Callable[[Manifest], None] | None = None,
         signing_key: bytes | None = None,
+        lock: DirLock | None = None,
     ) -> CheckpointWriter:
-        """Lay out a new, empty checkpoint directory and open it for writing."""
-        make_dirs(progress_dir / SEGMENTS_DIR)
-        lock = DirLock(progress_dir)
+        """Lay out a new, empty checkpoint directory and open it for writing (under `lock`, the
+        caller's if it holds it already; released on failure only if taken here)."""
+        own = lock is None
+        lock = DirLock(progress_dir) if lock is None else lock
         try:
+            make_dirs(progress_dir / SEGMENTS_DIR)
             active = segment_name(1)
             _create_empty_segment(progress_dir / SEGMENTS_DIR / active)
             manifest = Manifest(
@@ -408,7 +525,8 @@ class CheckpointWriter:
                 signing_key=signing_key,
             )
         except BaseException:
-            lock.release()
+            if own:
+                lock.release()
             raise
 
     @property
@@ -424,6 +542,8 @@ class CheckpointWriter:
         fp: str | None = None,
     ) -> Record:
         """Durably append one record; when this returns it survives SIGKILL and power loss."""
+        if os.getpid() != self.owner_pid:  # before the mutex: a parent's thread may hold it
+            raise foreign_process_error(f"checkpoint {self.dir}", self.owner_pid)
         with self._mutex:
             if self._broken is not None:
                 raise CheckpointClosedError(
@@ -432,12 +552,29 @@ class CheckpointWriter:
             seq = self.last_seq + 1
             t = time.time()
             line, digest, body = encode_record(self.last_hash, seq, kind, key, t, fp, payload)
+            if self._active_size and self._active_size + len(line) > limits.MAX_SEGMENT_BYTES:
+                # Roll first: no segment may grow past what the loader reads.
+                self._seal(
+                    self._plan_seal(
+                        self._active_size,
+                        self._active_hash,
+                        self._active_records,
+                        self.last_seq,
+                        self.last_hash,
+                    )
+                )
             before = self._active_size
+            hasher = self._active_hash.copy()
+            hasher.update(line)
+            plan = None
+            if before + len(line) >= self.segment_bytes:  # this record fills the segment:
+                # the manifest that seals it is built (and checked against the limits) first
+                plan = self._plan_seal(
+                    before + len(line), hasher, self._active_records + 1, seq, digest
+                )
             try:
                 _write_all(self._fd, line)
                 fsync_file(self._fd, str(self._active_path))
-                hasher = self._active_hash.copy()
-                hasher.update(line)
             except OSError as exc:
                 self._fail(f"{type(exc).__name__}: {exc}", truncate_to=before)
                 if isinstance(exc, CheckpointWriteError):
@@ -458,8 +595,8 @@ class CheckpointWriter:
             self.last_seq = seq
             self.last_hash = digest
             record = Record(seq, kind, key, t, fp, body, str(self._active_path))
-            if self._active_size >= self.segment_bytes:
-                self._seal()
+            if plan is not None:
+                self._seal(plan)
             return record
 
     def _fail(self, why: str, truncate_to: int | None = None) -> None:
@@ -467,32 +604,43 @@ class CheckpointWriter:
         self._broken = why
         if truncate_to is not None:
             with contextlib.suppress(OSError):  # a torn tail is dropped on the next load anyway
-                os.ftruncate(self._fd, truncate_to)
+                durable.ops.ftruncate(self._fd, truncate_to)
 
-    def _seal(self) -> None:
-        name = self._active_path.name
+    def _plan_seal(
+        self, size: int, hasher: Any, records: int, last_seq: int, last_hash: str
+    ) -> tuple[str, Manifest, bytes]:
+        """The next segment's name and the manifest (and its bytes) that seal the active segment
+        once it holds `records` records in `size` bytes; LimitExceededError if the manifest
+        would break a limit of the loader (checked before the record is written)."""
         info = SegmentInfo(
-            name=name,
-            size=self._active_size,
-            sha256=self._active_hash.hexdigest(),
-            records=self._active_records,
-            first_seq=self.last_seq - self._active_records + 1,
-            last_seq=self.last_seq,
-            last_hash=self.last_hash,
+            name=self._active_path.name,
+            size=size,
+            sha256=hasher.hexdigest(),
+            records=records,
+            first_seq=last_seq - records + 1,
+            last_seq=last_seq,
+            last_hash=last_hash,
         )
         new_name = next_segment_name(self.manifest)
+        manifest = self.manifest.with_segments((*self.manifest.segments, info), new_name)
+        data = manifest.to_bytes(self.signing_key)
+        limits.check_manifest(len(data), len(manifest.segments), f"checkpoint {self.dir}")
+        return new_name, manifest, data
+
+    def _seal(self, plan: tuple[str, Manifest, bytes]) -> None:
+        new_name, manifest, data = plan
+        name = self._active_path.name
         new_path = self.segdir / new_name
         try:
             _create_empty_segment(new_path)
-            manifest = self.manifest.with_segments((*self.manifest.segments, info), new_name)
-            atomic_write_bytes(self.dir / MANIFEST_NAME, manifest.to_bytes(self.signing_key))
+            atomic_write_bytes(self.dir / MANIFEST_NAME, data)
         except OSError as exc:
             self._fail(f"sealing segment {name} failed: {exc}")
             raise
-        os.close(self._fd)
+        durable.ops.close(self._fd)
         self.manifest = manifest
         self._active_path = new_path
-        self._fd = os.open(new_path, os.O_WRONLY | os.O_APPEND)
+        self._fd = durable.ops.open(new_path, os.O_WRONLY | os.O_APPEND)
         self._active_hash = hashlib.sha256()
         self._active_size = 0
         self._active_records = 0
@@ -512,18 +660,31 @@ class CheckpointWriter:
             )
 
     def close(self) -> None:
+        if os.getpid() != self.owner_pid:
+            self._close_inherited()
+            return
         with self._mutex:
             try:
                 if self._fd >= 0:
-                    os.close(self._fd)
+                    durable.ops.close(self._fd)
                     self._fd = -1
             finally:
                 self.lock.release()
                 if self._broken is None:
                     self._broken = "the sweep was closed"
 
+    def _close_inherited(self) -> None:
+        """In a forked child: close the inherited descriptors, touch nothing on disk."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                durable.ops.close(fd)
+        self.lock.release()
+        self._broken = "the sweep belongs to another process"
+
 
 def _write_all(fd: int, data: bytes) -> None:
+    write = durable.ops.write
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        view = view[write(fd, view) :]

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._status_text import clean, format_status, gather_status, open_checked, show
+from ._status_text import (
+    clean,
+    format_status,
+    gather_status,
+    open_checked,
+    problems_after_open,
+    show,
+)
 from .errors import (
     CheckpointLockedError,
     CheckpointNotFoundError,
@@ -89,7 +96,10 @@ def _jsonable(obj: Any) -> Any:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .view import verify
 
-    problems = verify(args.target)
+    mirror = args.mirror
+    if mirror is None and not is_url(args.target):
+        mirror = os.environ.get(ENV_SNAPSHOT_DIR) or None
+    problems = verify(args.target, mirror=mirror)
     shown = redact(args.target)
     if args.json:
         out = {
@@ -103,7 +113,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for p in problems:
             _print(f"  {clean(redact(p.where), 300)}: {clean(redact(p.what), 500)}")
     else:
-        _print(f"{shown}: intact (every hash checked)")
+        against = f"; nothing missing against the mirror {redact(mirror)}" if mirror else ""
+        _print(f"{shown}: intact (every hash checked{against})")
     return EXIT_FAIL if problems else EXIT_OK
 
 
@@ -270,10 +281,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.output).expanduser()
     if not out.absolute().parent.is_dir():
         raise UsageError(f"cannot write {args.output}: no such directory")
-    from .view import verify
-
     view = open_checked(args.target)
-    problems = verify(args.target)
+    problems = problems_after_open(args.target)
     path = report.write_report(view, out, location=redact(args.target), problems=problems)
     _print(f"wrote the report of sweep {show(view.name)} to {path}")
     return EXIT_OK
@@ -325,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("target", metavar="PATH_OR_URL", help=target_help)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--mirror",
+        metavar="URL",
+        help="also compare with this mirror: report records it holds that the checkpoint "
+        f"lacks (default: ${ENV_SNAPSHOT_DIR})",
+    )
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(

@@ -64,6 +64,14 @@ class CheckpointClosedError(ResumableError):
     """The sweep was closed, or broken by an earlier write failure."""
 
 
+class ForeignProcessError(ResumableError):
+    """A process other than the one that opened the sweep (a forked child) tried to record."""
+
+
+class LimitExceededError(ResumableError, ValueError):
+    """A key, record, segment or manifest would exceed a limit of the checkpoint format."""
+
+
 class StorageError(ResumableError, OSError):
     """A path or URL could not be read or written (permission, unreachable, bad URL)."""
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import secrets
 import shutil
 import time
 from pathlib import Path
 
 from .checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, Loaded, load
-from .durable import create_durable_file, fsync_dir, make_dirs
+from .durable import create_durable_file, fsync_dir, make_dirs, remove_tree, rename_durably
 from .errors import IntegrityError, ObjectNotFoundError, StorageError
 from .manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, Manifest, parse_manifest
 from .storage import Store, redact
@@ -171,11 +170,11 @@ def install(downloaded: Path, progress_dir: Path) -> None:
     old = None
     if progress_dir.exists():
         old = parent / f".{progress_dir.name}.replaced-{secrets.token_hex(4)}"
-        os.rename(progress_dir, old)
-    os.rename(downloaded, progress_dir)
+        rename_durably(progress_dir, old)
+    rename_durably(downloaded, progress_dir)
     fsync_dir(parent)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old)
 
 
 def discard(downloaded: Path) -> None:

@@ -43,7 +43,8 @@ def test_layout_of_a_new_checkpoint(tmp_path):
     with ResumableSweep(ITEMS, checkpoint_path=ckpt):
         pass
     pdir = progress_dir_for(ckpt)
-    assert sorted(p.name for p in pdir.iterdir()) == ["LOCK", "manifest.json", "segments"]
+    assert sorted(p.name for p in pdir.iterdir()) == ["manifest.json", "segments"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.h5.resumable"]  # lock removed
     assert sorted(p.name for p in (pdir / "segments").iterdir()) == ["seg-00000001.jsonl"]
     m = _manifest(pdir)
     assert m["sweep"] == "exp"
@@ -241,7 +242,8 @@ def test_crash_during_creation_before_the_manifest(tmp_path):
     pdir = progress_dir_for(ckpt)
     (pdir / "segments").mkdir(parents=True)
     (pdir / "segments" / "seg-00000001.jsonl").write_bytes(b"")
-    (pdir / "LOCK").write_bytes(b"")
+    (pdir / "LOCK").write_bytes(b"")  # an older version's lock, inside
+    (tmp_path / "exp.h5.resumable.lock").write_bytes(b'{"pid": 1}')  # a killed holder's
     with ResumableSweep(ITEMS, checkpoint_path=ckpt) as sweep:
         sweep.record(ITEMS[0], 0)
         key = sweep.key(ITEMS[0])
@@ -297,7 +299,7 @@ def test_dir_lock_is_exclusive_in_process_and_records_holder(tmp_path):
     pdir.mkdir()
     lock = DirLock(pdir)
     try:
-        info = json.loads((pdir / "LOCK").read_text())
+        info = json.loads((tmp_path / "x.resumable.lock").read_text())  # beside the directory
         assert info["pid"] == os.getpid()
         assert "host" in info
         with pytest.raises(CheckpointLockedError):
@@ -366,3 +368,63 @@ def test_interrupt_between_write_and_bookkeeping_leaves_a_loadable_checkpoint(
             again.record(item, int(item))
     loaded = load(progress_dir_for(ckpt))
     assert sorted(loaded.state.results) == items
+
+
+# -- torn tails (issue 10, defect 6) ------------------------------------------------------------
+
+
+def _power_cut_tail(ckpt, big_result) -> tuple[Path, int, bytes]:
+    """Record `big_result`, then make its append look like a power cut on ext4 data=ordered:
+    the new size and the last page on disk, the earlier pages of the append zeroed."""
+    pdir = progress_dir_for(ckpt)
+    with ResumableSweep(ITEMS, checkpoint_path=ckpt, segment_bytes=10**7) as sweep:
+        for item in ITEMS[:3]:
+            sweep.record(item, item["i"])
+        active = pdir / "segments" / _manifest(pdir)["active"]
+        before = active.stat().st_size
+        sweep.record(ITEMS[3], big_result)
+    data = bytearray(active.read_bytes())
+    first_page = (before // 4096 + 1) * 4096
+    last_page = (len(data) - 1) // 4096 * 4096
+    data[before:last_page] = bytes(last_page - before)  # zeroed pages, the last one kept
+    assert first_page <= last_page
+    active.write_bytes(bytes(data))
+    return active, before, bytes(data[before:])
+
+
+def test_a_power_cut_during_a_large_append_is_a_torn_tail(tmp_path, caplog):
+    ckpt = tmp_path / "exp.h5"
+    pdir = progress_dir_for(ckpt)
+    _, good, tail = _power_cut_tail(ckpt, {"blob": "b" * 20_000})
+    loaded = load(pdir)  # used to refuse: found b'\x00\x00...'
+    assert loaded is not None and len(loaded.state.results) == 3
+    assert (loaded.active_size, loaded.torn_bytes) == (good, len(tail))
+    logged = caplog.at_level("WARNING", logger="resumable.checkpoint")
+    with logged, ResumableSweep(ITEMS, checkpoint_path=ckpt) as sweep:
+        assert not sweep.is_done(ITEMS[3])
+        sweep.record(ITEMS[3], "again")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("torn tail" in m and str(len(tail)) in m for m in warned)
+    (kept,) = (pdir / "torn").iterdir()
+    assert kept.read_bytes() == tail  # never silently deleted
+    assert (
+        _all_results(ckpt)[ResumableSweep(ITEMS, checkpoint_path=tmp_path / "k").key(ITEMS[3])]
+        == "again"
+    )
+
+
+@pytest.mark.parametrize("junk", [b"\x00" * 9000, b"\xff" * 5000 + b"\n", b"partial line"])
+def test_damage_followed_by_a_valid_record_is_still_refused(tmp_path, junk):
+    ckpt = tmp_path / "exp.h5"
+    pdir = progress_dir_for(ckpt)
+    _fill(ckpt, 5, segment_bytes=10**6)
+    active = pdir / "segments" / _manifest(pdir)["active"]
+    lines = active.read_bytes().splitlines(keepends=True)
+    # damage in the middle of acknowledged records: junk in place of record 3, 4 and 5 after it
+    active.write_bytes(b"".join(lines[:2]) + junk + b"\n" + b"".join(lines[3:]))
+    before = active.read_bytes()
+    with pytest.raises(IntegrityError):
+        load(pdir)
+    with pytest.raises(IntegrityError):
+        ResumableSweep(ITEMS, checkpoint_path=ckpt)
+    assert active.read_bytes() == before and not (pdir / "torn").exists()
