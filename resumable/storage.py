@@ -343,6 +343,10 @@ class Store:
             raise
         except Exception as exc:
             err = translate(exc, op, shown)
+            if isinstance(err, ObjectNotFoundError) and self._no_such_bucket(url):
+                err = StorageError(
+                    f"cannot {op} {shown}: the bucket does not exist (check its name)"
+                )
             if retry and isinstance(err, SourceUnreachableError):
                 elapsed = time.monotonic() - start
                 plural = "s" * (attempts != 1)
@@ -351,6 +355,20 @@ class Store:
                 )
             raise_from(err, exc)
             raise  # pragma: no cover - raise_from always raises
+
+    def _no_such_bucket(self, url: str) -> bool:
+        """GCS answers a missing bucket like a missing object (404): ask about the bucket, so
+        that a typo in its name is an error, never a fresh start (S3 and Azure say so)."""
+        if self._protocol not in ("gs", "gcs"):
+            return False
+        fs = self._fs()
+        try:
+            fs.call("GET", "b/{}", fs.split_path(url)[0], json_out=True)
+        except FileNotFoundError:
+            return True
+        except Exception:
+            return False  # cannot tell: the object's own answer stands
+        return False
 
     def _check_writable(self, url: str) -> None:
         if self._protocol in _HTTP:

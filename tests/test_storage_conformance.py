@@ -91,7 +91,7 @@ def backend(
 
         yield Backend(
             kind, url, lambda n, d: Store(url).write_bytes(n, d),
-            cas_enforced=False, go_down=gcs_down,
+            cas_enforced=False, no_container="gs://no-such-bucket-zz9/p", go_down=gcs_down,
         )  # fmt: skip
     elif kind == "azure":
         container = request.getfixturevalue("az_container")
