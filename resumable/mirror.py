@@ -81,13 +81,7 @@ class Mirror:
         signing_key: bytes | None = None,
     ) -> None:
         options = options or MirrorOptions()
-        if not store.supports_cas and not options.allow_unconditional:
-            raise ConfigurationError(
-                f"{store.display} offers no conditional write, so a second writer (a zombie "
-                "launch) could overwrite this sweep's mirror unnoticed; mirror to a local "
-                "directory, s3://, gs:// or az://, or accept the risk with "
-                "MirrorOptions(allow_unconditional=True)"
-            )
+        check_mirror_place(store, options)
         if not store.supports_cas:
             log.warning(
                 "mirroring to %s without conditional writes (allow_unconditional): a second "
@@ -499,6 +493,17 @@ class Mirror:
                 continue
             del self._garbage[name]
             self._uploaded.pop(name, None)
+
+
+def check_mirror_place(store: Store, options: MirrorOptions | None) -> None:
+    """Refuse a place without conditional writes unless the options accept the risk."""
+    if not store.supports_cas and not (options and options.allow_unconditional):
+        raise ConfigurationError(
+            f"{store.display} offers no conditional write, so a second writer (a zombie "
+            "launch) could overwrite this sweep's mirror unnoticed; mirror to a local "
+            "directory, s3://, gs:// or az://, or accept the risk with "
+            "MirrorOptions(allow_unconditional=True)"
+        )
 
 
 def _remote_part(seg: SegmentInfo) -> SegmentInfo:

@@ -136,6 +136,7 @@ def test_mirroring_without_conditional_writes_needs_an_opt_in(
 ) -> None:
     with pytest.raises(ConfigurationError, match="allow_unconditional"):
         _open(tmp_path / "a" / "exp.h5", nocas_url)
+    assert not (tmp_path / "a").exists()  # refused before anything was written
     assert not Store(nocas_url).supports_cas
     opts = MirrorOptions(interval_s=0.0, gc_delay_s=60.0, allow_unconditional=True)
     sweep = _open(tmp_path / "b" / "exp.h5", nocas_url, mirror_options=opts)
