@@ -52,6 +52,7 @@ SEED = 20250211
 class Worker:
     def __init__(self, ckpt: Path, url: str, log: Path) -> None:
         self.lines: list[str] = []
+        self.log = log
         with open(log, "ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, str(WORKER), str(ckpt), url, str(N_ITEMS), str(SEGMENT_BYTES)],
@@ -78,7 +79,8 @@ class Worker:
             if line and line.startswith("ready"):
                 return int(line.split()[1])
             if line is None and self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}")
+                tail = self.log.read_text(errors="replace")[-3000:]
+                raise AssertionError(f"worker exited with {self.proc.returncode}: {tail}")
         raise AssertionError("worker did not get ready")
 
     def wait_for(self, prefix: str, timeout: float = 60.0) -> None:
