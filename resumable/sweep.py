@@ -160,7 +160,7 @@ class ResumableSweep:
     def _append(
         self, kind: str, payload: dict[str, Any], key: str | None = None, fp: str | None = None
     ) -> Record:
-        self._check_owner()
+        # (the public methods checked the owner before taking the lock; the writer checks too)
         with self._lock:  # append and apply in one step: the state follows the journal's order
             if self._writer is None or self._closed:
                 raise CheckpointClosedError(f"sweep {self.name!r} is closed")
