@@ -113,7 +113,7 @@ def test_one_save_per_target_in_flight(tmp_path: Path, monkeypatch: pytest.Monke
 def test_background_failure_surfaces_on_the_future(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     fut = save_state_with_manifest({"x": np.zeros(2)}, tmp_path / "file" / "s.npz", background=True)
-    with pytest.raises(ResumableError, match="cannot create directory"):
+    with pytest.raises(ResumableError, match="cannot create"):
         fut.result(30)
     # the target is free again
     save_state_with_manifest({"x": np.zeros(2)}, tmp_path / "ok.npz", background=True).result(30)
