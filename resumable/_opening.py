@@ -25,7 +25,7 @@ from .errors import (
     SourceUnreachableError,
 )
 from .manifest import MANIFEST_NAME, Manifest
-from .mirror import Mirror
+from .mirror import Mirror, check_mirror_place
 from .remote import read_manifest, source_store
 from .resume import open_checkpoint, sharded_root_error
 from .shards import (
@@ -58,6 +58,7 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
             "directory, file://, s3://, gs://, ... (and serve that over HTTP if you like)"
         )
     if mirror is not None:
+        check_mirror_place(mirror, sweep.mirror_options)  # before anything is written
         _refuse_overlap(sweep.progress_dir, mirror, "snapshot_dir")
         local_root, _, mirror_root = sweep._sweep_root
         if mirror_root and sweep.shard is not None:

@@ -148,6 +148,7 @@ class ResumableSweep:
         self._closed = False
         self._writer: CheckpointWriter | None = None
         self._mirror: Mirror | None = None
+        self._item_snapshots: Any = None  # item_snapshot.ItemSnapshots, made on first use
         # One lock around every check-and-append (see `record`): a sweep may be shared by threads.
         self._lock = threading.RLock()
         self._owner_pid = os.getpid()
@@ -222,6 +223,22 @@ class ResumableSweep:
                 key=key,
                 fp=self._items.fingerprint(key),
             )
+        if self._item_snapshots is not None:
+            self._item_snapshots.recorded(key)
+
+    def item_snapshot(self, item: Any) -> Any:
+        """A handle to restore and save `item`'s state mid-run (`resumable.item_snapshot`)."""
+        from .item_snapshot import ItemSnapshot
+
+        return ItemSnapshot(self._snapshots_of_items(), self._items.key_of(item))
+
+    def _snapshots_of_items(self) -> Any:
+        from .item_snapshot import ItemSnapshots
+
+        snaps = self._item_snapshots  # no lock: the preemption watchdog calls this too
+        if snaps is None:
+            snaps = self._item_snapshots = ItemSnapshots(self)
+        return snaps
 
     def _check_not_done(self, key: str, why: str) -> None:
         if key in self._state.results:
@@ -312,6 +329,12 @@ class ResumableSweep:
 
     def _flush_on_preemption(self, remaining_s: float) -> None:
         """Run by the guard at the safe point, or by its watchdog when none comes in time."""
+        in_flight = list(self._yielded)  # yielded, not yet recorded: interrupted now
+        if in_flight:
+            try:
+                self._snapshots_of_items().note_preempted(in_flight)
+            except ResumableError as exc:
+                log.warning("could not note the items in flight at preemption: %s", exc)
         if self._mirror is not None:
             self._mirror.flush(timeout=max(0.1, remaining_s - 0.5))
 
@@ -408,6 +431,8 @@ class ResumableSweep:
                 self._save_meta()
         if self._mirror is not None:
             self._mirror.flush(timeout)
+        if self._item_snapshots is not None:
+            self._item_snapshots.flushed()
 
     def close(self, timeout: float | None = None) -> None:
         """Persist `meta`, flush the mirror, release the checkpoint. Idempotent.
@@ -425,6 +450,8 @@ class ResumableSweep:
                     self._save_meta()
                 if self._mirror is not None:
                     self._mirror.close(timeout)
+                if self._item_snapshots is not None:
+                    self._item_snapshots.flushed()
             finally:
                 self._closed = True
                 if self._writer is not None:
