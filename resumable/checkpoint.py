@@ -239,41 +239,39 @@ def load_records(
 
 
 def recover_interrupted_install(progress_dir: Path) -> None:
-    """Under the writer lock: tidy what an install cut short by a crash left beside `progress_dir`.
+    """Under the writer lock: undo what an install cut short by a crash left behind.
 
     Installing a resumed source renames the local checkpoint aside (``.NAME.replaced-*``), then
     the verified download (``.NAME.incoming-*``) into place. A crash between the two renames
-    can leave no progress directory at all: the one set aside is put back (a relaunch that
-    resumes from the source fetches it again). Leftover downloads, and copies set aside whose
-    replacement is in place, are removed.
+    can leave no progress directory at all: the checkpoint set aside (if it loads) is put back,
+    and a relaunch that resumes from the source fetches the download again. Removing leftovers
+    is `remote.collect_leftovers`' business.
     """
     parent = progress_dir.parent
-    if not parent.is_dir():
+    if progress_dir.exists() or not parent.is_dir():
         return
-    prefix = f".{progress_dir.name}."
-    aside = sorted(p for p in parent.iterdir() if p.name.startswith(prefix + "replaced-"))
-    leftovers = [p for p in parent.iterdir() if p.name.startswith(prefix + "incoming-")]
-    if not progress_dir.exists() and aside:
-        best = max(aside, key=_records_in)
-        durable.rename_durably(best, progress_dir)
-        durable.fsync_dir(parent)
-        log.warning(
-            "%s was missing after an install cut short by a crash: put back the checkpoint "
-            "that install had set aside (%s)",
-            progress_dir,
-            best.name,
-        )
-    leftovers += [p for p in aside if p.exists()]
-    for p in leftovers:
-        durable.remove_tree(p)
+    aside = [p for p in parent.glob(f".{progress_dir.name}.replaced-*") if p.is_dir()]
+    ranked = sorted((_records_in(p), p.name, p) for p in aside)
+    if not ranked or ranked[-1][0] < 0:
+        return
+    best = ranked[-1][2]
+    durable.rename_durably(best, progress_dir)
+    durable.fsync_dir(parent)
+    log.warning(
+        "%s was missing after an install cut short by a crash: put back the checkpoint that "
+        "install had set aside (%s)",
+        progress_dir,
+        best.name,
+    )
 
 
 def _records_in(candidate: Path) -> int:
+    """Records in a checkpoint set aside; -1 if it is not one (damaged, or no manifest)."""
     try:
         loaded = load(candidate)
     except (IntegrityError, OSError):
         return -1
-    return loaded.state.last_seq if loaded is not None else 0
+    return loaded.state.last_seq if loaded is not None else -1
 
 
 def hash_at(view: WriterView, segdir: Path, seq: int) -> str | None:
