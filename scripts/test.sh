@@ -5,6 +5,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=$("$root/scripts/setup_env.sh" test)
 cd "$root"
+bash "$root/scripts/install_slurm.sh"  # a one-node SLURM for tests/integration/test_slurm*.py
 "$root/.venv/bin/ruff" check .
 "$root/.venv/bin/ruff" format --check .
 "$py" -m pytest -q "$@"
