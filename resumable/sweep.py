@@ -7,6 +7,7 @@ result durable before it returns. A relaunch sees every acknowledged record exac
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import math
@@ -131,6 +132,7 @@ class ResumableSweep:
         self._mirror: Mirror | None = None
         self.resumed_from = "fresh"
         open_sweep(self, resume, segment_bytes)
+        _left_open.add(self)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -262,9 +264,24 @@ class ResumableSweep:
             guard.exit()
 
     def _flush_on_preemption(self, remaining_s: float) -> None:
-        """Run by the guard at the safe point, or by its watchdog when none comes in time."""
-        if self._mirror is not None:
+        """Run by the guard at the safe point, or by its watchdog when none comes in time.
+
+        A mirror that cannot be brought up to date in the time left is one log line, not a
+        traceback: the local checkpoint has every record either way.
+        """
+        if self._mirror is None:
+            return
+        try:
             self._mirror.flush(timeout=max(0.1, remaining_s - 0.5))
+        except ResumableError as exc:
+            log.warning(
+                "preemption: the mirror of sweep %r is not up to date (%s: %s); every record "
+                "is in the local checkpoint %s",
+                self.name,
+                type(exc).__name__,
+                exc,
+                self.progress_dir,
+            )
 
     @property
     def completed(self) -> Iterator[Any]:
@@ -372,6 +389,7 @@ class ResumableSweep:
                 self._mirror.close(timeout)
         finally:
             self._closed = True
+            _left_open.discard(self)
             if self._writer is not None:
                 self._writer.close()
 
@@ -405,6 +423,48 @@ class ResumableSweep:
             f"<ResumableSweep {self.name!r} done={s.done} failed={s.failed} "
             f"pending={s.pending} at {str(self.progress_dir)!r}>"
         )
+
+
+class _OpenSweeps:
+    """Sweeps opened by this process and not closed yet, closed at interpreter exit.
+
+    A finished sweep left without `with` or close() would otherwise exit with its mirror
+    behind (the mirror thread is a daemon), and a new machine would redo what it lacks.
+    Strong references: a sweep dropped unclosed is still closed at exit. A forked child
+    inherits the parent's set and leaves it alone.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sweeps: dict[int, tuple[int, ResumableSweep]] = {}
+
+    def add(self, sweep: ResumableSweep) -> None:
+        with self._lock:
+            self._sweeps[id(sweep)] = (os.getpid(), sweep)
+
+    def discard(self, sweep: ResumableSweep) -> None:
+        with self._lock:
+            self._sweeps.pop(id(sweep), None)
+
+    def close_all(self) -> None:
+        with self._lock:
+            mine = [s for pid, s in self._sweeps.values() if pid == os.getpid()]
+        for sweep in mine:
+            try:
+                sweep.close()  # bounded by the mirror's flush timeout
+            except Exception as exc:
+                log.warning(
+                    "sweep %r was left open and could not be closed at exit (%s: %s); every "
+                    "record is in its local checkpoint %s",
+                    sweep.name,
+                    type(exc).__name__,
+                    exc,
+                    sweep.progress_dir,
+                )
+
+
+_left_open = _OpenSweeps()
+atexit.register(_left_open.close_all)
 
 
 def _text(error: BaseException) -> str:
