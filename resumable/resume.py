@@ -14,7 +14,6 @@ never overwritten by a shorter one.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
@@ -22,8 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import LOCK_NAME, SEGMENTS_DIR, DirLock, Loaded, hash_at, load
-from .durable import fsync_dir, make_dirs
+from .checkpoint import SEGMENTS_DIR, DirLock, Loaded, hash_at, load
+from .durable import fsync_dir, pause_point
 from .errors import (
     ConfigurationError,
     HistoryConflictError,
@@ -55,7 +54,7 @@ class Opened:
     """The outcome: the checkpoint to continue (None for a fresh start) and what is known."""
 
     loaded: Loaded | None
-    lock: DirLock | None
+    lock: DirLock  # held from the first look at the local checkpoint to the writer's close
     mirror_known: tuple[bytes, Manifest] | None  # the snapshot dir's manifest, if read
     source: str  # "local", "remote" or "fresh", for logs and status
     adoption: Adoption | None = None  # set when a diverged local history was set aside
@@ -93,26 +92,29 @@ def open_checkpoint(
     signing_key: bytes | None = None,
     unsharded: bool = False,
 ) -> Opened:
-    """Lock and load the local checkpoint, consult the source and the mirror, and decide."""
-    lock = DirLock(progress_dir) if progress_dir.is_dir() else None
+    """Lock and load the local checkpoint, consult the source and the mirror, and decide.
+
+    The writer lock (a file beside `progress_dir`) is taken first and held throughout,
+    installing a resumed source included: no second launch can open in between.
+    """
+    lock = DirLock(progress_dir)
     try:
         return _decide(progress_dir, name, lock, source, mirror, signing_key, unsharded)
     except BaseException:
-        if lock is not None:
-            lock.release()
+        lock.release_and_tidy()
         raise
 
 
 def _decide(
     progress_dir: Path,
     name: str,
-    lock: DirLock | None,
+    lock: DirLock,
     source: Store | None,
     mirror: Store | None,
     signing_key: bytes | None,
     unsharded: bool,
 ) -> Opened:
-    local = load(progress_dir) if lock is not None else None
+    local = load(progress_dir)
     if local is not None:
         check_name(local.manifest, name, str(progress_dir))
     # With a signing key, a resume source must be signed with it: a URL on someone else's
@@ -189,7 +191,7 @@ def _read_mirror(
 
 def _take_remote(
     progress_dir: Path,
-    lock: DirLock | None,
+    lock: DirLock,
     source: Store,
     data: bytes,
     manifest: Manifest,
@@ -197,18 +199,9 @@ def _take_remote(
 ) -> tuple[Loaded, DirLock, bool, Adoption | None]:
     """Download the source and install it if it extends the local history (True), keep the
     local checkpoint if that extends the source (False); if they diverge, adopt the source's
-    history and set the local one aside (True, with the Adoption), or refuse."""
-    created = lock is None and not progress_dir.exists()
-    if lock is None:  # hold the place while downloading, so two launches cannot race here
-        make_dirs(progress_dir)
-        lock = DirLock(progress_dir)
-    try:
-        tmp, fetched = download(source, data, progress_dir)
-    except BaseException:
-        if created:  # leave no trace of a download that failed (it holds only our LOCK)
-            lock.release()
-            _remove_placeholder(progress_dir)
-        raise
+    history and set the local one aside (True, with the Adoption), or refuse. `lock` (the
+    writer lock beside `progress_dir`) is held throughout."""
+    tmp, fetched = download(source, data, progress_dir)
     adoption = None
     try:
         if local is not None:
@@ -226,17 +219,11 @@ def _take_remote(
                 extends = hash_at(fetched.view(), tmp / SEGMENTS_DIR, n) == local.state.last_hash
             if not extends:
                 adoption = adopt_source_history(progress_dir, local, fetched.state, source)
-        lock.release()
-        install(tmp, progress_dir)
+        _install_source(tmp, progress_dir)
     except BaseException:
         discard(tmp)
         raise
-    lock = DirLock(progress_dir)
-    try:
-        loaded = load(progress_dir)
-    except BaseException:
-        lock.release()
-        raise
+    loaded = load(progress_dir)
     assert loaded is not None
     if adoption is not None:
         assert local is not None
@@ -272,7 +259,7 @@ def adopt_source_history(
     Results are per item and immutable, so two histories of one sweep merge as long as every
     key both hold names the same item (`local_only_results` refuses otherwise, before anything
     is moved). The local directory is renamed beside itself, never deleted: whatever it holds
-    stays readable there (`resumable status`, `open_view`).
+    stays readable there (`resumable status`, `open_view`). The caller holds the writer lock.
     """
     carried = local_only_results(local.state, adopted, progress_dir, source)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -304,11 +291,10 @@ def local_only_results(
     return carried
 
 
-def _remove_placeholder(progress_dir: Path) -> None:
-    """Remove the directory `_take_remote` made to hold its lock, if it holds nothing else."""
-    with contextlib.suppress(OSError):
-        (progress_dir / LOCK_NAME).unlink()
-        progress_dir.rmdir()  # fails (and is left alone) if anything else appeared in it
+def _install_source(downloaded: Path, progress_dir: Path) -> None:
+    """Install a verified download as the local checkpoint (under the caller's writer lock)."""
+    pause_point("install")  # a test hook: races a second launch against this instant
+    install(downloaded, progress_dir)
 
 
 def _diverged(source: Store, manifest: Manifest, local: Loaded) -> HistoryConflictError:
