@@ -114,6 +114,7 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
             lock.release_and_tidy()
         raise
     sweep.resumed_from = opened.source
+    sweep.resumed_from_location = opened.location
     try:
         _write_launch(sweep, identity, changed)
         if opened.adoption is not None:  # a diverged local history was set aside

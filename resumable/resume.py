@@ -58,6 +58,7 @@ class Opened:
     mirror_known: tuple[bytes, Manifest] | None  # the snapshot dir's manifest, if read
     source: str  # "local", "remote" or "fresh", for logs and status
     adoption: Adoption | None = None  # set when a diverged local history was set aside
+    location: str | None = None  # where it continues from (redacted URL or local path)
 
 
 def sharded_root_error(where: str) -> ConfigurationError:
@@ -125,7 +126,7 @@ def _decide(
     if remote is not None:
         check_name(remote[1], name, source.display)
     elif source is not None:
-        log.info("resume source %s holds no checkpoint of %r", source.display, name)
+        log.debug("resume source %s holds no checkpoint of %r", source.display, name)
     mirror_known = _read_mirror(mirror, source, remote, name, unsharded)
 
     how = "local" if local is not None else "fresh"
@@ -156,9 +157,45 @@ def _decide(
                 "(or SWEEP_RESUME_FROM) to it to resume, or mirror to another snapshot_dir"
             )
         check_extends(local.view(), progress_dir / SEGMENTS_DIR, mirror_known[1], mirror.display)
-    if how == "fresh" and source is not None:
-        log.info("fresh start of %r: nothing to resume at %s", name, source.display)
-    return Opened(loaded=local, lock=lock, mirror_known=mirror_known, source=how, adoption=adoption)
+    location = announce_decision(name, how, progress_dir, source, local)
+    return Opened(
+        loaded=local,
+        lock=lock,
+        mirror_known=mirror_known,
+        source=how,
+        adoption=adoption,
+        location=location,
+    )
+
+
+def announce_decision(
+    name: str, how: str, progress_dir: Path, source: Store | None, loaded: Loaded | None
+) -> str | None:
+    """Log where the sweep continues from, and return that place (redacted; None if fresh).
+
+    A fresh start although a resume source is configured is a WARNING (it reaches stderr with
+    Python's default logging): on a first launch it is expected, after a typo in
+    SWEEP_RESUME_FROM it would silently redo the whole sweep.
+    """
+    if how == "fresh":
+        if source is not None:
+            log.warning(
+                "fresh start of sweep %r: the resume source %s holds no checkpoint (expected "
+                "on a first launch; otherwise check the location, or every item runs again)",
+                name,
+                source.display,
+            )
+        return None
+    assert loaded is not None
+    where = source.display if how == "remote" and source is not None else str(progress_dir)
+    log.info(
+        "sweep %r continues from %s: %s (%d records)",
+        name,
+        "the resume source" if how == "remote" else "the local checkpoint",
+        where,
+        loaded.state.last_seq,
+    )
+    return where
 
 
 def _read_mirror(

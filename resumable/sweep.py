@@ -146,7 +146,8 @@ class ResumableSweep:
         # One lock around every check-and-append (see `record`): a sweep may be shared by threads.
         self._lock = threading.RLock()
         self._owner_pid = os.getpid()
-        self.resumed_from = "fresh"
+        self.resumed_from = "fresh"  # "local", "remote" or "fresh"
+        self.resumed_from_location: str | None = None  # that place (redacted), None if fresh
         open_sweep(self, resume, segment_bytes)
         _left_open.add(self)
 
