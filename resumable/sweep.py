@@ -384,12 +384,22 @@ class ResumableSweep:
         executor: Any = None,
         max_in_flight: int | None = None,
         progress: bool | None = None,
+        max_failures: int | None = None,
     ) -> Any:
-        """Run every pending item through `fn` (see runner.py); returns a summary."""
+        """Run every pending item through `fn` (see runner.py); returns a summary.
+
+        `max_failures`: raise `TooManyFailuresError` once more items than that failed in this
+        run (None: the default rule of runner.py, which stops a run whose every item fails).
+        """
         from .runner import run_sweep
 
         return run_sweep(
-            self, fn, executor=executor, max_in_flight=max_in_flight, progress=progress
+            self,
+            fn,
+            executor=executor,
+            max_in_flight=max_in_flight,
+            progress=progress,
+            max_failures=max_failures,
         )
 
     # -- status and lifecycle -----------------------------------------------------------------
