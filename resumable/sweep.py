@@ -516,9 +516,12 @@ class _OpenSweeps:
     def close_all(self) -> None:
         with self._lock:
             mine = [s for pid, s in self._sweeps.values() if pid == os.getpid()]
+        # one budget for all: the longest flush timeout among them (not one each, in turn)
+        budget = max((s.mirror_options.flush_timeout_s for s in mine), default=0.0)
+        deadline = time.monotonic() + budget
         for sweep in mine:
             try:
-                sweep.close()  # bounded by the mirror's flush timeout
+                sweep.close(timeout=max(0.1, deadline - time.monotonic()))
             except Exception as exc:
                 log.warning(
                     "sweep %r was left open and could not be closed at exit (%s: %s); every "

@@ -113,3 +113,41 @@ def test_sigterm_while_waiting_for_the_mirror_logs_one_line(tmp_path: Path) -> N
     assert "Traceback" not in err, err
     flush_lines = [ln for ln in err.splitlines() if "preemption" in ln and "mirror" in ln]
     assert len(flush_lines) == 1, err
+
+
+TWO_LEFT_OPEN = """
+import sys
+from resumable import ResumableSweep
+from resumable.mirror import MirrorOptions
+opts = MirrorOptions(interval_s=3600.0, max_backoff_s=0.5, flush_timeout_s=15.0)
+for name in ("one", "two"):
+    s = ResumableSweep(range(3), key=str, checkpoint_path=f"{sys.argv[1]}/{name}.h5",
+                       snapshot_dir=f"s3://bucket/{name}", mirror_options=opts)
+    for item in s.pending:
+        s.record(item, item)
+print("leaving", flush=True)
+"""
+
+
+def test_sweeps_left_open_with_an_unreachable_mirror_share_one_wait_and_warn(
+    tmp_path: Path,
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TWO_LEFT_OPEN, str(tmp_path)],
+        env=_env(**_unreachable_s3()),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("leaving")
+    t0 = time.monotonic()
+    _out, err = proc.communicate(timeout=120)
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, err
+    # one flush timeout (15 s) for both, plus at most 5 s each to stop a mirror thread that is
+    # inside a request; not one flush timeout each (30 s and more)
+    assert took < 2 * 15, took
+    warned = [ln for ln in err.splitlines() if "could not be closed at exit" in ln]
+    assert len(warned) == 2, err
+    assert all("every record is in its local checkpoint" in ln for ln in warned)
