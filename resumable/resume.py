@@ -146,7 +146,7 @@ def _decide(
             != manifest.last_hash
         ):
             local, lock, taken, adoption = _take_remote(
-                progress_dir, lock, source, data, manifest, local
+                progress_dir, lock, source, data, manifest, local, signing_key
             )
             how = "remote" if taken else how
     if mirror_known is not None:
@@ -233,12 +233,13 @@ def _take_remote(
     data: bytes,
     manifest: Manifest,
     local: Loaded | None,
+    signing_key: bytes | None,
 ) -> tuple[Loaded, DirLock, bool, Adoption | None]:
     """Download the source and install it if it extends the local history (True), keep the
     local checkpoint if that extends the source (False); if they diverge, adopt the source's
     history and set the local one aside (True, with the Adoption), or refuse. `lock` (the
     writer lock beside `progress_dir`) is held throughout."""
-    tmp, fetched = download(source, data, progress_dir)
+    tmp, fetched = download(source, data, progress_dir, signing_key=signing_key)
     adoption = None
     try:
         if local is not None:
