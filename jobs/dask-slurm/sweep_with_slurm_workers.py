@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     from dask.distributed import Client
     from dask_jobqueue import SLURMCluster
 
+    # Importing dask_jobqueue makes Ctrl-C call sys.exit() wherever it lands (even inside a
+    # record()); give SIGINT back to Python so that sweep.run handles it at its safe points.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     cluster = SLURMCluster(
         queue=args.queue,
         cores=1,
