@@ -24,6 +24,7 @@ from .errors import (
     ItemsChangedError,
     SourceUnreachableError,
 )
+from .journal import Record
 from .manifest import MANIFEST_NAME, Manifest
 from .mirror import Mirror, check_mirror_place
 from .remote import read_manifest, source_store
@@ -127,8 +128,11 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
             lock.release_and_tidy()
         raise
     sweep.resumed_from = opened.source
+    sweep.resumed_from_location = opened.location
     try:
         _write_launch(sweep, identity, changed)
+        if opened.adoption is not None:  # a diverged local history was set aside
+            _carry_over(sweep, opened.adoption.carried)
         if mirror is not None:
             sweep._mirror = Mirror(
                 mirror,
@@ -217,6 +221,13 @@ def _changed_keys(sweep: ResumableSweep, loaded: Loaded) -> list[str]:
             if now is not None and rec.fp != now:
                 changed.append(key)
     return changed
+
+
+def _carry_over(sweep: ResumableSweep, carried: list[Record]) -> None:
+    """Re-record the results only a set-aside local history held (resume.adopt_source_history),
+    as they were: same value, duration, launch and item fingerprint."""
+    for rec in carried:
+        sweep._append("result", rec.body(), key=rec.key, fp=rec.fp)
 
 
 def _write_launch(sweep: ResumableSweep, identity: str, changed: list[str]) -> None:

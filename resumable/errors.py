@@ -107,3 +107,14 @@ class StorageWriteError(CheckpointWriteError, StorageError):
 class ObjectChangedError(StorageError):
     """A conditional write (compare-and-swap) found the object changed since the version it was
     based on, or created when it was expected absent: another writer got there first."""
+
+
+class RunError(ResumableError):
+    """`sweep.run` cannot run `fn` on its executor at all: `fn` or an item cannot be sent to the
+    workers (not picklable), or a worker cannot import `fn`. A problem of the run, not of an
+    item: raised at once, and nothing is recorded for it."""
+
+
+class TooManyFailuresError(ResumableError):
+    """`sweep.run` stopped submitting: more items failed in this run than `max_failures` allows
+    (the failures and every item that was in flight are recorded)."""

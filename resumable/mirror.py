@@ -53,6 +53,12 @@ from .storage import Store, redact
 log = logging.getLogger("resumable.mirror")
 
 
+# How long flush() and close() wait for the mirror by default (close: at the end of a `with`
+# block and at interpreter exit). Records that do not reach it in time stay in the local
+# checkpoint: the next launch on this machine uploads them, a launch elsewhere redoes them.
+DEFAULT_FLUSH_TIMEOUT_S = 60.0
+
+
 @dataclass(frozen=True)
 class MirrorOptions:
     """How the mirror paces itself."""
@@ -60,7 +66,7 @@ class MirrorOptions:
     interval_s: float = 1.0  # at most one manifest write per interval (flush skips the wait)
     max_chunks: int = 8  # chunks of the active segment before they are compacted into one
     gc_delay_s: float = 30.0  # superseded objects are deleted this long after
-    flush_timeout_s: float = 300.0  # default bound for flush() and close()
+    flush_timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S  # default bound for flush() and close()
     max_backoff_s: float = 30.0  # pause between attempts while the remote is down
     # Mirror to a place without conditional writes (e.g. sftp://, a FUSE mount without locks):
     # a second writer is then detected at the next upload, not prevented (see the README).

@@ -14,6 +14,15 @@ about 250 ms on Dask (whose per-task cost is milliseconds of scheduler time) and
 elsewhere; longer items go one per task. The default window is two tasks per worker (workers:
 a pool's `_max_workers`, the Dask cluster's threads); `max_in_flight` caps items, batches too.
 
+Errors of the run, not of an item (`fn` or an item that cannot be pickled for the workers, a
+worker that cannot import `fn`, a broken pool) raise at once (`RunError`, or the executor's
+`BrokenExecutor`) and record nothing for the items concerned: they stay pending. Exceptions
+raised by `fn` itself, and results that cannot be stored or sent back, are failures of their
+item. `max_failures`: once more items than that failed in one run, nothing new is submitted,
+what is in flight is recorded, and `TooManyFailuresError` is raised. The default (None) stops a
+run once more than `DEFAULT_MIN_FAILURES` (10) items failed and failures outnumber successes in
+this run: a run whose every item fails stops after 11, a run with occasional failures goes on.
+
 Seeds: a `fn` with a parameter named ``seed`` is called as ``fn(item, seed=sweep.seed(item))``
 (computed here and sent along: the sweep cannot travel to workers), else as ``fn(item)``.
 
@@ -38,6 +47,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -50,7 +60,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from tqdm import tqdm
 
-from .errors import ConfigurationError, UnsupportedValueError
+from .errors import ConfigurationError, RunError, TooManyFailuresError, UnsupportedValueError
 from .preempt import Preempted, PreemptionGuard
 
 if TYPE_CHECKING:
@@ -62,6 +72,7 @@ _EXIT_MARGIN_S = 0.5  # reach guard.exit() this long before the watchdog would t
 _TASK_S = {"dask": 0.25, "other": 0.02}  # batch short items into tasks of about this length
 _MAX_BATCH = 1000
 _INFRA_ERRORS = (cf.BrokenExecutor, cf.CancelledError)  # the executor's fault, not the item's
+DEFAULT_MIN_FAILURES = 10  # max_failures=None: stop past this many when failures outnumber results
 Outcome = tuple[bool, Any, "str | None", float]  # ok, value or exception, traceback, seconds
 
 
@@ -215,8 +226,17 @@ class _Task:
 class _Run:
     """One `run`: the submission window, recording, and the preemption/Ctrl-C drain."""
 
-    def __init__(self, sweep: ResumableSweep, fn: Callable[..., Any], bar: Any) -> None:
+    def __init__(
+        self,
+        sweep: ResumableSweep,
+        fn: Callable[..., Any],
+        bar: Any,
+        max_failures: int | None = None,
+    ) -> None:
         self.sweep, self.fn, self.bar = sweep, fn, bar
+        self.max_failures = max_failures
+        self.stopping = False  # too many failures: submit nothing more
+        self.last_failure = ""
         self.guard: PreemptionGuard | None = None
         self.guard_flushes = False
         self.wants_seed = _accepts_seed(fn)
@@ -252,7 +272,37 @@ class _Run:
     def _failure(self, item: Any, exc: BaseException, seconds: float) -> None:
         self.sweep.record_failure(item, exc, duration=seconds)
         self.failed += 1
+        self.last_failure = f"item {self.sweep.key(item)!r:.200}: {type(exc).__name__}: {exc}"
         self.bar.set_postfix(failed=self.failed_before + self.failed, refresh=False)
+        if not self.stopping and self._too_many_failures():
+            self.stopping = True
+            log.error(
+                "%d item(s) failed in this run (%s): submitting nothing more, recording the "
+                "items in flight",
+                self.failed,
+                self._failure_rule(),
+            )
+
+    def _too_many_failures(self) -> bool:
+        if self.max_failures is not None:
+            return self.failed > self.max_failures
+        return self.failed > DEFAULT_MIN_FAILURES and self.failed > self.done
+
+    def _failure_rule(self) -> str:
+        if self.max_failures is not None:
+            return f"max_failures={self.max_failures}"
+        return (
+            f"the default max_failures=None: more than {DEFAULT_MIN_FAILURES} failures and "
+            f"more failures than results ({self.done})"
+        )
+
+    def too_many_failures(self) -> TooManyFailuresError:
+        return TooManyFailuresError(
+            f"sweep {self.sweep.name!r}: {self.failed} item(s) failed in this run, "
+            f"{self.done} succeeded ({self._failure_rule()}); stopped submitting. Every failure "
+            f"is recorded (rerun them with retry_failed=True once fn is fixed). Last: "
+            f"{self.last_failure}"
+        )
 
     def _pop(self, fut: cf.Future[Any]) -> _Task:
         task = self.inflight.pop(fut)
@@ -263,6 +313,13 @@ class _Run:
         task = task or self._pop(fut)
         n = len(task.items)
         exc = None if fut.cancelled() else fut.exception(timeout=0)
+        if exc is not None and _is_run_error(exc):
+            self.lost += n  # the run's fault: the items stay pending, nothing is recorded
+            raise RunError(
+                f"sweep.run cannot run {_name_of(self.fn)} on {type(self.executor).__name__}: "
+                f"{type(exc).__name__}: {exc}. A problem of the run, not of an item: nothing "
+                f"was recorded for it ({_RUN_ERROR_HINT})"
+            ) from exc
         if fut.cancelled() or isinstance(exc, (*_INFRA_ERRORS, KeyboardInterrupt)):
             self.lost += n  # not the items' fault (a dead worker, Ctrl-C): they stay pending
             log.warning("%d item(s) stay pending: %r", n, exc or "cancelled")
@@ -307,6 +364,8 @@ class _Run:
             seed = self.sweep.seed(item) if self.wants_seed else None
             self._outcome(item, run_batch(self.fn, [(item, seed)])[0])
             self._safe_point()
+            if self.stopping:
+                raise self.too_many_failures()
         self.preempted = self._preempting()  # a late signal: the work is complete anyway
 
     # -- executors ----------------------------------------------------------------------
@@ -318,6 +377,7 @@ class _Run:
         self.target_s = _TASK_S["dask" if client is not None else "other"]
         self.cap = max(1, limit // (2 * workers)) if limit else _MAX_BATCH
         self.deferring = True
+        _check_sendable(self.fn, executor, client)
         try:
             while True:
                 self._fill()
@@ -325,6 +385,8 @@ class _Run:
                     self._drain(complete=self.exhausted and not self.singly)
                     return  # everything finished during the drain: the work is complete
                 if not self.inflight:
+                    if self.stopping:
+                        raise self.too_many_failures()
                     return
                 done, _ = cf.wait(self.inflight, timeout=_POLL_S, return_when=cf.FIRST_COMPLETED)
                 ready = [(fut, self._pop(fut)) for fut in done]
@@ -333,7 +395,7 @@ class _Run:
                 for fut, task in ready:
                     try:
                         self._settle(fut, task)
-                    except _INFRA_ERRORS as exc:  # record the others first
+                    except (*_INFRA_ERRORS, RunError) as exc:  # record the others first
                         errors.append(exc)
                 if errors:
                     raise errors[0]
@@ -354,7 +416,11 @@ class _Run:
 
     def _fill(self) -> None:
         """Submit batches while the window has room (items of a broken batch go one by one)."""
-        while not self._preempting() and not (self.exhausted and not self.singly):
+        while (
+            not self._preempting()
+            and not self.stopping
+            and not (self.exhausted and not self.singly)
+        ):
             size = 1
             if self.item_s is not None:
                 size = max(
@@ -469,10 +535,15 @@ def run_sweep(
     executor: Any = None,
     max_in_flight: int | None = None,
     progress: bool | None = None,
+    max_failures: int | None = None,
 ) -> RunSummary:
     """Run every pending item of `sweep` through `fn`; see the module docstring."""
     if not callable(fn):
         raise ConfigurationError(f"fn must be callable, found {fn!r}")
+    if max_failures is not None and (type(max_failures) is not int or max_failures < 0):
+        raise ConfigurationError(
+            f"max_failures must be an int >= 0 or None (the default rule), found {max_failures!r}"
+        )
     if max_in_flight is not None and (type(max_in_flight) is not int or max_in_flight < 1):
         raise ConfigurationError(f"max_in_flight must be an int >= 1, found {max_in_flight!r}")
     make_pool = (isinstance(executor, str) and executor == "processes") or (
@@ -504,7 +575,7 @@ def run_sweep(
         postfix={"failed": failed_before} if failed_before else None,
     )
     t0 = time.monotonic()
-    run = _Run(sweep, fn, bar)
+    run = _Run(sweep, fn, bar, max_failures)
     run.failed_before = failed_before
     graceful = False
     try:
@@ -515,7 +586,7 @@ def run_sweep(
                 else:
                     run.run_pool(executor, client, workers, max_in_flight)
                 graceful = True
-            except (Preempted, KeyboardInterrupt) as exc:
+            except (Preempted, KeyboardInterrupt, TooManyFailuresError) as exc:
                 exc.summary = run.summary(skipped, t0, workers)  # type: ignore[attr-defined]
                 raise
     finally:
@@ -527,6 +598,47 @@ def run_sweep(
     summary = run.summary(skipped, t0, workers)
     log.info("run of sweep %r: %s", sweep.name, summary)
     return summary
+
+
+_RUN_ERROR_HINT = (
+    "process pools need fn defined at module level of an importable module, and picklable "
+    "items; Dask serialises with cloudpickle but its workers must import what fn uses"
+)
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def _check_sendable(fn: Callable[..., Any], executor: Any, client: Any) -> None:
+    """Refuse, before anything is submitted, a `fn` that a process pool cannot pickle."""
+    if client is not None or isinstance(executor, cf.ThreadPoolExecutor):
+        return  # Dask pickles with cloudpickle (lambdas travel); threads share memory
+    try:
+        pickle.dumps(fn)
+    except Exception as exc:
+        raise RunError(
+            f"sweep.run cannot send {_name_of(fn)} to the workers of "
+            f"{type(executor).__name__}: {type(exc).__name__}: {exc}. Nothing was run or "
+            f"recorded ({_RUN_ERROR_HINT})"
+        ) from None
+
+
+def _is_run_error(exc: BaseException) -> bool:
+    """Whether a task failed outside `fn` for a reason of the run: its payload (fn or an item)
+    could not be pickled on the way out (the traceback passes through multiprocessing's queue
+    feeder), or a worker could not import what it needs (run_batch catches everything `fn`
+    raises itself, so an ImportError here is the worker's unpickling). A result that cannot be
+    pickled on the way back stays a failure of its item."""
+    if isinstance(exc, ImportError):
+        return True
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "_feed" and "multiprocessing" in code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _close_pool(pool: cf.ProcessPoolExecutor, *, graceful: bool) -> None:

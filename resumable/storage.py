@@ -191,6 +191,10 @@ def _local_error(exc: OSError, op: str, path: Path) -> ResumableError:
     return translate(exc, op, str(path), kind)
 
 
+def _ago(since: float) -> float:
+    return time.monotonic() - since
+
+
 class Store:
     """A directory-like place: a local path or any fsspec URL (file://, s3://, gs://,
     memory://, http(s):// read-only). Safe to use from threads, and after os.fork()."""
@@ -233,6 +237,9 @@ class Store:
                     ) from None
                 self._protocol = scheme
         self.is_local = self.local_path is not None
+        # A retry phase: from the first failed attempt to the next success. Its first retry is
+        # logged as a warning, the others at DEBUG (one line per phase, not one per attempt).
+        self._retrying_since: float | None = None
 
     def __repr__(self) -> str:
         return f"Store({self.display!r})"
@@ -327,18 +334,27 @@ class Store:
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "%s %s failed (attempt %d of at most %d), retrying in %.2f s: %s",
+            first = self._retrying_since is None
+            if first:
+                self._retrying_since = time.monotonic()
+            log.log(
+                logging.WARNING if first else logging.DEBUG,
+                "%s %s failed (attempt %d of at most %d), retrying in %.2f s%s: %s",
                 op,
                 shown,
                 state.attempt_number,
                 self.retry.attempts,
                 state.next_action.sleep if state.next_action else 0.0,
+                "; further retries are logged at DEBUG until it succeeds" if first else "",
                 describe(exc) if exc else "?",
             )
 
         try:
-            return self.retry.retrying(before_sleep)(attempt) if retry else fn()
+            result = self.retry.retrying(before_sleep)(attempt) if retry else fn()
+            since, self._retrying_since = self._retrying_since, None
+            if since is not None and retry:
+                log.info("%s reachable again after %.1f s of retries", self.display, _ago(since))
+            return result
         except ResumableError:
             raise
         except Exception as exc:

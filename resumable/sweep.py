@@ -7,6 +7,7 @@ result durable before it returns. A relaunch sees every acknowledged record exac
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import math
@@ -152,8 +153,10 @@ class ResumableSweep:
         # One lock around every check-and-append (see `record`): a sweep may be shared by threads.
         self._lock = threading.RLock()
         self._owner_pid = os.getpid()
-        self.resumed_from = "fresh"
+        self.resumed_from = "fresh"  # "local", "remote" or "fresh"
+        self.resumed_from_location: str | None = None  # that place (redacted), None if fresh
         open_sweep(self, resume, segment_bytes)
+        _left_open.add(self)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -328,15 +331,30 @@ class ResumableSweep:
             guard.exit()
 
     def _flush_on_preemption(self, remaining_s: float) -> None:
-        """Run by the guard at the safe point, or by its watchdog when none comes in time."""
+        """Run by the guard at the safe point, or by its watchdog when none comes in time.
+
+        A mirror that cannot be brought up to date in the time left is one log line, not a
+        traceback: the local checkpoint has every record either way.
+        """
         in_flight = list(self._yielded)  # yielded, not yet recorded: interrupted now
         if in_flight:
             try:
                 self._snapshots_of_items().note_preempted(in_flight)
             except ResumableError as exc:
                 log.warning("could not note the items in flight at preemption: %s", exc)
-        if self._mirror is not None:
+        if self._mirror is None:
+            return
+        try:
             self._mirror.flush(timeout=max(0.1, remaining_s - 0.5))
+        except ResumableError as exc:
+            log.warning(
+                "preemption: the mirror of sweep %r is not up to date (%s: %s); every record "
+                "is in the local checkpoint %s",
+                self.name,
+                type(exc).__name__,
+                exc,
+                self.progress_dir,
+            )
 
     @property
     def completed(self) -> Iterator[Any]:
@@ -395,12 +413,22 @@ class ResumableSweep:
         executor: Any = None,
         max_in_flight: int | None = None,
         progress: bool | None = None,
+        max_failures: int | None = None,
     ) -> Any:
-        """Run every pending item through `fn` (see runner.py); returns a summary."""
+        """Run every pending item through `fn` (see runner.py); returns a summary.
+
+        `max_failures`: raise `TooManyFailuresError` once more items than that failed in this
+        run (None: the default rule of runner.py, which stops a run whose every item fails).
+        """
         from .runner import run_sweep
 
         return run_sweep(
-            self, fn, executor=executor, max_in_flight=max_in_flight, progress=progress
+            self,
+            fn,
+            executor=executor,
+            max_in_flight=max_in_flight,
+            progress=progress,
+            max_failures=max_failures,
         )
 
     # -- status and lifecycle -----------------------------------------------------------------
@@ -454,6 +482,7 @@ class ResumableSweep:
                     self._item_snapshots.flushed()
             finally:
                 self._closed = True
+                _left_open.discard(self)
                 if self._writer is not None:
                     self._writer.close()
 
@@ -494,6 +523,51 @@ class ResumableSweep:
             f"<ResumableSweep {self.name!r} done={s.done} failed={s.failed} "
             f"pending={s.pending} at {str(self.progress_dir)!r}>"
         )
+
+
+class _OpenSweeps:
+    """Sweeps opened by this process and not closed yet, closed at interpreter exit.
+
+    A finished sweep left without `with` or close() would otherwise exit with its mirror
+    behind (the mirror thread is a daemon), and a new machine would redo what it lacks.
+    Strong references: a sweep dropped unclosed is still closed at exit. A forked child
+    inherits the parent's set and leaves it alone.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sweeps: dict[int, tuple[int, ResumableSweep]] = {}
+
+    def add(self, sweep: ResumableSweep) -> None:
+        with self._lock:
+            self._sweeps[id(sweep)] = (os.getpid(), sweep)
+
+    def discard(self, sweep: ResumableSweep) -> None:
+        with self._lock:
+            self._sweeps.pop(id(sweep), None)
+
+    def close_all(self) -> None:
+        with self._lock:
+            mine = [s for pid, s in self._sweeps.values() if pid == os.getpid()]
+        # one budget for all: the longest flush timeout among them (not one each, in turn)
+        budget = max((s.mirror_options.flush_timeout_s for s in mine), default=0.0)
+        deadline = time.monotonic() + budget
+        for sweep in mine:
+            try:
+                sweep.close(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception as exc:
+                log.warning(
+                    "sweep %r was left open and could not be closed at exit (%s: %s); every "
+                    "record is in its local checkpoint %s",
+                    sweep.name,
+                    type(exc).__name__,
+                    exc,
+                    sweep.progress_dir,
+                )
+
+
+_left_open = _OpenSweeps()
+atexit.register(_left_open.close_all)
 
 
 def _text(error: BaseException) -> str:

@@ -7,6 +7,7 @@ py=$("$root/scripts/setup_env.sh" test,arrays)
 bash "$root/scripts/install_emulators.sh"  # Azurite (npm) into .ci-tools/; tests must not skip it
 export RESUMABLE_REQUIRE_EMULATORS=${RESUMABLE_REQUIRE_EMULATORS:-1}
 cd "$root"
+bash "$root/scripts/install_slurm.sh"  # a one-node SLURM for tests/integration/test_slurm*.py
 "$py" -c 'import sys, torch; sys.exit(f"torch {torch.__version__} is a CUDA build: install the CPU one" if torch.version.cuda else 0)'
 "$root/.venv/bin/ruff" check .
 "$root/.venv/bin/ruff" format --check .

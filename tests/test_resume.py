@@ -8,6 +8,7 @@ Results are compared bitwise with an uninterrupted run.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -250,9 +251,10 @@ def test_diverged_histories_are_refused_and_nothing_changes(tmp_path: Path, how:
         _run(ckpt, None, 4)
     local_before, mirror_before = _local_tree(progress_dir_for(ckpt)), _mirror_objects(mirror)
     for url in (str(mirror), mirror.as_uri(), str(mirror / MANIFEST_NAME)):
-        with pytest.raises(HistoryConflictError):
-            _open(ckpt, str(mirror), resume_from=url)
-        with pytest.raises(HistoryConflictError):  # the mirror alone refuses too
+        if how == "two-fresh-starts":  # another sweep: refused (one sweep's history is adopted)
+            with pytest.raises(HistoryConflictError):
+                _open(ckpt, str(mirror), resume_from=url)
+        with pytest.raises(HistoryConflictError):  # a mirror that is no resume source refuses
             _open(ckpt, None, snapshot_dir=url.removesuffix("/" + MANIFEST_NAME))
     assert _local_tree(progress_dir_for(ckpt)) == local_before
     assert _mirror_objects(mirror) == mirror_before
@@ -260,6 +262,36 @@ def test_diverged_histories_are_refused_and_nothing_changes(tmp_path: Path, how:
     # and the local checkpoint still opens and works on its own
     with _open(ckpt, None) as sweep:
         assert sweep.resumed_from == "local"
+
+
+def test_a_diverged_history_of_the_same_sweep_adopts_the_source(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, reference: dict[str, object]
+) -> None:
+    """The source went on from a common point; the local copy did too: adopt the source's
+    history, re-record the local-only results into it, keep the local copy aside."""
+    ckpt, mirror = tmp_path / "a" / "exp.h5", tmp_path / "mirror"
+    _run(ckpt, str(mirror), 6)
+    old = tmp_path / "old-copy"
+    shutil.copytree(progress_dir_for(ckpt), old)
+    _run(ckpt, str(mirror), 5)  # the mirror goes on with items 6..10
+    shutil.rmtree(progress_dir_for(ckpt))
+    shutil.copytree(old, progress_dir_for(ckpt))
+    local = _open(ckpt, None)
+    _work(local, 3, reverse=True)  # ... this copy with the last three items
+    local.close()
+    local_before = _local_tree(progress_dir_for(ckpt))
+    with caplog.at_level(logging.WARNING, logger="resumable"), _open(ckpt, str(mirror)) as sweep:
+        assert (sweep.resumed_from, sweep.status().done) == ("remote", 6 + 5 + 3)
+        _work(sweep)
+    (aside,) = [p for p in ckpt.parent.iterdir() if ".stale-" in p.name]
+    assert _local_tree(aside) == local_before  # kept, byte for byte
+    (warning,) = [r.getMessage() for r in caplog.records if "different histories" in r.getMessage()]
+    assert str(progress_dir_for(ckpt)) in warning and str(aside) in warning
+    assert str(mirror) in warning and "3 result(s)" in warning
+    got = _results(ckpt)
+    assert sorted(_mirror_records(str(mirror), tmp_path / "check")[1]) == sorted(got)
+    for key in reference:
+        assert_bitwise_equal(got[key], reference[key], key)
 
 
 def test_equal_histories_resume_locally_without_a_download(tmp_path: Path, http_server) -> None:

@@ -10,17 +10,24 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import signal
+import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from resumable import ResumableSweep
-from resumable.errors import ConfigurationError
+from resumable.errors import (
+    ConfigurationError,
+    ResumableError,
+    RunError,
+    TooManyFailuresError,
+)
 from resumable.preempt import PREEMPTED_EXIT_CODE, Preempted, current_guard
-from resumable.runner import RunSummary, worker_initializer
+from resumable.runner import DEFAULT_MIN_FAILURES, RunSummary, worker_initializer
 from resumable.view import open_view
 
 N = 20
@@ -400,3 +407,93 @@ def test_preempted_raised_inside_fn_propagates_and_is_not_a_failure(tmp_path):
         sweep.run(fn)
     status = open_view(str(ckpt)).status()
     assert (status.done, status.failed) == (2, 0)
+
+
+# -- errors of the run, not of an item; max_failures ---------------------------------------------
+
+
+def always_fails(item: dict) -> int:
+    raise RuntimeError(f"item {item['i']} fails")
+
+
+def test_a_lambda_on_a_process_pool_raises_at_once_and_records_nothing(tmp_path, pool):
+    ckpt = tmp_path / "exp.h5"
+    with ResumableSweep(items(), checkpoint_path=ckpt) as sweep:
+        with pytest.raises(RunError, match="cannot send") as info:
+            sweep.run(lambda it: it["i"], executor=pool)
+        assert "nothing was run or recorded" in str(info.value).lower()
+        assert (sweep.status().done, sweep.status().failed) == (0, 0)
+        summary = sweep.run(ident, executor=pool)  # a plain rerun (fixed fn) runs them all
+    assert (summary.done, summary.failed, summary.skipped) == (N, 0, 0)
+
+
+def test_an_item_that_cannot_be_sent_raises_and_records_no_failure(tmp_path, pool):
+    many = [{"i": i, "lock": threading.Lock() if i == 7 else None} for i in range(30)]
+    ckpt = tmp_path / "exp.h5"
+    with ResumableSweep(many, key=lambda it: str(it["i"]), checkpoint_path=ckpt) as sweep:
+        with pytest.raises(RunError, match="pickle") as info:
+            sweep.run(ident, executor=pool)
+        assert "not of an item" in str(info.value)
+        status = sweep.status()
+    assert status.failed == 0 and status.pending >= 1  # item 7 (and its batch) stays pending
+
+
+def test_a_worker_that_cannot_import_fn_raises_and_records_nothing(tmp_path):
+    """The worker dies unpickling the task (its module exists only here): the pool breaks."""
+    ghost = types.ModuleType("resumable_ghost_module")  # importable here, not in the workers
+    exec("def fn(item):\n    return item['i']\n", ghost.__dict__)
+    sys.modules[ghost.__name__] = ghost
+    try:
+        ckpt = tmp_path / "exp.h5"
+        with ResumableSweep(items(), checkpoint_path=ckpt) as sweep:
+            with pytest.raises((RunError, cf.BrokenExecutor)):
+                sweep.run(ghost.fn, executor=2)
+            status = sweep.status()
+        assert (status.done, status.failed) == (0, 0)
+    finally:
+        del sys.modules[ghost.__name__]
+
+
+def test_a_run_whose_every_item_fails_stops_by_default(tmp_path):
+    ckpt = tmp_path / "exp.h5"
+    with ResumableSweep(items(40), checkpoint_path=ckpt) as sweep:
+        with pytest.raises(TooManyFailuresError, match="11 item") as info:
+            sweep.run(always_fails)
+        assert isinstance(info.value, ResumableError)
+        status = sweep.status()
+    assert (status.done, status.failed, status.pending) == (0, DEFAULT_MIN_FAILURES + 1, 29)
+    assert info.value.summary.failed == DEFAULT_MIN_FAILURES + 1  # type: ignore[attr-defined]
+
+
+def test_max_failures_stops_submitting_and_records_what_is_in_flight(tmp_path, pool):
+    ckpt = tmp_path / "exp.h5"
+    counting = CountingExecutor(pool)
+    with ResumableSweep(items(60), checkpoint_path=ckpt) as sweep:
+        with pytest.raises(TooManyFailuresError, match="max_failures=3"):
+            sweep.run(always_fails, executor=counting, max_failures=3, max_in_flight=4)
+        status = sweep.status()
+    assert 4 <= status.failed <= 4 + 2 * 4 and status.pending > 0  # at most the windows open
+    assert status.failed == counting.submitted  # every submitted item was recorded
+    assert counting.outstanding == 0
+
+
+def test_occasional_failures_do_not_stop_a_run_and_max_failures_at_its_value_passes(tmp_path):
+    with ResumableSweep(items(), checkpoint_path=tmp_path / "a.h5") as sweep:
+        summary = sweep.run(flaky)  # 5 of 20 fail: the default rule lets it finish
+    assert (summary.done, summary.failed) == (15, 5)
+    with ResumableSweep(items(), checkpoint_path=tmp_path / "b.h5") as sweep:
+        summary = sweep.run(flaky, max_failures=5)  # exactly at the limit: not more than it
+    assert summary.failed == 5
+    with (
+        ResumableSweep(items(), checkpoint_path=tmp_path / "c.h5") as sweep,
+        pytest.raises(TooManyFailuresError),
+    ):
+        sweep.run(flaky, max_failures=4)  # one past it
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "3", True])
+def test_bad_max_failures_is_refused(tmp_path, bad):
+    with ResumableSweep(items(3), checkpoint_path=tmp_path / "exp.h5") as sweep:
+        with pytest.raises(ConfigurationError):
+            sweep.run(ident, max_failures=bad)
+        assert sweep.status().done == 0
