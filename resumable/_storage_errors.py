@@ -282,7 +282,16 @@ class Guarded:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded retries with exponential backoff and full jitter, plus per-request timeouts."""
+    """Bounded retries with exponential backoff and full jitter, per-request timeouts, and a
+    total deadline per fetch.
+
+    The per-request timeouts bound a connect and the gap between two reads; a server that
+    trickles one byte a second never trips them. `fetch_deadline_s` bounds a whole fetch
+    (connect, body and retries): past it the read stops with SourceUnreachableError. Large
+    objects earn one more second for every `fetch_min_rate` bytes received, so a legitimate
+    multi-GB download on a slow link still completes while a server sending slower than that
+    rate is cut off within ``fetch_deadline_s / (1 - rate / fetch_min_rate)``.
+    """
 
     attempts: int = 6
     total_s: float = 60.0
@@ -290,6 +299,8 @@ class RetryPolicy:
     max_backoff_s: float = 10.0
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
+    fetch_deadline_s: float = 300.0
+    fetch_min_rate: float = 64 * 1024.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.attempts, int) or self.attempts < 1:
@@ -301,18 +312,20 @@ class RetryPolicy:
                 raise ConfigurationError(
                     f"retry {field} must be >= 0, not {getattr(self, field)!r}"
                 )
-        for field in ("connect_timeout_s", "read_timeout_s"):
-            if not getattr(self, field) > 0:
+        for field in ("connect_timeout_s", "read_timeout_s", "fetch_deadline_s", "fetch_min_rate"):
+            if not getattr(self, field) > 0 or getattr(self, field) == float("inf"):
                 raise ConfigurationError(f"{field} must be > 0, not {getattr(self, field)!r}")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> RetryPolicy:
-        """Defaults, overridden by RESUMABLE_RETRY_ATTEMPTS and RESUMABLE_RETRY_TOTAL_S."""
+        """Defaults, overridden by RESUMABLE_RETRY_ATTEMPTS, RESUMABLE_RETRY_TOTAL_S and
+        RESUMABLE_FETCH_DEADLINE_S."""
         env = os.environ if environ is None else environ
         kwargs: dict[str, Any] = {}
         for var, field, conv in (
             ("RESUMABLE_RETRY_ATTEMPTS", "attempts", int),
             ("RESUMABLE_RETRY_TOTAL_S", "total_s", float),
+            ("RESUMABLE_FETCH_DEADLINE_S", "fetch_deadline_s", float),
         ):
             raw = env.get(var, "").strip()
             if raw:
@@ -323,12 +336,15 @@ class RetryPolicy:
         return cls(**kwargs)
 
     def retrying(
-        self, before_sleep: Callable[[tenacity.RetryCallState], None]
+        self,
+        before_sleep: Callable[[tenacity.RetryCallState], None],
+        max_delay_s: float | None = None,
     ) -> tenacity.Retrying:
-        """A tenacity controller retrying transient storage errors under this policy."""
+        """A tenacity controller retrying transient storage errors under this policy (and, if
+        given, never starting an attempt after `max_delay_s`)."""
+        total = self.total_s if max_delay_s is None else min(self.total_s, max_delay_s)
         return tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts)
-            | tenacity.stop_before_delay(self.total_s),
+            stop=tenacity.stop_after_attempt(self.attempts) | tenacity.stop_before_delay(total),
             wait=tenacity.wait_random_exponential(
                 multiplier=self.initial_s, max=self.max_backoff_s
             ),
