@@ -51,7 +51,8 @@ class MissingExtraError(Exception):
 
 
 def _print(text: str = "", *, err: bool = False) -> None:
-    print(text, file=sys.stderr if err else sys.stdout)
+    """Everything the command prints goes through here, and through `redact`."""
+    print(redact(text), file=sys.stderr if err else sys.stdout)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import base64
 import datetime as _dt
 import html
 import io
+import re
 import statistics
 import time
 from collections import Counter
@@ -54,7 +55,7 @@ def write_report(
     `problems` is what `view.verify()` found (None: not run again; opening verified it).
     """
     require_matplotlib()
-    page = render(view, location=location or view.location, problems=problems or [])
+    page = _redact_page(render(view, location=location or view.location, problems=problems or []))
     target = Path(path)
     with atomic_writer(target) as fh:
         fh.write(page.encode("utf-8"))
@@ -62,6 +63,15 @@ def write_report(
 
 
 # -- HTML helpers -------------------------------------------------------------------------------
+
+
+_DATA_URI_RE = re.compile(r"(data:image/png;base64,[A-Za-z0-9+/=]*)")
+
+
+def _redact_page(page: str) -> str:
+    """The page with every credential redacted (`redact`), embedded images left intact."""
+    parts = _DATA_URI_RE.split(page)
+    return "".join(p if i % 2 else redact(p) for i, p in enumerate(parts))
 
 
 def _e(s: Any) -> str:

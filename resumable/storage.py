@@ -47,8 +47,9 @@ from ._storage_errors import (
     describe,
     find_code,
     is_transient,
-    raise_from,
+    raise_clean,
     redact,
+    safe_cause,
     translate,
 )
 from .errors import (
@@ -192,7 +193,9 @@ class Store:
         retry: RetryPolicy | None = None,
     ) -> None:
         if not isinstance(root, str) or not root.strip() or "\x00" in root:
-            raise ConfigurationError(f"storage root must be a non-empty path or URL, not {root!r}")
+            raise ConfigurationError(
+                f"storage root must be a non-empty path or URL, not {redact(repr(root))}"
+            )
         self.root = root
         self.display = redact(root)
         self.retry = retry if retry is not None else RetryPolicy.from_env()
@@ -341,8 +344,9 @@ class Store:
                 err = SourceUnreachableError(
                     f"{err} after {attempts} attempt{plural} in {elapsed:.1f} s"
                 )
-            raise_from(err, exc)
-            raise  # pragma: no cover - raise_from always raises
+            cause = safe_cause(exc)
+        raise_clean(err, cause)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _check_writable(self, url: str) -> None:
         if self._protocol in _HTTP:
