@@ -127,8 +127,19 @@ def decode(obj: Any, *, where: str = "stored value") -> Any:
         return _decode(obj, 0)
     except IntegrityError as exc:
         raise IntegrityError(f"{where}: {exc}") from None
-    except (ValueError, TypeError, KeyError, OverflowError) as exc:
-        raise IntegrityError(f"{where}: malformed encoded value ({exc})") from None
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        OverflowError,
+        AttributeError,
+        IndexError,
+        RecursionError,
+        MemoryError,
+    ) as exc:
+        raise IntegrityError(
+            f"{where}: malformed encoded value ({type(exc).__name__}: {exc!s:.200})"
+        ) from None
 
 
 def _decode(obj: Any, depth: int) -> Any:
@@ -143,11 +154,16 @@ def _decode(obj: Any, depth: int) -> Any:
     if tag is None:
         return {k: _decode(v, depth + 1) for k, v in obj.items()}
     if tag == "dict":
-        return {k: _decode(v, depth + 1) for k, v in obj["v"].items()}
+        return {k: _decode(v, depth + 1) for k, v in _payload(obj, dict).items()}
     if tag == "tuple":
-        return tuple(_decode(v, depth + 1) for v in obj["v"])
+        return tuple(_decode(v, depth + 1) for v in _payload(obj, list))
     if tag == "f":
-        return _NONFINITE[obj["v"]]
+        v = obj.get("v")
+        if type(v) is not str or v not in _NONFINITE:
+            raise IntegrityError(
+                f"a non-finite float must be 'nan', 'inf' or '-inf', not {v!r:.40}"
+            )
+        return _NONFINITE[v]
     if tag == "i":
         v = obj["v"]
         if type(v) is not str or len(v) > 1 << 20:
@@ -155,8 +171,10 @@ def _decode(obj: Any, depth: int) -> Any:
         return int(v, 16)
     if tag == "nd":
         dtype = _dtype(obj["d"])
-        shape = tuple(int(n) for n in obj["s"])
-        data = base64.b64decode(obj["b"], validate=True)
+        shape = tuple(_payload(obj, list, "s"))
+        if len(shape) > 64 or any(type(n) is not int or not 0 <= n < 1 << 62 for n in shape):
+            raise IntegrityError(f"array shape must be at most 64 sizes >= 0, not {shape!r:.80}")
+        data = base64.b64decode(_payload(obj, str, "b"), validate=True)
         expected = dtype.itemsize * math.prod(shape)
         if len(data) != expected:
             raise IntegrityError(
@@ -166,11 +184,22 @@ def _decode(obj: Any, depth: int) -> Any:
         return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
     if tag == "np":
         dtype = _dtype(obj["d"])
-        data = base64.b64decode(obj["b"], validate=True)
+        data = base64.b64decode(_payload(obj, str, "b"), validate=True)
         if len(data) != dtype.itemsize:
             raise IntegrityError(f"numpy scalar of dtype {dtype} needs {dtype.itemsize} bytes")
         return np.frombuffer(data, dtype=dtype)[0]
     raise IntegrityError(f"unknown value tag {tag!r}")
+
+
+def _payload(obj: dict[str, Any], kind: type, field: str = "v") -> Any:
+    """obj[field], which must be of type `kind`, else IntegrityError naming what was found."""
+    v = obj.get(field)
+    if type(v) is not kind:
+        raise IntegrityError(
+            f"value tag {obj.get(TAG)!r:.20}: field {field!r} must be a {kind.__name__}, "
+            f"found {type(v).__name__}"
+        )
+    return v
 
 
 def _dtype(descr: Any) -> np.dtype:
@@ -184,12 +213,29 @@ def _descr_from_json(descr: Any) -> Any:
     """JSON turned the tuples of a structured dtype's descr into lists; turn them back."""
     if isinstance(descr, str):
         return descr
+    if type(descr) not in (list, tuple):
+        raise IntegrityError(f"a dtype description must be a string or a list, found {descr!r:.60}")
     fields = []
     for field in descr:
+        if type(field) not in (list, tuple) or len(field) not in (2, 3):
+            raise IntegrityError(
+                f"a structured dtype field must be [name, type] or [name, type, shape], "
+                f"found {field!r:.60}"
+            )
         name = tuple(field[0]) if isinstance(field[0], list) else field[0]
         sub = _descr_from_json(field[1])
         fields.append((name, sub, tuple(field[2])) if len(field) == 3 else (name, sub))
     return fields
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse stored JSON strictly: NaN and Infinity (which Python's json accepts but JSON does
+    not have, and which our writers never produce) raise ValueError."""
+    return json.loads(data, parse_constant=_no_constant)
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -28,6 +28,8 @@ from . import __version__
 from ._history import Timeline, timelines
 from ._status_text import rate_text, span
 from .durable import atomic_writer
+from .errors import IntegrityError
+from .journal import MAX_TIME
 from .storage import redact
 
 _COLORS = [
@@ -253,6 +255,28 @@ def _short(s: str, n: int = 40) -> str:
 # -- the page -----------------------------------------------------------------------------------
 
 
+MAX_DURATION_S = 1e9  # about 31 years: a longer item duration is damage, not data
+
+
+def _check_plausible(tl: Any) -> None:
+    """Refuse (IntegrityError) durations and times no real run produces (1e308 s, NaN, < 0):
+    they would only turn into overflowing plots and meaningless figures."""
+    for f in tl.finished:
+        d = f.duration
+        if d is not None and not 0.0 <= d <= MAX_DURATION_S:  # also false for NaN
+            raise IntegrityError(
+                f"{tl.location}: record {f.seq} (item {f.key!r:.80}) has a duration of {d!r} "
+                f"s; expected a number of seconds in [0, {MAX_DURATION_S:g}]"
+            )
+        if not 0.0 <= f.t <= MAX_TIME:
+            raise IntegrityError(f"{tl.location}: record {f.seq} has an implausible time {f.t!r}")
+    for launch in tl.launches:
+        if not (0.0 <= launch.t <= MAX_TIME and 0.0 <= launch.last_t <= MAX_TIME):
+            raise IntegrityError(
+                f"{tl.location}: launch record {launch.seq} has an implausible time {launch.t!r}"
+            )
+
+
 def render(view: Any, *, location: str, problems: list[Any]) -> str:
     from .view import MergedView
 
@@ -260,6 +284,8 @@ def render(view: Any, *, location: str, problems: list[Any]) -> str:
     status = view.status()
     tls = timelines(view)
     finished = [f for tl in tls for f in tl.finished]
+    for tl in tls:
+        _check_plausible(tl)
     ok_d = [f.duration for f in finished if f.ok and f.duration is not None]
     fail_d = [f.duration for f in finished if not f.ok and f.duration is not None]
     launches = [(tl, launch) for tl in tls for launch in tl.launches]

@@ -24,6 +24,8 @@ from typing import Any
 from .errors import IntegrityError
 from .journal import Record
 
+MAX_ATTEMPT = 1 << 31
+
 
 @dataclass
 class State:
@@ -57,10 +59,12 @@ class State:
         try:
             self._apply(rec)
         except IntegrityError as exc:
+            if str(exc).startswith(f"{rec.source}: "):  # already names the file and record
+                raise
             raise IntegrityError(f"{rec.source}: record {rec.seq}: {exc}") from None
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise IntegrityError(
-                f"{rec.source}: record {rec.seq} ({rec.type}) is malformed: {exc!r}"
+                f"{rec.source}: record {rec.seq} ({rec.type}) is malformed: {exc!r:.200}"
             ) from None
         self.last_seq = rec.seq
 
@@ -81,7 +85,12 @@ class State:
             body = rec.body()
             self.failures[key] = body
             self.failure_records[key] = rec
-            self.attempts[key] = int(body["attempt"])
+            attempt = body["attempt"]
+            if type(attempt) is not int or not 0 <= attempt <= MAX_ATTEMPT:
+                raise IntegrityError(
+                    f"attempt must be an integer in [0, {MAX_ATTEMPT}], found {attempt!r:.40}"
+                )
+            self.attempts[key] = attempt
             self.last_finished = rec.t
         elif kind == "retry":
             self.retries += 1
@@ -114,7 +123,7 @@ class State:
         """The items as last recorded at an open: [[key, fingerprint, params], ...]."""
         if self.items_record is None:
             return []
-        items = self.items_record.body()["items"]
+        items = self.items_record.body().get("items")
         if type(items) is not list or any(
             type(e) is not list or len(e) != 3 or type(e[0]) is not str for e in items
         ):
