@@ -32,13 +32,13 @@ PARTS = st.sampled_from(
 
 
 @FUZZ
-@given(st.sampled_from(fuzz.MANIFEST_FIELDS), fuzz.hostile)
+@given(st.sampled_from(fuzz.MANIFEST_FIELDS), fuzz.hostile_field)
 def test_checkpoint_manifest(field, value):
     fuzz.check_manifest(field, value)
 
 
 @FUZZ
-@given(st.sampled_from(fuzz.TYPES), PARTS, fuzz.hostile, st.booleans())
+@given(st.sampled_from(fuzz.TYPES), PARTS, fuzz.hostile_field, st.booleans())
 def test_journal_records_of_every_type(kind, part, value, sealed):
     fuzz.check_journal(kind, part, value, sealed)
 
@@ -56,13 +56,13 @@ def test_encoded_values(value):
 
 
 @FUZZ
-@given(st.sampled_from(fuzz.DESCRIPTOR_FIELDS), fuzz.hostile)
+@given(st.sampled_from(fuzz.DESCRIPTOR_FIELDS), fuzz.hostile_field)
 def test_shard_descriptors(field, value):
     fuzz.check_descriptor_field(field, value)
 
 
 @FUZZ
-@given(st.sampled_from(fuzz.SNAPSHOT_FIELDS), fuzz.hostile)
+@given(st.sampled_from(fuzz.SNAPSHOT_FIELDS), fuzz.hostile_field)
 def test_snapshot_manifests(tmp_path_factory, field, value):
     fuzz.check_snapshot(field, value, tmp_path_factory.mktemp("snap"))
 
