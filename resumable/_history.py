@@ -2,9 +2,11 @@
 
 The replayed state keeps only the latest result or failure per key; a timeline needs every
 record: when each launch started and what it did, which launches were interrupted before the
-sweep was complete, and how long the sweep stood still in between. `timeline(view)` re-reads
-the journal from the view's verified files (`CheckpointView.files`), checking each sealed
-segment's SHA-256 again, and decodes only what it needs (headers, `duration`, error types).
+sweep was complete, and how long the sweep stood still in between. `timeline(view)` retells
+the journal from the view's replayed state, which keeps the few records that the latest ones
+replaced (see state.py), so opening the view was the one pass over the journal: the timeline
+costs O(records + launches) in memory and decodes only what it needs (launches, failures,
+events; durations only for the report's detail).
 
 A launch counts as *interrupted* when another launch followed it while items were still
 pending at its last record: preempted, killed, crashed or stopped (the journal cannot tell
@@ -14,15 +16,13 @@ which). The time lost to it runs from its last record to the next launch's start
 from __future__ import annotations
 
 import bisect
-import hashlib
+import operator
 import re
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checkpoint import SEGMENTS_DIR
-from .errors import ResumableError
-from .journal import Record, parse_sealed_segment, parse_segment
+from .journal import Record
+from .state import State
 from .view import CheckpointView, MergedView
 
 # result/failure payloads end with ..."duration":<x>,"launch":"<id>"} (json.dumps keeps order)
@@ -81,55 +81,22 @@ class Timeline:
         return sum(launch.lost_s or 0.0 for launch in self.launches)
 
 
-def timelines(view: CheckpointView | MergedView) -> list[Timeline]:
+def timelines(view: CheckpointView | MergedView, *, detail: bool = True) -> list[Timeline]:
     """One timeline per checkpoint (per started shard of a sharded sweep)."""
     if isinstance(view, MergedView):
-        return [timeline(s) for s in view.shards if s is not None]
-    return [timeline(view)]
+        return [timeline(s, detail=detail) for s in view.shards if s is not None]
+    return [timeline(view, detail=detail)]
 
 
-def timeline(view: CheckpointView) -> Timeline:
+def timeline(view: CheckpointView, *, detail: bool = True) -> Timeline:
+    """The view's journal retold launch by launch, from its replayed state (no second read).
+
+    `detail` also lists every result and failure (`Timeline.finished`, with durations), which
+    the report plots; `resumable status` needs only the launches.
+    """
     tl = Timeline(name=view.name, location=view.location, shard=view.shard)
-    try:
-        if view.files is None:
-            raise ResumableError("the view has no local files")
-        _replay(tl, _records(view))
-    except (ResumableError, OSError, ValueError, KeyError, TypeError) as exc:
-        tl = Timeline(name=view.name, location=view.location, shard=view.shard, exact=False)
-        tl.note = f"journal not re-readable ({type(exc).__name__}: {exc}); approximated"
-        _approximate(tl, view)
+    _replay(tl, view.loaded.state, detail)
     return tl
-
-
-def _records(view: CheckpointView) -> Iterator[Record]:
-    assert view.files is not None
-    loaded = view.loaded
-    manifest = loaded.manifest
-    segdir = view.files / SEGMENTS_DIR
-    prev = ""
-    for seg in manifest.segments:
-        data = (segdir / seg.name).read_bytes()
-        if len(data) != seg.size or hashlib.sha256(data).hexdigest() != seg.sha256:
-            raise ResumableError(f"{segdir / seg.name} changed since it was verified")
-        yield from parse_sealed_segment(
-            data,
-            source=str(segdir / seg.name),
-            first_seq=seg.first_seq,
-            records=seg.records,
-            prev_hash=prev,
-        )
-        prev = seg.last_hash
-    if manifest.active is not None:
-        with open(segdir / manifest.active, "rb") as fh:
-            data = fh.read(loaded.active_size)
-        parsed = parse_segment(
-            data,
-            source=str(segdir / manifest.active),
-            first_seq=manifest.sealed_records + 1,
-            prev_hash=prev,
-            allow_torn_tail=True,
-        )
-        yield from parsed.records
 
 
 def _tail(rec: Record) -> tuple[float | None, bool]:
@@ -141,89 +108,166 @@ def _tail(rec: Record) -> tuple[float | None, bool]:
     return (None if raw == b"null" else float(raw)), True
 
 
+def _duration(rec: Record, body: dict[str, Any] | None) -> float | None:
+    duration, found = _tail(rec)
+    if not found:
+        d = (body if body is not None else rec.body()).get("duration")
+        duration = float(d) if isinstance(d, (int, float)) and type(d) is not bool else None
+    return duration
+
+
 class _Replay:
-    """Just enough state to tell whether items were pending at a point in the journal."""
+    """Which items were pending at a point in the journal, kept current record by record.
+
+    `covered` counts the keys of the current item list (the latest items record) that are done
+    or failed, so the pending count at any launch's end costs O(1), not O(items).
+    """
 
     def __init__(self) -> None:
         self.done: set[str] = set()
         self.failed: set[str] = set()
-        self.items: Record | None = None
-        self._keys: tuple[int, list[str]] | None = None
+        self.keys: set[str] | None = None
+        self.covered = 0
 
     def pending(self, n_items: int | None) -> int | None:
-        if self.items is not None:
-            if self._keys is None or self._keys[0] != self.items.seq:
-                self._keys = (self.items.seq, [e[0] for e in self.items.body()["items"]])
-            keys = self._keys[1]
-            return sum(1 for k in keys if k not in self.done and k not in self.failed)
+        if self.keys is not None:
+            return len(self.keys) - self.covered
         if n_items is None:
             return None
         return max(0, n_items - len(self.done) - len(self.failed))
 
+    def listing(self, rec: Record) -> None:
+        items = rec.body()["items"]
+        self.keys = {e[0] for e in items if type(e) is list and e and type(e[0]) is str}
+        self.covered = len(self.keys & self.done) + len(self.keys & self.failed)
 
-def _replay(tl: Timeline, records: Iterable[Record]) -> None:
-    state = _Replay()
+    def results(self, keys: list[str]) -> None:
+        """Results of `keys` (none done before: a second result is damage)."""
+        moved = self.failed.intersection(keys) if self.failed else ()
+        self.done.update(keys)
+        if self.keys is None:
+            self.failed.difference_update(moved)
+            return
+        inside = self.keys.__contains__
+        self.covered += sum(map(inside, keys))
+        if moved:  # failed before: already counted
+            self.failed.difference_update(moved)
+            self.covered -= sum(map(inside, moved))
+
+    def failure(self, key: str) -> None:
+        if key in self.done or key in self.failed:
+            return
+        self.failed.add(key)
+        if self.keys is not None and key in self.keys:
+            self.covered += 1
+
+    def forget(self, target: set[str], keys: list[str]) -> None:
+        for key in keys:
+            if key in target:
+                target.discard(key)
+                if self.keys is not None and key in self.keys:
+                    self.covered -= 1
+
+
+def _replay(tl: Timeline, state: State, detail: bool) -> None:
+    """Walk the journal's records in sequence order: the results (the bulk, already in order)
+    in slices between the few other records (launches, failures, superseded records, events)."""
+    results = list(state.results.values())  # in record order: ascending seq
+    seqs = [r.seq for r in results]
+    if not all(map(operator.lt, seqs, seqs[1:])):  # never replayed that way; be sure anyway
+        results.sort(key=_seq)
+        seqs = [r.seq for r in results]
+    others: list[tuple[int, Any]] = [(body["seq"], body) for body in state.launches]
+    others += [(r.seq, r) for r in state.failure_records.values()]
+    others += [(r.seq, r) for r in state.superseded]
+    others += [(r.seq, r) for r in state.events]
+    others.sort(key=lambda x: x[0])
+    replay = _Replay()
     current: Launch | None = None
+    pos = 0
 
     def close(launch: Launch | None) -> None:
         if launch is not None and launch.pending_at_end is None:
-            launch.pending_at_end = state.pending(launch.n_items)
+            launch.pending_at_end = replay.pending(launch.n_items)
 
-    for rec in records:
-        kind = rec.type
-        if kind == "result" or kind == "failure":
-            duration, found = _tail(rec)
-            body = None
-            if not found or kind == "failure":
-                body = rec.body()
-                d = body.get("duration")
-                duration = float(d) if isinstance(d, (int, float)) else None
-            idx = current.index if current is not None else -1
-            if kind == "result":
-                state.done.add(rec.key)
-                state.failed.discard(rec.key)
-                tl.finished.append(Finished(rec.seq, rec.t, rec.key, True, idx, duration))
-                if current is not None:
-                    current.results += 1
-            else:
-                assert body is not None
-                if rec.key not in state.done:
-                    state.failed.add(rec.key)
-                etype = str(body.get("error_type", "?"))
-                tl.finished.append(Finished(rec.seq, rec.t, rec.key, False, idx, duration, etype))
-                if current is not None:
-                    current.failures += 1
-            if current is not None:
-                current.last_t = max(current.last_t, rec.t)
-        elif kind == "launch":
+    def results_until(seq: int) -> None:
+        nonlocal pos
+        end = bisect.bisect_left(seqs, seq, pos)
+        if end == pos:
+            return
+        block = results[pos:end]
+        pos = end
+        replay.results([r.key for r in block])  # type: ignore[misc]
+        idx = current.index if current is not None else -1
+        if current is not None:
+            current.results += len(block)
+            current.last_t = max(current.last_t, max(r.t for r in block))
+        if detail:
+            tl.finished.extend(
+                Finished(r.seq, r.t, r.key, True, idx, _duration(r, None))  # type: ignore[arg-type]
+                for r in block
+            )
+
+    for seq, obj in others:
+        results_until(seq)
+        if isinstance(obj, dict):  # a launch
             close(current)
-            body = rec.body()
-            n = body.get("n_items")
-            pid = body.get("pid")
+            n = obj.get("n_items")
+            pid = obj.get("pid")
             current = Launch(
                 index=len(tl.launches),
-                launch_id=str(body.get("launch", "")),
-                host=str(body.get("host", "")),
+                launch_id=str(obj.get("launch", "")),
+                host=str(obj.get("host", "")),
                 pid=pid if type(pid) is int else None,
-                t=rec.t,
-                seq=rec.seq,
+                t=float(obj["t"]),
+                seq=seq,
                 n_items=n if type(n) is int else None,
-                last_t=rec.t,
+                last_t=float(obj["t"]),
             )
             tl.launches.append(current)
+            continue
+        rec: Record = obj
+        kind = rec.type
+        key = rec.key or ""
+        if kind == "result":  # a result voided later by an invalidate record
+            replay.results([key])
+            if current is not None:
+                current.results += 1
+                current.last_t = max(current.last_t, rec.t)
+            if detail:
+                idx = current.index if current is not None else -1
+                tl.finished.append(Finished(rec.seq, rec.t, key, True, idx, _duration(rec, None)))
+        elif kind == "failure":
+            replay.failure(key)
+            if current is not None:
+                current.failures += 1
+                current.last_t = max(current.last_t, rec.t)
+            if detail:
+                body = rec.body()
+                idx = current.index if current is not None else -1
+                etype = str(body.get("error_type", "?"))
+                tl.finished.append(
+                    Finished(rec.seq, rec.t, key, False, idx, _duration(rec, body), etype)
+                )
         elif kind == "retry" or kind == "invalidate":
             body = rec.body()
             if body.get("reason") == "cli":  # asked for between launches: ends the last one
                 close(current)
             keys = body.get("keys") or []
-            target = state.failed if kind == "retry" else state.done
-            target.difference_update(keys)
+            replay.forget(replay.failed if kind == "retry" else replay.done, keys)
         elif kind == "items":
-            state.items = rec
+            replay.listing(rec)
         elif kind == "meta" and current is not None:
             current.last_t = max(current.last_t, rec.t)
+    results_until(seqs[-1] + 1 if seqs else 0)
     close(current)
+    if detail:
+        tl.finished.sort(key=_seq)
     _outcomes(tl)
+
+
+def _seq(x: Any) -> int:
+    return x.seq
 
 
 def _outcomes(tl: Timeline) -> None:
@@ -236,52 +280,6 @@ def _outcomes(tl: Timeline) -> None:
             launch.lost_s = max(0.0, nxt.t - launch.last_t)
         else:
             launch.outcome = "open"
-
-
-def _approximate(tl: Timeline, view: CheckpointView) -> None:
-    """From the replayed state alone (latest record per key): superseded records are missing."""
-    state = view.loaded.state
-    for body in state.launches:
-        n = body.get("n_items")
-        tl.launches.append(
-            Launch(
-                index=len(tl.launches),
-                launch_id=str(body.get("launch", "")),
-                host=str(body.get("host", "")),
-                pid=body.get("pid") if type(body.get("pid")) is int else None,
-                t=float(body["t"]),
-                seq=int(body["seq"]),
-                n_items=n if type(n) is int else None,
-                last_t=float(body["t"]),
-            )
-        )
-    starts = [launch.seq for launch in tl.launches]
-    recs = sorted(
-        [(r, True) for r in state.results.values()]
-        + [(r, False) for r in state.failure_records.values()],
-        key=lambda x: x[0].seq,
-    )
-    for rec, ok in recs:
-        idx = bisect.bisect_right(starts, rec.seq) - 1
-        duration, _ = _tail(rec)
-        etype = None
-        if not ok:
-            body = rec.body()
-            etype = str(body.get("error_type", "?"))
-        tl.finished.append(Finished(rec.seq, rec.t, rec.key or "", ok, idx, duration, etype))
-        if idx >= 0:
-            launch = tl.launches[idx]
-            launch.last_t = max(launch.last_t, rec.t)
-            if ok:
-                launch.results += 1
-            else:
-                launch.failures += 1
-    total = len(view.keys())
-    finished = 0
-    for launch in tl.launches:
-        finished += launch.results + launch.failures
-        launch.pending_at_end = max(0, (launch.n_items or total) - finished)
-    _outcomes(tl)
 
 
 def summary(tls: list[Timeline]) -> dict[str, Any]:

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._status_text import clean, format_status, gather_status, open_checked, show
+from ._status_text import (
+    clean,
+    format_status,
+    gather_status,
+    open_checked,
+    problems_after_open,
+    show,
+)
 from .errors import (
     CheckpointLockedError,
     CheckpointNotFoundError,
@@ -271,10 +278,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.output).expanduser()
     if not out.absolute().parent.is_dir():
         raise UsageError(f"cannot write {args.output}: no such directory")
-    from .view import verify
-
     view = open_checked(args.target)
-    problems = verify(args.target)
+    problems = problems_after_open(args.target)
     path = report.write_report(view, out, location=redact(args.target), problems=problems)
     _print(f"wrote the report of sweep {show(view.name)} to {path}")
     return EXIT_OK

@@ -14,6 +14,12 @@ Record types (the header of each carries ``seq``, ``type``, ``key``, time and fi
 - ``meta``: the user's ``meta`` dict, whenever it changed.
 
 Result payloads are decoded only when used, so replaying 100k records stays fast.
+
+Besides the latest record per key, the state keeps what a timeline (`_history.py`) needs to
+retell the whole journal without reading it again: records that a later one replaced or voided
+(`superseded`) and the few records that are not about one item (`events`: retry, invalidate,
+items, meta). Both stay small in practice: they grow with failures, retries and changes, not
+with results.
 """
 
 from __future__ import annotations
@@ -44,14 +50,15 @@ class State:
     last_finished: float | None = None
     retries: int = 0
     invalidations: int = 0
+    superseded: list[Record] = field(default_factory=list)  # replaced or voided, in seq order
+    events: list[Record] = field(default_factory=list)  # retry/invalidate/items/meta records
 
     def apply(self, rec: Record) -> None:
         """Fold one verified record into the state; contradictions are damage."""
         key = rec.key
         if rec.type == "result" and key is not None and key not in self.results:
             if self.failures:  # the common case, a new result, stays cheap
-                self.failures.pop(key, None)
-                self.failure_records.pop(key, None)
+                self._drop_failure(key)
             self.results[key] = rec
             self.last_finished = rec.t
             self.last_seq = rec.seq
@@ -74,8 +81,7 @@ class State:
             key = _key(rec)
             if key in self.results:
                 raise IntegrityError(f"key {key!r} is recorded as done twice")
-            self.failures.pop(key, None)
-            self.failure_records.pop(key, None)
+            self._drop_failure(key)
             self.results[key] = rec
             self.last_finished = rec.t
         elif kind == "failure":
@@ -83,24 +89,30 @@ class State:
             if key in self.results:
                 raise IntegrityError(f"key {key!r} is recorded as failed after it was done")
             body = rec.body()
-            self.failures[key] = body
-            self.failure_records[key] = rec
             attempt = body["attempt"]
             if type(attempt) is not int or not 0 <= attempt <= MAX_ATTEMPT:
                 raise IntegrityError(
                     f"attempt must be an integer in [0, {MAX_ATTEMPT}], found {attempt!r:.40}"
                 )
+            self._drop_failure(key)
+            self.failures[key] = body
+            self.failure_records[key] = rec
             self.attempts[key] = attempt
             self.last_finished = rec.t
         elif kind == "retry":
+            keys = _keys(rec.body())
             self.retries += 1
-            for key in _keys(rec.body()):
-                self.failures.pop(key, None)
-                self.failure_records.pop(key, None)
+            self.events.append(rec)
+            for key in keys:
+                self._drop_failure(key)
         elif kind == "invalidate":
+            keys = _keys(rec.body())
             self.invalidations += 1
-            for key in _keys(rec.body()):
-                self.results.pop(key, None)
+            self.events.append(rec)
+            for key in keys:
+                voided = self.results.pop(key, None)
+                if voided is not None:
+                    self.superseded.append(voided)
         elif kind == "items":
             # The list's identity travels in the header's fingerprint field, so replaying does
             # not decode the (possibly large) listing itself.
@@ -108,6 +120,7 @@ class State:
                 raise IntegrityError("an items record needs the list's identity")
             self.items_record = rec
             self.items_sha256 = rec.fp
+            self.events.append(rec)
         elif kind == "launch":
             body = rec.body()
             body["t"] = rec.t
@@ -118,6 +131,13 @@ class State:
             if type(meta) is not dict:
                 raise IntegrityError("meta must be an object")
             self.meta = meta
+            self.events.append(rec)
+
+    def _drop_failure(self, key: str) -> None:
+        self.failures.pop(key, None)
+        old = self.failure_records.pop(key, None)
+        if old is not None:
+            self.superseded.append(old)
 
     def items_listing(self) -> list[list[Any]]:
         """The items as last recorded at an open: [[key, fingerprint, params], ...]."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import bisect
+import operator
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,18 +50,16 @@ class SweepStatus:
         *,
         name: str,
         state: State,
-        keys: Sequence[str],
+        keys: Collection[str],
         location: str,
         launch_id: str | None = None,
         verified: bool | None = None,
         mirror: dict[str, Any] | None = None,
     ) -> SweepStatus:
-        current = set(keys)
-        done = sum(1 for k in state.results if k in current)
+        current = keys if isinstance(keys, (set, frozenset)) else set(keys)
+        done = sum(map(current.__contains__, state.results))
         failed_keys = [k for k in state.failures if k in current]
-        stale = sum(1 for k in state.results if k not in current) + sum(
-            1 for k in state.failures if k not in current
-        )
+        stale = (len(state.results) - done) + (len(state.failures) - len(failed_keys))
         pending = len(current) - done - len(failed_keys)
         rate = _recent_rate(state)
         groups: Counter[str] = Counter()
@@ -96,18 +95,38 @@ class SweepStatus:
 
 
 def _recent_rate(state: State) -> float | None:
-    """Items per second over the latest launch that finished at least two items."""
+    """Items per second over the latest launch that finished at least two items.
+
+    O(results) without sorting them: results replay in ascending seq order; only the (few)
+    failure records are sorted.
+    """
     if not state.launches:
         return None
-    finished = sorted(
-        [(r.seq, r.t) for r in state.results.values()]
-        + [(r.seq, r.t) for r in state.failure_records.values()]
-    )
-    end = len(finished)
+    results = list(state.results.values())
+    rseq = [r.seq for r in results]
+    if not all(map(operator.lt, rseq, rseq[1:])):
+        results.sort(key=lambda r: r.seq)
+        rseq = [r.seq for r in results]
+    failures = sorted(state.failure_records.values(), key=lambda r: r.seq)
+    fseq = [r.seq for r in failures]
+    rend, fend = len(rseq), len(fseq)
     for launch in reversed(state.launches):
-        begin = bisect.bisect_left(finished, (launch["seq"], 0.0))
-        if end - begin >= 2:
-            span = finished[end - 1][1] - float(launch["t"])
-            return (end - begin) / span if span > 0 else None
-        end = begin
+        rbegin = bisect.bisect_left(rseq, launch["seq"], 0, rend)
+        fbegin = bisect.bisect_left(fseq, launch["seq"], 0, fend)
+        count = (rend - rbegin) + (fend - fbegin)
+        if count >= 2:
+            last = max(
+                (
+                    x
+                    for x in (
+                        results[rend - 1] if rend > rbegin else None,
+                        failures[fend - 1] if fend > fbegin else None,
+                    )
+                    if x is not None
+                ),
+                key=lambda r: r.seq,
+            )
+            span = last.t - float(launch["t"])
+            return count / span if span > 0 else None
+        rend, fend = rbegin, fbegin
     return None

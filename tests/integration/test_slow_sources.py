@@ -189,6 +189,10 @@ def test_trickling_s3_endpoint_fails_at_the_deadline(
         elapsed = time.monotonic() - start
         assert "deadline of 2 s" in str(info.value) and elapsed < DEADLINE_S + 4.0
         start = time.monotonic()
+        with pytest.raises(SourceUnreachableError, match="deadline of 2 s"):
+            store.read_versioned("manifest.json", max_bytes=1 << 20)  # the CAS read of mirrors
+        assert time.monotonic() - start < DEADLINE_S + 4.0
+        start = time.monotonic()
         with pytest.raises(SourceUnreachableError), store.open_read("manifest.json") as f:
             f.read()
         assert time.monotonic() - start < 2 * DEADLINE_S + 4.0  # the lookup, then the read
@@ -205,9 +209,35 @@ def test_the_deadline_is_configured_and_checked() -> None:
             RetryPolicy.from_env({"RESUMABLE_FETCH_DEADLINE_S": bad})
 
 
-def test_a_slow_but_steady_large_read_earns_more_time(s3_bucket: str) -> None:
-    """The deadline grows by one second per fetch_min_rate bytes received."""
-    data = b"q" * (3 << 20)
-    Store(s3_bucket).write_bytes("big", data)
-    policy = RetryPolicy(fetch_deadline_s=0.5, fetch_min_rate=1.0)  # 1 B/s: ~forever
-    assert Store(s3_bucket, retry=policy).read_bytes("big", max_bytes=len(data)) == data
+class _SteadyHTTP(_Trickler):
+    """Sends a 640 KiB body as 20 chunks of 32 KiB, one every 0.1 s: about 2 s in all."""
+
+    body = bytes(range(256)) * (20 * 128)
+
+    def respond(self, conn: socket.socket) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            request += chunk
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(self.body))
+        for i in range(0, len(self.body), 32 * 1024):
+            conn.sendall(self.body[i : i + 32 * 1024])
+            time.sleep(0.1)
+
+
+def test_a_slow_but_steady_large_read_earns_more_time() -> None:
+    """The deadline grows by one second per fetch_min_rate bytes received: a 2 s download at
+    ~320 KiB/s passes a 1 s deadline with a 64 KiB/s minimum rate, and fails it without."""
+    server = _SteadyHTTP()
+    try:
+        url = f"http://127.0.0.1:{server.port}/d"
+        earning = RetryPolicy(attempts=1, fetch_deadline_s=1.0, fetch_min_rate=64 * 1024.0)
+        data = Store(url, retry=earning).read_bytes("big", max_bytes=1 << 20)
+        assert data == _SteadyHTTP.body
+        strict = RetryPolicy(attempts=1, fetch_deadline_s=1.0, fetch_min_rate=1e12)
+        with pytest.raises(SourceUnreachableError, match="deadline of 1 s"):
+            Store(url, retry=strict).read_bytes("big", max_bytes=1 << 20)
+    finally:
+        server.stop()
