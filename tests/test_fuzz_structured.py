@@ -75,7 +75,10 @@ def test_the_fuzzer_reaches_the_parsers_behind_the_hashes(tmp_path):
 
     m = parse_manifest(fuzz.hostile_manifest("extra", {"ok": 1}), source="x", signing_key=fuzz.KEY)
     assert m.extra == {"ok": 1}
-    d = fuzz.write_checkpoint(tmp_path / "p", fuzz.journal("meta", "field:meta", {"a": 1}), True)
+    from resumable.checkpoint import progress_dir_for
+
+    where = progress_dir_for(tmp_path / "exp.h5")  # consume() also resumes a sweep from it
+    d = fuzz.write_checkpoint(where, fuzz.journal("meta", "field:meta", {"a": 1}), True)
     fuzz.consume(d)
     loaded = load(d)
     assert loaded is not None and loaded.state.meta == {"a": 1} and len(loaded.state.results) == 1
