@@ -12,6 +12,7 @@ links still arrive). Past it: `SourceUnreachableError` naming the redacted URL a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import io
 import time
@@ -25,6 +26,8 @@ T = TypeVar("T")
 HTTP = frozenset({"http", "https"})
 BLOCK = 16 << 20  # bytes per ranged GET when streaming from an object store
 _INNER_TIMEOUT_SLACK_S = 0.05
+# one class since Python 3.11, three before
+_TIMEOUTS = (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError)
 
 
 class Deadline:
@@ -64,7 +67,7 @@ class Deadline:
         future = asyncio.run_coroutine_threadsafe(bounded(), loop)
         try:
             return future.result(timeout=left + 5.0)
-        except TimeoutError:
+        except _TIMEOUTS:
             if self.remaining() > _INNER_TIMEOUT_SLACK_S:
                 raise  # a per-request timeout inside (sock_read, ...): transient, retried
             future.cancel()
