@@ -264,3 +264,21 @@ def test_the_real_cli_never_prints_a_secret(s3_server, served, tmp_path: Path) -
                 if (tmp_path / f).exists():
                     assert secret not in (tmp_path / f).read_text(errors="replace")
                     (tmp_path / f).unlink()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_chaos_output_never_shows_a_secret(refused_url: str) -> None:
+    host = refused_url.removeprefix("http://")
+    url = f"http://bob:ZxChaosPw9@{host}/x?token=ZxChaosTok7#access_token=ZxChaosFrag5"
+    env = dict(os.environ, RESUMABLE_RETRY_ATTEMPTS="2", RESUMABLE_RETRY_TOTAL_S="1")
+    for extra in ([], ["--json"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "resumable", "chaos", "--checkpoint", url, "--kills", "1",
+             "--timeout-s", "10", *extra, "--", sys.executable, "-c", "pass"],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        both = proc.stdout + proc.stderr
+        assert "http://***@127.0.0.1" in both, both
+        for secret in ("ZxChaosPw9", "ZxChaosTok7", "ZxChaosFrag5"):
+            assert secret not in both, both
