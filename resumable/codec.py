@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -232,10 +233,35 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+# a surrogate as an escape ("\\ud800") or as bytes (json decodes bytes with "surrogatepass")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}|\xed[\xa0-\xbf]")
+
+
 def loads(data: bytes | str) -> Any:
     """Parse stored JSON strictly: NaN and Infinity (which Python's json accepts but JSON does
-    not have, and which our writers never produce) raise ValueError."""
-    return json.loads(data, parse_constant=_no_constant)
+    not have, and which our writers never produce) and strings that are not valid Unicode (a
+    lone surrogate escape such as "\\ud800") raise ValueError."""
+    value = json.loads(data, parse_constant=_no_constant)
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if _SURROGATE_ESCAPE.search(raw):  # rare (our writers emit valid UTF-8): check strings
+        _check_unicode(value)
+    return value
+
+
+def _check_unicode(value: Any) -> None:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if type(v) is str:
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("a string holds a lone surrogate (not valid Unicode)") from None
+        elif type(v) is list:
+            stack.extend(v)
+        elif type(v) is dict:
+            stack.extend(v)
+            stack.extend(v.values())
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -209,7 +209,7 @@ def parse_sealed_segment(
             elif key == b"null":
                 key_s = None
             else:
-                key_s = json.loads(key)
+                key_s = loads(key)
                 if type(key_s) is not str:
                     raise ValueError("key")
             out.append(
@@ -257,7 +257,7 @@ def _record(header: bytes, payload: bytes, *, seq: int, source: str, offset: int
         elif len(key) >= 2 and key[:1] == b'"' and key[-1:] == b'"' and b"\\" not in key:
             key_s = key[1:-1].decode("utf-8")
         else:
-            key_s = json.loads(key)
+            key_s = loads(key)
             if type(key_s) is not str:
                 raise ValueError("key is not a string")
         if len(key_s or "") > MAX_KEY_CHARS:

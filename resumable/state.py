@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .codec import decode
 from .errors import IntegrityError
 from .journal import Record
 
@@ -128,8 +129,10 @@ class State:
             self.launches.append(body)
         elif kind == "meta":
             meta = rec.body()["meta"]
-            if type(meta) is not dict:
-                raise IntegrityError("meta must be an object")
+            # small, so checked whole here: it must decode to a dict (a tagged value at the
+            # top, {"__t": "i", ...}, would be an int)
+            if type(meta) is not dict or type(decode(meta, where="meta")) is not dict:
+                raise IntegrityError("meta must be an object that decodes to a dict")
             self.meta = meta
             self.events.append(rec)
 

@@ -579,3 +579,17 @@ def test_record_times_that_no_clock_produces_are_refused(tmp_path: Path, t: str)
         d = write_checkpoint(tmp_path / f"{sealed}", journal("result", "time", t), sealed)
         with pytest.raises(IntegrityError, match="record 3 at byte"):
             load(d)
+
+
+def test_lone_surrogates_and_tagged_meta_found_by_the_structured_fuzzer(tmp_path: Path):
+    """scripts/fuzz_structured.py found these: a lone surrogate escape in a journal payload
+    (UnicodeEncodeError when the meta was re-encoded at open) and a meta that decodes to an
+    int (AttributeError at open). Both are IntegrityErrors now."""
+    from resumable.checkpoint import progress_dir_for
+    from tests.fixtures.fuzz import consume, journal, write_checkpoint
+
+    for i, meta in enumerate(({"note": "\ud800x"}, {"__t": "i", "v": "ff"})):
+        where = progress_dir_for(tmp_path / str(i) / "exp.h5")
+        d = write_checkpoint(where, journal("meta", "field:meta", meta), False)
+        with pytest.raises(IntegrityError, match=r"meta|surrogate"):
+            consume(d)
