@@ -125,7 +125,7 @@ def local_write_if(path: Path, data: bytes, version: str | None) -> str:
 _memory_lock = threading.Lock()
 
 
-def memory_read(fs: Any, url: str, limit: int) -> tuple[bytes, str]:
+def memory_read(fs: Any, url: str, limit: int, deadline: Any = None) -> tuple[bytes, str]:
     with _memory_lock:
         data = fs.cat_file(url)
     return data[:limit], content_version(data)
@@ -146,7 +146,7 @@ def memory_write_if(fs: Any, url: str, data: bytes, version: str | None) -> str:
 # -- S3 -------------------------------------------------------------------------------------------
 
 
-def s3_read(fs: Any, url: str, limit: int) -> tuple[bytes, str]:
+def s3_read(fs: Any, url: str, limit: int, deadline: Any = None) -> tuple[bytes, str]:
     """One GET: the body (at most `limit` bytes) and the ETag of the same object version."""
     from fsspec.asyn import sync
 
@@ -168,7 +168,7 @@ def s3_read(fs: Any, url: str, limit: int) -> tuple[bytes, str]:
             resp["Body"].close()
         return body[:limit], resp["ETag"]
 
-    return sync(fs.loop, get)
+    return deadline.run(fs.loop, get) if deadline is not None else sync(fs.loop, get)
 
 
 def s3_write_if(fs: Any, url: str, data: bytes, version: str | None) -> str:
@@ -180,7 +180,7 @@ def s3_write_if(fs: Any, url: str, data: bytes, version: str | None) -> str:
 # -- GCS ------------------------------------------------------------------------------------------
 
 
-def gcs_read(fs: Any, url: str, limit: int) -> tuple[bytes, str]:
+def gcs_read(fs: Any, url: str, limit: int, deadline: Any = None) -> tuple[bytes, str]:
     """The object's generation, then its bytes pinned to that generation."""
     from fsspec.asyn import sync
 
@@ -195,7 +195,7 @@ def gcs_read(fs: Any, url: str, limit: int) -> tuple[bytes, str]:
         )
         return body[:limit], generation
 
-    return sync(fs.loop, get)
+    return deadline.run(fs.loop, get) if deadline is not None else sync(fs.loop, get)
 
 
 def gcs_write_if(fs: Any, url: str, data: bytes, version: str | None) -> str:
@@ -227,7 +227,7 @@ def _az_blob(fs: Any, url: str) -> Any:
     return fs.service_client.get_blob_client(container, blob)
 
 
-def az_read(fs: Any, url: str, limit: int) -> tuple[bytes, str]:
+def az_read(fs: Any, url: str, limit: int, deadline: Any = None) -> tuple[bytes, str]:
     from fsspec.asyn import sync
 
     async def get() -> tuple[bytes, str]:
@@ -236,7 +236,7 @@ def az_read(fs: Any, url: str, limit: int) -> tuple[bytes, str]:
             body = await stream.readall()
             return body[:limit], stream.properties.etag
 
-    return sync(fs.loop, get)
+    return deadline.run(fs.loop, get) if deadline is not None else sync(fs.loop, get)
 
 
 def az_write_if(fs: Any, url: str, data: bytes, version: str | None) -> str:
@@ -269,7 +269,8 @@ ATOMIC_PROTOCOLS = frozenset(_BACKENDS)
 
 
 def reader(protocol: str) -> Callable[..., tuple[bytes, str]] | None:
-    """`read(fs, url, limit) -> (bytes, version)` for a remote protocol, None if it has none."""
+    """`read(fs, url, limit, deadline=None) -> (bytes, version)` for a remote protocol, None if
+    it has none; a `_fetch.Deadline` bounds the whole read (memory:// cannot be slow)."""
     found = _BACKENDS.get(protocol)
     return found[0] if found else None
 

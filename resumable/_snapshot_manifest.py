@@ -18,6 +18,7 @@ import numpy as np
 
 from . import codec, signing
 from ._npz import ArrayRecord, NpzReader, descr_from_json
+from .codec import loads
 from .errors import IntegrityError
 
 FORMAT = "resumable.snapshot"
@@ -100,7 +101,7 @@ def parse_manifest(reader: NpzReader, signing_key: bytes | None = None) -> Snaps
         raise _bad(where, f"no {MANIFEST_MEMBER} member: not a resumable snapshot (or truncated)")
     raw = reader.read_small(MANIFEST_MEMBER, MAX_MANIFEST_BYTES)
     try:
-        m = json.loads(raw)
+        m = loads(raw)
     except (ValueError, RecursionError) as exc:
         raise _bad(where, f"manifest is not valid JSON ({exc})") from exc
     if not isinstance(m, dict):

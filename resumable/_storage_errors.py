@@ -18,9 +18,11 @@ import os
 import re
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, unquote, unquote_plus
 
 import tenacity
 
@@ -213,8 +215,18 @@ def describe(exc: BaseException) -> str:
 
 
 def chain_is_clean(exc: BaseException) -> bool:
-    """True if no message in the chain changes under `redact` (safe to attach as __cause__)."""
-    return all(redact(str(e)) == str(e) for e in chain(exc))
+    """True if no message in the chain changes under `redact` (safe to attach as __cause__);
+    suppressed contexts count too: they stay reachable as attributes."""
+    todo, seen = [exc], set()
+    while todo and len(seen) < 64:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if redact(str(e)) != str(e) or redact(repr(e)) != repr(e):
+            return False
+        todo += [c for c in (e.__cause__, e.__context__) if c is not None]
+    return True
 
 
 def translate(exc: BaseException, op: str, url: str, kind: Kind | None = None) -> ResumableError:
@@ -240,11 +252,26 @@ def translate(exc: BaseException, op: str, url: str, kind: Kind | None = None) -
     return err
 
 
+def safe_cause(cause: BaseException) -> BaseException | None:
+    """`cause` if no message in its chain holds a credential, else None."""
+    return cause if chain_is_clean(cause) else None
+
+
 def raise_from(err: BaseException, cause: BaseException) -> None:
-    """Raise `err`, chaining `cause` only if no message in its chain holds a credential."""
+    """Raise `err`, chaining `cause` only if no message in its chain holds a credential.
+    Inside an except block prefer `safe_cause` + `raise_clean` after it (see there)."""
     if chain_is_clean(cause):
         raise err from cause
     raise err from None
+
+
+def raise_clean(err: BaseException, cause: BaseException | None) -> None:
+    """Raise `err` from `cause` (see `safe_cause`). Call it *after* the except block: raised
+    inside one, the original failure would stay attached as ``__context__`` even with
+    ``from None``, credentials and all."""
+    if cause is not None:
+        raise err from cause
+    raise err
 
 
 class Guarded:
@@ -259,7 +286,8 @@ class Guarded:
         except (ResumableError, ValueError):  # ValueError: I/O on closed file, bad seek
             raise
         except Exception as exc:
-            raise_from(translate(exc, self._op, self._url), exc)
+            err, cause = translate(exc, self._op, self._url), safe_cause(exc)
+        raise_clean(err, cause)
 
     def read(self, size: int = -1) -> bytes:
         return self._call("read", size)
@@ -288,7 +316,16 @@ class Guarded:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded retries with exponential backoff and full jitter, plus per-request timeouts."""
+    """Bounded retries with exponential backoff and full jitter, per-request timeouts, and a
+    total deadline per fetch.
+
+    The per-request timeouts bound a connect and the gap between two reads; a server that
+    trickles one byte a second never trips them. `fetch_deadline_s` bounds a whole fetch
+    (connect, body and retries): past it the read stops with SourceUnreachableError. Large
+    objects earn one more second for every `fetch_min_rate` bytes received, so a legitimate
+    multi-GB download on a slow link still completes while a server sending slower than that
+    rate is cut off within ``fetch_deadline_s / (1 - rate / fetch_min_rate)``.
+    """
 
     attempts: int = 6
     total_s: float = 60.0
@@ -296,6 +333,8 @@ class RetryPolicy:
     max_backoff_s: float = 10.0
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
+    fetch_deadline_s: float = 300.0
+    fetch_min_rate: float = 64 * 1024.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.attempts, int) or self.attempts < 1:
@@ -307,18 +346,20 @@ class RetryPolicy:
                 raise ConfigurationError(
                     f"retry {field} must be >= 0, not {getattr(self, field)!r}"
                 )
-        for field in ("connect_timeout_s", "read_timeout_s"):
-            if not getattr(self, field) > 0:
+        for field in ("connect_timeout_s", "read_timeout_s", "fetch_deadline_s", "fetch_min_rate"):
+            if not getattr(self, field) > 0 or getattr(self, field) == float("inf"):
                 raise ConfigurationError(f"{field} must be > 0, not {getattr(self, field)!r}")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> RetryPolicy:
-        """Defaults, overridden by RESUMABLE_RETRY_ATTEMPTS and RESUMABLE_RETRY_TOTAL_S."""
+        """Defaults, overridden by RESUMABLE_RETRY_ATTEMPTS, RESUMABLE_RETRY_TOTAL_S and
+        RESUMABLE_FETCH_DEADLINE_S."""
         env = os.environ if environ is None else environ
         kwargs: dict[str, Any] = {}
         for var, field, conv in (
             ("RESUMABLE_RETRY_ATTEMPTS", "attempts", int),
             ("RESUMABLE_RETRY_TOTAL_S", "total_s", float),
+            ("RESUMABLE_FETCH_DEADLINE_S", "fetch_deadline_s", float),
         ):
             raw = env.get(var, "").strip()
             if raw:
@@ -329,12 +370,15 @@ class RetryPolicy:
         return cls(**kwargs)
 
     def retrying(
-        self, before_sleep: Callable[[tenacity.RetryCallState], None]
+        self,
+        before_sleep: Callable[[tenacity.RetryCallState], None],
+        max_delay_s: float | None = None,
     ) -> tenacity.Retrying:
-        """A tenacity controller retrying transient storage errors under this policy."""
+        """A tenacity controller retrying transient storage errors under this policy (and, if
+        given, never starting an attempt after `max_delay_s`)."""
+        total = self.total_s if max_delay_s is None else min(self.total_s, max_delay_s)
         return tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts)
-            | tenacity.stop_before_delay(self.total_s),
+            stop=tenacity.stop_after_attempt(self.attempts) | tenacity.stop_before_delay(total),
             wait=tenacity.wait_random_exponential(
                 multiplier=self.initial_s, max=self.max_backoff_s
             ),
@@ -345,18 +389,28 @@ class RetryPolicy:
 
 
 # -- redaction --------------------------------------------------------------------------------
+#
+# One function, `redact`, for every message, log record, status, report and chaos line. It
+# works on two levels: (1) every URL found in the text loses its user info (user and password),
+# every query value and its fragment; (2) every credential `redact` has ever seen in a URL (the
+# parts just named, raw, percent-decoded and re-encoded) is scrubbed wherever it appears, because
+# libraries quote them outside any URL (botocore: 'Invalid bucket name "KEY:SECRET@bucket"').
 
 _URL_RE = re.compile(r"""[A-Za-z][A-Za-z0-9+.\-]*://[^\s'"<>`]+""")
-_USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#@]*@)")
-# a query parameter whose name looks secret, in a URL with or without a scheme
+_URL_PARTS_RE = re.compile(
+    r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?:(?P<userinfo>[^/?#]*)@)?"
+    r"(?P<rest>[^?#]*)(?:\?(?P<query>[^#]*))?(?:#(?P<fragment>.*))?$",
+    re.DOTALL,
+)
+# user:password@ without a scheme (libraries quote a bucket "name" holding credentials)
+_BARE_USERINFO_RE = re.compile(r"""(?<![\w.%+-])[^\s/?#@:'"<>`]+:[^\s/?#@'"<>`]*@""")
+# a query parameter whose name looks secret, in text that is not a whole URL
 _SECRET_PARAM_RE = re.compile(
     r"""([?&;][^=&;#?\s'"<>]*"""
     r"(?:sig|token|credential|secret|passw|pwd|key|auth|session|security|code)"
     r"""[^=&;#?\s'"<>]*=)[^&;#\s'"<>]+""",
     re.IGNORECASE,
 )
-
-
 # The same, percent-encoded (botocore quotes whole URLs in its messages: "%3F", "%26", "%3D").
 _SECRET_PARAM_QUOTED_RE = re.compile(
     r"((?:%3F|%26|%3B)(?:(?!%26|%3B|%3D)[^&;#\s'\"<>?=])*"
@@ -364,14 +418,95 @@ _SECRET_PARAM_QUOTED_RE = re.compile(
     r"(?:(?!%26|%3B|%3D)[^&;#\s'\"<>?=])*%3D)(?:(?!%26|%3B)[^&;#\s'\"<>])+",
     re.IGNORECASE,
 )
+REDACTED = "REDACTED"
+_MIN_SECRET_CHARS = 6  # shorter ones ("json", "true") would scrub words out of every message;
+# they are still redacted inside URLs
+_MAX_KNOWN = 4096
+_known: dict[str, None] = {}  # an ordered set: the credentials seen so far in this process
+_known_re: re.Pattern[str] | None = None
+_known_lock = threading.Lock()
 
 
-def redact(text: str) -> str:
-    """Strip credentials from every URL inside `text`: user:password@ and signed query values
-    (plain or percent-encoded)."""
-    text = _URL_RE.sub(lambda m: _USERINFO_RE.sub(r"\1***@", m.group(0)), str(text))
-    text = _SECRET_PARAM_RE.sub(r"\1REDACTED", text)
-    return _SECRET_PARAM_QUOTED_RE.sub(r"\1REDACTED", text)
+def _forms(secret: str) -> set[str]:
+    """A credential as it may appear in text: raw, percent-decoded, percent-encoded."""
+    forms = {secret}
+    for f in list(forms):
+        forms |= {unquote(f), unquote_plus(f)}
+    for f in list(forms):
+        forms |= {quote(f, safe=""), quote(f, safe="@:/")}
+    return {f for f in forms if len(f) >= _MIN_SECRET_CHARS}
+
+
+def _remember(secrets: list[str]) -> None:
+    global _known_re
+    new = set()
+    for secret in secrets:
+        if secret and REDACTED not in secret and "***" not in secret:  # already redacted
+            new |= _forms(secret)
+    new -= _known.keys()
+    if not new:
+        return
+    with _known_lock:
+        for f in new:
+            _known[f] = None
+        while len(_known) > _MAX_KNOWN:
+            del _known[next(iter(_known))]
+        ordered = sorted(_known, key=len, reverse=True)  # longest first: no partial leftovers
+        _known_re = re.compile("|".join(re.escape(f) for f in ordered))
+
+
+def _redact_url(url: str, found: list[str]) -> str:
+    m = _URL_PARTS_RE.match(url)
+    if m is None:  # pragma: no cover - the pattern matches every "scheme://..." string
+        return url
+    out = m.group("scheme")
+    userinfo = m.group("userinfo")
+    if userinfo is not None:
+        found.append(userinfo)
+        found.extend(userinfo.split(":", 1))
+        out += "***@"
+    out += m.group("rest")
+    query = m.group("query")
+    if query is not None:
+        found.append(query)
+        params = []
+        for param in re.split(r"([&;])", query):
+            if param in ("&", ";"):
+                params.append(param)
+                continue
+            name, eq, value = param.partition("=")
+            if eq:
+                found.append(value)
+                params.append(f"{name}={REDACTED}" if value else param)
+            elif param:
+                found.append(param)  # a bare token (?SECRET) is a value, not a name
+                params.append(REDACTED)
+            else:
+                params.append(param)
+        out += "?" + "".join(params)
+    fragment = m.group("fragment")
+    if fragment is not None:
+        found.append(fragment)
+        found.extend(part.partition("=")[2] or part for part in re.split(r"[&;]", fragment))
+        out += f"#{REDACTED}" if fragment else "#"
+    return out
+
+
+def redact(text: object) -> str:
+    """`text` (or str(text)) without credentials: for every URL in it, the user info, every
+    query value and the fragment; and anywhere, every credential seen in a URL before."""
+    text = str(text)
+    found: list[str] = []
+    text = _URL_RE.sub(lambda m: _redact_url(m.group(0), found), text)
+    if found:
+        _remember(found)
+    text = _BARE_USERINFO_RE.sub("***@", text)
+    text = _SECRET_PARAM_RE.sub(rf"\1{REDACTED}", text)
+    text = _SECRET_PARAM_QUOTED_RE.sub(rf"\1{REDACTED}", text)
+    pattern = _known_re
+    if pattern is not None:
+        text = pattern.sub("***", text)
+    return text
 
 
 # -- Azure (azure-core, under adlfs) and GCS (gcsfs) ------------------------------------------

@@ -596,15 +596,15 @@ def main(argv: Iterable[str] | None = None) -> int:
 
         report = run_chaos(cfg, on_launch=progress)
     except ResumableError as exc:
-        print(f"resumable chaos: {exc}", file=sys.stderr)
+        print(f"resumable chaos: {redact(str(exc))}", file=sys.stderr)
         return 2
     finally:
         if log is not None:
             log.close()
     if ns.json:
-        print(json.dumps(report.as_dict(), indent=1))
+        print(redact(json.dumps(report.as_dict(), indent=1)))
     else:
-        print(report.text())
+        print(redact(report.text()))
     return 0 if report.ok else 1
 
 

@@ -58,7 +58,8 @@ class MissingExtraError(Exception):
 
 
 def _print(text: str = "", *, err: bool = False) -> None:
-    print(text, file=sys.stderr if err else sys.stdout)
+    """Everything the command prints goes through here, and through `redact`."""
+    print(redact(text), file=sys.stderr if err else sys.stdout)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -451,6 +452,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _print("resumable: interrupted", err=True)
         return 130
+    except Exception as exc:  # a bug: still one clear line, never a traceback unless --debug
+        _trace(debug)
+        _error(
+            f"unexpected {type(exc).__name__}: {str(exc)[:300]} (a bug in resumable "
+            f"{__version__}; --debug shows where)"
+        )
+        return EXIT_FAIL
 
 
 def _trace(debug: bool) -> None:

@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -127,8 +128,19 @@ def decode(obj: Any, *, where: str = "stored value") -> Any:
         return _decode(obj, 0)
     except IntegrityError as exc:
         raise IntegrityError(f"{where}: {exc}") from None
-    except (ValueError, TypeError, KeyError, OverflowError) as exc:
-        raise IntegrityError(f"{where}: malformed encoded value ({exc})") from None
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        OverflowError,
+        AttributeError,
+        IndexError,
+        RecursionError,
+        MemoryError,
+    ) as exc:
+        raise IntegrityError(
+            f"{where}: malformed encoded value ({type(exc).__name__}: {exc!s:.200})"
+        ) from None
 
 
 def _decode(obj: Any, depth: int) -> Any:
@@ -143,11 +155,16 @@ def _decode(obj: Any, depth: int) -> Any:
     if tag is None:
         return {k: _decode(v, depth + 1) for k, v in obj.items()}
     if tag == "dict":
-        return {k: _decode(v, depth + 1) for k, v in obj["v"].items()}
+        return {k: _decode(v, depth + 1) for k, v in _payload(obj, dict).items()}
     if tag == "tuple":
-        return tuple(_decode(v, depth + 1) for v in obj["v"])
+        return tuple(_decode(v, depth + 1) for v in _payload(obj, list))
     if tag == "f":
-        return _NONFINITE[obj["v"]]
+        v = obj.get("v")
+        if type(v) is not str or v not in _NONFINITE:
+            raise IntegrityError(
+                f"a non-finite float must be 'nan', 'inf' or '-inf', not {v!r:.40}"
+            )
+        return _NONFINITE[v]
     if tag == "i":
         v = obj["v"]
         if type(v) is not str or len(v) > 1 << 20:
@@ -155,8 +172,10 @@ def _decode(obj: Any, depth: int) -> Any:
         return int(v, 16)
     if tag == "nd":
         dtype = _dtype(obj["d"])
-        shape = tuple(int(n) for n in obj["s"])
-        data = base64.b64decode(obj["b"], validate=True)
+        shape = tuple(_payload(obj, list, "s"))
+        if len(shape) > 64 or any(type(n) is not int or not 0 <= n < 1 << 62 for n in shape):
+            raise IntegrityError(f"array shape must be at most 64 sizes >= 0, not {shape!r:.80}")
+        data = base64.b64decode(_payload(obj, str, "b"), validate=True)
         expected = dtype.itemsize * math.prod(shape)
         if len(data) != expected:
             raise IntegrityError(
@@ -166,11 +185,22 @@ def _decode(obj: Any, depth: int) -> Any:
         return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
     if tag == "np":
         dtype = _dtype(obj["d"])
-        data = base64.b64decode(obj["b"], validate=True)
+        data = base64.b64decode(_payload(obj, str, "b"), validate=True)
         if len(data) != dtype.itemsize:
             raise IntegrityError(f"numpy scalar of dtype {dtype} needs {dtype.itemsize} bytes")
         return np.frombuffer(data, dtype=dtype)[0]
     raise IntegrityError(f"unknown value tag {tag!r}")
+
+
+def _payload(obj: dict[str, Any], kind: type, field: str = "v") -> Any:
+    """obj[field], which must be of type `kind`, else IntegrityError naming what was found."""
+    v = obj.get(field)
+    if type(v) is not kind:
+        raise IntegrityError(
+            f"value tag {obj.get(TAG)!r:.20}: field {field!r} must be a {kind.__name__}, "
+            f"found {type(v).__name__}"
+        )
+    return v
 
 
 def _dtype(descr: Any) -> np.dtype:
@@ -184,12 +214,54 @@ def _descr_from_json(descr: Any) -> Any:
     """JSON turned the tuples of a structured dtype's descr into lists; turn them back."""
     if isinstance(descr, str):
         return descr
+    if type(descr) not in (list, tuple):
+        raise IntegrityError(f"a dtype description must be a string or a list, found {descr!r:.60}")
     fields = []
     for field in descr:
+        if type(field) not in (list, tuple) or len(field) not in (2, 3):
+            raise IntegrityError(
+                f"a structured dtype field must be [name, type] or [name, type, shape], "
+                f"found {field!r:.60}"
+            )
         name = tuple(field[0]) if isinstance(field[0], list) else field[0]
         sub = _descr_from_json(field[1])
         fields.append((name, sub, tuple(field[2])) if len(field) == 3 else (name, sub))
     return fields
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+# a surrogate as an escape ("\\ud800") or as bytes (json decodes bytes with "surrogatepass")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}|\xed[\xa0-\xbf]")
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse stored JSON strictly: NaN and Infinity (which Python's json accepts but JSON does
+    not have, and which our writers never produce) and strings that are not valid Unicode (a
+    lone surrogate escape such as "\\ud800") raise ValueError."""
+    value = json.loads(data, parse_constant=_no_constant)
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if _SURROGATE_ESCAPE.search(raw):  # rare (our writers emit valid UTF-8): check strings
+        _check_unicode(value)
+    return value
+
+
+def _check_unicode(value: Any) -> None:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if type(v) is str:
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("a string holds a lone surrogate (not valid Unicode)") from None
+        elif type(v) is list:
+            stack.extend(v)
+        elif type(v) is dict:
+            stack.extend(v)
+            stack.extend(v.values())
 
 
 def canonical_json(obj: Any) -> bytes:

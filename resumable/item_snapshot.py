@@ -93,11 +93,16 @@ def repeatedly_interrupted(view: Any) -> dict[str, int]:
     out: dict[str, int] = {}
     for v in views:
         location = str(v.location)
-        if "://" in location:
-            url = f"{location.rstrip('/')}/{ITEMS_DIR}/{INDEX_NAME}"
-            data = _read_remote(url, None)
+        store = getattr(v, "store", None)  # the real URL: `location` is redacted for display
+        if store is not None:
+            name = f"{ITEMS_DIR}/{INDEX_NAME}"
+            try:
+                data: bytes | None = store.read_bytes(name, max_bytes=_MAX_INDEX_BYTES)
+            except ObjectNotFoundError:
+                data = None
+            where = f"{location.rstrip('/')}/{name}"
             counts = {} if data is None else {
-                k: len(x) for k, x in _parse_index(data, url).items()
+                k: len(x) for k, x in _parse_index(data, where).items()
             }  # fmt: skip
         else:
             counts = interruptions(location)
@@ -114,8 +119,8 @@ def _parse_index(data: bytes, where: str) -> dict[str, list[str]]:
         return {
             str(k): [str(x) for x in v][:10_000] for k, v in items.items() if isinstance(v, list)
         }
-    except (ValueError, KeyError, TypeError) as exc:
-        raise IntegrityError(f"{where}: not an item interruption index ({exc})") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise IntegrityError(f"{where}: not an item interruption index ({exc!s:.200})") from None
 
 
 class ItemSnapshots:

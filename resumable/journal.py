@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import limits
+from .codec import loads
 from .errors import IntegrityError
 
 _HASH_LEN = 64
+MAX_TIME = 1e10  # seconds since the epoch (year 2286): later record times are damage
 _TYPES = frozenset({"launch", "items", "result", "failure", "retry", "invalidate", "meta"})
 
 
@@ -67,7 +69,7 @@ class Record:
 
     def body(self) -> dict[str, Any]:
         try:
-            body = json.loads(self.payload)
+            body = loads(self.payload)
         except (ValueError, RecursionError) as exc:
             raise IntegrityError(
                 f"{self.source}: record {self.seq} payload is not valid JSON ({exc})"
@@ -233,7 +235,7 @@ def parse_sealed_segment(
             elif key == b"null":
                 key_s = None
             else:
-                key_s = json.loads(key)
+                key_s = loads(key)
                 if type(key_s) is not str:
                     raise ValueError("key")
             out.append(
@@ -241,7 +243,7 @@ def parse_sealed_segment(
                     seq,
                     kind_s,
                     key_s,
-                    float(t),
+                    check_time(float(t)),
                     None if fp == b"-" else fp.decode(),
                     payload,
                     source,
@@ -253,6 +255,13 @@ def parse_sealed_segment(
             data, source=source, first_seq=first_seq, prev_hash=prev_hash, allow_torn_tail=False
         ).records
     return out
+
+
+def check_time(t: float) -> float:
+    """A record time: finite and within [0, MAX_TIME] (ValueError otherwise)."""
+    if not 0.0 <= t <= MAX_TIME:  # also false for NaN
+        raise ValueError(f"record time {t!r} is not a plausible time")
+    return t
 
 
 def _record(header: bytes, payload: bytes, *, seq: int, source: str, offset: int) -> Record:
@@ -274,12 +283,12 @@ def _record(header: bytes, payload: bytes, *, seq: int, source: str, offset: int
         elif len(key) >= 2 and key[:1] == b'"' and key[-1:] == b'"' and b"\\" not in key:
             key_s = key[1:-1].decode("utf-8")
         else:
-            key_s = json.loads(key)
+            key_s = loads(key)
             if type(key_s) is not str:
                 raise ValueError("key is not a string")
         if len(key_s or "") > limits.MAX_KEY_CHARS:
             raise ValueError("key too long")
-        tval = float(t)
+        tval = check_time(float(t))
         fp_s = None if fp == b"-" else fp.decode("ascii")
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise IntegrityError(

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import __version__, limits, signing
-from .codec import canonical_json, sha256_hex
+from .codec import canonical_json, loads, sha256_hex
 from .errors import IntegrityError
 
 FORMAT = "resumable-checkpoint"
@@ -103,7 +103,7 @@ def _body(m: Manifest) -> dict[str, Any]:
 
 def signature_state(data: bytes, signing_key: bytes | None) -> str:
     """'valid', 'invalid', 'unsigned' or 'unchecked' for manifest bytes (already verified)."""
-    body = json.loads(data)
+    body = loads(data)
     sig = body.pop("signature", None)
     return signing.state(signing_key, canonical_json(body), sig)
 
@@ -118,7 +118,7 @@ def parse_manifest(data: bytes, *, source: str, signing_key: bytes | None = None
             f"manifest {source} is {len(data)} bytes; at most {limits.MAX_MANIFEST_BYTES} expected"
         )
     try:
-        body = json.loads(data.decode("utf-8"))
+        body = loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise IntegrityError(f"manifest {source} is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
@@ -146,8 +146,8 @@ def parse_manifest(data: bytes, *, source: str, signing_key: bytes | None = None
         return _from_body(body)
     except IntegrityError as exc:
         raise IntegrityError(f"manifest {source}: {exc}") from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise IntegrityError(f"manifest {source}: malformed field ({exc!r})") from None
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise IntegrityError(f"manifest {source}: malformed field ({exc!r:.200})") from None
 
 
 def _int(v: Any, what: str, lo: int = 0, hi: int = 1 << 62) -> int:

@@ -17,6 +17,7 @@ import base64
 import datetime as _dt
 import html
 import io
+import re
 import statistics
 import time
 from collections import Counter
@@ -27,7 +28,9 @@ from . import __version__
 from ._history import Timeline, timelines
 from ._status_text import rate_text, span
 from .durable import atomic_writer
+from .errors import IntegrityError
 from .item_snapshot import repeatedly_interrupted
+from .journal import MAX_TIME
 from .storage import redact
 
 _COLORS = [
@@ -55,7 +58,7 @@ def write_report(
     `problems` is what `view.verify()` found (None: not run again; opening verified it).
     """
     require_matplotlib()
-    page = render(view, location=location or view.location, problems=problems or [])
+    page = _redact_page(render(view, location=location or view.location, problems=problems or []))
     target = Path(path)
     with atomic_writer(target) as fh:
         fh.write(page.encode("utf-8"))
@@ -63,6 +66,15 @@ def write_report(
 
 
 # -- HTML helpers -------------------------------------------------------------------------------
+
+
+_DATA_URI_RE = re.compile(r"(data:image/png;base64,[A-Za-z0-9+/=]*)")
+
+
+def _redact_page(page: str) -> str:
+    """The page with every credential redacted (`redact`), embedded images left intact."""
+    parts = _DATA_URI_RE.split(page)
+    return "".join(p if i % 2 else redact(p) for i, p in enumerate(parts))
 
 
 def _e(s: Any) -> str:
@@ -244,6 +256,28 @@ def _short(s: str, n: int = 40) -> str:
 # -- the page -----------------------------------------------------------------------------------
 
 
+MAX_DURATION_S = 1e9  # about 31 years: a longer item duration is damage, not data
+
+
+def _check_plausible(tl: Any) -> None:
+    """Refuse (IntegrityError) durations and times no real run produces (1e308 s, NaN, < 0):
+    they would only turn into overflowing plots and meaningless figures."""
+    for f in tl.finished:
+        d = f.duration
+        if d is not None and not 0.0 <= d <= MAX_DURATION_S:  # also false for NaN
+            raise IntegrityError(
+                f"{tl.location}: record {f.seq} (item {f.key!r:.80}) has a duration of {d!r} "
+                f"s; expected a number of seconds in [0, {MAX_DURATION_S:g}]"
+            )
+        if not 0.0 <= f.t <= MAX_TIME:
+            raise IntegrityError(f"{tl.location}: record {f.seq} has an implausible time {f.t!r}")
+    for launch in tl.launches:
+        if not (0.0 <= launch.t <= MAX_TIME and 0.0 <= launch.last_t <= MAX_TIME):
+            raise IntegrityError(
+                f"{tl.location}: launch record {launch.seq} has an implausible time {launch.t!r}"
+            )
+
+
 def render(view: Any, *, location: str, problems: list[Any]) -> str:
     from .view import MergedView
 
@@ -251,6 +285,8 @@ def render(view: Any, *, location: str, problems: list[Any]) -> str:
     status = view.status()
     tls = timelines(view)
     finished = [f for tl in tls for f in tl.finished]
+    for tl in tls:
+        _check_plausible(tl)
     ok_d = [f.duration for f in finished if f.ok and f.duration is not None]
     fail_d = [f.duration for f in finished if not f.ok and f.duration is not None]
     launches = [(tl, launch) for tl in tls for launch in tl.launches]

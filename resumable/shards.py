@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from . import __version__
-from .codec import canonical_json, sha256_hex
+from .codec import canonical_json, loads, sha256_hex
 from .durable import atomic_write_bytes, make_dirs
 from .errors import ConfigurationError, IntegrityError, ObjectExistsError, ObjectNotFoundError
 from .storage import Store, redact
@@ -141,7 +141,7 @@ def descriptor_bytes(name: str, count: int) -> bytes:
 
 def parse_descriptor(data: bytes, where: str) -> dict:
     try:
-        body = json.loads(data)
+        body = loads(data)
         claimed = body.pop("sha256")
         if body.get("format") != DESCRIPTOR_FORMAT or body.get("schema") != 1:
             raise ValueError(f"format {body.get('format')!r} schema {body.get('schema')!r}")

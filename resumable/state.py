@@ -27,8 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .codec import decode
 from .errors import IntegrityError
 from .journal import Record
+
+MAX_ATTEMPT = 1 << 31
 
 
 @dataclass
@@ -64,10 +67,12 @@ class State:
         try:
             self._apply(rec)
         except IntegrityError as exc:
+            if str(exc).startswith(f"{rec.source}: "):  # already names the file and record
+                raise
             raise IntegrityError(f"{rec.source}: record {rec.seq}: {exc}") from None
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise IntegrityError(
-                f"{rec.source}: record {rec.seq} ({rec.type}) is malformed: {exc!r}"
+                f"{rec.source}: record {rec.seq} ({rec.type}) is malformed: {exc!r:.200}"
             ) from None
         self.last_seq = rec.seq
 
@@ -85,7 +90,11 @@ class State:
             if key in self.results:
                 raise IntegrityError(f"key {key!r} is recorded as failed after it was done")
             body = rec.body()
-            attempt = int(body["attempt"])
+            attempt = body["attempt"]
+            if type(attempt) is not int or not 0 <= attempt <= MAX_ATTEMPT:
+                raise IntegrityError(
+                    f"attempt must be an integer in [0, {MAX_ATTEMPT}], found {attempt!r:.40}"
+                )
             self._drop_failure(key)
             self.failures[key] = body
             self.failure_records[key] = rec
@@ -120,8 +129,10 @@ class State:
             self.launches.append(body)
         elif kind == "meta":
             meta = rec.body()["meta"]
-            if type(meta) is not dict:
-                raise IntegrityError("meta must be an object")
+            # small, so checked whole here: it must decode to a dict (a tagged value at the
+            # top, {"__t": "i", ...}, would be an int)
+            if type(meta) is not dict or type(decode(meta, where="meta")) is not dict:
+                raise IntegrityError("meta must be an object that decodes to a dict")
             self.meta = meta
             self.events.append(rec)
 
@@ -135,7 +146,7 @@ class State:
         """The items as last recorded at an open: [[key, fingerprint, params], ...]."""
         if self.items_record is None:
             return []
-        items = self.items_record.body()["items"]
+        items = self.items_record.body().get("items")
         if type(items) is not list or any(
             type(e) is not list or len(e) != 3 or type(e[0]) is not str for e in items
         ):

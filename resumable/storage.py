@@ -40,6 +40,7 @@ import tenacity
 from fsspec.spec import AbstractBufferedFile
 
 from . import _cas, durable
+from ._fetch import Deadline, RemoteReader, read_all
 from ._storage_errors import (
     Guarded,
     Kind,
@@ -48,8 +49,9 @@ from ._storage_errors import (
     describe,
     find_code,
     is_transient,
-    raise_from,
+    raise_clean,
     redact,
+    safe_cause,
     translate,
 )
 from .errors import (
@@ -206,7 +208,9 @@ class Store:
         retry: RetryPolicy | None = None,
     ) -> None:
         if not isinstance(root, str) or not root.strip() or "\x00" in root:
-            raise ConfigurationError(f"storage root must be a non-empty path or URL, not {root!r}")
+            raise ConfigurationError(
+                f"storage root must be a non-empty path or URL, not {redact(repr(root))}"
+            )
         self.root = root
         self.display = redact(root)
         self.retry = retry if retry is not None else RetryPolicy.from_env()
@@ -322,13 +326,24 @@ class Store:
             retry_policy.total_retries = 0
         return fs
 
-    def _run(self, op: str, url: str, fn: Callable[[], T], *, retry: bool = True) -> T:
-        """Call `fn`, retrying transient failures under the policy; raise our errors."""
+    def _run(
+        self,
+        op: str,
+        url: str,
+        fn: Callable[[], T],
+        *,
+        retry: bool = True,
+        deadline: Deadline | None = None,
+    ) -> T:
+        """Call `fn`, retrying transient failures under the policy (never past `deadline`);
+        raise our errors."""
         shown = redact(url)
         attempts, start = 0, time.monotonic()
 
         def attempt() -> T:
             nonlocal attempts
+            if deadline is not None:
+                deadline.check()
             attempts += 1
             return fn()
 
@@ -350,9 +365,12 @@ class Store:
             )
 
         try:
-            result = self.retry.retrying(before_sleep)(attempt) if retry else fn()
+            if not retry:
+                return attempt()
+            left = None if deadline is None else max(0.0, deadline.remaining())
+            result = self.retry.retrying(before_sleep, left)(attempt)
             since, self._retrying_since = self._retrying_since, None
-            if since is not None and retry:
+            if since is not None:
                 log.info("%s reachable again after %.1f s of retries", self.display, _ago(since))
             return result
         except ResumableError:
@@ -369,8 +387,9 @@ class Store:
                 err = SourceUnreachableError(
                     f"{err} after {attempts} attempt{plural} in {elapsed:.1f} s"
                 )
-            raise_from(err, exc)
-            raise  # pragma: no cover - raise_from always raises
+            cause = safe_cause(exc)
+        raise_clean(err, cause)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _no_such_bucket(self, url: str) -> bool:
         """GCS answers a missing bucket like a missing object (404): ask about the bucket, so
@@ -406,7 +425,22 @@ class Store:
             except OSError as exc:
                 raise _local_error(exc, "read", path) from exc
         else:
-            data = self._run("read", url, lambda: self._read_remote(url, max_bytes + 1))
+            deadline = Deadline("read", redact(url), self.retry)
+            fs = self._fs()
+            if getattr(fs, "async_impl", False):
+
+                def fetch() -> bytes:  # retried whole: a stream cannot resume in the middle
+                    reader = RemoteReader(
+                        fs, self._protocol, url, deadline, lambda fn: fn(), max_bytes + 1
+                    )
+                    try:
+                        return read_all(reader.open(head=False), max_bytes + 1)
+                    finally:
+                        reader.close()
+
+                data = self._run("read", url, fetch, deadline=deadline)
+            else:  # in-process filesystems (memory://): nothing can be slow
+                data = self._run("read", url, lambda: self._read_remote(url, max_bytes + 1))
         if len(data) > max_bytes:
             raise IntegrityError(f"{redact(url)} is larger than the allowed {max_bytes} bytes")
         return data
@@ -493,7 +527,13 @@ class Store:
             if read is None:  # no versions here: the content stands for one
                 data = self.read_bytes(name, max_bytes=max_bytes)
                 return data, _cas.content_version(data)
-            data, version = self._run("read", url, lambda: read(self._fs(), url, max_bytes + 1))
+            deadline = Deadline("read", redact(url), self.retry)  # see _fetch.py
+            data, version = self._run(
+                "read",
+                url,
+                lambda: read(self._fs(), url, max_bytes + 1, deadline),
+                deadline=deadline,
+            )
         if len(data) > max_bytes:
             raise IntegrityError(f"{redact(url)} is larger than the allowed {max_bytes} bytes")
         return data, version
@@ -660,16 +700,19 @@ class Store:
             with f:
                 yield f
             return
-        if self._protocol in _HTTP:
-            f = self._run("open", url, lambda: self._fs().open(url, "rb", block_size=0))
-        elif self._protocol in _S3:
-            # classify (missing / unreachable) under our policy first; the file's own range
-            # GETs (pinned to the ETag by s3fs) get botocore's per-request retries
-            self._run("open", url, lambda: self._fs().info(url))
-            stream = self._fs(stream=True)
-            f = self._run(
-                "open", url, lambda: stream.open(url, "rb", block_size=_BLOCK_SIZE), retry=False
-            )
+        fs = self._fs()
+        if getattr(fs, "async_impl", False):
+            # HTTP, S3, GCS, Azure: one deadline for the whole stream (see _fetch.py); on
+            # object stores each ranged GET is retried on its own under our policy (what is
+            # read is hash-checked by the caller, so no pinning to one version is needed)
+            deadline = Deadline("read", redact(url), self.retry)
+            f = RemoteReader(
+                fs,
+                self._protocol,
+                url,
+                deadline,
+                lambda fn: self._run("read", url, fn, deadline=deadline),
+            ).open()
         else:
             f = self._run("open", url, lambda: self._fs().open(url, "rb"))
         try:
@@ -773,11 +816,18 @@ class Store:
                 return False
             except OSError as exc:
                 raise _local_error(exc, "check", path) from exc
-        return self._run("check", url, lambda: self._exists_remote(url))
+        deadline = Deadline("check", redact(url), self.retry)
+        return self._run(
+            "check", url, lambda: self._exists_remote(url, deadline), deadline=deadline
+        )
 
-    def _exists_remote(self, url: str) -> bool:
+    def _exists_remote(self, url: str, deadline: Deadline | None = None) -> bool:
+        fs = self._fs()
         try:
-            self._fs().info(url)
+            if deadline is not None and getattr(fs, "async_impl", False):
+                deadline.run(fs.loop, lambda: fs._info(url))
+            else:
+                fs.info(url)
             return True
         except Exception as exc:
             if classify(exc) is Kind.MISSING:

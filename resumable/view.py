@@ -51,6 +51,9 @@ class CheckpointView:
     # copy, kept as long as the view lives), so tools can read the whole journal (history).
     files: Path | None = None
     _keep: Any = field(default=None, repr=False, compare=False)
+    # Where it was read (a Store; `location` is only its redacted name): for tools that read
+    # more objects next to it. Never shown: it may hold credentials.
+    store: Store | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -196,7 +199,7 @@ def _remote_view(store: Store) -> CheckpointView | None:
         loaded = load(store.local_path)
         if loaded is None:
             return None
-        return CheckpointView(store.display, loaded, files=store.local_path)
+        return CheckpointView(store.display, loaded, files=store.local_path, store=store)
     try:
         data = store.read_bytes(MANIFEST_NAME, max_bytes=MAX_MANIFEST_READ)
     except ObjectNotFoundError:
@@ -209,7 +212,7 @@ def _remote_view(store: Store) -> CheckpointView | None:
     except BaseException:
         tmp.cleanup()
         raise
-    return CheckpointView(store.display, loaded, files=path, _keep=tmp)
+    return CheckpointView(store.display, loaded, files=path, _keep=tmp, store=store)
 
 
 def shard_stores(root: Store, count: int, storage_options: dict | None = None) -> list[Store]:

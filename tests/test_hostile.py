@@ -513,3 +513,83 @@ def test_a_deleted_manifest_is_damage_for_views_not_absence(tmp_path: Path):
     (progress_dir_for(ckpt) / "manifest.json").unlink()
     with pytest.raises(IntegrityError, match=r"manifest\.json is missing"):
         open_view(str(ckpt))
+
+
+# -- hash-consistent hostile content (issue 11, item 6) ------------------------------------------
+
+
+def test_manifest_holding_nan_with_a_recomputed_hash_is_refused():
+    from tests.fixtures.fuzz import hostile_manifest
+
+    for field in ("extra", "generation", "seg.size"):
+        with pytest.raises(IntegrityError, match="NaN is not a JSON value") as info:
+            parse_manifest(hostile_manifest(field, float("nan")), source="evil/manifest.json")
+        assert "evil/manifest.json" in str(info.value)
+
+
+def test_failure_with_an_infinite_attempt_is_refused_at_open(tmp_path: Path):
+    from tests.fixtures.fuzz import journal, write_checkpoint
+
+    for value, words in ((float("inf"), "Infinity"), (1e300, "attempt must be an integer")):
+        d = write_checkpoint(
+            tmp_path / repr(value), journal("failure", "field:attempt", value), True
+        )
+        with pytest.raises(IntegrityError, match=words) as info:
+            load(d)
+        assert "seg-00000001.jsonl: record 4" in str(info.value)
+
+
+def test_value_tags_whose_payload_has_the_wrong_type_are_refused():
+    for evil, words in (
+        ({"__t": "dict", "v": [1, 2]}, "field 'v' must be a dict, found list"),
+        ({"__t": "tuple", "v": {"a": 1}}, "field 'v' must be a list, found dict"),
+        ({"__t": "f", "v": ["nan"]}, "non-finite float"),
+        ({"__t": "nd", "d": "<f8", "s": "12", "b": ""}, "field 's' must be a list"),
+        ({"__t": "nd", "d": "<f8", "s": [1.5], "b": ""}, "array shape"),
+        ({"__t": "np", "d": "<f8", "b": 7}, "field 'b' must be a str"),
+    ):
+        with pytest.raises(IntegrityError, match=words):
+            decode(evil, where="evil")
+
+
+@pytest.mark.parametrize("descr", [[["a"]], [[]], [7], {"a": 1}, [["a", "<f8", 5]]])
+def test_array_descriptions_of_the_wrong_shape_are_refused(descr):
+    evil = {"__t": "nd", "d": descr, "s": [1], "b": "AAAAAAAAAAA="}
+    with pytest.raises(IntegrityError) as info:
+        decode(evil, where="evil result")
+    assert str(info.value).startswith("evil result: ")
+
+
+def test_meta_holding_nan_is_refused(tmp_path: Path):
+    from tests.fixtures.fuzz import journal, write_checkpoint
+
+    for sealed in (True, False):
+        d = write_checkpoint(
+            tmp_path / str(sealed), journal("meta", "field:meta", {"x": float("nan")}), sealed
+        )
+        with pytest.raises(IntegrityError, match="NaN is not a JSON value"):
+            load(d)
+
+
+@pytest.mark.parametrize("t", ["nan", "inf", "-inf", "1e300", "-1"])
+def test_record_times_that_no_clock_produces_are_refused(tmp_path: Path, t: str):
+    from tests.fixtures.fuzz import journal, write_checkpoint
+
+    for sealed in (True, False):
+        d = write_checkpoint(tmp_path / f"{sealed}", journal("result", "time", t), sealed)
+        with pytest.raises(IntegrityError, match="record 3 at byte"):
+            load(d)
+
+
+def test_lone_surrogates_and_tagged_meta_found_by_the_structured_fuzzer(tmp_path: Path):
+    """scripts/fuzz_structured.py found these: a lone surrogate escape in a journal payload
+    (UnicodeEncodeError when the meta was re-encoded at open) and a meta that decodes to an
+    int (AttributeError at open). Both are IntegrityErrors now."""
+    from resumable.checkpoint import progress_dir_for
+    from tests.fixtures.fuzz import consume, journal, write_checkpoint
+
+    for i, meta in enumerate(({"note": "\ud800x"}, {"__t": "i", "v": "ff"})):
+        where = progress_dir_for(tmp_path / str(i) / "exp.h5")
+        d = write_checkpoint(where, journal("meta", "field:meta", meta), False)
+        with pytest.raises(IntegrityError, match=r"meta|surrogate"):
+            consume(d)
