@@ -6,11 +6,12 @@ stored). `sweep.pending` is read lazily and at most `max_in_flight` items are ou
 a million-item sweep floods neither the scheduler nor memory.
 
 Executors: None (in-process); an int N or ``"processes"`` (a pool made here, `process_pool`);
-any `concurrent.futures.Executor`; a Dask `distributed.Client` or its ``get_executor()``.
+any `concurrent.futures.Executor`; a Dask `distributed.Client` or its ``get_executor()``; a
+`RayExecutor` (ray_executor.py), or ``"ray"`` for one on the cluster `ray.init` connects to.
 Process pools need a picklable `fn` (module level) and items; Dask uses cloudpickle.
 
 Batching: items are sent in batches sized from their measured durations, so that a task takes
-about 250 ms on Dask (whose per-task cost is milliseconds of scheduler time) and 20 ms
+about 250 ms on Dask and Ray (whose per-task cost is milliseconds of scheduler time) and 20 ms
 elsewhere; longer items go one per task. The default window is two tasks per worker (workers:
 a pool's `_max_workers`, the Dask cluster's threads); `max_in_flight` caps items, batches too.
 
@@ -315,7 +316,12 @@ class _Run:
         self.pending = iter(self.sweep.pending)
         self.exhausted = False
         self.token, self.counter = uuid.uuid4().hex[:12], itertools.count()
-        self.target_s = _TASK_S["dask" if client is not None else "other"]
+        target = getattr(executor, "task_target_s", None)  # e.g. RayExecutor's
+        self.target_s = (
+            float(target)
+            if isinstance(target, (int, float))
+            else _TASK_S["dask" if client is not None else "other"]
+        )
         self.cap = max(1, limit // (2 * workers)) if limit else _MAX_BATCH
         self.deferring = True
         try:
@@ -478,10 +484,15 @@ def run_sweep(
     make_pool = (isinstance(executor, str) and executor == "processes") or (
         type(executor) is int and executor > 0
     )
+    own_ray = None
+    if isinstance(executor, str) and executor == "ray":
+        from .ray_executor import RayExecutor
+
+        executor = own_ray = RayExecutor()
     if not (make_pool or executor is None or callable(getattr(executor, "submit", None))):
         raise ConfigurationError(
-            "executor must be a concurrent.futures.Executor, a Dask Client, an int, "
-            f"'processes' or None; found {executor!r}"
+            "executor must be a concurrent.futures.Executor, a Dask Client, a RayExecutor, "
+            f"an int, 'processes', 'ray' or None; found {executor!r}"
         )
     before = sweep.status()
     failed_before = 0 if sweep.retry_failed else before.failed
@@ -524,6 +535,8 @@ def run_sweep(
             fut.cancel()  # our own work only: an executor passed in stays the caller's
         if own_pool is not None:
             _close_pool(own_pool, graceful=graceful)
+        if own_ray is not None:
+            own_ray.shutdown(wait=False)
     summary = run.summary(skipped, t0, workers)
     log.info("run of sweep %r: %s", sweep.name, summary)
     return summary
