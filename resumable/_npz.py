@@ -1,10 +1,11 @@
 """Low-level .npz streaming for snapshots: write members as they are produced, read them bounded.
 
-Writing streams each array's ``.npy`` bytes straight into an uncompressed (ZIP_STORED, zip64)
-member: header from numpy's own header writer, then the array's memory in 1 MiB slices (numpy's
-own chunked writer for non-contiguous arrays), with no full copy of the state. Each array's
-SHA-256 runs as one task on a helper thread (hashlib releases the GIL) while the main thread
-computes the zip CRC and writes, so hashing overlaps the write instead of adding to it.
+Writing streams each array's ``.npy`` bytes into an uncompressed (ZIP_STORED, zip64) member:
+header from numpy's own header writer, then the array's memory in 1 MiB slices (numpy's own
+chunked writer for non-contiguous arrays). Each slice is first copied into one of a few private
+buffers, and the SHA-256 (on a helper thread; hashlib releases the GIL), the zip CRC and the
+file write all read that copy: a save hashes exactly the bytes it writes, even while another
+thread changes the array, and hashing overlaps the CRC and write on a second core.
 
 Reading trusts nothing: the end-of-central-directory record is bounded before zipfile parses
 the directory, every member must be STORED and unencrypted and lie inside the file, the local
@@ -43,6 +44,7 @@ COPY_CHUNK = 8 << 20  # plain file-to-file copies
 MAX_NPY_HEADER_BYTES = 64 << 10
 _WORKERS = max(1, min(2, os.cpu_count() or 1))
 _INLINE_BELOW = 1 << 20  # arrays smaller than this are hashed on the calling thread
+_RING = 4  # private slice buffers of a save (hash of one overlaps the write of the next)
 _PREADV = getattr(os, "preadv", None)
 _NPY_MAGIC = b"\x93NUMPY"
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
@@ -146,10 +148,51 @@ class _Tasks:
         self._pending.clear()
 
 
-def _hash_slices(h: Any, header: bytes, data: memoryview) -> None:
-    h.update(header)
-    for start in range(0, len(data), CHUNK):
-        h.update(data[start : start + CHUNK])
+class _HashPipe:
+    """Copy slices into private buffers; write them here, hash them on a helper thread.
+
+    The copy is what makes a save race-free: the bytes hashed are exactly the bytes written
+    (and CRC'd by zipfile), whatever another thread does to the source array meanwhile. A
+    ring of `_RING` buffers lets the hash of slice i (one ordered helper thread; hashlib
+    releases the GIL) overlap the CRC and write of slice i+1 on the calling thread; a buffer
+    is reused only after its hash finished.
+    """
+
+    def __init__(self, parallel: bool) -> None:
+        self._pool = (
+            ThreadPoolExecutor(1, thread_name_prefix="resumable-hash") if parallel else None
+        )
+        self._ring = [memoryview(bytearray(CHUNK)) for _ in range(_RING)]
+        self._busy: list[Future[Any] | None] = [None] * _RING
+        self._next = 0
+
+    def stream(self, data: memoryview, h: Any, write: Callable[[Any], Any]) -> Future[Any] | None:
+        """Write and hash `data` slice by slice; returns a future for the last hash (or None)."""
+        parallel = self._pool is not None and len(data) >= _INLINE_BELOW
+        last: Future[Any] | None = None
+        for start in range(0, len(data), CHUNK):
+            n = min(CHUNK, len(data) - start)
+            i = self._next
+            self._next = (i + 1) % _RING
+            busy = self._busy[i]
+            if busy is not None:
+                busy.result()
+            buf = self._ring[i][:n]
+            buf[:] = data[start : start + n]
+            if parallel:
+                last = self._busy[i] = self._pool.submit(h.update, buf)  # type: ignore[union-attr]
+            else:
+                h.update(buf)
+            write(buf)
+        return last
+
+    def close(self) -> None:
+        for fut in self._busy:
+            if fut is not None:
+                futures_wait([fut])
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 class _HashingSink:
@@ -218,7 +261,7 @@ class NpzStreamWriter:
     def __init__(self, out: BinaryIO, *, seekable: bool) -> None:
         target: Any = out if seekable else _Unseekable(out)
         self._zf = zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True)
-        self._tasks = _Tasks(_WORKERS)
+        self._pipe = _HashPipe(_WORKERS > 1)
         self._target = target
 
     def _info(self, member: str) -> zipfile.ZipInfo:
@@ -229,34 +272,29 @@ class NpzStreamWriter:
 
     def add_array(self, member: str, name: str, arr: np.ndarray) -> Callable[[], ArrayRecord]:
         """Stream `arr` as member `member`; returns a function giving its manifest record
-        (it waits for the array's hash)."""
+        (it waits for the array's hash).
+
+        Each slice is first copied into a private buffer; the hash, the zip CRC and the file
+        all see that copy, so the archive is self-consistent even if another thread changes
+        `arr` meanwhile (the snapshot then holds a mix of old and new slices, each verified:
+        save at a safe point, or use a background save, for a consistent state).
+        """
         header = _npy_header(arr)
         contiguous = arr.flags.c_contiguous or arr.flags.f_contiguous
         with self._zf.open(self._info(member), "w", force_zip64=True) as raw:
             if header is not None and contiguous and arr.dtype.itemsize > 0:
                 flat = (arr if arr.flags.c_contiguous else arr.T).reshape(-1).view(np.uint8)
-                view = memoryview(flat)
-                h = hashlib.sha256()
-                if self._tasks.parallel and arr.nbytes >= _INLINE_BELOW:
-                    done = self._tasks.submit(False, _hash_slices, h, header, view)
-                    raw.write(header)
-                    for start in range(0, len(view), CHUNK):
-                        raw.write(view[start : start + CHUNK])
-                else:  # one pass: each slice is still in cache for the hash
-                    done = self._tasks.submit(True, int)
-                    h.update(header)
-                    raw.write(header)
-                    for start in range(0, len(view), CHUNK):
-                        piece = view[start : start + CHUNK]
-                        raw.write(piece)
-                        h.update(piece)
-                size = len(header) + len(view)
-            else:  # non-contiguous, or a .npy 3.0 header: numpy's chunked writer
+                h = hashlib.sha256(header)
+                raw.write(header)
+                done = self._pipe.stream(memoryview(flat), h, raw.write)
+                size = len(header) + flat.nbytes
+            else:  # non-contiguous, or a .npy 3.0 header: numpy's chunked writer (it hands
+                # over private bytes copies, hashed and written as they are)
                 sink = _HashingSink(raw)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
                     npformat.write_array(sink, arr, allow_pickle=False)
-                h, size, done = sink.hash, sink.count, self._tasks.submit(True, int)
+                h, size, done = sink.hash, sink.count, None
         header_size = size - arr.nbytes
         if header_size > MAX_NPY_HEADER_BYTES:
             raise UnsupportedValueError(
@@ -268,7 +306,8 @@ class NpzStreamWriter:
         shape, nbytes = tuple(int(n) for n in arr.shape), int(arr.nbytes)
 
         def record() -> ArrayRecord:
-            done.result()
+            if done is not None:
+                done.result()
             return ArrayRecord(name, member, descr, shape, fortran, nbytes, size, h.hexdigest())
 
         return record
@@ -281,14 +320,14 @@ class NpzStreamWriter:
         try:
             self._zf.close()
         finally:
-            self._tasks.close()
+            self._pipe.close()
         return int(self._target.tell())
 
     def abort(self) -> None:
         """Give up after an error (the caller discards the output)."""
         with contextlib.suppress(Exception):
             self._zf.close()
-        self._tasks.close()
+        self._pipe.close()
 
 
 # --- reading -----------------------------------------------------------------------------------

@@ -92,16 +92,17 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
                 "again or on_change='keep' to keep the recorded results"
             )
         if loaded is None:
-            if lock is not None:
-                lock.release()
-                lock = None
             manifest = Manifest(sweep=sweep.name, sweep_id=uuid.uuid4().hex, created=time.time())
             sweep._writer = CheckpointWriter.create(
-                sweep.progress_dir, manifest, segment_bytes=segment_bytes, signing_key=key
+                sweep.progress_dir,
+                manifest,
+                segment_bytes=segment_bytes,
+                signing_key=key,
+                lock=lock,
             )
+            lock = None
             sweep._state = State()
         else:
-            assert lock is not None
             sweep._writer = CheckpointWriter(
                 sweep.progress_dir, loaded, lock, segment_bytes=segment_bytes, signing_key=key
             )
@@ -109,7 +110,7 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
             sweep._state = loaded.state
     except BaseException:
         if lock is not None:
-            lock.release()
+            lock.release_and_tidy()
         raise
     sweep.resumed_from = opened.source
     try:

@@ -4,7 +4,10 @@ Layout (beside the user's ``checkpoint_path``, e.g. ``data/exp.h5`` -> ``data/ex
 
     manifest.json          sealed segments (size, SHA-256, seq range) and the active one
     segments/seg-00000001.jsonl ...   append-only journal segments (see journal.py)
-    LOCK                   one writer at a time (POSIX lock; released by the kernel on death)
+
+and beside it ``data/exp.h5.resumable.lock``: one writer at a time (a POSIX lock, released by the
+kernel on death). It lies outside the directory so that it also covers replacing the whole
+directory (installing a resumed source).
 
 A record is durable when `append` returns: written with one write() and fdatasync'd. Once the
 active segment passes `segment_bytes` it is sealed: its size and SHA-256 go into a new manifest,
@@ -34,6 +37,7 @@ from .errors import (
     CheckpointClosedError,
     CheckpointLockedError,
     CheckpointWriteError,
+    ForeignProcessError,
     IntegrityError,
 )
 from .journal import ParsedSegment, Record, encode_record, parse_sealed_segment, parse_segment
@@ -49,7 +53,7 @@ from .state import State
 
 PROGRESS_SUFFIX = ".resumable"
 SEGMENTS_DIR = "segments"
-LOCK_NAME = "LOCK"
+LOCK_SUFFIX = ".lock"
 DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
 _INDEX_RE = re.compile(r"seg-(\d{8})")
 
@@ -277,11 +281,53 @@ _HELD_LOCKS: set[str] = set()
 _HELD_GUARD = threading.Lock()
 
 
+def _forget_locks_after_fork() -> None:
+    """A forked child holds none of its parent's POSIX locks (they are per process)."""
+    global _HELD_GUARD
+    _HELD_GUARD = threading.Lock()  # another thread may have held it at the fork
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_after_fork)
+
+
+def foreign_process_error(what: str, owner: int) -> ForeignProcessError:
+    return ForeignProcessError(
+        f"{what} was opened by process {owner}; process {os.getpid()} (a forked child) may not "
+        "record through it. Nothing was written. Record in the process that opened the sweep "
+        "(return results to it, as sweep.run does), or open a sweep of its own in the child"
+    )
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def lock_path_for(progress_dir: Path) -> Path:
+    """The writer lock of a progress directory: a file *beside* it (``exp.h5.resumable.lock``),
+    so that replacing the directory (installing a resumed source) happens under the lock."""
+    return progress_dir.with_name(progress_dir.name + LOCK_SUFFIX)
+
+
 class DirLock:
-    """An exclusive POSIX lock on ``LOCK``; the kernel drops it when the holder dies."""
+    """The single-writer lock of a progress directory: an exclusive POSIX lock on the file
+    beside it (see `lock_path_for`); the kernel drops it when the holder dies.
+
+    The lock file is removed on release (while still locked). A launch that opened the file
+    just before it was removed would then lock an orphan: after locking, the file at the path
+    must still be the one locked, else it tries again. POSIX locks belong to a process, so a
+    forked child inherits the descriptor but not the lock, and closing its copy leaves the
+    parent's lock in place.
+    """
 
     def __init__(self, progress_dir: Path) -> None:
-        self.path = progress_dir / LOCK_NAME
+        self.path = lock_path_for(progress_dir)
         self._key = os.path.realpath(progress_dir)
         self._fd: int | None = None
         with _HELD_GUARD:
@@ -290,40 +336,76 @@ class DirLock:
                     f"{progress_dir} is already open for writing in this process; "
                     "close the other ResumableSweep first"
                 )
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise CheckpointWriteError(
-                    exc.errno,
-                    f"cannot open {self.path} for writing ({exc.strerror}); a checkpoint is "
-                    "opened for writing by its sweep: is the directory read-only?",
-                ) from None
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-                os.close(fd)
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    raise CheckpointLockedError(
-                        f"{progress_dir} is open for writing by another live process "
-                        f"({holder or 'unknown holder'}); one writer at a time"
-                    ) from None
-                raise
+            self.created_dirs = _missing_dirs(self.path.parent)
+            make_dirs(self.path.parent)
+            for _attempt in range(100):
+                fd = self._try_lock(progress_dir)
+                if fd is not None:
+                    break
+            else:  # pragma: no cover - 100 holders releasing in a row
+                raise CheckpointLockedError(f"{progress_dir}: could not take {self.path}")
             info = json.dumps(
                 {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
             )
             os.ftruncate(fd, 0)
             os.pwrite(fd, info.encode(), 0)
             self._fd = fd
+            self._pid = os.getpid()
             _HELD_LOCKS.add(self._key)
 
+    def _try_lock(self, progress_dir: Path) -> int | None:
+        """The locked descriptor, None if the file was replaced meanwhile (try again)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CheckpointWriteError(
+                exc.errno,
+                f"cannot open {self.path} for writing ({exc.strerror}); a checkpoint is "
+                "opened for writing by its sweep: is the directory read-only?",
+            ) from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise CheckpointLockedError(
+                    f"{progress_dir} is open for writing by another live process "
+                    f"({holder or 'unknown holder'}); one writer at a time"
+                ) from None
+            raise
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            now = None
+        mine = os.fstat(fd)
+        if now is None or (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+            os.close(fd)  # its holder removed it as we opened it: lock the new one
+            return None
+        return fd
+
     def release(self) -> None:
+        """Drop the lock. In a forked child this only closes the inherited descriptor: POSIX
+        locks belong to the process that took them, so the parent keeps its lock."""
         if self._fd is None:
             return
         with _HELD_GUARD:
-            os.close(self._fd)  # closing drops the POSIX lock
+            if os.getpid() == self._pid:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)  # still locked: nobody can be using it now
+                _HELD_LOCKS.discard(self._key)
+            os.close(self._fd)  # closing drops the POSIX lock (in the owner only)
             self._fd = None
-            _HELD_LOCKS.discard(self._key)
+
+    def release_and_tidy(self) -> None:
+        """Release after a failed open: also remove the directories the lock created, if they
+        are still empty (a refused launch leaves no trace)."""
+        self.release()
+        for d in self.created_dirs:
+            try:
+                d.rmdir()
+            except OSError:
+                break
 
 
 class CheckpointWriter:
@@ -353,6 +435,7 @@ class CheckpointWriter:
         self._active_records = loaded.active_records
         self._broken: str | None = None
         self._mutex = threading.Lock()
+        self.owner_pid = os.getpid()  # a forked child inherits this object but may not append
         if self.manifest.active is None:
             # All parts sealed (a checkpoint fetched from a mirror): start a new active segment.
             active = next_segment_name(self.manifest)
@@ -383,11 +466,14 @@ class CheckpointWriter:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         on_seal: Callable[[Manifest], None] | None = None,
         signing_key: bytes | None = None,
+        lock: DirLock | None = None,
     ) -> CheckpointWriter:
-        """Lay out a new, empty checkpoint directory and open it for writing."""
-        make_dirs(progress_dir / SEGMENTS_DIR)
-        lock = DirLock(progress_dir)
+        """Lay out a new, empty checkpoint directory and open it for writing (under `lock`, the
+        caller's if it holds it already; released on failure only if taken here)."""
+        own = lock is None
+        lock = DirLock(progress_dir) if lock is None else lock
         try:
+            make_dirs(progress_dir / SEGMENTS_DIR)
             active = segment_name(1)
             _create_empty_segment(progress_dir / SEGMENTS_DIR / active)
             manifest = Manifest(
@@ -408,7 +494,8 @@ class CheckpointWriter:
                 signing_key=signing_key,
             )
         except BaseException:
-            lock.release()
+            if own:
+                lock.release()
             raise
 
     @property
@@ -424,6 +511,8 @@ class CheckpointWriter:
         fp: str | None = None,
     ) -> Record:
         """Durably append one record; when this returns it survives SIGKILL and power loss."""
+        if os.getpid() != self.owner_pid:  # before the mutex: a parent's thread may hold it
+            raise foreign_process_error(f"checkpoint {self.dir}", self.owner_pid)
         with self._mutex:
             if self._broken is not None:
                 raise CheckpointClosedError(
@@ -512,6 +601,9 @@ class CheckpointWriter:
             )
 
     def close(self) -> None:
+        if os.getpid() != self.owner_pid:
+            self._close_inherited()
+            return
         with self._mutex:
             try:
                 if self._fd >= 0:
@@ -521,6 +613,15 @@ class CheckpointWriter:
                 self.lock.release()
                 if self._broken is None:
                     self._broken = "the sweep was closed"
+
+    def _close_inherited(self) -> None:
+        """In a forked child: close the inherited descriptors, touch nothing on disk."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.lock.release()
+        self._broken = "the sweep belongs to another process"
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -130,3 +131,20 @@ def write_all(fd: int, data: bytes, name: str) -> None:
             view = view[written:]
     except OSError as exc:
         raise CheckpointWriteError(exc.errno, f"writing {name!r} failed: {exc.strerror}") from exc
+
+
+PAUSE_ENV = "RESUMABLE_TEST_PAUSE"
+
+
+def pause_point(name: str) -> None:
+    """A test hook: with ``RESUMABLE_TEST_PAUSE=<name>:<flag file>`` in the environment, create
+    the flag file and wait (at most 120 s) until the test deletes it. Lets a test hold a process
+    at a named instant (e.g. "install") to race a second launch against it. A no-op otherwise."""
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec or spec.partition(":")[0] != name:
+        return
+    flag = Path(spec.partition(":")[2])
+    flag.write_text(str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -64,6 +64,14 @@ class CheckpointClosedError(ResumableError):
     """The sweep was closed, or broken by an earlier write failure."""
 
 
+class ForeignProcessError(ResumableError):
+    """A process other than the one that opened the sweep (a forked child) tried to record."""
+
+
+class LimitExceededError(ResumableError, ValueError):
+    """A key, record, segment or manifest would exceed a limit of the checkpoint format."""
+
+
 class StorageError(ResumableError, OSError):
     """A path or URL could not be read or written (permission, unreachable, bad URL)."""
 
@@ -94,3 +102,8 @@ class ObjectExistsError(StorageError, FileExistsError):
 
 class StorageWriteError(CheckpointWriteError, StorageError):
     """A durable local write through a Store failed (fsync, disk full, read-only)."""
+
+
+class ObjectChangedError(StorageError):
+    """A conditional write (compare-and-swap) found the object changed since the version it was
+    based on, or created when it was expected absent: another writer got there first."""

@@ -12,9 +12,17 @@ one, plus a manifest of one entry per sealed segment (each ~4 MiB of records) an
 objects are deleted after `gc_delay_s`. Writes to the manifest are coalesced to one per
 `interval_s` (GCS allows about one write per second to one object name).
 
-Before its first write, and before every manifest write, the mirror checks that what is
-there is what it last wrote (or a prefix of its own history): a shorter or divergent history
-never overwrites a longer one, and a second writer (a zombie launch) is detected.
+The manifest is replaced by compare-and-swap (`Store.write_if`): only if it is still the
+version this mirror last wrote or read. At first contact the mirror reads what is there and
+checks that it is a prefix of its own history (a shorter or divergent history never overwrites
+a longer one); from then on a second writer (a zombie launch thought dead, or a relaunch) that
+replaced the manifest makes this mirror's next swap fail: it stops with HistoryConflictError
+and leaves the other's history untouched. Where the back end has no conditional write,
+mirroring needs `MirrorOptions.allow_unconditional` (then a race is detected, not prevented).
+
+Superseded objects are deleted `gc_delay_s` after the first manifest not naming them went up,
+never sooner (close() included). Objects no manifest names, left by killed launches, are
+collected by a later launch once they have been unnamed for `gc_delay_s` and are that old.
 """
 
 from __future__ import annotations
@@ -28,17 +36,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import SEGMENTS_DIR, CheckpointWriter, WriterView, hash_at
+from .checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, CheckpointWriter, WriterView, hash_at
 from .errors import (
+    ConfigurationError,
     HistoryConflictError,
     IntegrityError,
+    ObjectChangedError,
+    ObjectNotFoundError,
     ResumableError,
     SourceUnreachableError,
     StorageError,
 )
-from .manifest import MANIFEST_NAME, Manifest, SegmentInfo
-from .remote import read_manifest
-from .storage import Store
+from .manifest import MANIFEST_NAME, Manifest, SegmentInfo, parse_manifest
+from .storage import Store, redact
 
 log = logging.getLogger("resumable.mirror")
 
@@ -52,6 +62,9 @@ class MirrorOptions:
     gc_delay_s: float = 30.0  # superseded objects are deleted this long after
     flush_timeout_s: float = 300.0  # default bound for flush() and close()
     max_backoff_s: float = 30.0  # pause between attempts while the remote is down
+    # Mirror to a place without conditional writes (e.g. sftp://, a FUSE mount without locks):
+    # a second writer is then detected at the next upload, not prevented (see the README).
+    allow_unconditional: bool = False
 
 
 class Mirror:
@@ -67,10 +80,24 @@ class Mirror:
         owner: str = "",
         signing_key: bytes | None = None,
     ) -> None:
+        options = options or MirrorOptions()
+        if not store.supports_cas and not options.allow_unconditional:
+            raise ConfigurationError(
+                f"{store.display} offers no conditional write, so a second writer (a zombie "
+                "launch) could overwrite this sweep's mirror unnoticed; mirror to a local "
+                "directory, s3://, gs:// or az://, or accept the risk with "
+                "MirrorOptions(allow_unconditional=True)"
+            )
+        if not store.supports_cas:
+            log.warning(
+                "mirroring to %s without conditional writes (allow_unconditional): a second "
+                "writer is detected at the next upload, not prevented",
+                store.display,
+            )
         self.store = store
         self.signing_key = signing_key
         self.writer = writer
-        self.options = options or MirrorOptions()
+        self.options = options
         self.owner = owner
         self._segdir: Path = writer.segdir
         self._cond = threading.Condition()
@@ -78,9 +105,9 @@ class Mirror:
         self._wake = threading.Event()
         self._stop = False
         self._flush_wanted = 0  # seq a flush is waiting for
-        self._checked = known is not None
-        self._expected_sha: str | None = None  # SHA-256 of the manifest bytes last seen there
-        self._pending: tuple[str, int] | None = None  # (SHA-256, generation) being written
+        self._checked = False  # the remote manifest's version is known (read or written)
+        self._version: str | None = None  # that version (None: there is no manifest)
+        self._pending: bytes | None = None  # a manifest whose write failed, yet may have landed
         self._uploaded: dict[str, str] = {}  # object name -> sha256, known to be remote
         self._chunks: list[SegmentInfo] = []
         self._chunk_segment: str | None = None
@@ -141,7 +168,9 @@ class Mirror:
                     # one more look: a second writer may have replaced the manifest after our
                     # last write; then this run's records are not in the mirror, say so
                     self._check_unchanged()
-                    self._collect(force=True)
+                    # only what is due: a replacement reading our previous manifest during
+                    # this shutdown still finds its parts; a later launch collects the rest
+                    self._collect()
         finally:
             with self._cond:
                 self._stop = True
@@ -235,7 +264,7 @@ class Mirror:
             self._check_remote(view)
         if view.last_seq == self.remote_seq and self._generation:
             return False
-        if self._expected_sha is None:
+        if self._version is None:
             # Nothing there yet: claim the place with an empty manifest before any object goes
             # up, so that objects without a manifest can only mean damage (see remote.py).
             self._write_manifest(view, [], 0)
@@ -264,14 +293,20 @@ class Mirror:
             extra={"writer": self.owner} if self.owner else {},
         )
         data = manifest.to_bytes(self.signing_key)
-        sha = hashlib.sha256(data).hexdigest()
-        self._check_unchanged()
-        # If the PUT fails, it may still have landed (a lost response): the next check must
-        # then recognise these bytes as ours, not as another writer's.
-        self._pending = (sha, manifest.generation)
-        self._request(lambda: self.store.write_bytes(MANIFEST_NAME, data), len(data))
+        # Compare-and-swap: replaced only if still the version we last wrote or read. (A PUT
+        # whose response was lost may have landed: write_if recognises these bytes, and if
+        # it gives up, the next attempt recognises them as `_pending`.)
+        self._resolve_pending()
+        self._pending = data
+        try:
+            version = self._request(
+                lambda: self.store.write_if(MANIFEST_NAME, data, version=self._version),
+                len(data),
+            )
+        except ObjectChangedError:
+            raise self._conflict() from None
         self._pending = None
-        self._expected_sha = sha
+        self._version = version
         self._generation = manifest.generation
         self._written = True
         named = {p.name for p in parts}
@@ -354,42 +389,57 @@ class Mirror:
 
     def _adopt(self, data: bytes, manifest: Manifest) -> None:
         """What the remote holds (read at open, or now): its parts exist and need no upload."""
-        self._expected_sha = hashlib.sha256(data).hexdigest()
         self._generation = manifest.generation
         self.remote_seq = manifest.sealed_records
         for seg in manifest.segments:
             self._uploaded[seg.name] = seg.sha256
             self._garbage.setdefault(seg.name, None)  # unless our manifests name it again
-        self._checked = True
+
+    def _read_versioned(self) -> tuple[bytes, str] | None:
+        self.requests += 1
+        try:
+            return self.store.read_versioned(MANIFEST_NAME, max_bytes=MAX_MANIFEST_READ)
+        except ObjectNotFoundError:
+            return None
 
     def _check_remote(self, view: WriterView) -> None:
-        """First contact: the remote must be empty or a prefix of this history."""
-        self.requests += 1
-        found = read_manifest(self.store)
+        """First contact: the remote must be empty or a prefix of this history; its version
+        is what our first swap is conditioned on."""
+        found = self._read_versioned()
         if found is None:
-            self._checked = True
+            # (parts without a manifest are damage: remote.read_manifest refused them at open)
+            self._version, self._checked = None, True
             return
-        data, remote = found
+        data, version = found
+        remote = parse_manifest(data, source=redact(self.store.url(MANIFEST_NAME)))
         check_extends(view, self._segdir, remote, self.store.display)
         self._adopt(data, remote)
+        self._version, self._checked = version, True
 
     def _check_unchanged(self) -> None:
-        """Before replacing the manifest: it must still be the one this mirror last saw."""
-        self.requests += 1
-        found = read_manifest(self.store)
-        if found is None and self._expected_sha is None:
+        """The manifest must still be the version this mirror last wrote or read."""
+        found = self._read_versioned()
+        if found is not None and self._pending is not None and found[0] == self._pending:
+            self._version, self._pending = found[1], None  # our write landed after all
+        if (None if found is None else found[1]) != self._version:
+            raise self._conflict()
+
+    def _resolve_pending(self) -> None:
+        """A manifest write failed (unreachable): if it landed all the same, it is ours."""
+        if self._pending is None:
             return
-        sha = None if found is None else hashlib.sha256(found[0]).hexdigest()
-        if self._pending is not None and sha == self._pending[0]:
-            self._expected_sha, self._generation = self._pending  # our lost-response write
-            self._pending = None
-            return
-        if sha != self._expected_sha:
-            raise HistoryConflictError(
-                f"the manifest at {self.store.display} was changed by another writer (another "
-                "launch of this sweep, or a different sweep, is mirroring to the same place); "
-                "refusing to overwrite it. Stop the other writer, or mirror to another snapshot_dir"
-            )
+        found = self._read_versioned()
+        if found is not None and found[0] == self._pending:
+            self._version = found[1]
+        self._pending = None
+
+    def _conflict(self) -> HistoryConflictError:
+        return HistoryConflictError(
+            f"the manifest at {self.store.display} was replaced by another writer (another "
+            "launch of this sweep, or a different sweep, is mirroring to the same place) since "
+            "this launch last wrote it; this launch stops mirroring and leaves it untouched. "
+            "Stop the other writer, or mirror to another snapshot_dir"
+        )
 
     # -- garbage -------------------------------------------------------------------------------
 
@@ -397,7 +447,7 @@ class Mirror:
         for p in parts:
             self._garbage.setdefault(p.name, None)  # the clock starts with the next manifest
 
-    def _collect(self, force: bool = False) -> None:
+    def _collect(self) -> None:
         """Delete superseded objects that no manifest we wrote names any more."""
         if not self._garbage or not self._written:
             return
@@ -410,7 +460,7 @@ class Mirror:
             if name in live:
                 del self._garbage[name]
             # never one a manifest still names (since is None: not superseded remotely yet)
-            elif since is not None and (force or now - since >= self.options.gc_delay_s):
+            elif since is not None and now - since >= self.options.gc_delay_s:
                 due.append(name)
         if not due:
             return

@@ -9,13 +9,12 @@ directory that already holds this sweep's history is never overwritten by a shor
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import LOCK_NAME, SEGMENTS_DIR, DirLock, Loaded, hash_at, load
-from .durable import make_dirs
+from .checkpoint import SEGMENTS_DIR, DirLock, Loaded, hash_at, load
+from .durable import pause_point
 from .errors import (
     ConfigurationError,
     HistoryConflictError,
@@ -36,7 +35,7 @@ class Opened:
     """The outcome: the checkpoint to continue (None for a fresh start) and what is known."""
 
     loaded: Loaded | None
-    lock: DirLock | None
+    lock: DirLock  # held from the first look at the local checkpoint to the writer's close
     mirror_known: tuple[bytes, Manifest] | None  # the snapshot dir's manifest, if read
     source: str  # "local", "remote" or "fresh", for logs and status
 
@@ -73,26 +72,29 @@ def open_checkpoint(
     signing_key: bytes | None = None,
     unsharded: bool = False,
 ) -> Opened:
-    """Lock and load the local checkpoint, consult the source and the mirror, and decide."""
-    lock = DirLock(progress_dir) if progress_dir.is_dir() else None
+    """Lock and load the local checkpoint, consult the source and the mirror, and decide.
+
+    The writer lock (a file beside `progress_dir`) is taken first and held throughout,
+    installing a resumed source included: no second launch can open in between.
+    """
+    lock = DirLock(progress_dir)
     try:
         return _decide(progress_dir, name, lock, source, mirror, signing_key, unsharded)
     except BaseException:
-        if lock is not None:
-            lock.release()
+        lock.release_and_tidy()
         raise
 
 
 def _decide(
     progress_dir: Path,
     name: str,
-    lock: DirLock | None,
+    lock: DirLock,
     source: Store | None,
     mirror: Store | None,
     signing_key: bytes | None,
     unsharded: bool,
 ) -> Opened:
-    local = load(progress_dir) if lock is not None else None
+    local = load(progress_dir)
     if local is not None:
         check_name(local.manifest, name, str(progress_dir))
     # With a signing key, a resume source must be signed with it: a URL on someone else's
@@ -167,25 +169,16 @@ def _read_mirror(
 
 def _take_remote(
     progress_dir: Path,
-    lock: DirLock | None,
+    lock: DirLock,
     source: Store,
     data: bytes,
     manifest: Manifest,
     local: Loaded | None,
 ) -> tuple[Loaded, DirLock, bool]:
     """Download the source and install it if it extends the local history (True), keep the
-    local checkpoint if that extends the source (False), refuse if they diverge."""
-    created = lock is None and not progress_dir.exists()
-    if lock is None:  # hold the place while downloading, so two launches cannot race here
-        make_dirs(progress_dir)
-        lock = DirLock(progress_dir)
-    try:
-        tmp, fetched = download(source, data, progress_dir)
-    except BaseException:
-        if created:  # leave no trace of a download that failed (it holds only our LOCK)
-            lock.release()
-            _remove_placeholder(progress_dir)
-        raise
+    local checkpoint if that extends the source (False), refuse if they diverge. `lock` (the
+    writer lock beside `progress_dir`) is held throughout."""
+    tmp, fetched = download(source, data, progress_dir)
     try:
         if local is not None:
             if manifest.sweep_id != local.manifest.sweep_id:
@@ -198,17 +191,11 @@ def _take_remote(
                 return local, lock, False
             if hash_at(fetched.view(), tmp / SEGMENTS_DIR, n) != local.state.last_hash:
                 raise _diverged(source, manifest, local)
-        lock.release()
-        install(tmp, progress_dir)
+        _install_source(tmp, progress_dir)
     except BaseException:
         discard(tmp)
         raise
-    lock = DirLock(progress_dir)
-    try:
-        loaded = load(progress_dir)
-    except BaseException:
-        lock.release()
-        raise
+    loaded = load(progress_dir)
     assert loaded is not None
     log.info(
         "resumed %r from %s: %d records (%s)",
@@ -220,11 +207,10 @@ def _take_remote(
     return loaded, lock, True
 
 
-def _remove_placeholder(progress_dir: Path) -> None:
-    """Remove the directory `_take_remote` made to hold its lock, if it holds nothing else."""
-    with contextlib.suppress(OSError):
-        (progress_dir / LOCK_NAME).unlink()
-        progress_dir.rmdir()  # fails (and is left alone) if anything else appeared in it
+def _install_source(downloaded: Path, progress_dir: Path) -> None:
+    """Install a verified download as the local checkpoint (under the caller's writer lock)."""
+    pause_point("install")  # a test hook: races a second launch against this instant
+    install(downloaded, progress_dir)
 
 
 def _diverged(source: Store, manifest: Manifest, local: Loaded) -> HistoryConflictError:

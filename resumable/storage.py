@@ -37,7 +37,7 @@ import fsspec.utils
 import tenacity
 from fsspec.spec import AbstractBufferedFile
 
-from . import durable
+from . import _cas, durable
 from ._storage_errors import (
     Guarded,
     Kind,
@@ -54,7 +54,9 @@ from .errors import (
     CheckpointWriteError,
     ConfigurationError,
     IntegrityError,
+    ObjectChangedError,
     ObjectExistsError,
+    ObjectNotFoundError,
     ResumableError,
     SourceUnreachableError,
     StorageError,
@@ -77,12 +79,19 @@ T = TypeVar("T")
 
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _READ_CHUNK = 1 << 20
+_UNCONDITIONAL_MAX = 1 << 26  # largest object write_if compares where it cannot be atomic
 _BLOCK_SIZE = 16 << 20  # S3 part size / read-ahead block for streaming transfers
 _S3 = frozenset({"s3", "s3a"})
 _HTTP = frozenset({"http", "https"})
 _QUOTED = _HTTP | {"file"}  # schemes whose paths are percent-encoded
 # back ends whose "wb" files upload on close and can abort (discard) an unfinished upload
 _STREAMING_WRITE = _S3 | {"gs", "gcs", "abfs", "abfss", "az"}
+# environment variables the back end's client reads when it is made (part of the cache key)
+_ENV_PREFIXES: dict[str, tuple[str, ...]] = {
+    **{p: ("AWS_",) for p in _S3},
+    **{p: ("STORAGE_EMULATOR_HOST", "GOOGLE_", "GCLOUD_") for p in ("gs", "gcs")},
+    **{p: ("AZURE_STORAGE_",) for p in ("az", "abfs", "abfss")},
+}
 
 
 def is_url(s: str) -> bool:
@@ -239,14 +248,15 @@ class Store:
     def _fs(self, stream: bool = False) -> Any:
         """A filesystem for this process, shared by Stores with equal settings (see `_cache`)."""
         stream = stream and self._protocol in _S3
-        env = tuple(sorted(kv for kv in os.environ.items() if kv[0].startswith("AWS_")))
+        prefixes = _ENV_PREFIXES.get(self._protocol, ())
+        env = tuple(sorted(kv for kv in os.environ.items() if kv[0].startswith(prefixes)))
         key = (
             os.getpid(),
             self._protocol,
             stream,
             self.retry,
             self._options_token,
-            env if self._protocol in _S3 else (),
+            env,
         )
         with _cache_lock:
             fs = _cache.get(key)
@@ -408,6 +418,105 @@ class Store:
                 raise
 
         self._run("write", url, put)
+
+    # -- compare-and-swap (see _cas.py) ----------------------------------------------------
+
+    @property
+    def supports_cas(self) -> bool:
+        """Whether `write_if` is atomic here (a local directory, S3, GCS, Azure, memory://)."""
+        return self.is_local or self._protocol in _cas.ATOMIC_PROTOCOLS
+
+    def read_versioned(self, name: str, *, max_bytes: int) -> tuple[bytes, str]:
+        """The whole object (bounded like read_bytes) and its version, read together: the
+        token `write_if` takes. ObjectNotFoundError if there is none."""
+        url = self.url(name)
+        if self.is_local:
+            path = self._path(name)
+            try:
+                data, version = _cas.local_read(path, max_bytes + 1)
+            except OSError as exc:
+                raise _local_error(exc, "read", path) from exc
+        else:
+            read = _cas.reader(self._protocol)
+            if read is None:  # no versions here: the content stands for one
+                data = self.read_bytes(name, max_bytes=max_bytes)
+                return data, _cas.content_version(data)
+            data, version = self._run("read", url, lambda: read(self._fs(), url, max_bytes + 1))
+        if len(data) > max_bytes:
+            raise IntegrityError(f"{redact(url)} is larger than the allowed {max_bytes} bytes")
+        return data, version
+
+    def write_if(self, name: str, data: bytes, *, version: str | None) -> str:
+        """Compare-and-swap: store `data` only if the object is still at `version` (None: only
+        if there is none); return the new version. ObjectChangedError if another writer got
+        there first. Where `supports_cas` is False this is a read, compare and write: racy,
+        for callers that were told so (MirrorOptions.allow_unconditional).
+
+        A write whose response was lost may have landed: when the condition fails, an object
+        holding exactly `data` counts as this write (its version is returned).
+        """
+        data = bytes(data)
+        url = self.url(name)
+        shown = redact(url)
+        write = _cas.writer(self._protocol)
+        if not self.is_local:
+            self._check_writable(url)
+
+        def changed() -> ObjectChangedError:
+            what = "created" if version is None else "replaced"
+            return ObjectChangedError(
+                errno.EEXIST, f"cannot write {shown}: it was {what} by another writer meanwhile"
+            )
+
+        def ours() -> str | None:
+            try:
+                found, current = self.read_versioned(name, max_bytes=len(data))
+            except (ObjectNotFoundError, IntegrityError):
+                return None
+            return current if found == data else None
+
+        def attempt() -> str:
+            try:
+                if self.is_local:
+                    return _cas.local_write_if(self._path(name), data, version)
+                assert write is not None
+                return write(self._fs(), url, data, version)
+            except _cas.Unsupported as exc:
+                raise StorageError(
+                    f"cannot write {shown} conditionally: {exc.strerror}; see "
+                    "MirrorOptions.allow_unconditional"
+                ) from None
+            except Exception as exc:
+                if isinstance(exc, ResumableError) or classify(exc) is not Kind.EXISTS:
+                    raise
+                mine = ours()
+                if mine is None:
+                    raise changed() from None
+                return mine
+
+        if self.is_local:
+            try:
+                return attempt()
+            except TimeoutError as exc:  # another writer holds the lock: try again later
+                raise SourceUnreachableError(f"cannot write {shown}: {exc.strerror}") from None
+            except OSError as exc:
+                if isinstance(exc, ResumableError):
+                    raise
+                raise _local_error(exc, "write", self._path(name)) from exc
+        if write is not None:
+            return self._run("write", url, attempt)
+        # no conditional writes here: read, compare, write (not atomic; see above)
+        try:
+            current: str | None = self.read_versioned(name, max_bytes=_UNCONDITIONAL_MAX)[1]
+        except ObjectNotFoundError:
+            current = None
+        if current != version:
+            mine = ours()
+            if mine is None:
+                raise changed()
+            return mine
+        self.write_bytes(name, data)
+        return _cas.content_version(data)
 
     def _write_local(self, path: Path, data: bytes, create_only: bool) -> None:
         shown = str(path)

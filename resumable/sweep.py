@@ -23,7 +23,12 @@ from typing import Any, Literal
 
 from . import signing
 from ._opening import open_sweep
-from .checkpoint import DEFAULT_SEGMENT_BYTES, CheckpointWriter, progress_dir_for
+from .checkpoint import (
+    DEFAULT_SEGMENT_BYTES,
+    CheckpointWriter,
+    foreign_process_error,
+    progress_dir_for,
+)
 from .codec import canonical_json, decode, encode
 from .errors import (
     AlreadyRecordedError,
@@ -55,6 +60,14 @@ class ResumableSweep:
     """A resumable loop over `items`; see the README for the full contract.
 
     Progress lives beside `checkpoint_path` in ``<checkpoint_path>.resumable/``.
+
+    Threads: one sweep may be shared by many threads of the process that opened it. `record`,
+    `record_failure`, `retry_failures`, `flush` and `close` are each atomic (the check that an
+    item is not yet done and the durable append happen under one lock), so recording one item
+    from two threads gives one record and one `AlreadyRecordedError`. Processes: only the
+    process that opened the sweep may record; a forked child (multiprocessing's "fork" start
+    method, `os.fork`) that tries gets `ForeignProcessError` and writes nothing, and closing
+    the child's copy leaves the parent's lock and checkpoint alone.
     """
 
     def __init__(
@@ -129,6 +142,9 @@ class ResumableSweep:
         self._closed = False
         self._writer: CheckpointWriter | None = None
         self._mirror: Mirror | None = None
+        # One lock around every check-and-append (see `record`): a sweep may be shared by threads.
+        self._lock = threading.RLock()
+        self._owner_pid = os.getpid()
         self.resumed_from = "fresh"
         open_sweep(self, resume, segment_bytes)
 
@@ -137,20 +153,31 @@ class ResumableSweep:
     def _append(
         self, kind: str, payload: dict[str, Any], key: str | None = None, fp: str | None = None
     ) -> Record:
-        if self._writer is None or self._closed:
-            raise CheckpointClosedError(f"sweep {self.name!r} is closed")
-        rec = self._writer.append(kind, payload, key=key, fp=fp)
-        self._state.apply(rec)
-        if self._mirror is not None:
-            self._mirror.notify()
-        return rec
+        self._check_owner()
+        with self._lock:  # append and apply in one step: the state follows the journal's order
+            if self._writer is None or self._closed:
+                raise CheckpointClosedError(f"sweep {self.name!r} is closed")
+            rec = self._writer.append(kind, payload, key=key, fp=fp)
+            self._state.apply(rec)
+            if self._mirror is not None:
+                self._mirror.notify()
+            return rec
+
+    def _check_owner(self) -> None:
+        """Only the process that opened the sweep records (checked before taking any lock: a
+        forked child's copy of a lock may be held by a thread that does not exist there)."""
+        if os.getpid() != self._owner_pid:
+            raise foreign_process_error(
+                f"sweep {self.name!r} ({self.progress_dir})", self._owner_pid
+            )
 
     def _save_meta(self) -> None:
-        enc = encode(self.meta, what="meta")
-        blob = canonical_json(enc)
-        if blob != self._persisted_meta:
-            self._append("meta", {"meta": enc})
-            self._persisted_meta = blob
+        with self._lock:
+            enc = encode(dict(self.meta), what="meta")
+            blob = canonical_json(enc)
+            if blob != self._persisted_meta:
+                self._append("meta", {"meta": enc})
+                self._persisted_meta = blob
 
     def _duration(self, key: str, duration: float | None) -> float | None:
         if duration is not None and not (
@@ -166,32 +193,43 @@ class ResumableSweep:
         return None if started is None else time.monotonic() - started
 
     def record(self, item: Any, result: Any, *, duration: float | None = None) -> None:
-        """Record `item`'s result durably; when this returns it survives SIGKILL and power loss."""
+        """Record `item`'s result durably; when this returns it survives SIGKILL and power loss.
+
+        Thread-safe: the already-recorded check and the append happen under one lock, so of
+        several threads recording one item exactly one succeeds and the others get
+        `AlreadyRecordedError`.
+        """
         key = self._items.key_of(item)
+        self._check_owner()
+        self._check_not_done(key, "each item is recorded once")
+        value = encode(result, what=f"the result of item {key!r}")  # outside the lock: CPU
+        with self._lock:
+            self._check_not_done(key, "each item is recorded once")
+            self._save_meta()
+            self._append(
+                "result",
+                {
+                    "value": value,
+                    "duration": self._duration(key, duration),
+                    "launch": self.launch_id,
+                },
+                key=key,
+                fp=self._items.fingerprint(key),
+            )
+
+    def _check_not_done(self, key: str, why: str) -> None:
         if key in self._state.results:
             raise AlreadyRecordedError(
-                f"item {key!r} is already recorded as done in {self.progress_dir}; "
-                "each item is recorded once"
+                f"item {key!r} is already recorded as done in {self.progress_dir}; {why}"
             )
-        value = encode(result, what=f"the result of item {key!r}")
-        self._save_meta()
-        self._append(
-            "result",
-            {"value": value, "duration": self._duration(key, duration), "launch": self.launch_id},
-            key=key,
-            fp=self._items.fingerprint(key),
-        )
 
     def record_failure(
         self, item: Any, error: BaseException | str, *, duration: float | None = None
     ) -> None:
         """Record that `item` failed; a plain re-run skips it until retried on purpose."""
         key = self._items.key_of(item)
-        if key in self._state.results:
-            raise AlreadyRecordedError(
-                f"item {key!r} is already recorded as done in {self.progress_dir}; "
-                "it cannot be recorded as failed"
-            )
+        self._check_owner()
+        self._check_not_done(key, "it cannot be recorded as failed")
         if isinstance(error, BaseException):
             etype = type(error).__qualname__
             message = _text(error)
@@ -199,31 +237,36 @@ class ResumableSweep:
         else:
             etype, message, tb = "Error", str(error), ""
         etype, message, tb = (_utf8(x) for x in (etype, message, tb))
-        self._save_meta()
-        self._append(
-            "failure",
-            {
-                "error_type": etype,
-                "message": message[:MAX_TRACEBACK_CHARS],
-                "traceback": tb[-MAX_TRACEBACK_CHARS:],
-                "attempt": self._state.attempts.get(key, 0) + 1,
-                "duration": self._duration(key, duration),
-                "launch": self.launch_id,
-            },
-            key=key,
-            fp=self._items.fingerprint(key),
-        )
+        with self._lock:
+            self._check_not_done(key, "it cannot be recorded as failed")
+            self._save_meta()
+            self._append(
+                "failure",
+                {
+                    "error_type": etype,
+                    "message": message[:MAX_TRACEBACK_CHARS],
+                    "traceback": tb[-MAX_TRACEBACK_CHARS:],
+                    "attempt": self._state.attempts.get(key, 0) + 1,
+                    "duration": self._duration(key, duration),
+                    "launch": self.launch_id,
+                },
+                key=key,
+                fp=self._items.fingerprint(key),
+            )
 
     def retry_failures(self, keys: Iterable[str] | None = None) -> list[str]:
         """Durably mark failed items (all, or the given keys) as pending again."""
-        wanted = (
-            list(self._state.failures)
-            if keys is None
-            else [k for k in keys if k in self._state.failures]
-        )
-        if wanted:
-            self._append("retry", {"keys": wanted, "reason": "asked"})
-        return wanted
+        keys = None if keys is None else list(keys)
+        self._check_owner()
+        with self._lock:
+            wanted = (
+                list(self._state.failures)
+                if keys is None
+                else [k for k in keys if k in self._state.failures]
+            )
+            if wanted:
+                self._append("retry", {"keys": wanted, "reason": "asked"})
+            return wanted
 
     # -- iteration ---------------------------------------------------------------------------
 
@@ -353,8 +396,10 @@ class ResumableSweep:
 
         Records are durable locally when `record()` returns, whatever happens here.
         """
-        if self._writer is not None and self._writer.broken is None and not self._closed:
-            self._save_meta()
+        self._check_owner()
+        with self._lock:
+            if self._writer is not None and self._writer.broken is None and not self._closed:
+                self._save_meta()
         if self._mirror is not None:
             self._mirror.flush(timeout)
 
@@ -363,17 +408,28 @@ class ResumableSweep:
 
         Raises if the mirror cannot be brought up to date; the checkpoint is released anyway.
         """
-        if self._closed:
+        if os.getpid() != self._owner_pid:
+            self._close_inherited()
             return
-        try:
-            if self._writer is not None and self._writer.broken is None:
-                self._save_meta()
-            if self._mirror is not None:
-                self._mirror.close(timeout)
-        finally:
-            self._closed = True
-            if self._writer is not None:
-                self._writer.close()
+        with self._lock:  # no record of another thread lands half-way through the close
+            if self._closed:
+                return
+            try:
+                if self._writer is not None and self._writer.broken is None:
+                    self._save_meta()
+                if self._mirror is not None:
+                    self._mirror.close(timeout)
+            finally:
+                self._closed = True
+                if self._writer is not None:
+                    self._writer.close()
+
+    def _close_inherited(self) -> None:
+        """Close in a forked child: release inherited descriptors only. No meta is saved, the
+        mirror is not flushed (its threads live in the parent) and the parent's lock stays."""
+        self._closed = True
+        if self._writer is not None:
+            self._writer.close()
 
     def __enter__(self) -> ResumableSweep:
         """Install preemption handling (main thread only; see `handle_signals`)."""

@@ -43,7 +43,8 @@ def test_layout_of_a_new_checkpoint(tmp_path):
     with ResumableSweep(ITEMS, checkpoint_path=ckpt):
         pass
     pdir = progress_dir_for(ckpt)
-    assert sorted(p.name for p in pdir.iterdir()) == ["LOCK", "manifest.json", "segments"]
+    assert sorted(p.name for p in pdir.iterdir()) == ["manifest.json", "segments"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.h5.resumable"]  # lock removed
     assert sorted(p.name for p in (pdir / "segments").iterdir()) == ["seg-00000001.jsonl"]
     m = _manifest(pdir)
     assert m["sweep"] == "exp"
@@ -241,7 +242,8 @@ def test_crash_during_creation_before_the_manifest(tmp_path):
     pdir = progress_dir_for(ckpt)
     (pdir / "segments").mkdir(parents=True)
     (pdir / "segments" / "seg-00000001.jsonl").write_bytes(b"")
-    (pdir / "LOCK").write_bytes(b"")
+    (pdir / "LOCK").write_bytes(b"")  # an older version's lock, inside
+    (tmp_path / "exp.h5.resumable.lock").write_bytes(b'{"pid": 1}')  # a killed holder's
     with ResumableSweep(ITEMS, checkpoint_path=ckpt) as sweep:
         sweep.record(ITEMS[0], 0)
         key = sweep.key(ITEMS[0])
@@ -297,7 +299,7 @@ def test_dir_lock_is_exclusive_in_process_and_records_holder(tmp_path):
     pdir.mkdir()
     lock = DirLock(pdir)
     try:
-        info = json.loads((pdir / "LOCK").read_text())
+        info = json.loads((tmp_path / "x.resumable.lock").read_text())  # beside the directory
         assert info["pid"] == os.getpid()
         assert "host" in info
         with pytest.raises(CheckpointLockedError):

@@ -119,12 +119,16 @@ def sbatch_option(text: str, name: str) -> str | None:
 
 
 def sbatch_exports(text: str) -> dict[str, str]:
-    """Variables assigned at the top level of the script (column 0), after expansion."""
+    """Variables assigned at the top level of the script (column 0), after expansion.
+
+    `${VAR:-default}` reads as its default: the value when the environment does not set VAR.
+    """
     assigned: dict[str, str] = {}
     for line in text.splitlines():
         m = re.match(r"^(?:export\s+)?([A-Z_][A-Z0-9_]*)=(.*)$", line)
         if m:
             (value,) = shlex.split(m.group(2), comments=True) or [""]
+            value = re.sub(r"\$\{[A-Z_][A-Z0-9_]*:-([^}]*)\}", r"\1", value)
             for var, known in assigned.items():
                 value = value.replace(f"${{{var}}}", known).replace(f"${var}", known)
             assigned[m.group(1)] = value
@@ -513,7 +517,7 @@ def test_sbatch_signal_is_one_the_sweep_catches_early_enough() -> None:
     grace = resolve_grace_s(environ={GRACE_ENV: exported.get(GRACE_ENV, "")})
     assert grace <= DEFAULT_GRACE_S
     assert lead > grace  # the sweep is done (exit 75) before the time limit
-    assert re.search(r"^srun\b[^\n]*\\\n\s*python scripts/run_example_sweep\.py", text, re.M)
+    assert re.search(r'^srun\b[^\n]*\\\n\s*"\$PYTHON" scripts/run_example_sweep\.py', text, re.M)
 
 
 def test_sbatch_sweep_env_is_set_unconditionally_to_one_root() -> None:
@@ -532,7 +536,44 @@ def test_sbatch_requeues_on_exactly_the_preemption_codes() -> None:
     arms = re.findall(r"^\s*([0-9|]+)\)\s*$", text, re.M)
     codes = {int(c) for arm in arms for c in arm.split("|")}
     assert codes - {0} == set(PREEMPTION_EXIT_CODES)
-    assert 'scontrol requeue "$SLURM_JOB_ID"' in text
+    assert 'scontrol requeue "$self"' in text
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("job_id", "array", "want"),
+    [
+        # the first task of an array to start: its job id IS the array's, and requeueing that
+        # id requeues (kills) every running sibling
+        ("7000", ("7000", "0"), "7000_0"),
+        ("7003", ("7000", "3"), "7000_3"),
+        ("7100", None, "7100"),  # not an array: the job itself
+    ],
+)
+def test_sbatch_requeues_only_its_own_task(
+    tmp_path: Path, job_id: str, array: tuple[str, str] | None, want: str
+) -> None:
+    """The spec, run with a stand-in python that is preempted at once (exit 75)."""
+    _bindir, state = _fake_slurm(tmp_path)
+    fake_python = tmp_path / "preempted-python"
+    fake_python.write_text(f"#!/bin/sh\nexit {PREEMPTED_EXIT_CODE}\n")
+    fake_python.chmod(0o755)
+    env = base_env(tmp_path / "bin", tmp_path)
+    env.update(
+        SLURM_JOB_ID=job_id,
+        SLURM_RESTART_COUNT="0",
+        SLURM_SUBMIT_DIR=str(ROOT),
+        PYTHON=str(fake_python),
+        SWEEP_ROOT=str(tmp_path / "mirror"),
+        TMPDIR=str(tmp_path),
+    )
+    if array is not None:
+        env.update(SLURM_ARRAY_JOB_ID=array[0], SLURM_ARRAY_TASK_ID=array[1])
+    proc = subprocess.run(
+        ["bash", str(SBATCH)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == PREEMPTED_EXIT_CODE, proc.stdout + proc.stderr
+    assert (state / "scontrol.log").read_text().splitlines() == [f"requeue {want}"]
 
 
 # -- SkyPilot: schema and wiring ----------------------------------------------------------------
@@ -826,7 +867,7 @@ def test_slurm_spec_time_limit_warning_requeues_and_resumes(
     os.kill(_step_pid(state), signum)  # --signal without B: goes to the job step only
     assert first.finish() == PREEMPTED_EXIT_CODE, first.output
     assert f"sweep exited with {PREEMPTED_EXIT_CODE}" in first.output
-    assert (state / "scontrol.log").read_text().split("\n")[0] == f"requeue {5000 + task}"
+    assert (state / "scontrol.log").read_text().split("\n")[0] == f"requeue 5000_{task}"
 
     second, state = _sbatch_launch(tmp_path, s3_bucket, task, 1, "launch2")  # the requeued task
     assert second.finish() == 0, second.output
@@ -853,7 +894,7 @@ def test_slurm_spec_leaves_a_cancelled_job_cancelled(s3_bucket: str, tmp_path: P
     assert not (state / "scontrol.log").exists()
 
     # and a task that keeps being preempted stops requeueing itself after MAX_REQUEUES
-    m = re.fullmatch(r"\$\{MAX_REQUEUES:-(\d+)\}", sbatch_exports(text)["MAX_REQUEUES"])
+    m = re.search(r"^MAX_REQUEUES=\$\{MAX_REQUEUES:-(\d+)\}$", text, re.M)
     assert m  # a default the user can override from the environment
     limit = int(m.group(1))
     again, state = _sbatch_launch(tmp_path, s3_bucket, lo, limit, "launch2", slow=True)
