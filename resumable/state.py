@@ -50,6 +50,7 @@ class State:
     invalidations: int = 0
     superseded: list[Record] = field(default_factory=list)  # replaced or voided, in seq order
     events: list[Record] = field(default_factory=list)  # retry/invalidate/items/meta records
+    _listing: tuple[Record, list[list[Any]]] | None = field(default=None, repr=False, compare=False)
 
     def apply(self, rec: Record) -> None:
         """Fold one verified record into the state; contradictions are damage."""
@@ -132,9 +133,16 @@ class State:
             self.superseded.append(old)
 
     def items_listing(self) -> list[list[Any]]:
-        """The items as last recorded at an open: [[key, fingerprint, params], ...]."""
+        """The items as last recorded at an open: [[key, fingerprint, params], ...].
+
+        Decoded once per items record and kept (read-only views ask for it more than once:
+        their status and their timeline); callers must not modify it.
+        """
         if self.items_record is None:
             return []
+        cached = self._listing
+        if cached is not None and cached[0] is self.items_record:
+            return cached[1]
         items = self.items_record.body()["items"]
         if type(items) is not list or any(
             type(e) is not list or len(e) != 3 or type(e[0]) is not str for e in items
@@ -142,6 +150,7 @@ class State:
             raise IntegrityError(
                 f"{self.items_record.source}: record {self.items_record.seq}: malformed items"
             )
+        self._listing = (self.items_record, items)
         return items
 
 
