@@ -163,6 +163,21 @@ class ResumableSweep:
                 self._mirror.notify()
             return rec
 
+    def _append_many(
+        self, entries: list[tuple[str, dict[str, Any], str | None, str | None]]
+    ) -> list[Record]:
+        self._check_owner()
+        with self._lock:
+            if self._writer is None or self._closed:
+                raise CheckpointClosedError(f"sweep {self.name!r} is closed")
+            recs = self._writer.append_many(entries)
+            apply = self._state.apply
+            for rec in recs:
+                apply(rec)
+            if self._mirror is not None:
+                self._mirror.notify()
+            return recs
+
     def _check_owner(self) -> None:
         """Only the process that opened the sweep records (checked before taking any lock: a
         forked child's copy of a lock may be held by a thread that does not exist there)."""
@@ -216,6 +231,61 @@ class ResumableSweep:
                 key=key,
                 fp=self._items.fingerprint(key),
             )
+
+    def record_many(
+        self,
+        pairs: Iterable[tuple[Any, Any]],
+        *,
+        durations: Iterable[float | None] | None = None,
+    ) -> int:
+        """Record many `(item, result)` pairs durably with one fdatasync (group commit).
+
+        When this returns every pair survives SIGKILL and power loss; if it raises, none was
+        acknowledged (a crash mid-way may leave some durable: a relaunch sees them, each once).
+        Everything is checked before anything is written: each item must be one of the sweep's,
+        not recorded yet and not twice in `pairs`, and each result storable. Returns the count.
+        """
+        pairs = list(pairs)
+        times = [None] * len(pairs) if durations is None else list(durations)
+        if len(times) != len(pairs):
+            raise ConfigurationError(
+                f"record_many got {len(pairs)} pairs but {len(times)} durations"
+            )
+        self._check_owner()
+        prepared: list[tuple[str, Any, float | None]] = []
+        seen: set[str] = set()
+        for (item, result), duration in zip(pairs, times, strict=True):
+            key = self._items.key_of(item)
+            if key in seen:
+                raise AlreadyRecordedError(
+                    f"item {key!r} appears twice in one record_many call; each item is "
+                    "recorded once"
+                )
+            seen.add(key)
+            self._check_not_done(key, "each item is recorded once")
+            value = encode(result, what=f"the result of item {key!r}")  # outside the lock
+            prepared.append((key, value, duration))
+        if not prepared:
+            return 0
+        with self._lock:
+            for key, _, _ in prepared:
+                self._check_not_done(key, "each item is recorded once")
+            entries = [
+                (
+                    "result",
+                    {
+                        "value": value,
+                        "duration": self._duration(key, duration),
+                        "launch": self.launch_id,
+                    },
+                    key,
+                    self._items.fingerprint(key),
+                )
+                for key, value, duration in prepared
+            ]
+            self._save_meta()
+            self._append_many(entries)
+        return len(prepared)
 
     def _check_not_done(self, key: str, why: str) -> None:
         if key in self._state.results:
