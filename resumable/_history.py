@@ -137,7 +137,7 @@ class _Replay:
         return max(0, n_items - len(self.done) - len(self.failed))
 
     def listing(self, rec: Record, state: State) -> None:
-        items = state.items_listing() if rec is state.items_record else rec.body()["items"]
+        items = state.items_listing() if rec is state.items_record else state.listing_of(rec)
         self.keys = {e[0] for e in items if type(e) is list and e and type(e[0]) is str}
         self.covered = len(self.keys & self.done) + len(self.keys & self.failed)
 

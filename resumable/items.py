@@ -158,36 +158,58 @@ class ItemSet:
     def fingerprint(self, key: str) -> str | None:
         return self._fp(self.index[key])[0]
 
-    def identity(self) -> str:
-        """One SHA-256 over all keys and items: equal iff the item list is unchanged.
+    def identity(self, upto: int | None = None) -> str:
+        """One SHA-256 over all keys and items (the first `upto` of them): equal iff the item
+        list is unchanged.
 
         Fast path for plain JSON items: `json.dumps` (with NaN refused) proves every value is a
         builtin JSON type or a subclass, and `repr` then tells tuples from lists and int keys
         from str keys, which JSON alone would merge. Other items take the exact, slower path
         through the codec. Either way a change of any item changes the identity.
         """
-        keys = canonical_json(self.keys)
+        n = len(self.items) if upto is None else upto
+        items = self.items if n == len(self.items) else self.items[:n]
+        keys = canonical_json(self.keys if n == len(self.keys) else self.keys[:n])
         try:
-            as_json = json.dumps(self.items, sort_keys=True, allow_nan=False, ensure_ascii=False)
-            text = "fast\0" + as_json + "\0" + repr(self.items)
+            as_json = json.dumps(items, sort_keys=True, allow_nan=False, ensure_ascii=False)
+            text = "fast\0" + as_json + "\0" + repr(items)
             return sha256_hex(keys + b"\0" + text.encode("utf-8", "surrogatepass"))
         except (TypeError, ValueError, RecursionError):
             pass
         try:
-            encoded: Any = encode(self.items, what="items")
+            encoded: Any = encode(items, what="items")
         except UnsupportedValueError:
-            encoded = [self._fp(i)[0] for i in range(len(self.items))]
+            encoded = [self._fp(i)[0] for i in range(n)]
         return sha256_hex(keys + b"\0exact\0" + canonical_json(encoded))
 
-    def listing(self) -> list[list[Any]]:
-        """The items as recorded in the checkpoint: [[key, fingerprint, params], ...].
+    def record_payload(self, prev_identity: str | None, prev_count: int | None) -> dict:
+        """The payload of the items record for this list (see state.py): only the new entries
+        when the previous list (`prev_identity`, `prev_count` entries) is a prefix of it."""
+        n = len(self.keys)
+        if (
+            prev_identity is not None
+            and prev_count is not None
+            and 0 < prev_count < n
+            and self.identity(upto=prev_count) == prev_identity
+        ):
+            return {
+                "base": prev_identity,
+                "base_n": prev_count,
+                "append": self.listing(start=prev_count),
+            }
+        return {"items": self.listing()}
+
+    def listing(self, start: int = 0) -> list[list[Any]]:
+        """The items as recorded in the checkpoint: [[key, fingerprint, params], ...], from
+        item `start` on.
 
         Computed once for the whole list, so the per-item cache is bypassed (it would only
         hold a million small tuples for nothing).
         """
         fps = self._fps
         out = []
-        for i, k in enumerate(self.keys):
+        for i in range(start, len(self.keys)):
+            k = self.keys[i]
             cached = fps.get(i)
             if cached is None:
                 cached = self._fp(i)
