@@ -33,10 +33,12 @@ _HASH_LEN = 64
 _TYPES = frozenset({"launch", "items", "result", "failure", "retry", "invalidate", "meta"})
 
 
+# json.dumps with options builds a new encoder per call: one made once gives the same bytes
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
+    return _ENCODE(obj).encode("utf-8")
 
 
 class Record:

@@ -7,6 +7,7 @@ result durable before it returns. A relaunch sees every acknowledged record exac
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
@@ -69,6 +70,8 @@ class ResumableSweep:
     method, `os.fork`) that tries gets `ForeignProcessError` and writes nothing, and closing
     the child's copy leaves the parent's lock and checkpoint alone.
     """
+
+    _meta_seen: Any = None  # a copy of `meta` as last saved (see _save_meta)
 
     def __init__(
         self,
@@ -187,12 +190,18 @@ class ResumableSweep:
             )
 
     def _save_meta(self) -> None:
+        """Record `meta` if it changed. Called before every record: an unchanged meta of
+        plain values is recognised by a structural comparison with a private copy, without
+        encoding it again."""
         with self._lock:
+            if self._meta_seen is not None and _same_plain(self.meta, self._meta_seen):
+                return
             enc = encode(dict(self.meta), what="meta")
             blob = canonical_json(enc)
             if blob != self._persisted_meta:
                 self._append("meta", {"meta": enc})
                 self._persisted_meta = blob
+            self._meta_seen = copy.deepcopy(self.meta)
 
     def _duration(self, key: str, duration: float | None) -> float | None:
         if duration is not None and not (
@@ -531,6 +540,21 @@ class ResumableSweep:
             f"<ResumableSweep {self.name!r} done={s.done} failed={s.failed} "
             f"pending={s.pending} at {str(self.progress_dir)!r}>"
         )
+
+
+def _same_plain(a: Any, b: Any) -> bool:
+    """True only if `a` and `b` are equal plain JSON-like values of exactly the same types
+    (1, 1.0 and True differ, so do 0.0 and -0.0); anything else (numpy values...) is False."""
+    t = type(a)
+    if t is not type(b):
+        return False
+    if t is dict:
+        return a.keys() == b.keys() and all(_same_plain(v, b[k]) for k, v in a.items())
+    if t is list or t is tuple:
+        return len(a) == len(b) and all(map(_same_plain, a, b))
+    if t is float:
+        return (a == b and math.copysign(1.0, a) == math.copysign(1.0, b)) or (a != a and b != b)
+    return (t is str or t is int or t is bool or a is None) and a == b
 
 
 def _text(error: BaseException) -> str:
