@@ -39,7 +39,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(PROGS)}
+    # a loopback-only test cluster: no token (a ~/.ray/auth_token left by a local ray.init
+    # would otherwise switch the head to token mode and lock the second node out)
+    return {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "PYTHONPATH": str(PROGS),
+    }
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -57,6 +64,14 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+
+
+def _wait_started(proc: subprocess.Popen[bytes], log: Path, deadline: float) -> None:
+    """`ray start --block` says "Ray runtime started." once its node is up."""
+    while "Ray runtime started" not in log.read_text(errors="replace"):
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, f"Ray did not start: {log}"
+        time.sleep(0.5)
 
 
 def _alive_nodes(address: str) -> int:
@@ -89,20 +104,18 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     )
     procs = [head]
     try:
-        deadline = time.monotonic() + 120
-        while _alive_nodes(address) < 1:
-            assert head.poll() is None, (tmp / "head.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the Ray head did not come up"
-            time.sleep(1)
+        deadline = time.monotonic() + 300  # a loaded machine starts Ray slowly
+        _wait_started(head, tmp / "head.log", deadline)
         node = _start(
             [f"--address={address}", f"--node-ip-address={NODE_IP}", "--num-cpus=1"],
             tmp / "node.log",
         )
         procs.append(node)
+        _wait_started(node, tmp / "node.log", deadline)
         while _alive_nodes(address) < 2:
             assert node.poll() is None, (tmp / "node.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the second Ray node did not join"
-            time.sleep(1)
+            time.sleep(2)
         yield {"address": address, "node": node, "tmp": tmp}
     finally:
         for proc in reversed(procs):
