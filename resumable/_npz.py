@@ -93,9 +93,11 @@ class ArrayRecord:
     nbytes: int  # array data bytes
     size: int  # bytes of the whole .npy member (header + data)
     sha256: str  # of the whole .npy member
+    path: tuple[str | int, ...] | None = None  # place in a nested graph (schema 2)
+    dtype_name: str | None = None  # an ml_dtypes dtype stored as raw V<n> bytes ("bfloat16")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "member": self.member,
             "dtype": self.dtype,
@@ -105,6 +107,11 @@ class ArrayRecord:
             "size": self.size,
             "sha256": self.sha256,
         }
+        if self.path is not None:
+            out["path"] = list(self.path)
+        if self.dtype_name is not None:
+            out["dtype_name"] = self.dtype_name
+        return out
 
 
 class _Tasks:
@@ -270,7 +277,14 @@ class NpzStreamWriter:
         info.external_attr = 0o600 << 16
         return info
 
-    def add_array(self, member: str, name: str, arr: np.ndarray) -> Callable[[], ArrayRecord]:
+    def add_array(
+        self,
+        member: str,
+        name: str,
+        arr: np.ndarray,
+        path: tuple[str | int, ...] | None = None,
+        dtype_name: str | None = None,
+    ) -> Callable[[], ArrayRecord]:
         """Stream `arr` as member `member`; returns a function giving its manifest record
         (it waits for the array's hash).
 
@@ -308,7 +322,10 @@ class NpzStreamWriter:
         def record() -> ArrayRecord:
             if done is not None:
                 done.result()
-            return ArrayRecord(name, member, descr, shape, fortran, nbytes, size, h.hexdigest())
+            digest = h.hexdigest()
+            return ArrayRecord(
+                name, member, descr, shape, fortran, nbytes, size, digest, path, dtype_name
+            )
 
         return record
 

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
@@ -24,7 +25,7 @@ from .errors import (
     SourceUnreachableError,
 )
 from .manifest import MANIFEST_NAME, Manifest
-from .mirror import Mirror
+from .mirror import Mirror, check_mirror_place
 from .remote import read_manifest, source_store
 from .resume import open_checkpoint, sharded_root_error
 from .shards import (
@@ -56,6 +57,19 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
             f"snapshot_dir {mirror.display} is read-only (http/https); mirror to a local "
             "directory, file://, s3://, gs://, ... (and serve that over HTTP if you like)"
         )
+    if mirror is not None:
+        check_mirror_place(mirror, sweep.mirror_options)  # before anything is written
+        _refuse_overlap(sweep.progress_dir, mirror, "snapshot_dir")
+        local_root, _, mirror_root = sweep._sweep_root
+        if mirror_root and sweep.shard is not None:
+            _refuse_overlap(local_root, Store(mirror_root, sweep.storage_options), "snapshot_dir")
+    if source is not None and _same_place(sweep.progress_dir, source):
+        log.info(
+            "resume_from %s is this sweep's own progress directory: resuming from it as the "
+            "local checkpoint",
+            source.display,
+        )
+        source = None
     if sweep.shard is not None:
         _check_shard_descriptors(sweep)
     elif (sweep.progress_dir / DESCRIPTOR_NAME).is_file():
@@ -128,6 +142,36 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
     except BaseException:
         sweep._writer.close()
         raise
+
+
+def _resolved(path: Path) -> Path:
+    """`path` with symlinks, `..` and `.` resolved (as far as it exists), absolute."""
+    return Path(os.path.realpath(os.path.abspath(path)))
+
+
+def _same_place(progress_dir: Path, store: Store) -> bool:
+    return store.local_path is not None and _resolved(store.local_path) == _resolved(progress_dir)
+
+
+def _refuse_overlap(progress_dir: Path, store: Store, option: str) -> None:
+    """A mirror in, at or around the progress directory would replace the checkpoint's own
+    manifest with the mirror's (and lose acknowledged records): refuse before anything else."""
+    if store.local_path is None:
+        return
+    mine, theirs = _resolved(progress_dir), _resolved(store.local_path)
+    if mine == theirs:
+        how = "is"
+    elif mine in theirs.parents:
+        how = "is inside"
+    elif theirs in mine.parents:
+        how = "contains"
+    else:
+        return
+    raise ConfigurationError(
+        f"{option} {store.display} (resolved: {theirs}) {how} the sweep's own progress directory "
+        f"{progress_dir} (resolved: {mine}). The mirror must be somewhere else: its manifest "
+        f"would replace the checkpoint's own. Choose another {option}, or another checkpoint_path"
+    )
 
 
 def _check_shard_descriptors(sweep: ResumableSweep) -> None:

@@ -26,6 +26,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, NoReturn
 
+from . import _inflight
+
 if TYPE_CHECKING:
     from .preempt import PreemptionGuard
 
@@ -206,6 +208,8 @@ def _watchdog_exit(guards: tuple[PreemptionGuard, ...], hard: float, code: int) 
             hard - time.monotonic(),
             code,
         )
+        if _inflight.pending():  # consistent copies being written: worth finishing
+            _inflight.wait_all(time.monotonic() + (hard - time.monotonic()) / 2)
         for guard in reversed(guards):
             guard._run_flushes(hard)
         for stream in (sys.stdout, sys.stderr):

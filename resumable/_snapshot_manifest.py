@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from . import signing
+from . import codec, signing
 from ._npz import ArrayRecord, NpzReader, descr_from_json
 from .errors import IntegrityError
 
 FORMAT = "resumable.snapshot"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: records carry "path" (and "dtype_name"); "extra" is codec-encoded
 MANIFEST_MEMBER = "__resumable_manifest__.json"
 SIGNATURE_MEMBER = "__resumable_signature__"  # HMAC-SHA256 of the manifest member's bytes
 MAX_ARRAYS = 100_000
@@ -58,7 +58,7 @@ class SnapshotReport:
             "created": self.created,
             "file_bytes": self.file_bytes,
             "array_bytes": self.array_bytes,
-            "extra": self.extra,
+            "extra": codec.encode(self.extra, what="extra"),
             "signature": self.signature,
             "arrays": [a.to_json() for a in self.arrays],
         }
@@ -69,8 +69,8 @@ def now_iso() -> str:
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def manifest_bytes(records: list[ArrayRecord], extra: dict[str, Any], created: str) -> bytes:
-    """The manifest member's bytes (compact ASCII JSON)."""
+def manifest_bytes(records: list[ArrayRecord], extra: Any, created: str) -> bytes:
+    """The manifest member's bytes (compact ASCII JSON); `extra` as `codec.encode` made it."""
     from . import __version__
 
     manifest = {
@@ -122,11 +122,23 @@ def parse_manifest(reader: NpzReader, signing_key: bytes | None = None) -> Snaps
         raise _bad(where, f"manifest 'arrays' is not a list of at most {MAX_ARRAYS} entries")
     if not isinstance(extra, dict):
         raise _bad(where, "manifest 'extra' is not an object")
-    records = [_parse_record(where, i, entry) for i, entry in enumerate(arrays)]
+    if version >= 2:
+        extra = codec.decode(extra, where=f"{where}: manifest 'extra'")
+        if not isinstance(extra, dict):
+            raise _bad(where, "manifest 'extra' is not an object")
+    records = [_parse_record(where, i, entry, version) for i, entry in enumerate(arrays)]
     names = [r.name for r in records]
     members = [r.member for r in records]
+    paths = [r.path for r in records]
     if len(set(names)) != len(names) or len(set(members)) != len(members):
         raise _bad(where, "manifest lists an array name or member twice")
+    if len(set(paths)) != len(paths):
+        raise _bad(where, "manifest lists an array path twice")
+    known = set(paths)
+    for path in paths:  # an array cannot also be a container of others
+        for cut in range(1, len(path or ())):
+            if path[:cut] in known:  # type: ignore[index]
+                raise _bad(where, f"array path {list(path)!r:.200} lies inside another array")
     unknown = set(reader.infos) - set(members) - {MANIFEST_MEMBER, SIGNATURE_MEMBER}
     if unknown:
         raise _bad(where, f"archive holds members the manifest does not list: {sorted(unknown)}")
@@ -163,7 +175,24 @@ def _check_signature(reader: NpzReader, manifest_bytes: bytes, key: bytes | None
     return signing.state(key, manifest_bytes, sig)
 
 
-def _parse_record(where: str, index: int, entry: Any) -> ArrayRecord:
+def _parse_path(where: str, name: str, entry: dict[str, Any], version: int) -> tuple[Any, ...]:
+    if version < 2:
+        return (name,)
+    path = entry.get("path")
+    ok = (
+        isinstance(path, list)
+        and 0 < len(path) <= 64
+        and all(
+            isinstance(p, str) or (isinstance(p, int) and not isinstance(p, bool) and p >= 0)
+            for p in path
+        )
+    )
+    if not ok:
+        raise _bad(where, f"array {name!r}: malformed path {json.dumps(path)[:200]}")
+    return tuple(path)
+
+
+def _parse_record(where: str, index: int, entry: Any, version: int = SCHEMA_VERSION) -> ArrayRecord:
     if not isinstance(entry, dict):
         raise _bad(where, f"manifest array #{index} is not an object")
     try:
@@ -204,4 +233,15 @@ def _parse_record(where: str, index: int, entry: Any) -> ArrayRecord:
             where,
             f"array {name!r}: shape {tuple(shape)} x {dtype.itemsize} bytes != nbytes {nbytes}",
         )
-    return ArrayRecord(name, member, descr, tuple(shape), fortran, nbytes, size, digest)
+    path = _parse_path(where, name, entry, version)
+    dtype_name = entry.get("dtype_name")
+    if dtype_name is not None and not (
+        isinstance(dtype_name, str)
+        and re.fullmatch(r"[a-z][a-z0-9_]{0,31}", dtype_name)
+        and dtype.kind == "V"
+        and dtype.names is None
+    ):
+        raise _bad(where, f"array {name!r}: malformed dtype_name {dtype_name!r:.60}")
+    return ArrayRecord(
+        name, member, descr, tuple(shape), fortran, nbytes, size, digest, path, dtype_name
+    )

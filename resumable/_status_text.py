@@ -13,6 +13,7 @@ from typing import Any
 
 from . import __version__
 from .errors import CheckpointNotFoundError, IntegrityError, ResumableError
+from .item_snapshot import repeatedly_interrupted
 from .storage import redact
 
 # -- formatting helpers ---------------------------------------------------------------------------
@@ -108,6 +109,10 @@ def gather_status(target: str, mirror_url: str | None = None) -> dict[str, Any]:
     status = view.status()
     tls = timelines(view, detail=False)
     problems = problems_after_open(target)
+    if mirror_url and not problems:  # records only the mirror holds: a problem
+        from .view import compare_with_mirror
+
+        problems = compare_with_mirror(view, mirror_url)
     out = status.as_dict()
     out["location"] = redact(out["location"])
     out["now"] = now
@@ -116,6 +121,7 @@ def gather_status(target: str, mirror_url: str | None = None) -> dict[str, Any]:
     out["problems"] = [{"where": redact(p.where), "what": redact(p.what)} for p in problems]
     out["history"] = summary(tls)
     out["library_version"] = __version__
+    out["interrupted_items"] = repeatedly_interrupted(view)  # key -> launches interrupted
     if mirror_url:
         out["mirror"] = mirror_lag(view, mirror_url, now)
     if out.get("shards"):
@@ -227,6 +233,14 @@ def format_status(d: dict[str, Any]) -> str:
     if not h["exact"]:
         launch_text += " (approximate: journal not re-readable)"
     row("launches", launch_text)
+    if d.get("interrupted_items"):
+        worst = sorted(d["interrupted_items"].items(), key=lambda kv: -kv[1])[:5]
+        row(
+            "long items",
+            f"{len(d['interrupted_items'])} item(s) interrupted more than once (longer than the "
+            "instances live? use sweep.item_snapshot): "
+            + ", ".join(f"{show(k)} x{n}" for k, n in worst),
+        )
     failures = d["failures"]
     if failures:
         row("failures", f"{d['failed']} in {len(failures)} error type(s)")

@@ -132,6 +132,9 @@ def http_status(exc: BaseException) -> int | None:
 
 
 def _classify_one(e: BaseException) -> Kind | None:
+    cloud = _classify_cloud(e)
+    if cloud is not None:
+        return cloud
     boto, aiohttp = _botocore(), _aiohttp()
     if boto is not None and isinstance(e, boto.ClientError):
         code, status = aws_code(e)
@@ -195,6 +198,9 @@ def describe(exc: BaseException) -> str:
     links = chain(exc)
     aiohttp = _aiohttp()
     for e in links:
+        cloud = _describe_cloud(e)
+        if cloud is not None:
+            return redact(cloud)
         code, status = aws_code(e)
         if code is not None:
             message = (getattr(e, "response", {}).get("Error") or {}).get("Message") or ""
@@ -366,3 +372,54 @@ def redact(text: str) -> str:
     text = _URL_RE.sub(lambda m: _USERINFO_RE.sub(r"\1***@", m.group(0)), str(text))
     text = _SECRET_PARAM_RE.sub(r"\1REDACTED", text)
     return _SECRET_PARAM_QUOTED_RE.sub(r"\1REDACTED", text)
+
+
+# -- Azure (azure-core, under adlfs) and GCS (gcsfs) ------------------------------------------
+
+AZURE_PERMANENT_MISSING = frozenset({"ContainerNotFound"})  # like NoSuchBucket: a typo
+
+
+def _azure() -> Any:
+    return sys.modules.get("azure.core.exceptions")
+
+
+def _classify_cloud(e: BaseException) -> Kind | None:
+    """Azure SDK errors carry a status and an error code; gcsfs's HttpError a `code`."""
+    az = _azure()
+    if az is not None and isinstance(e, az.AzureError):
+        if isinstance(e, (az.ServiceRequestError, az.ServiceResponseError)):
+            return Kind.TRANSIENT  # refused, DNS, timeouts, connection dropped
+        if isinstance(e, az.ClientAuthenticationError):
+            return Kind.PERMANENT
+        status = getattr(e, "status_code", None)
+        code = str(getattr(e, "error_code", None) or "")
+        if code in AZURE_PERMANENT_MISSING:
+            return Kind.PERMANENT
+        if isinstance(e, az.ResourceNotFoundError) or status == 404:
+            return Kind.MISSING
+        if isinstance(e, (az.ResourceExistsError, az.ResourceModifiedError)) or status == 412:
+            return Kind.EXISTS
+        if status in TRANSIENT_STATUS:
+            return Kind.TRANSIENT
+        return Kind.PERMANENT
+    gcs = sys.modules.get("gcsfs.retry")
+    if gcs is not None and isinstance(e, gcs.HttpError):
+        status = getattr(e, "code", None)
+        if status == 412:
+            return Kind.EXISTS
+        if status in TRANSIENT_STATUS:
+            return Kind.TRANSIENT
+        return Kind.PERMANENT
+    return None
+
+
+def _describe_cloud(e: BaseException) -> str | None:
+    az = _azure()
+    if az is not None and isinstance(e, az.HttpResponseError):
+        status = getattr(e, "status_code", None)
+        code = getattr(e, "error_code", None) or type(e).__name__
+        return f"{code} (HTTP {status})"
+    if az is not None and isinstance(e, az.AzureError):
+        first = str(getattr(e, "message", "") or e).splitlines()[0] if str(e) else ""
+        return f"{type(e).__name__}: {first}".rstrip(": ")
+    return None

@@ -4,6 +4,7 @@ Layout (beside the user's ``checkpoint_path``, e.g. ``data/exp.h5`` -> ``data/ex
 
     manifest.json          sealed segments (size, SHA-256, seq range) and the active one
     segments/seg-00000001.jsonl ...   append-only journal segments (see journal.py)
+    torn/                  torn tails cut off the active segment at an open (kept, never used)
 
 and beside it ``data/exp.h5.resumable.lock``: one writer at a time (a POSIX lock, released by the
 kernel on death). It lies outside the directory so that it also covers replacing the whole
@@ -23,6 +24,7 @@ import fcntl
 import gc
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import durable, limits
 from .durable import atomic_write_bytes, create_durable_file, fsync_file, make_dirs
 from .errors import (
     CheckpointClosedError,
@@ -44,7 +47,6 @@ from .errors import (
 from .journal import ParsedSegment, Record, encode_record, parse_sealed_segment, parse_segment
 from .manifest import (
     MANIFEST_NAME,
-    MAX_SEGMENT_BYTES,
     Manifest,
     SegmentInfo,
     check_name,
@@ -54,8 +56,10 @@ from .state import State
 
 PROGRESS_SUFFIX = ".resumable"
 SEGMENTS_DIR = "segments"
+TORN_DIR = "torn"  # torn tails cut off the active segment, kept for inspection
 LOCK_SUFFIX = ".lock"
 DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
+log = logging.getLogger("resumable.checkpoint")
 _INDEX_RE = re.compile(r"seg-(\d{8})")
 
 
@@ -80,7 +84,7 @@ def next_segment_name(manifest: Manifest) -> str:
 def _create_empty_segment(path: Path) -> None:
     """Create a new, empty segment; an empty leftover of a crash before its manifest is reused."""
     if path.exists() and path.stat().st_size == 0:
-        path.unlink()
+        durable.ops.unlink(path)
     create_durable_file(path)
 
 
@@ -133,7 +137,7 @@ Reader = Callable[[str, int], bytes]
 """Reads the object `name` (e.g. "segments/seg-00000001.jsonl") of at most `max_bytes`;
 raises FileNotFoundError (ObjectNotFoundError for a Store) when it does not exist."""
 
-MAX_MANIFEST_READ = 64 * 1024 * 1024
+MAX_MANIFEST_READ = limits.MAX_MANIFEST_BYTES  # an alias for readers elsewhere
 
 
 def load(progress_dir: Path) -> Loaded | None:
@@ -143,7 +147,7 @@ def load(progress_dir: Path) -> Loaded | None:
         return _read_file(progress_dir / name, max_bytes=max_bytes)
 
     try:
-        mbytes = read(MANIFEST_NAME, MAX_MANIFEST_READ)
+        mbytes = read(MANIFEST_NAME, limits.MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         _check_no_orphans(progress_dir)
         return None
@@ -192,7 +196,7 @@ def load_from(read: Reader, manifest_bytes: bytes, *, location: str) -> Loaded:
             return None
         where = f"{location}/{SEGMENTS_DIR}/{manifest.active}"
         try:
-            return read(f"{SEGMENTS_DIR}/{manifest.active}", MAX_SEGMENT_BYTES)
+            return read(f"{SEGMENTS_DIR}/{manifest.active}", limits.MAX_SEGMENT_BYTES)
         except FileNotFoundError:
             raise IntegrityError(
                 f"{where}: the active segment named by the manifest is missing"
@@ -479,21 +483,48 @@ class CheckpointWriter:
             active = next_segment_name(self.manifest)
             _create_empty_segment(self.segdir / active)
             self.manifest = self.manifest.with_segments(self.manifest.segments, active)
-            atomic_write_bytes(self.dir / MANIFEST_NAME, self.manifest.to_bytes(self.signing_key))
+            data = self.manifest.to_bytes(self.signing_key)
+            limits.check_manifest(len(data), len(self.manifest.segments), f"checkpoint {self.dir}")
+            atomic_write_bytes(self.dir / MANIFEST_NAME, data)
         self._active_path = self.segdir / check_name(self.manifest.active)
         try:
             if loaded.torn_bytes:
-                # Drop the unacknowledged torn tail before appending after it.
-                with open(self._active_path, "r+b") as fh:
-                    fh.truncate(self._active_size)
-                    fsync_file(fh.fileno(), str(self._active_path))
-            self._fd = os.open(self._active_path, os.O_WRONLY | os.O_APPEND)
+                self._drop_torn_tail()
+            self._fd = durable.ops.open(self._active_path, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
             if isinstance(exc, CheckpointWriteError):
                 raise
             raise CheckpointWriteError(
                 exc.errno, f"cannot open {self._active_path} for appending: {exc.strerror}"
             ) from None
+
+    def _drop_torn_tail(self) -> None:
+        """Keep the torn tail's bytes in ``torn/`` (durably), then cut it off the active segment
+        so that appends follow the last valid record. Never acknowledged, never deleted."""
+        fd = durable.ops.open(self._active_path, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            tail = durable.ops.pread(fd, size - self._active_size, self._active_size)
+            if tail:
+                keep = (
+                    self.dir
+                    / TORN_DIR
+                    / (f"{self._active_path.name}.at-{self._active_size}.{time.time_ns()}.torn")
+                )
+                make_dirs(keep.parent)
+                create_durable_file(keep, tail)
+                log.warning(
+                    "%s: dropped a torn tail of %d bytes after the last valid record (byte %d): "
+                    "an append cut short by a crash, never acknowledged. Its bytes are kept in %s",
+                    self._active_path,
+                    len(tail),
+                    self._active_size,
+                    keep,
+                )
+            durable.ops.ftruncate(fd, self._active_size)
+            fsync_file(fd, str(self._active_path))
+        finally:
+            durable.ops.close(fd)
 
     @classmethod
     def create(
@@ -559,12 +590,29 @@ class CheckpointWriter:
             seq = self.last_seq + 1
             t = time.time()
             line, digest, body = encode_record(self.last_hash, seq, kind, key, t, fp, payload)
+            if self._active_size and self._active_size + len(line) > limits.MAX_SEGMENT_BYTES:
+                # Roll first: no segment may grow past what the loader reads.
+                self._seal(
+                    self._plan_seal(
+                        self._active_size,
+                        self._active_hash,
+                        self._active_records,
+                        self.last_seq,
+                        self.last_hash,
+                    )
+                )
             before = self._active_size
+            hasher = self._active_hash.copy()
+            hasher.update(line)
+            plan = None
+            if before + len(line) >= self.segment_bytes:  # this record fills the segment:
+                # the manifest that seals it is built (and checked against the limits) first
+                plan = self._plan_seal(
+                    before + len(line), hasher, self._active_records + 1, seq, digest
+                )
             try:
                 _write_all(self._fd, line)
                 fsync_file(self._fd, str(self._active_path))
-                hasher = self._active_hash.copy()
-                hasher.update(line)
             except OSError as exc:
                 self._fail(f"{type(exc).__name__}: {exc}", truncate_to=before)
                 if isinstance(exc, CheckpointWriteError):
@@ -585,8 +633,8 @@ class CheckpointWriter:
             self.last_seq = seq
             self.last_hash = digest
             record = Record(seq, kind, key, t, fp, body, str(self._active_path))
-            if self._active_size >= self.segment_bytes:
-                self._seal()
+            if plan is not None:
+                self._seal(plan)
             return record
 
     def append_many(
@@ -594,7 +642,10 @@ class CheckpointWriter:
     ) -> list[Record]:
         """Durably append (kind, payload, key, fp) records with one write and one fdatasync
         (one per segment when they fill it); when this returns all of them survive SIGKILL and
-        power loss. Group commit: the cost of the fdatasync is shared by the whole group."""
+        power loss. Group commit: the cost of the fdatasync is shared by the whole group. The
+        segment rules are `append`'s: a segment is sealed once it reaches `segment_bytes`
+        (its manifest planned, and checked against the limits, before the write), and rolled
+        first when a record would take it past `limits.MAX_SEGMENT_BYTES`."""
         if os.getpid() != self.owner_pid:  # before the mutex: a parent's thread may hold it
             raise foreign_process_error(f"checkpoint {self.dir}", self.owner_pid)
         out: list[Record] = []
@@ -613,8 +664,21 @@ class CheckpointWriter:
                 hasher = self._active_hash.copy()
                 while pos < len(entries):
                     kind, payload, key, fp = entries[pos]
-                    seq += 1
-                    line, prev, body = encode_record(prev, seq, kind, key, t, fp, payload)
+                    line, digest, body = encode_record(prev, seq + 1, kind, key, t, fp, payload)
+                    if size and size + len(line) > limits.MAX_SEGMENT_BYTES:
+                        if lines:
+                            break  # write what we have; the next chunk rolls first
+                        self._seal(  # roll first: no segment grows past what the loader reads
+                            self._plan_seal(
+                                self._active_size,
+                                self._active_hash,
+                                self._active_records,
+                                self.last_seq,
+                                self.last_hash,
+                            )
+                        )
+                        size, hasher = 0, hashlib.sha256()
+                    seq, prev = seq + 1, digest
                     lines.append(line)
                     heads.append((seq, kind, key, fp, body))
                     hasher.update(line)
@@ -622,6 +686,11 @@ class CheckpointWriter:
                     pos += 1
                     if size >= self.segment_bytes:
                         break
+                plan = None
+                if size >= self.segment_bytes:  # the manifest sealing it is checked first
+                    plan = self._plan_seal(
+                        size, hasher, self._active_records + len(lines), seq, prev
+                    )
                 before = self._active_size
                 try:
                     _write_all(self._fd, b"".join(lines))
@@ -648,8 +717,8 @@ class CheckpointWriter:
                 self.last_hash = prev
                 source = str(self._active_path)
                 out.extend(Record(s, k, key, t, fp, body, source) for s, k, key, fp, body in heads)
-                if size >= self.segment_bytes:
-                    self._seal()
+                if plan is not None:
+                    self._seal(plan)
         return out
 
     def _fail(self, why: str, truncate_to: int | None = None) -> None:
@@ -657,32 +726,43 @@ class CheckpointWriter:
         self._broken = why
         if truncate_to is not None:
             with contextlib.suppress(OSError):  # a torn tail is dropped on the next load anyway
-                os.ftruncate(self._fd, truncate_to)
+                durable.ops.ftruncate(self._fd, truncate_to)
 
-    def _seal(self) -> None:
-        name = self._active_path.name
+    def _plan_seal(
+        self, size: int, hasher: Any, records: int, last_seq: int, last_hash: str
+    ) -> tuple[str, Manifest, bytes]:
+        """The next segment's name and the manifest (and its bytes) that seal the active segment
+        once it holds `records` records in `size` bytes; LimitExceededError if the manifest
+        would break a limit of the loader (checked before the record is written)."""
         info = SegmentInfo(
-            name=name,
-            size=self._active_size,
-            sha256=self._active_hash.hexdigest(),
-            records=self._active_records,
-            first_seq=self.last_seq - self._active_records + 1,
-            last_seq=self.last_seq,
-            last_hash=self.last_hash,
+            name=self._active_path.name,
+            size=size,
+            sha256=hasher.hexdigest(),
+            records=records,
+            first_seq=last_seq - records + 1,
+            last_seq=last_seq,
+            last_hash=last_hash,
         )
         new_name = next_segment_name(self.manifest)
+        manifest = self.manifest.with_segments((*self.manifest.segments, info), new_name)
+        data = manifest.to_bytes(self.signing_key)
+        limits.check_manifest(len(data), len(manifest.segments), f"checkpoint {self.dir}")
+        return new_name, manifest, data
+
+    def _seal(self, plan: tuple[str, Manifest, bytes]) -> None:
+        new_name, manifest, data = plan
+        name = self._active_path.name
         new_path = self.segdir / new_name
         try:
             _create_empty_segment(new_path)
-            manifest = self.manifest.with_segments((*self.manifest.segments, info), new_name)
-            atomic_write_bytes(self.dir / MANIFEST_NAME, manifest.to_bytes(self.signing_key))
+            atomic_write_bytes(self.dir / MANIFEST_NAME, data)
         except OSError as exc:
             self._fail(f"sealing segment {name} failed: {exc}")
             raise
-        os.close(self._fd)
+        durable.ops.close(self._fd)
         self.manifest = manifest
         self._active_path = new_path
-        self._fd = os.open(new_path, os.O_WRONLY | os.O_APPEND)
+        self._fd = durable.ops.open(new_path, os.O_WRONLY | os.O_APPEND)
         self._active_hash = hashlib.sha256()
         self._active_size = 0
         self._active_records = 0
@@ -708,7 +788,7 @@ class CheckpointWriter:
         with self._mutex:
             try:
                 if self._fd >= 0:
-                    os.close(self._fd)
+                    durable.ops.close(self._fd)
                     self._fd = -1
             finally:
                 self.lock.release()
@@ -720,12 +800,13 @@ class CheckpointWriter:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             with contextlib.suppress(OSError):
-                os.close(fd)
+                durable.ops.close(fd)
         self.lock.release()
         self._broken = "the sweep belongs to another process"
 
 
 def _write_all(fd: int, data: bytes) -> None:
+    write = durable.ops.write
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        view = view[write(fd, view) :]

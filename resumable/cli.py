@@ -96,7 +96,10 @@ def _jsonable(obj: Any) -> Any:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .view import verify
 
-    problems = verify(args.target)
+    mirror = args.mirror
+    if mirror is None and not is_url(args.target):
+        mirror = os.environ.get(ENV_SNAPSHOT_DIR) or None
+    problems = verify(args.target, mirror=mirror)
     shown = redact(args.target)
     if args.json:
         out = {
@@ -110,7 +113,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for p in problems:
             _print(f"  {clean(redact(p.where), 300)}: {clean(redact(p.what), 500)}")
     else:
-        _print(f"{shown}: intact (every hash checked)")
+        against = f"; nothing missing against the mirror {redact(mirror)}" if mirror else ""
+        _print(f"{shown}: intact (every hash checked{against})")
     return EXIT_FAIL if problems else EXIT_OK
 
 
@@ -330,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("target", metavar="PATH_OR_URL", help=target_help)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--mirror",
+        metavar="URL",
+        help="also compare with this mirror: report records it holds that the checkpoint "
+        f"lacks (default: ${ENV_SNAPSHOT_DIR})",
+    )
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(

@@ -73,9 +73,9 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npformat
 
-from . import __version__
+from . import __version__, durable
 from .codec import decode, encode
-from .durable import atomic_writer, fsync_dir
+from .durable import atomic_writer, fsync_dir, fsync_file
 
 Row = tuple[str, Any, Any]
 
@@ -153,8 +153,8 @@ def write_h5(
                 n += 1
             f.attrs["n_items"] = n
         with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+            fsync_file(fh.fileno(), str(tmp), data_only=False)
+        durable.ops.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -13,8 +13,12 @@ lines are not re-hashed on load); someone who rewrites a segment *and* the manif
 can forge a consistent checkpoint: that is authenticity, which signing (signing.py) provides.
 The small header is parsed at load; the payload (a result's value, for instance) is verified by
 the hash then but only decoded when it is used, which keeps resuming a large sweep fast. The
-only damage forgiven is a torn tail: a final line without its newline, which a crash in the
-middle of an append leaves behind and which was never acknowledged.
+only damage forgiven is a torn tail of the active segment: damage (a partial line, zeros,
+garbage, of any length) after its last valid record with no record after it. A crash or power
+cut in the middle of an append leaves exactly that (a file's new size can reach the disk before
+its data, and its pages in any order), and that append was never acknowledged. Damage followed
+by a record is an `IntegrityError`. (Removing the last records of the active segment looks the
+same as a torn tail: only an outside reference, a mirror, can tell; see `verify --mirror`.)
 """
 
 from __future__ import annotations
@@ -25,10 +29,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from . import limits
 from .errors import IntegrityError
 
-MAX_RECORD_BYTES = 256 * 1024 * 1024
-MAX_KEY_CHARS = 1 << 20
 _HASH_LEN = 64
 _TYPES = frozenset({"launch", "items", "result", "failure", "retry", "invalidate", "meta"})
 
@@ -91,8 +94,12 @@ def encode_record(
     """(line bytes, record hash, payload bytes) of a new record."""
     if kind not in _TYPES:
         raise ValueError(f"unknown record type {kind!r}")
+    what = f"the {kind} record" + (f" of item {key!r:.100}" if key is not None else "")
+    if key is not None:
+        limits.check_key(key, what)
     header = b"%d %s %r %s " % (seq, kind.encode(), t, (fp or "-").encode()) + _dumps(key)
     body = _dumps(payload)
+    limits.check_record(_HASH_LEN + 2 + len(header) + len(body), what)
     digest = hashlib.sha256(prev_hash.encode("ascii") + b"\n" + header + b"\t" + body).hexdigest()
     return digest.encode("ascii") + b" " + header + b"\t" + body + b"\n", digest, body
 
@@ -126,52 +133,71 @@ def parse_segment(
     prev = prev_hash.encode("ascii")
     n = len(data)
     sha = hashlib.sha256
+    max_record = limits.MAX_RECORD_BYTES
     while pos < n:
-        end = data.find(b"\n", pos)
-        if end < 0:
-            if allow_torn_tail and not _is_record_plus_garbage(data[pos:], prev):
+        try:
+            end = data.find(b"\n", pos)
+            if end < 0:
+                raise IntegrityError(
+                    f"{source}: record {seq} at byte {pos} is cut short "
+                    f"({n - pos} bytes without a line end)"
+                    + ("" if allow_torn_tail else " in a sealed segment")
+                )
+            if end - pos > max_record:
+                raise IntegrityError(
+                    f"{source}: record {seq} at byte {pos} is {end - pos} bytes; at most "
+                    f"{max_record} expected"
+                )
+            claimed = data[pos : pos + _HASH_LEN]
+            tab = data.find(b"\t", pos + _HASH_LEN + 1, end)
+            if tab < 0 or data[pos + _HASH_LEN : pos + _HASH_LEN + 1] != b" ":
+                raise IntegrityError(
+                    f"{source}: record {seq} at byte {pos}: expected "
+                    f"'<sha256> <header>\\t<payload>', found {data[pos : min(end, pos + 80)]!r}"
+                )
+            header = data[pos + _HASH_LEN + 1 : tab]
+            actual = sha(prev + b"\n" + data[pos + _HASH_LEN + 1 : end]).hexdigest().encode("ascii")
+            if claimed != actual:
+                raise IntegrityError(
+                    f"{source}: record {seq} at byte {pos}: SHA-256 mismatch (recorded "
+                    f"{claimed[:16]!r}..., computed {actual[:16]!r}...): the record or one before "
+                    "it was altered, removed or reordered"
+                )
+            records.append(_record(header, data[tab + 1 : end], seq=seq, source=source, offset=pos))
+        except IntegrityError:
+            # Damage with no record after it, in the active segment: a torn tail (see above).
+            if allow_torn_tail and not record_follows(data, pos):
                 return ParsedSegment(records, pos, n - pos, prev.decode("ascii"))
-            raise IntegrityError(
-                f"{source}: record {seq} at byte {pos} is cut short "
-                f"({n - pos} bytes without a line end) in a sealed segment"
-            )
-        if end - pos > MAX_RECORD_BYTES:
-            raise IntegrityError(
-                f"{source}: record {seq} at byte {pos} is {end - pos} bytes; at most "
-                f"{MAX_RECORD_BYTES} expected"
-            )
-        claimed = data[pos : pos + _HASH_LEN]
-        tab = data.find(b"\t", pos + _HASH_LEN + 1, end)
-        if tab < 0 or data[pos + _HASH_LEN : pos + _HASH_LEN + 1] != b" ":
-            raise IntegrityError(
-                f"{source}: record {seq} at byte {pos}: expected '<sha256> <header>\\t<payload>', "
-                f"found {data[pos : min(end, pos + 80)]!r}"
-            )
-        header = data[pos + _HASH_LEN + 1 : tab]
-        actual = sha(prev + b"\n" + data[pos + _HASH_LEN + 1 : end]).hexdigest().encode("ascii")
-        if claimed != actual:
-            raise IntegrityError(
-                f"{source}: record {seq} at byte {pos}: SHA-256 mismatch (recorded "
-                f"{claimed[:16]!r}..., computed {actual[:16]!r}...): the record or one before it "
-                "was altered, removed or reordered"
-            )
-        records.append(_record(header, data[tab + 1 : end], seq=seq, source=source, offset=pos))
+            raise
         prev = claimed
         seq += 1
         pos = end + 1
     return ParsedSegment(records, pos, 0, prev.decode("ascii"))
 
 
-def _is_record_plus_garbage(tail: bytes, prev: bytes) -> bool:
-    """True if `tail` is a whole, hash-valid record whose newline became another byte.
+_RECORD_START = re.compile(
+    rb"[0-9a-f]{64} ([0-9]{1,18}) [a-z]{1,12} [^ \t\n]{1,40} [^ \t\n]{1,80} [^\t\n]*\t[^\n]*\n"
+)
 
-    A crash leaves a *prefix* of an append, so a real torn tail is at most the record without
-    its newline; a complete record followed by a wrong byte is damage, not a torn write.
+
+def record_follows(data: bytes, pos: int) -> bool:
+    """Whether a whole, well-formed record line lies anywhere after the damage at `pos`.
+
+    A power cut during the one unacknowledged append leaves only bytes of that one line (a
+    prefix, zeroed or stale pages, its last page without the rest), so damage with a record
+    after it was not made by a crash: it is damage to acknowledged records. The record may
+    start anywhere (its predecessor's newline may be the damaged byte); a raw tab occurs once
+    per line (JSON escapes the others), so a payload cannot pass for a record.
     """
-    body = tail[_HASH_LEN + 1 : -1]
-    if len(tail) < _HASH_LEN + 3 or b"\t" not in body:
-        return False
-    return hashlib.sha256(prev + b"\n" + body).hexdigest().encode("ascii") == tail[:_HASH_LEN]
+    for m in _RECORD_START.finditer(data, pos + 1):
+        line = m.group(0)
+        tab = line.index(b"\t")
+        try:
+            _record(line[_HASH_LEN + 1 : tab], b"", seq=int(m.group(1)), source="", offset=0)
+        except IntegrityError:
+            continue
+        return True
+    return False
 
 
 _SEALED_LINE = re.compile(  # the hash is not captured: the manifest's SHA-256 vouches for it
@@ -255,7 +281,7 @@ def _record(header: bytes, payload: bytes, *, seq: int, source: str, offset: int
             key_s = json.loads(key)
             if type(key_s) is not str:
                 raise ValueError("key is not a string")
-        if len(key_s or "") > MAX_KEY_CHARS:
+        if len(key_s or "") > limits.MAX_KEY_CHARS:
             raise ValueError("key too long")
         tval = float(t)
         fp_s = None if fp == b"-" else fp.decode("ascii")

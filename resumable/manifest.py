@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from . import __version__, signing
+from . import __version__, limits, signing
 from .codec import canonical_json, sha256_hex
 from .errors import IntegrityError
 
@@ -24,9 +24,10 @@ FORMAT = "resumable-checkpoint"
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024
-MAX_SEGMENTS = 200_000
-MAX_SEGMENT_BYTES = 1 << 30
+# Aliases for readers elsewhere; the limits themselves live in limits.py (read there at use).
+MAX_MANIFEST_BYTES = limits.MAX_MANIFEST_BYTES
+MAX_SEGMENTS = limits.MAX_SEGMENTS
+MAX_SEGMENT_BYTES = limits.MAX_SEGMENT_BYTES
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -112,9 +113,9 @@ def parse_manifest(data: bytes, *, source: str, signing_key: bytes | None = None
 
     With `signing_key`, an unsigned or wrongly signed manifest is refused (IntegrityError).
     """
-    if len(data) > MAX_MANIFEST_BYTES:
+    if len(data) > limits.MAX_MANIFEST_BYTES:
         raise IntegrityError(
-            f"manifest {source} is {len(data)} bytes; at most {MAX_MANIFEST_BYTES} expected"
+            f"manifest {source} is {len(data)} bytes; at most {limits.MAX_MANIFEST_BYTES} expected"
         )
     try:
         body = json.loads(data.decode("utf-8"))
@@ -182,8 +183,10 @@ def _from_body(body: dict[str, Any]) -> Manifest:
     raw = body["segments"]
     if type(raw) is not list:
         raise IntegrityError("segments must be a list")
-    if len(raw) > MAX_SEGMENTS:
-        raise IntegrityError(f"lists {len(raw)} segments; at most {MAX_SEGMENTS} are accepted")
+    if len(raw) > limits.MAX_SEGMENTS:
+        raise IntegrityError(
+            f"lists {len(raw)} segments; at most {limits.MAX_SEGMENTS} are accepted"
+        )
     segments: list[SegmentInfo] = []
     expected_first = 1
     prev_hash = ""
@@ -191,7 +194,7 @@ def _from_body(body: dict[str, Any]) -> Manifest:
     for i, s in enumerate(raw):
         seg = SegmentInfo(
             name=check_name(s["name"]),
-            size=_int(s["size"], f"segment {i} size", 0, MAX_SEGMENT_BYTES),
+            size=_int(s["size"], f"segment {i} size", 0, limits.MAX_SEGMENT_BYTES),
             sha256=_hex(s["sha256"], f"segment {i} sha256"),
             records=_int(s["records"], f"segment {i} records"),
             first_seq=_int(s["first_seq"], f"segment {i} first_seq"),

@@ -84,13 +84,7 @@ class Mirror:
         signing_key: bytes | None = None,
     ) -> None:
         options = options or MirrorOptions()
-        if not store.supports_cas and not options.allow_unconditional:
-            raise ConfigurationError(
-                f"{store.display} offers no conditional write, so a second writer (a zombie "
-                "launch) could overwrite this sweep's mirror unnoticed; mirror to a local "
-                "directory, s3://, gs:// or az://, or accept the risk with "
-                "MirrorOptions(allow_unconditional=True)"
-            )
+        check_mirror_place(store, options)
         if not store.supports_cas:
             log.warning(
                 "mirroring to %s without conditional writes (allow_unconditional): a second "
@@ -121,6 +115,7 @@ class Mirror:
         self._garbage: dict[str, float | None] = {}
         self._generation = 0
         self._written = False  # superseded objects are collected only after our own manifest
+        self._scanned = False  # looked for orphans (parts no manifest names) once
         self.remote_seq = 0
         self.last_upload: float | None = None
         self.last_error: str | None = None
@@ -299,6 +294,9 @@ class Mirror:
             self._put_chunk(view)
             parts.extend(self._chunks)
         self._write_manifest(view, parts, view.last_seq)
+        if not self._scanned:
+            self._scanned = True
+            self._find_orphans({p.name for p in parts})
         return True
 
     def _write_manifest(self, view: WriterView, parts: list[SegmentInfo], seq: int) -> None:
@@ -512,6 +510,26 @@ class Mirror:
         for p in parts:
             self._garbage.setdefault(p.name, None)  # the clock starts with the next manifest
 
+    def _find_orphans(self, named: set[str]) -> None:
+        """Once per launch, after our first manifest: parts no manifest of ours names, left by
+        killed launches (uploaded, never named; or superseded, never deleted), become garbage
+        with the usual delay from now, if they are at least `gc_delay_s` old already. Whatever
+        a published manifest could still name was superseded no later than the manifest we
+        replaced, which was there before now; a part younger than the delay may be another
+        launch's upload in flight."""
+        self.requests += 1
+        try:
+            listing = self.store.list_dir(SEGMENTS_DIR)
+        except ResumableError as exc:
+            log.debug("could not list %s for orphans: %s", self.store.display, exc)
+            return
+        now, wall = time.monotonic(), time.time()
+        for name, mtime in listing.items():
+            if name in named or name in self._garbage or mtime is None:
+                continue
+            if wall - mtime >= self.options.gc_delay_s:
+                self._garbage[name] = now
+
     def _collect(self) -> None:
         """Delete superseded objects that no manifest we wrote names any more."""
         if not self._garbage or not self._written:
@@ -541,6 +559,17 @@ class Mirror:
                 continue
             del self._garbage[name]
             self._uploaded.pop(name, None)
+
+
+def check_mirror_place(store: Store, options: MirrorOptions | None) -> None:
+    """Refuse a place without conditional writes unless the options accept the risk."""
+    if not store.supports_cas and not (options and options.allow_unconditional):
+        raise ConfigurationError(
+            f"{store.display} offers no conditional write, so a second writer (a zombie "
+            "launch) could overwrite this sweep's mirror unnoticed; mirror to a local "
+            "directory, s3://, gs:// or az://, or accept the risk with "
+            "MirrorOptions(allow_unconditional=True)"
+        )
 
 
 def _remote_part(seg: SegmentInfo) -> SegmentInfo:

@@ -27,6 +27,13 @@ Grace deadline and watchdog
     GIL for the whole grace period blocks the watchdog as well; then only the platform's SIGKILL
     ends the process (exit 137), still with the last good snapshot intact.
 
+Background saves
+    Background snapshot saves (`save_state_with_manifest(..., background=True)`) hold a
+    consistent copy of the state; at the safe point the guard waits for those in flight after
+    its hooks and before its flushes (until ``deadline - flush_reserve_s``), and the watchdog
+    waits for them too (for half the time it has left) before its flushes. A save still
+    running when the process ends is discarded atomically.
+
 Hook errors
     Each hook runs once, in order. An exception in a hook is logged with its traceback and the
     remaining hooks and all flushes still run; the exit code stays 75 and the errors ride on
@@ -71,7 +78,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import _signals
+from . import _inflight, _signals
 from ._spot import AwsSpotWatcher, AzureScheduledEventsWatcher, GcpPreemptionWatcher, SpotWatcher
 from .errors import ConfigurationError
 
@@ -361,6 +368,7 @@ class PreemptionGuard:
                 self._exit_code,
             )
             self._run_hooks()
+            self._wait_for_saves()
             self._run_flushes(self._deadline_of())
             if self.late_signals > late:
                 logger.info(
@@ -391,6 +399,11 @@ class PreemptionGuard:
                     hook,
                     self._exit_code,
                 )
+
+    def _wait_for_saves(self) -> None:
+        """Let background snapshot saves in flight finish, leaving the flushes their reserve."""
+        if _inflight.pending():
+            _inflight.wait_all(self._deadline_of() - self._flush_reserve_s)
 
     def _run_flushes(self, hard: float) -> None:
         for fn, takes_remaining in self._flushes:
@@ -514,7 +527,8 @@ def make_preempt_snapshot_hook(
 
     `extra` is a JSON dict, or a callable returning one evaluated at each save (so it can report
     the current step). The same hook serves as the guard's preemption hook and for periodic
-    snapshots; exiting is the guard's job.
+    snapshots; exiting is the guard's job. A background save to the same `url` still in flight
+    is waited for first (one save per target at a time), so the newest state always wins.
     """
     if extra is not None and not callable(extra) and not isinstance(extra, Mapping):
         raise ConfigurationError("extra must be None, a mapping, or a callable returning one")

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 
 from .checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, Loaded, load
-from .durable import create_durable_file, fsync_dir, make_dirs
+from .durable import create_durable_file, fsync_dir, make_dirs, remove_tree, rename_durably
 from .errors import IntegrityError, ObjectNotFoundError, StorageError
 from .manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, Manifest, parse_manifest
 from .storage import Store, redact
 
 log = logging.getLogger("resumable.remote")
+
+STALE_AFTER_S = 30.0  # leftovers of killed downloads are removed once this old (gc_delay_s)
 
 
 def source_store(url: str, storage_options: dict | None = None) -> Store:
@@ -70,14 +72,22 @@ def _holds_parts(store: Store) -> bool:
     return store.exists(SEGMENTS_DIR)  # S3: a prefix with objects; HTTP: a folder listing
 
 
-def download(store: Store, manifest_bytes: bytes, beside: Path) -> tuple[Path, Loaded]:
+def download(
+    store: Store, manifest_bytes: bytes, beside: Path, *, signing_key: bytes | None = None
+) -> tuple[Path, Loaded]:
     """Copy the checkpoint at `store` into a new directory beside `beside`, and verify it.
 
     Each part is checked against the manifest's size and SHA-256 as it arrives, then the whole
     copy is loaded (every record verified). The caller installs or discards the directory.
+
+    With `signing_key` (the manifest's signature already checked), every byte taken must be
+    covered by that signature. A manifest signs its sealed parts by SHA-256, but not the
+    bytes of an active segment (another machine's progress directory, still being appended
+    to): a source whose active segment holds anything is refused. A mirror never has one.
     """
     manifest = parse_manifest(manifest_bytes, source=redact(store.url(MANIFEST_NAME)))
     make_dirs(beside.parent)
+    collect_leftovers(beside)
     tmp = beside.parent / f".{beside.name}.incoming-{secrets.token_hex(4)}"
     segdir = tmp / SEGMENTS_DIR
     make_dirs(segdir)
@@ -111,6 +121,14 @@ def download(store: Store, manifest_bytes: bytes, beside: Path) -> tuple[Path, L
                     f"{redact(store.url(name))}: the active segment named by the manifest is "
                     "missing"
                 ) from None
+            if signing_key is not None and data:
+                raise IntegrityError(
+                    f"{redact(store.url(name))}: the active segment holds {len(data)} bytes "
+                    "not covered by the signature of the manifest naming it (a signature "
+                    "covers sealed parts only), and a signing key is set: refusing to trust "
+                    "them. Resume from the sweep's mirror (snapshot_dir), whose signed "
+                    "manifest covers every part"
+                )
             create_durable_file(segdir / manifest.active, data)
         create_durable_file(tmp / MANIFEST_NAME, manifest_bytes)
         loaded = load(tmp)
@@ -120,6 +138,26 @@ def download(store: Store, manifest_bytes: bytes, beside: Path) -> tuple[Path, L
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return tmp, loaded
+
+
+def collect_leftovers(beside: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove what killed launches left beside `beside`: unfinished downloads
+    (`.<name>.incoming-*`) and checkpoints replaced by an install (`.<name>.replaced-*`), once
+    untouched for `older_than_s`. (The caller holds the checkpoint's lock; the age covers the
+    moment between a download and its install, where it is released.)"""
+    removed = []
+    now = time.time()
+    for pattern in (f".{beside.name}.incoming-*", f".{beside.name}.replaced-*"):
+        for path in beside.parent.glob(pattern):
+            try:
+                age = now - path.lstat().st_mtime
+            except OSError:
+                continue
+            if age >= older_than_s and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("removed %s, left by a killed launch", path)
+                removed.append(path)
+    return removed
 
 
 def install(downloaded: Path, progress_dir: Path) -> None:
@@ -132,11 +170,11 @@ def install(downloaded: Path, progress_dir: Path) -> None:
     old = None
     if progress_dir.exists():
         old = parent / f".{progress_dir.name}.replaced-{secrets.token_hex(4)}"
-        os.rename(progress_dir, old)
-    os.rename(downloaded, progress_dir)
+        rename_durably(progress_dir, old)
+    rename_durably(downloaded, progress_dir)
     fsync_dir(parent)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old)
 
 
 def discard(downloaded: Path) -> None:

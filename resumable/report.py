@@ -27,6 +27,7 @@ from . import __version__
 from ._history import Timeline, timelines
 from ._status_text import rate_text, span
 from .durable import atomic_writer
+from .item_snapshot import repeatedly_interrupted
 from .storage import redact
 
 _COLORS = [
@@ -267,6 +268,7 @@ def render(view: Any, *, location: str, problems: list[Any]) -> str:
         ("stale", f"{status.stale}"),
         ("launches", f"{len(launches)}"),
         ("interrupted", f"{len(interrupted)}"),
+        ("items interrupted 2+ times", f"{len(repeatedly_interrupted(view))}"),
         ("time lost", span(lost) if interrupted else "none"),
         ("wall time", span(last - first) if first and last else "-"),
         ("item time", span(sum(ok_d) + sum(fail_d)) if ok_d or fail_d else "-"),

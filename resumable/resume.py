@@ -118,7 +118,9 @@ def _decide(
             or manifest.active is not None
             or manifest.sealed_records > local.state.last_seq
         ):
-            local, lock, taken = _take_remote(progress_dir, lock, source, data, manifest, local)
+            local, lock, taken = _take_remote(
+                progress_dir, lock, source, data, manifest, local, signing_key
+            )
             how = "remote" if taken else how
         elif (
             manifest.sweep_id != local.manifest.sweep_id
@@ -174,11 +176,12 @@ def _take_remote(
     data: bytes,
     manifest: Manifest,
     local: Loaded | None,
+    signing_key: bytes | None,
 ) -> tuple[Loaded, DirLock, bool]:
     """Download the source and install it if it extends the local history (True), keep the
     local checkpoint if that extends the source (False), refuse if they diverge. `lock` (the
     writer lock beside `progress_dir`) is held throughout."""
-    tmp, fetched = download(source, data, progress_dir)
+    tmp, fetched = download(source, data, progress_dir, signing_key=signing_key)
     try:
         if local is not None:
             if manifest.sweep_id != local.manifest.sweep_id:

@@ -24,9 +24,11 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -300,6 +302,17 @@ class Store:
             ) from None
         if self._protocol in _S3:
             fs.retries = 1  # s3fs's own loop (no jitter) would multiply our attempts
+        unretried = getattr(getattr(type(fs), "_request", None), "__wrapped__", None)
+        if self._protocol in ("gs", "gcs") and unretried is not None:
+            # gcsfs retries every request 6 times (sleeping 1+2+4+8+16 s) whatever it is told:
+            # this instance calls the undecorated request, so our policy alone retries
+            fs._request = types.MethodType(unretried, fs)
+        retry_policy = getattr(getattr(fs, "service_client", None), "_config", None)
+        retry_policy = getattr(retry_policy, "retry_policy", None)
+        if self._protocol in ("az", "abfs", "abfss") and hasattr(retry_policy, "total_retries"):
+            # the Azure SDK retries 3 times, 15 s apart and more: ours owns retries (and the
+            # policy object is shared by every blob client this filesystem makes)
+            retry_policy.total_retries = 0
         return fs
 
     def _run(self, op: str, url: str, fn: Callable[[], T], *, retry: bool = True) -> T:
@@ -330,6 +343,10 @@ class Store:
             raise
         except Exception as exc:
             err = translate(exc, op, shown)
+            if isinstance(err, ObjectNotFoundError) and self._no_such_bucket(url):
+                err = StorageError(
+                    f"cannot {op} {shown}: the bucket does not exist (check its name)"
+                )
             if retry and isinstance(err, SourceUnreachableError):
                 elapsed = time.monotonic() - start
                 plural = "s" * (attempts != 1)
@@ -338,6 +355,20 @@ class Store:
                 )
             raise_from(err, exc)
             raise  # pragma: no cover - raise_from always raises
+
+    def _no_such_bucket(self, url: str) -> bool:
+        """GCS answers a missing bucket like a missing object (404): ask about the bucket, so
+        that a typo in its name is an error, never a fresh start (S3 and Azure say so)."""
+        if self._protocol not in ("gs", "gcs"):
+            return False
+        fs = self._fs()
+        try:
+            fs.call("GET", "b/{}", fs.split_path(url)[0], json_out=True)
+        except FileNotFoundError:
+            return True
+        except Exception:
+            return False  # cannot tell: the object's own answer stands
+        return False
 
     def _check_writable(self, url: str) -> None:
         if self._protocol in _HTTP:
@@ -401,8 +432,13 @@ class Store:
             return
         self._check_writable(url)
 
+        conditional = _cas.writer(self._protocol) if create_only else None
+
         def put() -> None:
             try:
+                if conditional is not None:  # fsspec's mode="create" is not honoured everywhere
+                    conditional(self._fs(), url, data, None)
+                    return
                 self._fs().pipe_file(url, data, mode="create" if create_only else "overwrite")
             except Exception as exc:
                 if classify(exc) is Kind.EXISTS:
@@ -657,6 +693,57 @@ class Store:
 
         self._run("delete", url, rm)
 
+    def list_dir(self, name: str) -> dict[str, float | None]:
+        """The objects directly under the directory `name`: {child name: modification time
+        (seconds since the epoch; None if the back end does not say)}. Empty if there is none;
+        unreachable or forbidden raises, like every read."""
+        url = self.url(name)
+        if self.is_local:
+            path = self._path(name)
+            found: dict[str, float | None] = {}
+            try:
+                with os.scandir(path) as it:
+                    for entry in it:
+                        if entry.is_file(follow_symlinks=False):
+                            found[entry.name] = entry.stat(follow_symlinks=False).st_mtime
+            except (FileNotFoundError, NotADirectoryError):
+                return {}
+            except OSError as exc:
+                raise _local_error(exc, "list", path) from exc
+            return found
+        if self._protocol in _HTTP:
+            raise StorageError(f"cannot list {redact(url)}: http(s) stores have no listing")
+
+        def ls() -> dict[str, float | None]:
+            fs = self._fs()
+            with contextlib.suppress(Exception):
+                fs.invalidate_cache(url)  # other writers change listings: never reuse one
+            try:
+                entries = fs.ls(url, detail=True)
+            except Exception as exc:
+                if classify(exc) is Kind.MISSING:
+                    return {}
+                raise
+            return {
+                str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: _mtime(e)
+                for e in entries
+                if e.get("type") == "file"
+            }
+
+        return self._run("list", url, ls)
+
+    def copy(self, src: str, dst: str) -> None:
+        """Copy the object `src` to `dst` in this store, server-side where the store offers it
+        (S3 CopyObject, GCS rewrite): no data passes through this process. `dst` appears
+        complete or not at all; ObjectNotFoundError if `src` is missing."""
+        src_url, dst_url = self.url(src), self.url(dst)
+        if self.is_local:
+            with self.open_read(src) as fin, self.open_write(dst) as fout:
+                shutil.copyfileobj(fin, fout, 8 << 20)
+            return
+        self._check_writable(dst_url)
+        self._run("copy", src_url, lambda: self._fs().copy(src_url, dst_url))
+
     def exists(self, name: str) -> bool:
         """Whether something exists under `name`. Never False because the store could not be
         reached: that raises SourceUnreachableError (fsspec's exists() would say False)."""
@@ -680,3 +767,24 @@ class Store:
             if classify(exc) is Kind.MISSING:
                 return False
             raise
+
+
+def _mtime(entry: dict[str, Any]) -> float | None:
+    """An fsspec listing entry's modification time in epoch seconds (each back end names it
+    differently: S3 LastModified, GCS mtime/updated, Azure last_modified, memory created)."""
+    for key in ("LastModified", "mtime", "last_modified", "updated", "created"):
+        value = entry.get(key)
+        if value is None:
+            continue
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            import datetime
+
+            try:
+                return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None

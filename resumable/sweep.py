@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from . import signing
+from . import limits, signing
 from ._opening import open_sweep
 from .checkpoint import (
     DEFAULT_SEGMENT_BYTES,
@@ -101,9 +101,10 @@ class ResumableSweep:
             raise ConfigurationError(
                 f"on_change must be 'error', 'rerun' or 'keep', found {on_change!r}"
             )
-        if not isinstance(segment_bytes, int) or segment_bytes < 1:
+        if not isinstance(segment_bytes, int) or not 1 <= segment_bytes <= limits.MAX_SEGMENT_BYTES:
             raise ConfigurationError(
-                f"segment_bytes must be a positive int, found {segment_bytes!r}"
+                f"segment_bytes must be an int in [1, {limits.MAX_SEGMENT_BYTES}] "
+                f"(limits.MAX_SEGMENT_BYTES), found {segment_bytes!r}"
             )
         self.checkpoint_path = Path(checkpoint_path)
         self.name = name if name is not None else self.checkpoint_path.stem
@@ -132,6 +133,11 @@ class ResumableSweep:
         if meta is not None:
             encode(self.meta, what="meta")
         self._items = ItemSet.build(items, key)  # duplicates are checked across all shards
+        if self._items.keys and max(map(len, self._items.keys)) > limits.MAX_KEY_CHARS:
+            longest = max(self._items.keys, key=len)
+            limits.check_key(
+                longest, f"item {self._items.items[self._items.index[longest]]!r:.100}"
+            )
         if self.shard is not None:
             index, count = self.shard
             self._items = self._items.subset(lambda k: shard_of(k, count) == index)
@@ -145,6 +151,7 @@ class ResumableSweep:
         self._closed = False
         self._writer: CheckpointWriter | None = None
         self._mirror: Mirror | None = None
+        self._item_snapshots: Any = None  # item_snapshot.ItemSnapshots, made on first use
         # One lock around every check-and-append (see `record`): a sweep may be shared by threads.
         self._lock = threading.RLock()
         self._owner_pid = os.getpid()
@@ -156,7 +163,7 @@ class ResumableSweep:
     def _append(
         self, kind: str, payload: dict[str, Any], key: str | None = None, fp: str | None = None
     ) -> Record:
-        self._check_owner()
+        # (the public methods checked the owner before taking the lock; the writer checks too)
         with self._lock:  # append and apply in one step: the state follows the journal's order
             if self._writer is None or self._closed:
                 raise CheckpointClosedError(f"sweep {self.name!r} is closed")
@@ -240,6 +247,22 @@ class ResumableSweep:
                 key=key,
                 fp=self._items.fingerprint(key),
             )
+        if self._item_snapshots is not None:
+            self._item_snapshots.recorded(key)
+
+    def item_snapshot(self, item: Any) -> Any:
+        """A handle to restore and save `item`'s state mid-run (`resumable.item_snapshot`)."""
+        from .item_snapshot import ItemSnapshot
+
+        return ItemSnapshot(self._snapshots_of_items(), self._items.key_of(item))
+
+    def _snapshots_of_items(self) -> Any:
+        from .item_snapshot import ItemSnapshots
+
+        snaps = self._item_snapshots  # no lock: the preemption watchdog calls this too
+        if snaps is None:
+            snaps = self._item_snapshots = ItemSnapshots(self)
+        return snaps
 
     def record_many(
         self,
@@ -385,6 +408,12 @@ class ResumableSweep:
 
     def _flush_on_preemption(self, remaining_s: float) -> None:
         """Run by the guard at the safe point, or by its watchdog when none comes in time."""
+        in_flight = list(self._yielded)  # yielded, not yet recorded: interrupted now
+        if in_flight:
+            try:
+                self._snapshots_of_items().note_preempted(in_flight)
+            except ResumableError as exc:
+                log.warning("could not note the items in flight at preemption: %s", exc)
         if self._mirror is not None:
             self._mirror.flush(timeout=max(0.1, remaining_s - 0.5))
 
@@ -481,6 +510,8 @@ class ResumableSweep:
                 self._save_meta()
         if self._mirror is not None:
             self._mirror.flush(timeout)
+        if self._item_snapshots is not None:
+            self._item_snapshots.flushed()
 
     def close(self, timeout: float | None = None) -> None:
         """Persist `meta`, flush the mirror, release the checkpoint. Idempotent.
@@ -498,6 +529,8 @@ class ResumableSweep:
                     self._save_meta()
                 if self._mirror is not None:
                     self._mirror.close(timeout)
+                if self._item_snapshots is not None:
+                    self._item_snapshots.flushed()
             finally:
                 self._closed = True
                 if self._writer is not None:

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from . import signing
-from .checkpoint import MAX_MANIFEST_READ, PROGRESS_SUFFIX, SEGMENTS_DIR, Loaded, load, load_from
+from .checkpoint import (
+    MAX_MANIFEST_READ,
+    PROGRESS_SUFFIX,
+    SEGMENTS_DIR,
+    Loaded,
+    hash_at,
+    load,
+    load_from,
+)
 from .codec import decode
 from .errors import CheckpointNotFoundError, IntegrityError, ObjectNotFoundError, ResumableError
 from .manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, parse_manifest, signature_state
@@ -30,7 +38,7 @@ from .shards import (
     shard_dir_name,
 )
 from .status import SweepStatus
-from .storage import Store, is_url
+from .storage import Store, is_url, join
 
 
 @dataclass
@@ -233,12 +241,94 @@ def verify(
     path_or_url: str,
     storage_options: dict | None = None,
     signing_key: str | bytes | None = None,
+    mirror: str | None = None,
 ) -> list[Problem]:
     """Check every hash of a checkpoint (every shard of a sharded one); [] when intact.
 
     With a signing key (parameter, else env RESUMABLE_SIGNING_KEY), an unsigned or wrongly
-    signed manifest is a problem too.
+    signed manifest is a problem too. With `mirror` (a URL or path), the checkpoint is also
+    compared with it (see `compare_with_mirror`): alone, a checkpoint cannot tell its last
+    records deleted from a torn tail; its mirror can.
     """
+    problems = _verify(path_or_url, storage_options, signing_key)
+    if mirror and not problems:
+        problems = compare_with_mirror(open_view(path_or_url, storage_options), mirror)
+    return problems
+
+
+def compare_with_mirror(
+    view: CheckpointView | MergedView, mirror_url: str, storage_options: dict | None = None
+) -> list[Problem]:
+    """Problems of a checkpoint against its mirror: records the mirror holds that the
+    checkpoint lacks (deleted, or dropped as a torn tail), another sweep's or a diverging
+    history, an unreadable mirror. A mirror that does not exist yet, or lags, is no problem."""
+    if isinstance(view, MergedView):
+        pairs = [
+            (shard, join(mirror_url, shard_dir_name(i, view.count)))
+            for i, shard in enumerate(view.shards)
+            if shard is not None
+        ]
+    else:
+        pairs = [(view, mirror_url)]
+    problems = []
+    for local, url in pairs:
+        store = source_store(url, storage_options)
+        try:
+            found = read_manifest(store)
+        except ResumableError as exc:
+            problems.append(Problem(store.display, f"cannot compare with the mirror: {exc}"))
+            continue
+        if found is None:
+            continue
+        remote, have = found[1], local.loaded.state.last_seq
+        if remote.sweep_id != local.loaded.manifest.sweep_id:
+            problems.append(
+                Problem(store.display, f"the mirror holds another sweep than {local.location}")
+            )
+        elif remote.sealed_records > have:
+            problems.append(Problem(local.location, _missing_text(store, remote, have)))
+        elif local.files is not None and (
+            hash_at(local.loaded.view(), local.files / SEGMENTS_DIR, remote.sealed_records)
+            != remote.last_hash
+        ):
+            problems.append(
+                Problem(
+                    local.location,
+                    f"diverges from the mirror {store.display} at or before record "
+                    f"{remote.sealed_records}",
+                )
+            )
+    return problems
+
+
+def _missing_text(store: Store, remote: Any, have: int) -> str:
+    """Which records (and items) the mirror holds beyond the local checkpoint's `have`."""
+    text = (
+        f"the mirror {store.display} holds records {have + 1}..{remote.sealed_records} that "
+        "this checkpoint lacks (deleted, or dropped as a torn tail)"
+    )
+    try:
+        mirrored = _remote_view(store)
+    except ResumableError as exc:
+        return f"{text}; the mirror's records cannot be read: {exc}"
+    if mirrored is not None:
+        state = mirrored.loaded.state
+        keys = [
+            k
+            for recs in (state.results, state.failure_records)
+            for k, rec in recs.items()
+            if rec.seq > have
+        ]
+        if keys:
+            shown = ", ".join(repr(k)[:80] for k in keys[:10])
+            more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
+            text += f"; items recorded there: {shown}{more}"
+    return text + ". Resume from the mirror (resume_from=...) to get them back"
+
+
+def _verify(
+    path_or_url: str, storage_options: dict | None, signing_key: str | bytes | None
+) -> list[Problem]:
     key = signing.resolve_key(signing_key)
     stores: list[Store]
     if not is_url(path_or_url):

@@ -36,8 +36,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -137,8 +139,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="print a progress line every N items (default 20)",
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="compute and record items in N threads sharing the one sweep (default 1)",
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     return ap.parse_args(argv)
+
+
+def run_threaded(sweep: ResumableSweep, n_threads: int) -> int:
+    """Items from the main thread (which iterates `pending`: its safe points, where SIGTERM
+    exits 75) to `n_threads` workers that compute and record them through the one sweep."""
+    todo: queue.Queue = queue.Queue(maxsize=n_threads)
+    done = [0]
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while (item := todo.get()) is not None:
+            sweep.record(item, ising(item, sweep.seed(item)))
+            with lock:
+                done[0] += 1
+
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(n_threads)]
+    for w in workers:
+        w.start()
+    for item in sweep.pending:
+        todo.put(item)
+    for _ in workers:
+        todo.put(None)
+    for w in workers:
+        w.join()
+    return done[0]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
         ran = 0
+        if args.threads > 1:
+            ran = run_threaded(sweep, args.threads)
         for item in sweep.pending:  # a safe point before each item: SIGTERM exits 75 here
             result = ising(item, sweep.seed(item))
             sweep.record(item, result)

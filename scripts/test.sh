@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# One command: set up a venv with the test extra, lint, and run the whole test suite
-# (it starts its own S3 server and HTTP server on 127.0.0.1).
+# One command: set up a venv with the test and arrays (torch CPU, JAX) extras, lint, and run
+# the whole test suite (it starts its own S3, GCS, Azure and HTTP servers on 127.0.0.1).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-py=$("$root/scripts/setup_env.sh" test)
+py=$("$root/scripts/setup_env.sh" test,arrays)
+bash "$root/scripts/install_emulators.sh"  # Azurite (npm) into .ci-tools/; tests must not skip it
+export RESUMABLE_REQUIRE_EMULATORS=${RESUMABLE_REQUIRE_EMULATORS:-1}
 cd "$root"
+"$py" -c 'import sys, torch; sys.exit(f"torch {torch.__version__} is a CUDA build: install the CPU one" if torch.version.cuda else 0)'
 "$root/.venv/bin/ruff" check .
 "$root/.venv/bin/ruff" format --check .
 "$py" -m pytest -q "$@"

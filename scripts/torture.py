@@ -2,12 +2,14 @@
 """Torture at scale: the example sweep killed over and over, locally and through an S3 mirror.
 
 Runs `resumable.chaos` rounds on scripts/run_example_sweep.py until the kill budget is spent,
-across three scenarios (the budget is split between them):
+across four scenarios (the budget is split between them):
 
 - local:        one machine, its local checkpoint survives every kill;
 - s3-mirror:    one machine, mirroring to S3 (moto on 127.0.0.1) as well;
 - fresh-machine: every launch on a new empty local dir (`{machine}`), resuming from S3 only,
-                 as a preempted spot instance would.
+                 as a preempted spot instance would;
+- threads:      one machine, four threads computing and recording through the one sweep
+                 (the example's --threads 4) while it is killed.
 
 Kills are mixed SIGTERM and SIGKILL at uniform random moments after each launch's first new
 record. After every launch the checkpoint is read: a record seen before and missing now is lost,
@@ -114,6 +116,10 @@ def round_config(scenario: str, tmp: Path, n: int, kills: int, seed: int, log) -
     if scenario == "local":
         ckpt = str(tmp / f"local-{n}" / "ising.h5")
         return ChaosConfig(command=[*base, ckpt], checkpoint=ckpt, max_s=0.6, **common)
+    if scenario == "threads":
+        ckpt = str(tmp / f"threads-{n}" / "ising.h5")
+        command = [*base, ckpt, "--threads", "4"]
+        return ChaosConfig(command=command, checkpoint=ckpt, max_s=0.6, **common)
     url = f"s3://torture/{scenario}-{n}"
     env.update(SWEEP_SNAPSHOT_DIR=url, SWEEP_RESUME_FROM=url)
     if scenario == "s3-mirror":
@@ -143,8 +149,9 @@ def main() -> int:
     log = open(tmp / "commands.log", "a")  # noqa: SIM115 - closed at the end
     t0 = time.monotonic()
     ref = reference(tmp)
-    scenarios = ["local", "s3-mirror", "fresh-machine"]
-    share = {s: args.kills // 3 + (1 if i < args.kills % 3 else 0) for i, s in enumerate(scenarios)}
+    scenarios = ["local", "s3-mirror", "fresh-machine", "threads"]
+    k = len(scenarios)
+    share = {s: args.kills // k + (1 if i < args.kills % k else 0) for i, s in enumerate(scenarios)}
     totals = {
         s: {
             "rounds": 0,

@@ -8,19 +8,45 @@
 - ``fault_proxy``: a FaultProxy in front of the S3 server (up, no faults, stats cleared);
   AWS_ENDPOINT_URL points at it.
 - ``refused_url``: an http:// URL on a loopback port where nothing listens.
+- ``gcs_server`` / ``gcs_bucket``: gcp-storage-emulator; STORAGE_EMULATOR_HOST points gcsfs at
+  it, anonymously (fsspec config and FSSPEC_GS_TOKEN=anon, for subprocesses too).
+- ``azurite`` / ``az_container``: Azurite's blob service; AZURE_STORAGE_CONNECTION_STRING
+  points adlfs at it. ``az_container`` is "az://<fresh container>".
+Emulators that are not installed skip their tests, saying why, unless
+RESUMABLE_REQUIRE_EMULATORS=1 (set by scripts/test.sh, so CI never skips them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 try:  # tests/ is not a package: pytest puts tests/ itself on sys.path for this conftest
-    from fixtures.servers import FaultProxy, HTTPServer, S3Server, refused_url
+    from fixtures.servers import (
+        AzuriteServer,
+        EmulatorMissing,
+        FaultProxy,
+        GCSServer,
+        HTTPServer,
+        S3Server,
+        refused_url,
+    )
 except ImportError:  # pragma: no cover - if tests/ becomes a package
-    from tests.fixtures.servers import FaultProxy, HTTPServer, S3Server, refused_url
+    from tests.fixtures.servers import (
+        AzuriteServer,
+        EmulatorMissing,
+        FaultProxy,
+        GCSServer,
+        HTTPServer,
+        S3Server,
+        refused_url,
+    )
+
+T = TypeVar("T")
 
 
 def _clear_s3fs_cache() -> None:
@@ -99,3 +125,65 @@ def fault_proxy(
 @pytest.fixture(name="refused_url")
 def _refused_url() -> str:
     return refused_url()
+
+
+# -- GCS and Azure emulators --------------------------------------------------------------------
+
+
+def _start(make: Callable[[], T]) -> T:
+    try:
+        return make()
+    except EmulatorMissing as exc:
+        if os.environ.get("RESUMABLE_REQUIRE_EMULATORS") == "1":
+            pytest.fail(f"emulator required (RESUMABLE_REQUIRE_EMULATORS=1): {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def _gcs_emulator() -> Iterator[GCSServer]:
+    server = _start(GCSServer)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def gcs_server(_gcs_emulator: GCSServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[GCSServer]:
+    import fsspec.config
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", _gcs_emulator.endpoint)
+    monkeypatch.setenv("FSSPEC_GS_TOKEN", "anon")  # subprocesses: fsspec reads it at import
+    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon"})  # never ask Google
+    yield _gcs_emulator
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server: GCSServer) -> str:
+    return f"gs://{gcs_server.new_bucket()}"
+
+
+@pytest.fixture(scope="session")
+def _azurite() -> Iterator[AzuriteServer]:
+    server = _start(AzuriteServer)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def azurite(_azurite: AzuriteServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[AzuriteServer]:
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", _azurite.connection_string)
+    for var in (
+        "AZURE_STORAGE_ACCOUNT_NAME",
+        "AZURE_STORAGE_ACCOUNT_KEY",
+        "AZURE_STORAGE_SAS_TOKEN",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    yield _azurite
+
+
+@pytest.fixture
+def az_container(azurite: AzuriteServer) -> str:
+    return f"az://{azurite.new_container()}"

@@ -368,3 +368,63 @@ def test_interrupt_between_write_and_bookkeeping_leaves_a_loadable_checkpoint(
             again.record(item, int(item))
     loaded = load(progress_dir_for(ckpt))
     assert sorted(loaded.state.results) == items
+
+
+# -- torn tails (issue 10, defect 6) ------------------------------------------------------------
+
+
+def _power_cut_tail(ckpt, big_result) -> tuple[Path, int, bytes]:
+    """Record `big_result`, then make its append look like a power cut on ext4 data=ordered:
+    the new size and the last page on disk, the earlier pages of the append zeroed."""
+    pdir = progress_dir_for(ckpt)
+    with ResumableSweep(ITEMS, checkpoint_path=ckpt, segment_bytes=10**7) as sweep:
+        for item in ITEMS[:3]:
+            sweep.record(item, item["i"])
+        active = pdir / "segments" / _manifest(pdir)["active"]
+        before = active.stat().st_size
+        sweep.record(ITEMS[3], big_result)
+    data = bytearray(active.read_bytes())
+    first_page = (before // 4096 + 1) * 4096
+    last_page = (len(data) - 1) // 4096 * 4096
+    data[before:last_page] = bytes(last_page - before)  # zeroed pages, the last one kept
+    assert first_page <= last_page
+    active.write_bytes(bytes(data))
+    return active, before, bytes(data[before:])
+
+
+def test_a_power_cut_during_a_large_append_is_a_torn_tail(tmp_path, caplog):
+    ckpt = tmp_path / "exp.h5"
+    pdir = progress_dir_for(ckpt)
+    _, good, tail = _power_cut_tail(ckpt, {"blob": "b" * 20_000})
+    loaded = load(pdir)  # used to refuse: found b'\x00\x00...'
+    assert loaded is not None and len(loaded.state.results) == 3
+    assert (loaded.active_size, loaded.torn_bytes) == (good, len(tail))
+    logged = caplog.at_level("WARNING", logger="resumable.checkpoint")
+    with logged, ResumableSweep(ITEMS, checkpoint_path=ckpt) as sweep:
+        assert not sweep.is_done(ITEMS[3])
+        sweep.record(ITEMS[3], "again")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("torn tail" in m and str(len(tail)) in m for m in warned)
+    (kept,) = (pdir / "torn").iterdir()
+    assert kept.read_bytes() == tail  # never silently deleted
+    assert (
+        _all_results(ckpt)[ResumableSweep(ITEMS, checkpoint_path=tmp_path / "k").key(ITEMS[3])]
+        == "again"
+    )
+
+
+@pytest.mark.parametrize("junk", [b"\x00" * 9000, b"\xff" * 5000 + b"\n", b"partial line"])
+def test_damage_followed_by_a_valid_record_is_still_refused(tmp_path, junk):
+    ckpt = tmp_path / "exp.h5"
+    pdir = progress_dir_for(ckpt)
+    _fill(ckpt, 5, segment_bytes=10**6)
+    active = pdir / "segments" / _manifest(pdir)["active"]
+    lines = active.read_bytes().splitlines(keepends=True)
+    # damage in the middle of acknowledged records: junk in place of record 3, 4 and 5 after it
+    active.write_bytes(b"".join(lines[:2]) + junk + b"\n" + b"".join(lines[3:]))
+    before = active.read_bytes()
+    with pytest.raises(IntegrityError):
+        load(pdir)
+    with pytest.raises(IntegrityError):
+        ResumableSweep(ITEMS, checkpoint_path=ckpt)
+    assert active.read_bytes() == before and not (pdir / "torn").exists()

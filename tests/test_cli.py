@@ -251,9 +251,8 @@ def test_verify_intact_and_tampered(tmp_path: Path, capsys: pytest.CaptureFixtur
         "problems": [],
     }
     # damage two objects of the mirror: both are reported
-    # (only parts the manifest names: superseded chunks stay until the mirror's gc delay passes)
-    named = [s["name"] for s in json.loads((mirror / "manifest.json").read_text())["segments"]]
-    parts = [mirror / "segments" / name for name in named]
+    named = {s["name"] for s in json.loads((mirror / "manifest.json").read_bytes())["segments"]}
+    parts = sorted(p for p in (mirror / "segments").iterdir() if p.name in named)  # not garbage
     assert len(parts) >= 2
     _flip(parts[0], 100)
     parts[1].write_bytes(parts[1].read_bytes()[:-10])
@@ -273,14 +272,51 @@ def test_verify_intact_and_tampered(tmp_path: Path, capsys: pytest.CaptureFixtur
     # --debug adds the traceback
     code, _, err = cli(capsys, "status", str(mirror), "--debug")
     assert code == 1 and "Traceback (most recent call last)" in err
-    # the local progress: a flipped byte in the active segment's journal
-    active = max((progress_dir_for(ckpt) / "segments").iterdir())
+    # the local progress: a flipped byte in the journal of the active segment, in a record
+    # before its last (damage to the last record reads as a torn tail: see test_journal)
+    for _ in range(10):
+        active = max((progress_dir_for(ckpt) / "segments").iterdir())
+        if active.read_bytes().count(b"\n") >= 2:
+            break
+        run_sweep(ckpt, segment_bytes=1500)  # one more launch record
     _flip(active, 30)
     code, out, _ = cli(capsys, "verify", str(ckpt))
     assert code == 1 and "1 problem(s)" in out and "SHA-256 mismatch" in out
     # nothing there: exit 2
     code, out, err = cli(capsys, "verify", str(tmp_path / "nothing"))
     assert code == 2 and out == "" and "no checkpoint at" in err
+
+
+def test_verify_and_status_with_a_mirror_find_deleted_last_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting the last acknowledged records of the active segment looks exactly like a torn
+    tail: alone, verify calls the checkpoint intact. Against its mirror it cannot hide."""
+    ckpt, mirror = tmp_path / "exp.h5", tmp_path / "mirror"
+    with ResumableSweep(
+        ITEMS, key=key, checkpoint_path=ckpt, snapshot_dir=str(mirror), mirror_options=OPTS
+    ) as sweep:
+        for item in ITEMS[:6]:
+            sweep.record(item, item["i"])
+        sweep.flush()
+    code, out, _ = cli(capsys, "verify", str(ckpt), "--mirror", str(mirror))
+    assert code == 0 and "nothing missing against the mirror" in out
+    active = max((progress_dir_for(ckpt) / "segments").iterdir())
+    lines = active.read_bytes().splitlines(keepends=True)
+    active.write_bytes(b"".join(lines[:-2]))  # the last two acknowledged results, gone
+    gone = [key(ITEMS[4]), key(ITEMS[5])]
+    code, out, _ = cli(capsys, "verify", str(ckpt))
+    assert code == 0 and "intact" in out  # the documented limit of a checkpoint alone
+    code, out, _ = cli(capsys, "verify", str(ckpt), "--mirror", str(mirror))
+    assert code == 1 and "1 problem(s)" in out
+    assert "lacks" in out and all(repr(k) in out for k in gone), out
+    monkeypatch.setenv("SWEEP_SNAPSHOT_DIR", str(mirror))  # a configured mirror is the default
+    code, out, _ = cli(capsys, "verify", str(ckpt))
+    assert code == 1 and "lacks" in out
+    code, out, _ = cli(capsys, "status", str(ckpt))
+    assert code == 1 and "verified   NO" in out and "lacks" in out
+    d = json.loads(cli(capsys, "status", str(ckpt), "--json")[1])
+    assert d["verified"] is False and d["mirror"]["ahead_records"] == 2
 
 
 def test_a_deleted_manifest_is_damage_not_absence(

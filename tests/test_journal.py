@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from resumable import journal as journal_mod
+from resumable import limits
 from resumable.errors import IntegrityError
 from resumable.journal import encode_record, parse_sealed_segment, parse_segment
 
@@ -151,23 +151,86 @@ def test_every_prefix_of_the_last_record_is_a_torn_tail():
 
 
 @pytest.mark.parametrize("replacement", [b"\x0b", b" ", b"\x00", b"\r"])
-def test_complete_record_with_a_wrong_last_byte_is_not_a_torn_tail(replacement):
-    data, _, _ = _build(SPECS[:4])
+def test_complete_record_with_a_wrong_last_byte_is_a_torn_tail(replacement):
+    """Its newline on a page of its own that never reached the disk (a power cut): torn."""
+    data, lines, digests = _build(SPECS[:4])
     damaged = data[:-1] + replacement
+    parsed = parse_segment(damaged, source="s", first_seq=1, prev_hash="", allow_torn_tail=True)
+    assert len(parsed.records) == 3 and parsed.torn_bytes == len(lines[-1])
+    assert parsed.last_hash == digests[2]
     with pytest.raises(IntegrityError):
-        parse_segment(damaged, source="s", first_seq=1, prev_hash="", allow_torn_tail=True)
+        parse_segment(damaged, source="s", first_seq=1, prev_hash="", allow_torn_tail=False)
 
 
-def test_every_single_byte_flip_is_detected():
-    data, _, _ = _build(SPECS[:6])
-    for off in range(len(data) - 1):
+def test_every_single_byte_flip_is_detected_or_a_torn_tail():
+    """A flip before the last record is damage; a flip in the last record of the active
+    segment is indistinguishable from a torn append (the last record is dropped, not used)."""
+    data, lines, _ = _build(SPECS[:6])
+    last = len(data) - len(lines[-1])
+    for off in range(len(data)):
         for mask in (0x01, 0x10, 0x80):
             damaged = bytearray(data)
             damaged[off] ^= mask
-            with pytest.raises(IntegrityError):
-                parse_segment(
+            if off < last:
+                with pytest.raises(IntegrityError):
+                    parse_segment(
+                        bytes(damaged), source="s", first_seq=1, prev_hash="", allow_torn_tail=True
+                    )
+            else:
+                parsed = parse_segment(
                     bytes(damaged), source="s", first_seq=1, prev_hash="", allow_torn_tail=True
                 )
+                assert (len(parsed.records), parsed.good_size) == (5, last), off
+            with pytest.raises(IntegrityError):
+                parse_segment(
+                    bytes(damaged), source="s", first_seq=1, prev_hash="", allow_torn_tail=False
+                )
+
+
+def _next_record(prev: str = "") -> bytes:
+    return _raw_line(prev, b'2 result 1.0 - "next"', b"{}")
+
+
+@pytest.mark.parametrize("fill", [b"\x00", b"\xff", b"garbage\n", b"\n"])
+@pytest.mark.parametrize("pages", [1, 3])
+def test_a_power_cut_tail_of_zeros_or_garbage_is_torn(fill, pages):
+    """ext4 data=ordered / XFS: the file's new size and the last page of a large append on
+    disk, the pages before it zeroed (or stale). Dropped as torn, at any length."""
+    data, _, _ = _build(SPECS[:3])
+    big, _, _ = _build([("result", "big", None, {"v": "x" * (4096 * pages)})], first_seq=4)
+    for keep_last in (0, 1, 100, 4096):
+        tail = (fill * len(big))[: len(big) - keep_last] + big[len(big) - keep_last :]
+        parsed = parse_segment(
+            data + tail, source="s", first_seq=1, prev_hash="", allow_torn_tail=True
+        )
+        assert (len(parsed.records), parsed.good_size, parsed.torn_bytes) == (
+            3,
+            len(data),
+            len(tail),
+        )
+
+
+@pytest.mark.parametrize("damage", [b"\x00" * 5000, b"zz", b"\xff" * 70 + b"\n"])
+def test_damage_followed_by_a_record_is_integrity_error(damage):
+    data, lines, digests = _build(SPECS[:3])
+    for follower in (_next_record(digests[-1]), _next_record("f" * 64)):
+        with pytest.raises(IntegrityError):
+            parse_segment(
+                data + damage + b"\n" + follower,
+                source="s",
+                first_seq=1,
+                prev_hash="",
+                allow_torn_tail=True,
+            )
+    # the follower need not start a line: the damaged byte may have been its newline
+    with pytest.raises(IntegrityError):
+        parse_segment(
+            data[:-1] + b"\x00" + lines[0],
+            source="s",
+            first_seq=1,
+            prev_hash="",
+            allow_torn_tail=True,
+        )
 
 
 @pytest.mark.parametrize(
@@ -182,7 +245,13 @@ def test_every_single_byte_flip_is_detected():
 )
 def test_malformed_lines(line):
     with pytest.raises(IntegrityError):
-        parse_segment(line, source="s", first_seq=1, prev_hash="", allow_torn_tail=True)
+        parse_segment(line, source="s", first_seq=1, prev_hash="", allow_torn_tail=False)
+    with pytest.raises(IntegrityError):  # a record after it: damage, not a torn tail
+        parse_segment(
+            line + _next_record(), source="s", first_seq=1, prev_hash="", allow_torn_tail=True
+        )
+    torn = parse_segment(line, source="s", first_seq=1, prev_hash="", allow_torn_tail=True)
+    assert (torn.records, torn.torn_bytes) == ([], len(line))
 
 
 @pytest.mark.parametrize(
@@ -203,8 +272,12 @@ def test_malformed_lines(line):
 def test_hash_valid_line_with_malformed_header(header):
     line = _raw_line("", header, b"{}")
     with pytest.raises(IntegrityError) as info:
-        parse_segment(line, source="segY", first_seq=1, prev_hash="", allow_torn_tail=True)
+        parse_segment(line, source="segY", first_seq=1, prev_hash="", allow_torn_tail=False)
     assert "segY" in str(info.value)
+    with pytest.raises(IntegrityError):
+        parse_segment(
+            line + _next_record(), source="segY", first_seq=1, prev_hash="", allow_torn_tail=True
+        )
 
 
 @pytest.mark.parametrize("payload", [b"not json", b"[1, 2]", b'"s"', b"{" * 10000])
@@ -219,7 +292,7 @@ def test_payload_is_checked_when_decoded(payload):
 
 def test_oversized_record_is_refused(monkeypatch):
     data, _, _ = _build(SPECS[:3])
-    monkeypatch.setattr(journal_mod, "MAX_RECORD_BYTES", 100)
+    monkeypatch.setattr(limits, "MAX_RECORD_BYTES", 100)
     with pytest.raises(IntegrityError, match="at most 100"):
         parse_segment(data, source="s", first_seq=1, prev_hash="", allow_torn_tail=True)
 

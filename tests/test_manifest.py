@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from resumable import limits
 from resumable import manifest as manifest_mod
 from resumable.codec import canonical_json, sha256_hex
 from resumable.errors import IntegrityError
@@ -146,13 +147,13 @@ def test_garbage_is_integrity_error(data):
 
 def test_oversized_manifest_is_refused_before_parsing(monkeypatch):
     data = _manifest().to_bytes()
-    monkeypatch.setattr(manifest_mod, "MAX_MANIFEST_BYTES", len(data) - 1)
+    monkeypatch.setattr(limits, "MAX_MANIFEST_BYTES", len(data) - 1)
     with pytest.raises(IntegrityError, match="bytes"):
         _parse(data)
 
 
 def test_too_many_segments(monkeypatch):
-    monkeypatch.setattr(manifest_mod, "MAX_SEGMENTS", 1)
+    monkeypatch.setattr(limits, "MAX_SEGMENTS", 1)
     with pytest.raises(IntegrityError, match="segments"):
         _parse(_manifest().to_bytes())
 

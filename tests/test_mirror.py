@@ -1,6 +1,7 @@
 """The mirror (resumable.mirror): a verifiable copy of the checkpoint, kept up to date in the
-background, in a local dir, file://, memory:// and S3 (s3fs against a real moto server, also
-behind a fault-injecting proxy). Every check reads the mirror back the way a relaunch does
+background, in a local dir, file://, memory://, S3 (s3fs against a real moto server, also
+behind a fault-injecting proxy), GCS (gcsfs against gcp-storage-emulator) and Azure Blob
+(adlfs against Azurite). Every check reads the mirror back the way a relaunch does
 (read_manifest + download, which verifies every byte) and compares it with the local copy."""
 
 from __future__ import annotations
@@ -113,8 +114,16 @@ def _named(url: str) -> set[str]:
 # -- where the mirror can be -----------------------------------------------------------------
 
 
+CLOUDS = {"s3": "s3_bucket", "gcs": "gcs_bucket", "azure": "az_container"}
+
+
 @pytest.fixture(
-    params=["path", "file-url", "memory", pytest.param("s3", marks=pytest.mark.integration)]
+    params=[
+        "path",
+        "file-url",
+        "memory",
+        *(pytest.param(cloud, marks=pytest.mark.integration) for cloud in CLOUDS),
+    ]
 )
 def mirror_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "path":
@@ -123,7 +132,7 @@ def mirror_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return (tmp_path / "mirror dir" / "exp").as_uri()  # percent-encoded space
     if request.param == "memory":
         return f"memory://resumable-tests/{uuid.uuid4().hex}/exp"
-    return f"{request.getfixturevalue('s3_bucket')}/sweeps/exp"
+    return f"{request.getfixturevalue(CLOUDS[request.param])}/sweeps/exp"
 
 
 def test_mirror_holds_a_verifying_copy(mirror_url: str, tmp_path: Path) -> None:

@@ -87,6 +87,8 @@ def _zombie_race(url: str, tmp_path: Path) -> None:
 def test_a_zombie_writer_cannot_overwrite_another_launchs_history(
     mirror_url: str, tmp_path: Path
 ) -> None:
+    if mirror_url.startswith("gs://"):
+        pytest.skip("gcp-storage-emulator ignores ifGenerationMatch: the swap cannot fail there")
     _zombie_race(mirror_url, tmp_path)
 
 
@@ -134,6 +136,7 @@ def test_mirroring_without_conditional_writes_needs_an_opt_in(
 ) -> None:
     with pytest.raises(ConfigurationError, match="allow_unconditional"):
         _open(tmp_path / "a" / "exp.h5", nocas_url)
+    assert not (tmp_path / "a").exists()  # refused before anything was written
     assert not Store(nocas_url).supports_cas
     opts = MirrorOptions(interval_s=0.0, gc_delay_s=60.0, allow_unconditional=True)
     sweep = _open(tmp_path / "b" / "exp.h5", nocas_url, mirror_options=opts)

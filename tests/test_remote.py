@@ -300,3 +300,72 @@ def test_tampering_served_over_http_is_detected(http_server, tmp_path: Path, whi
     with pytest.raises(IntegrityError):
         ResumableSweep(ITEMS, checkpoint_path=fresh, resume_from=f"{base}/m/manifest.json")
     assert not progress_dir_for(fresh).exists()
+
+
+# -- signed sources: every byte taken is covered by the HMAC ------------------------------------
+
+
+def _rechain(data: bytes, prev: str, edit: tuple[bytes, bytes]) -> bytes:
+    """Apply a same-record edit to journal bytes and recompute the keyless hash chain."""
+    import hashlib
+
+    out = []
+    for line in data.split(b"\n")[:-1]:
+        line = line.replace(*edit)
+        digest = hashlib.sha256(prev.encode() + b"\n" + line[65:]).hexdigest()
+        out.append(digest.encode() + line[64:] + b"\n")
+        prev = digest
+    return b"".join(out)
+
+
+def _signed_progress_dir(tmp_path: Path) -> Path:
+    """Another machine's signed checkpoint: a sealed segment and records in the active one."""
+    ckpt = tmp_path / "m1" / "exp.h5"
+    with ResumableSweep(
+        ITEMS[:12], key=lambda it: str(it["i"]), checkpoint_path=ckpt, signing_key="k",
+        segment_bytes=2000,
+    ) as sweep:  # fmt: skip
+        for item in sweep.pending:
+            sweep.record(item, _result(item["i"]))
+    pdir = progress_dir_for(ckpt)
+    body = json.loads((pdir / MANIFEST_NAME).read_bytes())
+    assert body["segments"] and "signature" in body
+    assert (pdir / "segments" / body["active"]).stat().st_size > 0
+    return pdir
+
+
+def test_a_forged_active_segment_of_a_signed_source_is_refused(tmp_path: Path) -> None:
+    """The signed manifest names the active segment but covers none of its bytes: a forger
+    without the key rewrites a result there and re-chains the keyless hashes. Nothing the
+    signature does not cover is taken from a source under a signing key."""
+    pdir = _signed_progress_dir(tmp_path)
+    body = json.loads((pdir / MANIFEST_NAME).read_bytes())
+    active = pdir / "segments" / body["active"]
+    forged = _rechain(active.read_bytes(), body["segments"][-1]["last_hash"], (b'"sq":', b'"sq":-'))
+    assert forged != active.read_bytes()
+    active.write_bytes(forged)
+    target = tmp_path / "m2" / "exp.h5"
+    with pytest.raises(IntegrityError, match="not covered by the signature"):
+        ResumableSweep(ITEMS[:12], key=lambda it: str(it["i"]), checkpoint_path=target,
+                       resume_from=str(pdir), signing_key="k")  # fmt: skip
+    assert not progress_dir_for(target).exists()
+    assert not list(target.parent.glob(".*incoming*"))
+
+
+def test_a_signed_source_is_taken_only_as_far_as_its_signature_covers(tmp_path: Path) -> None:
+    """Unforged, the same source is refused under the key too (its active records are not
+    signed: resume from the mirror instead); without a key it is checked for integrity and
+    taken whole; a signed source with an empty active segment is taken."""
+    pdir = _signed_progress_dir(tmp_path)
+    key = lambda it: str(it["i"])  # noqa: E731
+    with pytest.raises(IntegrityError, match="mirror"):
+        ResumableSweep(ITEMS[:12], key=key, checkpoint_path=tmp_path / "m2" / "exp.h5",
+                       resume_from=str(pdir), signing_key="k")  # fmt: skip
+    with ResumableSweep(ITEMS[:12], key=key, checkpoint_path=tmp_path / "m3" / "exp.h5",
+                        resume_from=str(pdir)) as sweep:  # fmt: skip
+        assert sweep.status().done == 12
+    body = json.loads((pdir / MANIFEST_NAME).read_bytes())
+    (pdir / "segments" / body["active"]).write_bytes(b"")  # as right after a seal
+    with ResumableSweep(ITEMS[:12], key=key, checkpoint_path=tmp_path / "m4" / "exp.h5",
+                        resume_from=str(pdir), signing_key="k") as sweep:  # fmt: skip
+        assert 0 < sweep.status().done < 12

@@ -118,7 +118,7 @@ def test_plain_np_load_reads_it(tmp_path: Path) -> None:
         assert npz.files == ["a00000", "a00001", MANIFEST_MEMBER]
         assert _same(npz["a00000"], graph["u"])
         manifest = json.loads(npz[MANIFEST_MEMBER])
-    assert manifest["format"] == "resumable.snapshot" and manifest["schema_version"] == 1
+    assert manifest["format"] == "resumable.snapshot" and manifest["schema_version"] == 2
     assert manifest["arrays"][1]["name"] == "v" and manifest["extra"] == {"k": 1}
     with zipfile.ZipFile(tmp_path / "s.npz") as zf:
         infos = zf.infolist()
@@ -176,7 +176,7 @@ def test_verify_snapshot_report(tmp_path: Path) -> None:
     graph = {"x": np.arange(10, dtype=np.int32), "y": np.zeros((2, 2))}
     save_state_with_manifest(graph, tmp_path / "s.npz", extra={"step": 5})
     report = verify_snapshot(tmp_path / "s.npz")
-    assert report.extra == {"step": 5} and report.schema_version == 1
+    assert report.extra == {"step": 5} and report.schema_version == 2
     assert report.array_bytes == 40 + 32
     assert [(a.name, a.shape, a.dtype) for a in report.arrays] == [
         ("x", (10,), "<i4"),
@@ -193,14 +193,14 @@ def test_verify_snapshot_report(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "extra, key",
     [
-        ({"t": (1, 2)}, "t"),
-        ({"n": np.int64(3)}, "n"),
-        ({"x": float("nan")}, "x"),
         ({"d": {1: 2}}, "d"),
+        ({"s": {1, 2}}, "s"),
         ({"o": object()}, "o"),
     ],
 )
-def test_non_json_extra_refused_with_nothing_written(tmp_path: Path, extra: Any, key: str) -> None:
+def test_unsupported_extra_refused_with_nothing_written(
+    tmp_path: Path, extra: Any, key: str
+) -> None:
     with pytest.raises(UnsupportedValueError, match=repr(key)):
         save_state_with_manifest({"a": np.zeros(2)}, tmp_path / "s.npz", extra=extra)
     assert _snapshot_files(tmp_path) == []
@@ -367,7 +367,7 @@ def _rewrite(
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda m: m.update(schema_version=2), "newer"),
+        (lambda m: m.update(schema_version=3), "newer"),
         (lambda m: m.update(schema_version="1"), "schema_version"),
         (lambda m: m.update(format="something.else"), "format"),
         (lambda m: m["arrays"][0].update(sha256="0" * 64), "sha256"),

@@ -1,6 +1,7 @@
-"""SIGKILL, then a relaunch on a new machine that has only the S3 mirror.
+"""SIGKILL, then a relaunch on a new machine that has only the mirror: on S3, GCS and Azure.
 
-A worker (progs/mirror_worker.py) runs a sweep mirroring to a real moto S3 server, with
+A worker (progs/mirror_worker.py) runs a sweep mirroring to a real object store on loopback
+(a moto S3 server, gcp-storage-emulator through gcsfs, Azurite through adlfs), with
 snapshot_dir and resume_from both set to the mirror. It is SIGKILLed at random moments, a
 few times during start-up (while it downloads and installs the mirror); every relaunch gets a
 fresh, empty local directory. Between launches the test reads the mirror the way a relaunch
@@ -51,6 +52,7 @@ SEED = 20250211
 class Worker:
     def __init__(self, ckpt: Path, url: str, log: Path) -> None:
         self.lines: list[str] = []
+        self.log = log
         with open(log, "ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, str(WORKER), str(ckpt), url, str(N_ITEMS), str(SEGMENT_BYTES)],
@@ -77,7 +79,8 @@ class Worker:
             if line and line.startswith("ready"):
                 return int(line.split()[1])
             if line is None and self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}")
+                tail = self.log.read_text(errors="replace")[-3000:]
+                raise AssertionError(f"worker exited with {self.proc.returncode}: {tail}")
         raise AssertionError("worker did not get ready")
 
     def wait_for(self, prefix: str, timeout: float = 60.0) -> None:
@@ -145,9 +148,15 @@ def _run_to_completion(ckpt: Path, url: str, log: Path) -> Worker:
     return worker
 
 
-def test_sigkill_and_relaunch_from_the_s3_mirror_only(s3_bucket: str, tmp_path: Path) -> None:
+CLOUDS = {"s3": "s3_bucket", "gcs": "gcs_bucket", "azure": "az_container"}
+
+
+@pytest.mark.parametrize("cloud", list(CLOUDS))
+def test_sigkill_and_relaunch_from_the_mirror_only(
+    cloud: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     rng = random.Random(SEED)
-    url = f"{s3_bucket}/sweeps/exp"
+    url = f"{request.getfixturevalue(CLOUDS[cloud])}/sweeps/exp"
     log = tmp_path / "stderr.log"
     ever_mirrored: set[str] = set()
     startup: list[float] = []

@@ -1,0 +1,399 @@
+"""Graphs as simulation codes hold them: walk them into named leaves, restore them in place.
+
+A graph is a mapping (nested mappings, lists and tuples inside are walked), or an object with
+``state_dict()`` / ``load_state_dict()`` (anywhere in the tree). Each leaf is an array: numpy,
+PyTorch tensors, JAX arrays, anything with ``__dlpack__`` or ``__array__``, numpy scalars and
+Python scalars. Each leaf has a *path* (mapping keys and list/tuple indices from the root) and a
+stable *name*: the key itself for a top-level leaf (so a flat graph keeps the names it always
+had), else the path's parts joined by ``/``, each part escaped as in JSON Pointer (``~`` as
+``~0``, ``/`` as ``~1``).
+
+Saving sees each leaf as a numpy array without a copy where the library allows (a CPU tensor's
+``.numpy()``, ``np.from_dlpack``, ``np.asarray``); dtypes numpy lacks (``bfloat16`` and the
+float8 types of `ml_dtypes`) are stored as raw ``V<n>`` bytes with their name beside them.
+
+Loading restores into the graph as it is now (the current leaf's kind wins):
+- a writable numpy array (or memmap) is filled *in place*, so references the simulation holds
+  (``self.u``) see the loaded state;
+- a PyTorch tensor is filled in place (``copy_``, on its own device);
+- immutable leaves are replaced in their container by a new value of the same kind: JAX arrays
+  (same sharding/device), read-only numpy arrays (a new read-only array), numpy scalars, Python
+  scalars; any other ``__array__`` type becomes a numpy array. A replaced leaf inside a tuple
+  rebuilds the tuple in its parent; inside an immutable mapping (or as the root) it is refused;
+- a ``state_dict()`` object receives ``load_state_dict(d)`` with ``d`` shaped like its
+  ``state_dict()``, each value of the same kind as there.
+Everything is converted before the first write, so a failing conversion leaves the graph as it
+was; the writes themselves are plain copies and assignments.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.lib import format as npformat
+
+from .._npz import normalize_descr
+from ..errors import UnsupportedValueError
+
+Path = tuple[str | int, ...]
+MAX_DEPTH = 64
+_ML_DTYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_PY_SCALARS = (bool, int, float, complex, str)
+
+
+@dataclass
+class Leaf:
+    """One array of a graph: where it sits, and its value as found there."""
+
+    path: Path
+    name: str
+    value: Any
+    kind: str  # numpy | npscalar | py | torch | jax | other
+
+
+def _escape(part: str | int) -> str:
+    return str(part).replace("~", "~0").replace("/", "~1")
+
+
+def name_of(path: Path) -> str:
+    """The stable name of a leaf at `path` (see the module docstring)."""
+    if len(path) == 1 and isinstance(path[0], str):
+        return path[0]
+    return "/".join(_escape(p) for p in path)
+
+
+def _stateful(obj: Any) -> bool:
+    return callable(getattr(obj, "state_dict", None)) and callable(
+        getattr(obj, "load_state_dict", None)
+    )
+
+
+def _module_is(value: Any, lib: str) -> bool:
+    mod = type(value).__module__ or ""
+    return mod == lib or mod.startswith(lib + ".")
+
+
+def _is_torch(value: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _is_jax(value: Any) -> bool:
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(value, jax.Array)
+
+
+def kind_of(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return "numpy"
+    if isinstance(value, np.generic):
+        return "npscalar"
+    if type(value) in _PY_SCALARS:
+        return "py"
+    if _is_torch(value):
+        return "torch"
+    if _is_jax(value):
+        return "jax"
+    return "other"
+
+
+def state_of(graph: Any) -> Mapping[str, Any]:
+    """The top-level mapping of a graph (its ``state_dict()`` for stateful objects)."""
+    if _stateful(graph):
+        state = graph.state_dict()
+        if not isinstance(state, Mapping):
+            raise UnsupportedValueError(
+                f"state_dict() returned {type(state).__name__}, not a mapping"
+            )
+        return state
+    if isinstance(graph, Mapping):
+        return graph
+    raise UnsupportedValueError(
+        "graph must be a mapping of names to arrays (nested mappings, lists and tuples allowed) "
+        f"or have state_dict()/load_state_dict(); found {type(graph).__name__}"
+    )
+
+
+def walk(graph: Any, max_leaves: int) -> list[Leaf]:
+    """Every leaf of `graph`, depth first in the containers' own order."""
+    out: list[Leaf] = []
+
+    def visit(node: Any, path: Path) -> None:
+        if len(path) > MAX_DEPTH:
+            raise UnsupportedValueError(f"graph is nested deeper than {MAX_DEPTH} levels")
+        if path and _stateful(node):
+            node = state_of(node)
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    raise UnsupportedValueError(
+                        f"graph keys must be strings, found {key!r} at {name_of(path) or 'root'}"
+                    )
+                visit(value, (*path, key))
+            return
+        if not path:
+            raise UnsupportedValueError(f"graph must be a mapping, found {type(node).__name__}")
+        if type(node) in (list, tuple) or (isinstance(node, tuple) and hasattr(node, "_make")):
+            for i, value in enumerate(node):
+                visit(value, (*path, i))
+            return
+        if len(out) >= max_leaves:
+            raise UnsupportedValueError(f"a snapshot holds at most {max_leaves} arrays")
+        out.append(Leaf(path, name_of(path), node, kind_of(node)))
+
+    visit(state_of(graph), ())
+    names: dict[str, Path] = {}
+    for leaf in out:
+        other = names.setdefault(leaf.name, leaf.path)
+        if other != leaf.path:
+            raise UnsupportedValueError(
+                f"two arrays of the graph would share the name {leaf.name!r} (paths {other!r} "
+                f"and {leaf.path!r}); rename one of the keys"
+            )
+    return out
+
+
+# --- leaves as numpy ---------------------------------------------------------------------------
+
+
+def _object_error(name: str, dtype: Any) -> UnsupportedValueError:
+    return UnsupportedValueError(
+        f"array {name!r} has dtype {dtype} holding Python objects; snapshots never pickle, "
+        "convert it to a numeric, string or structured dtype"
+    )
+
+
+_TORCH_ML_DTYPES = {"bfloat16": "bfloat16", "float8_e4m3fn": "float8_e4m3fn",
+                    "float8_e5m2": "float8_e5m2"}  # fmt: skip
+
+
+def _torch_numpy(name: str, t: Any) -> np.ndarray:
+    """A CPU tensor's memory as numpy (no copy; a device tensor is copied to the host once)."""
+    torch = sys.modules["torch"]
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.resolve_conj().resolve_neg()
+    dname = str(t.dtype).removeprefix("torch.")
+    if dname in _TORCH_ML_DTYPES:
+        ml = _ml_dtype(_TORCH_ML_DTYPES[dname], name)
+        carrier = torch.int16 if t.element_size() == 2 else torch.int8
+        return t.view(carrier).numpy().view(ml)
+    try:
+        return t.numpy()
+    except (TypeError, RuntimeError) as exc:
+        raise UnsupportedValueError(
+            f"array {name!r}: torch dtype {t.dtype} has no numpy equivalent ({exc})"
+        ) from None
+
+
+def _ml_dtype(dname: str, name: str) -> np.dtype:
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise UnsupportedValueError(
+            f"array {name!r} has dtype {dname}, which numpy lacks: install ml_dtypes "
+            "(pip install ml_dtypes) to save or load it"
+        ) from None
+    if not _ML_DTYPE_NAME.fullmatch(dname):
+        raise UnsupportedValueError(f"array {name!r}: unknown dtype name {dname!r:.40}")
+    t = getattr(ml_dtypes, dname, None)
+    try:
+        return np.dtype(t) if isinstance(t, type) else np.dtype("O")
+    except TypeError:
+        return np.dtype("O")
+
+
+def as_numpy(leaf: Leaf) -> np.ndarray:
+    """The leaf's data as a numpy array, sharing its memory where the library allows."""
+    value, name = leaf.value, leaf.name
+    if isinstance(value, np.ma.MaskedArray):  # np.asarray would silently drop the mask
+        raise UnsupportedValueError(
+            f"array {name!r} is a masked array; save its data and mask as two arrays"
+        )
+    if leaf.kind == "torch":
+        arr = _torch_numpy(name, value)
+    elif leaf.kind in ("numpy", "npscalar", "py", "jax"):
+        arr = np.asarray(value)
+    elif hasattr(value, "__dlpack__") and not hasattr(value, "__array__"):
+        try:
+            arr = np.from_dlpack(value)
+        except (TypeError, ValueError, RuntimeError, BufferError) as exc:
+            msg = f"array {name!r}: cannot read it through DLPack: {exc}"
+            raise UnsupportedValueError(msg) from None
+    else:  # the object's own errors (a lost device, say) propagate as they are
+        arr = np.asarray(value)
+    if arr.dtype.hasobject:
+        raise _object_error(name, arr.dtype)
+    return arr
+
+
+def ml_dtype_name(dtype: np.dtype) -> str | None:
+    """The ml_dtypes name of a dtype numpy lacks (``bfloat16``...), else None."""
+    mod = getattr(dtype.type, "__module__", "") or ""
+    return dtype.name if mod.split(".")[0] == "ml_dtypes" else None
+
+
+def storage(arr: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """(array to write, dtype name): an ml_dtypes array is written as raw ``V<n>`` bytes."""
+    dname = ml_dtype_name(arr.dtype)
+    if dname is None:
+        return arr, None
+    return arr.view(f"V{arr.dtype.itemsize}"), dname
+
+
+def describe(leaf: Leaf) -> tuple[tuple[int, ...], Any, str | None]:
+    """(shape, stored descr as JSON, dtype name) of a leaf, for comparing with a manifest."""
+    if leaf.kind in ("torch", "jax"):  # metadata only: no copy off a device
+        t = leaf.value
+        if leaf.kind == "torch":
+            arr = _torch_numpy(leaf.name, sys.modules["torch"].empty(0, dtype=t.dtype))
+        else:
+            arr = np.empty(0, dtype=t.dtype)
+        shape = tuple(int(n) for n in t.shape)
+    else:
+        arr = as_numpy(leaf)
+        shape = tuple(int(n) for n in arr.shape)
+    stored, dname = storage(arr)
+    return shape, normalize_descr(npformat.dtype_to_descr(stored.dtype)), dname
+
+
+def logical(arr: np.ndarray, dname: str | None, name: str) -> np.ndarray:
+    """A loaded raw array viewed with its ml_dtypes dtype (checked)."""
+    if dname is None:
+        return arr
+    dtype = _ml_dtype(dname, name)
+    if dtype.hasobject or dtype.itemsize != arr.dtype.itemsize:
+        raise UnsupportedValueError(f"array {name!r}: unknown dtype {dname!r} in this ml_dtypes")
+    return arr.view(dtype)
+
+
+# --- restoring ----------------------------------------------------------------------------------
+
+
+def _new_value(leaf: Leaf, arr: np.ndarray) -> Any:
+    """A new value of the leaf's kind holding `arr` (for leaves that are replaced)."""
+    value = leaf.value
+    if leaf.kind == "jax":
+        import jax
+
+        return jax.device_put(arr, value.sharding)
+    if leaf.kind == "npscalar":
+        return arr[()]
+    if leaf.kind == "py":
+        return type(value)(arr[()].item())
+    if leaf.kind == "torch":
+        return _torch_from(arr, value)
+    out = np.array(arr, copy=True)
+    if isinstance(value, np.ndarray) and not value.flags.writeable:
+        out.flags.writeable = False
+    return out
+
+
+def _torch_from(arr: np.ndarray, like: Any) -> Any:
+    torch = sys.modules["torch"]
+    if ml_dtype_name(arr.dtype) is not None:
+        carrier = np.int16 if arr.dtype.itemsize == 2 else np.int8
+        t = torch.from_numpy(np.ascontiguousarray(arr).view(carrier)).view(like.dtype)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    return t.to(like.device)
+
+
+def plan(graph: Any, loaded: Mapping[Path, np.ndarray]) -> list[Callable[[], None]]:
+    """The writes that restore `loaded` (by path) into `graph`, all values converted already.
+
+    Raises (with the graph untouched) where a leaf can be neither filled nor replaced.
+    """
+    writes: list[Callable[[], None]] = []
+
+    def restore(node: Any, path: Path) -> Any:
+        """The value that must stand at `path` afterwards (`node` itself if kept)."""
+        if path and _stateful(node):
+            new_state = rebuild(state_of(node), path)
+            writes.append(lambda n=node, s=new_state: n.load_state_dict(s))
+            return node
+        if isinstance(node, Mapping):
+            changed = {k: v2 for k, v in node.items() if (v2 := restore(v, (*path, k))) is not v}
+            if changed:
+                if not isinstance(node, MutableMapping):
+                    raise UnsupportedValueError(
+                        f"cannot load into {name_of(path) or 'the graph'}: an immutable "
+                        f"{type(node).__name__} holding immutable arrays ({sorted(changed)[:3]})"
+                    )
+                for k, v in changed.items():
+                    writes.append(lambda n=node, k=k, v=v: n.__setitem__(k, v))
+            return node
+        if isinstance(node, (list, tuple)) and path and not _is_leaf_seq(node):
+            new = [restore(v, (*path, i)) for i, v in enumerate(node)]
+            if all(a is b for a, b in zip(new, node, strict=True)):
+                return node
+            if isinstance(node, list):
+                for i, (a, b) in enumerate(zip(new, node, strict=True)):
+                    if a is not b:
+                        writes.append(lambda n=node, i=i, v=a: n.__setitem__(i, v))
+                return node
+            return node._make(new) if hasattr(node, "_make") else type(node)(new)
+        return leaf_value(Leaf(path, name_of(path), node, kind_of(node)))
+
+    def rebuild(node: Any, path: Path) -> Any:
+        """A copy of a state_dict's structure with every leaf restored (for load_state_dict)."""
+        if isinstance(node, Mapping):
+            return {k: rebuild(v, (*path, k)) for k, v in node.items()}
+        if isinstance(node, (list, tuple)) and not _is_leaf_seq(node):
+            items = [rebuild(v, (*path, i)) for i, v in enumerate(node)]
+            return items if isinstance(node, list) else type(node)(items)
+        leaf = Leaf(path, name_of(path), node, kind_of(node))
+        return _new_value(leaf, loaded[path])
+
+    def leaf_value(leaf: Leaf) -> Any:
+        arr = loaded[leaf.path]
+        value = leaf.value
+        if leaf.kind == "numpy" and value.flags.writeable and type(value) is not np.ma.MaskedArray:
+            writes.append(lambda v=value, a=arr: np.copyto(v, a, casting="no"))
+            return value
+        if leaf.kind == "torch":
+            src = _torch_from(arr, value)
+
+            def fill(v: Any = value, s: Any = src) -> None:
+                with sys.modules["torch"].no_grad():
+                    v.copy_(s)
+
+            writes.append(fill)
+            return value
+        return _new_value(leaf, arr)
+
+    if _stateful(graph):
+        new_state = rebuild(state_of(graph), ())
+        return [lambda: graph.load_state_dict(new_state)]
+    restore(graph, ())
+    return writes
+
+
+def _is_leaf_seq(node: Any) -> bool:
+    return not (type(node) in (list, tuple) or hasattr(node, "_make"))
+
+
+def nest(flat: Mapping[Path, Any]) -> dict[str, Any]:
+    """Rebuild a tree from leaves by path: str parts make dicts, int parts make lists."""
+    root: dict[Any, Any] = {}
+    for path, value in flat.items():
+        node = root
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+
+    def listify(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        items = {k: listify(v) for k, v in node.items()}
+        if items and set(items) == set(range(len(items))):
+            return [items[i] for i in range(len(items))]
+        return items
+
+    return listify(root)
