@@ -136,8 +136,8 @@ class _Replay:
             return None
         return max(0, n_items - len(self.done) - len(self.failed))
 
-    def listing(self, rec: Record) -> None:
-        items = rec.body()["items"]
+    def listing(self, rec: Record, state: State) -> None:
+        items = state.items_listing() if rec is state.items_record else state.listing_of(rec)
         self.keys = {e[0] for e in items if type(e) is list and e and type(e[0]) is str}
         self.covered = len(self.keys & self.done) + len(self.keys & self.failed)
 
@@ -256,7 +256,7 @@ def _replay(tl: Timeline, state: State, detail: bool) -> None:
             keys = body.get("keys") or []
             replay.forget(replay.failed if kind == "retry" else replay.done, keys)
         elif kind == "items":
-            replay.listing(rec)
+            replay.listing(rec, state)
         elif kind == "meta" and current is not None:
             current.last_t = max(current.last_t, rec.t)
     results_until(seqs[-1] + 1 if seqs else 0)

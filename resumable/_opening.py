@@ -242,9 +242,10 @@ def _write_launch(sweep: ResumableSweep, identity: str, changed: list[str]) -> N
             "library_version": __version__,
         },
     )
-    if identity != sweep._state.items_sha256:
-        listing = sweep._items.listing()
-        sweep._append("items", {"items": listing}, fp=identity)
+    if identity != sweep._state.items_sha256:  # only the appended entries, if that is all
+        state = sweep._state
+        payload = sweep._items.record_payload(state.items_sha256, state.items_count)
+        sweep._append("items", payload, fp=identity)
     if changed and sweep.on_change == "rerun":
         done = [k for k in changed if k in sweep._state.results]
         failed = [k for k in changed if k in sweep._state.failures]

@@ -11,28 +11,84 @@ launch (one hash over the whole list tells) needs none of them, which keeps resu
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import canonical_json, check_key, encode, sha256_hex, try_fingerprint
+from .codec import TAG, canonical_json, check_key, encode, sha256_hex
 from .errors import DuplicateKeyError, InvalidKeyError, UnknownItemError, UnsupportedValueError
 
 MAX_PARAMS_BYTES = 64 * 1024  # larger items are remembered by fingerprint only
 _DEFAULT_KEY_LEN = 32
 FP_LEN = 32  # hex characters of SHA-256 kept as an item's fingerprint (128 bits)
+_MAX_PLAIN_INT_BITS = 10_000  # codec tags longer ints; such items take the codec's path
+# codec.canonical_json's exact output, from one encoder made once (json.dumps with options
+# builds a new encoder per call, which is most of the cost for small items)
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
+def _no_default(obj: Any) -> Any:
+    raise TypeError(f"{type(obj).__name__} is not JSON")
+
+
+# Flat dicts (no nesting, so no cycles to mark) go straight to CPython's C encoder, made once
+# with the same options: half the cost of JSONEncoder.encode, which rebuilds it per call.
+_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+_FLAT = (
+    _c_encoder(
+        None, _no_default, json.encoder.encode_basestring, None, ":", ",", True, False, False
+    )
+    if _c_encoder is not None
+    else None
+)
+
+
+def _flat_plain(item: Any) -> bool:
+    """True for a dict of str keys to str/int/float/bool/None, which `encode` returns as is
+    (non-finite floats and invalid strings are caught by the JSON encoding itself)."""
+    if type(item) is not dict or TAG in item:
+        return False
+    for k, v in item.items():
+        t = type(v)
+        if type(k) is not str or not (
+            t is str
+            or t is float
+            or t is bool
+            or v is None
+            or (t is int and v.bit_length() <= _MAX_PLAIN_INT_BITS)
+        ):
+            return False
+    return True
+
+
+def fingerprint_of(item: Any) -> tuple[Any, bytes] | None:
+    """(encoded item, its canonical JSON) when the item is JSON-like, else None."""
+    if _flat_plain(item):
+        try:
+            text = "".join(_FLAT(item, 0)) if _FLAT is not None else _CANONICAL(item)
+            return item, text.encode("utf-8")
+        except (ValueError, UnicodeEncodeError):
+            pass  # NaN, a lone surrogate: the codec says what to do
+    try:
+        enc = encode(item, what="item")
+    except UnsupportedValueError:
+        return None
+    return enc, _CANONICAL(enc).encode("utf-8")
 
 
 def default_key(item: Any) -> str:
     """The default key: a stable hash of the item's canonical JSON."""
-    fp = try_fingerprint(item)
+    fp = fingerprint_of(item)
     if fp is None:
         raise InvalidKeyError(
             f"item {item!r:.200} is not JSON-like, so no default key can be derived from it; "
             "pass key=... (a function returning a str) to ResumableSweep"
         )
-    return fp[1][:_DEFAULT_KEY_LEN]
+    return hashlib.sha256(fp[1]).hexdigest()[:_DEFAULT_KEY_LEN]
 
 
 @dataclass
@@ -89,42 +145,77 @@ class ItemSet:
     def _fp(self, idx: int) -> tuple[str | None, Any]:
         cached = self._fps.get(idx)
         if cached is None:
-            fp = try_fingerprint(self.items[idx])
+            fp = fingerprint_of(self.items[idx])
             if fp is None:
                 cached = (None, None)
             else:
-                small = len(canonical_json(fp[0])) <= MAX_PARAMS_BYTES
-                cached = (fp[1][:FP_LEN], fp[0] if small else None)
+                enc, blob = fp
+                small = len(blob) <= MAX_PARAMS_BYTES
+                cached = (hashlib.sha256(blob).hexdigest()[:FP_LEN], enc if small else None)
             self._fps[idx] = cached
         return cached
 
     def fingerprint(self, key: str) -> str | None:
         return self._fp(self.index[key])[0]
 
-    def identity(self) -> str:
-        """One SHA-256 over all keys and items: equal iff the item list is unchanged.
+    def identity(self, upto: int | None = None) -> str:
+        """One SHA-256 over all keys and items (the first `upto` of them): equal iff the item
+        list is unchanged.
 
         Fast path for plain JSON items: `json.dumps` (with NaN refused) proves every value is a
         builtin JSON type or a subclass, and `repr` then tells tuples from lists and int keys
         from str keys, which JSON alone would merge. Other items take the exact, slower path
         through the codec. Either way a change of any item changes the identity.
         """
-        keys = canonical_json(self.keys)
+        n = len(self.items) if upto is None else upto
+        items = self.items if n == len(self.items) else self.items[:n]
+        keys = canonical_json(self.keys if n == len(self.keys) else self.keys[:n])
         try:
-            as_json = json.dumps(self.items, sort_keys=True, allow_nan=False, ensure_ascii=False)
-            text = "fast\0" + as_json + "\0" + repr(self.items)
+            as_json = json.dumps(items, sort_keys=True, allow_nan=False, ensure_ascii=False)
+            text = "fast\0" + as_json + "\0" + repr(items)
             return sha256_hex(keys + b"\0" + text.encode("utf-8", "surrogatepass"))
         except (TypeError, ValueError, RecursionError):
             pass
         try:
-            encoded: Any = encode(self.items, what="items")
+            encoded: Any = encode(items, what="items")
         except UnsupportedValueError:
-            encoded = [self._fp(i)[0] for i in range(len(self.items))]
+            encoded = [self._fp(i)[0] for i in range(n)]
         return sha256_hex(keys + b"\0exact\0" + canonical_json(encoded))
 
-    def listing(self) -> list[list[Any]]:
-        """The items as recorded in the checkpoint: [[key, fingerprint, params], ...]."""
-        return [[k, *self._fp(i)] for i, k in enumerate(self.keys)]
+    def record_payload(self, prev_identity: str | None, prev_count: int | None) -> dict:
+        """The payload of the items record for this list (see state.py): only the new entries
+        when the previous list (`prev_identity`, `prev_count` entries) is a prefix of it."""
+        n = len(self.keys)
+        if (
+            prev_identity is not None
+            and prev_count is not None
+            and 0 < prev_count < n
+            and self.identity(upto=prev_count) == prev_identity
+        ):
+            return {
+                "base": prev_identity,
+                "base_n": prev_count,
+                "append": self.listing(start=prev_count),
+            }
+        return {"items": self.listing()}
+
+    def listing(self, start: int = 0) -> list[list[Any]]:
+        """The items as recorded in the checkpoint: [[key, fingerprint, params], ...], from
+        item `start` on.
+
+        Computed once for the whole list, so the per-item cache is bypassed (it would only
+        hold a million small tuples for nothing).
+        """
+        fps = self._fps
+        out = []
+        for i in range(start, len(self.keys)):
+            k = self.keys[i]
+            cached = fps.get(i)
+            if cached is None:
+                cached = self._fp(i)
+                del fps[i]
+            out.append([k, *cached])
+        return out
 
 
 def key_fn_or_default(key_fn: Callable[[Any], Any] | None, item: Any) -> str:

@@ -38,10 +38,12 @@ MAX_TIME = 1e10  # seconds since the epoch (year 2286): later record times are d
 _TYPES = frozenset({"launch", "items", "result", "failure", "retry", "invalidate", "meta"})
 
 
+# json.dumps with options builds a new encoder per call: one made once gives the same bytes
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
+    return _ENCODE(obj).encode("utf-8")
 
 
 class Record:
@@ -200,11 +202,12 @@ def record_follows(data: bytes, pos: int) -> bool:
     return False
 
 
-_SEALED_LINE = re.compile(
-    rb"^([0-9a-f]{64}) ([0-9]{1,18}) ([a-z]{1,12}) ([^ \t\n]{1,40}) ([^ \t\n]{1,80}) "
+_SEALED_LINE = re.compile(  # the hash is not captured: the manifest's SHA-256 vouches for it
+    rb"^[0-9a-f]{64} ([0-9]{1,18}) ([a-z]{1,12}) ([^ \t\n]{1,40}) ([^ \t\n]{1,80}) "
     rb"([^\t\n]*)\t([^\n]*)\n",
     re.MULTILINE,
 )
+_KIND_OF = {k.encode("ascii"): k for k in _TYPES}  # one shared str per type, not one per line
 
 
 def parse_sealed_segment(
@@ -224,11 +227,12 @@ def parse_sealed_segment(
     out: list[Record] = []
     seq = first_seq
     try:
-        for _h, hseq, kind, t, fp, key, payload in matches:
+        kind_of = _KIND_OF
+        for hseq, kind, t, fp, key, payload in matches:
             if int(hseq) != seq:
                 raise ValueError("sequence")
-            kind_s = kind.decode("ascii")
-            if kind_s not in _TYPES:
+            kind_s = kind_of.get(kind)
+            if kind_s is None:
                 raise ValueError("type")
             if key[:1] == b'"' and key[-1:] == b'"' and b"\\" not in key:
                 key_s: str | None = key[1:-1].decode("utf-8")

@@ -3,7 +3,9 @@
 Local disk stays the source of truth and `record()` never waits on the network. A thread
 follows the journal: sealed segments are uploaded once, as immutable objects under the same
 names; the active segment's new records go up as immutable *chunks* (named by their sequence
-range and hash); then the manifest naming all of them, with sizes and SHA-256s, is replaced.
+range and hash), and when that segment is sealed its chunks, plus one for the records after
+them, stand for it remotely (its records are not sent twice); then the manifest naming all of
+them, with sizes and SHA-256s, is replaced.
 Objects first, manifest last: a reader at any instant sees the previous state or the new one.
 
 Cost per record does not grow with the sweep: each upload sends the records since the last
@@ -51,6 +53,7 @@ from .manifest import MANIFEST_NAME, Manifest, SegmentInfo, parse_manifest
 from .storage import Store, redact
 
 log = logging.getLogger("resumable.mirror")
+_MAX_SEALED_PARTS = 4  # a sealed segment stands as at most this many parts remotely
 
 
 # How long flush() and close() wait for the mirror by default (close: at the end of a `with`
@@ -111,6 +114,9 @@ class Mirror:
         self._uploaded: dict[str, str] = {}  # object name -> sha256, known to be remote
         self._chunks: list[SegmentInfo] = []
         self._chunk_segment: str | None = None
+        # sealed segment -> the chunks (and final rest) standing for it remotely: records
+        # that went up as chunks are not sent again when their segment is sealed
+        self._sealed_parts: dict[str, list[SegmentInfo]] = {}
         # superseded object -> when a manifest not naming it was written (None: not yet)
         self._garbage: dict[str, float | None] = {}
         self._generation = 0
@@ -269,10 +275,23 @@ class Mirror:
             # Nothing there yet: claim the place with an empty manifest before any object goes
             # up, so that objects without a manifest can only mean damage (see remote.py).
             self._write_manifest(view, [], 0)
-        parts = [_remote_part(seg) for seg in view.manifest.segments]
-        for seg, part in zip(view.manifest.segments, parts, strict=True):
+        parts: list[SegmentInfo] = []
+        for seg in view.manifest.segments:
+            if seg.name == self._chunk_segment and self._chunks:
+                # sealed since the last sync, most of its records already up as chunks: send
+                # only the rest, and name those chunks in place of the segment
+                finished = self._finish_chunks(seg)
+                if finished is not None:
+                    self._sealed_parts[seg.name] = finished
+                    self._chunks = []
+            known = self._sealed_parts.get(seg.name)
+            if known is not None:
+                parts.extend(known)
+                continue
+            part = _remote_part(seg)
             if self._uploaded.get(part.name) != part.sha256:
                 self._put_file(seg, part.name)
+            parts.append(part)
         if self._chunk_segment is not None and self._chunk_segment != view.active:
             self._retire(self._chunks)  # that segment is sealed now and uploaded whole
             self._chunks = []
@@ -337,6 +356,52 @@ class Mirror:
         name = f"{SEGMENTS_DIR}/{remote_name}"
         self._request(lambda: self.store.write_bytes(name, data, create_only=True), len(data))
         self._uploaded[remote_name] = seg.sha256
+
+    def _finish_chunks(self, seg: SegmentInfo) -> list[SegmentInfo] | None:
+        """The remote parts of a just-sealed segment whose first records went up as chunks:
+        those chunks, plus one more for the records after them (None: they do not match the
+        sealed bytes, so the segment goes up whole as before)."""
+        with open(self._segdir / seg.name, "rb") as fh:
+            data = fh.read(seg.size + 1)
+        if len(data) != seg.size or hashlib.sha256(data).hexdigest() != seg.sha256:
+            raise IntegrityError(
+                f"{self._segdir / seg.name}: local sealed segment no longer matches its "
+                "manifest entry; refusing to mirror it"
+            )
+        if len(self._chunks) >= _MAX_SEALED_PARTS:
+            # each part costs a manifest entry in every later upload: many small chunks cost
+            # more over a long sweep than sending the segment once more
+            return None
+        pos, first = 0, seg.first_seq
+        for chunk in self._chunks:
+            piece = data[pos : pos + chunk.size]
+            if chunk.first_seq != first or hashlib.sha256(piece).hexdigest() != chunk.sha256:
+                return None
+            pos += chunk.size
+            first += chunk.records
+        parts = list(self._chunks)
+        if pos < seg.size:
+            rest = data[pos:]
+            records = seg.last_seq - first + 1
+            if rest.count(b"\n") != records:
+                return None
+            digest = hashlib.sha256(rest).hexdigest()
+            info = SegmentInfo(
+                name=f"{seg.name}.{first:010d}-{seg.last_seq:010d}.{digest[:16]}",
+                size=len(rest),
+                sha256=digest,
+                records=records,
+                first_seq=first,
+                last_seq=seg.last_seq,
+                last_hash=seg.last_hash,
+            )
+            name = f"{SEGMENTS_DIR}/{info.name}"
+            self._request(lambda: self.store.write_bytes(name, rest, create_only=True), len(rest))
+            self._uploaded[info.name] = digest
+            parts.append(info)
+        elif first != seg.last_seq + 1:
+            return None
+        return parts
 
     def _put_chunk(self, view: WriterView) -> None:
         covered = sum(c.size for c in self._chunks)
@@ -478,6 +543,7 @@ class Mirror:
         view = self.writer.view()
         live = {_remote_part(s).name for s in view.manifest.segments}
         live |= {c.name for c in self._chunks}
+        live |= {p.name for parts in self._sealed_parts.values() for p in parts}
         now = time.monotonic()
         due = []
         for name, since in list(self._garbage.items()):

@@ -1,16 +1,21 @@
 """`sweep.run(fn, executor=...)`: run every pending item through `fn`, here or on a pool.
 
-Only the owning process writes the checkpoint: workers return results, and each is recorded
-here as it arrives (`record`; `record_failure` when `fn` raised or its result cannot be
-stored). `sweep.pending` is read lazily and at most `max_in_flight` items are outstanding, so
-a million-item sweep floods neither the scheduler nor memory.
+Only the owning process writes the checkpoint: workers return results, and they are recorded
+here in groups (group commit, `record_many`): one fdatasync covers every result that arrived
+while the previous one ran, and a result counts as done only once its group is durable (on a
+crash before that, the item simply runs again). In-process, a group is committed once it has
+computed about as long as a commit takes. Failures are recorded one by one (`record_failure`,
+when `fn` raised or its result cannot be stored). `sweep.pending` is read lazily and at most
+`max_in_flight` items are outstanding, so a million-item sweep floods neither the scheduler nor
+memory.
 
 Executors: None (in-process); an int N or ``"processes"`` (a pool made here, `process_pool`);
-any `concurrent.futures.Executor`; a Dask `distributed.Client` or its ``get_executor()``.
+any `concurrent.futures.Executor`; a Dask `distributed.Client` or its ``get_executor()``; a
+`RayExecutor` (ray_executor.py), or ``"ray"`` for one on the cluster `ray.init` connects to.
 Process pools need a picklable `fn` (module level) and items; Dask uses cloudpickle.
 
 Batching: items are sent in batches sized from their measured durations, so that a task takes
-about 250 ms on Dask (whose per-task cost is milliseconds of scheduler time) and 20 ms
+about 250 ms on Dask and Ray (whose per-task cost is milliseconds of scheduler time) and 20 ms
 elsewhere; longer items go one per task. The default window is two tasks per worker (workers:
 a pool's `_max_workers`, the Dask cluster's threads); `max_in_flight` caps items, batches too.
 
@@ -71,6 +76,7 @@ _POLL_S = 0.1  # how often a waiting parent looks at the preemption flag
 _EXIT_MARGIN_S = 0.5  # reach guard.exit() this long before the watchdog would take over
 _TASK_S = {"dask": 0.25, "other": 0.02}  # batch short items into tasks of about this length
 _MAX_BATCH = 1000
+_MAX_GROUP = 4096  # results per group commit, at most
 _INFRA_ERRORS = (cf.BrokenExecutor, cf.CancelledError)  # the executor's fault, not the item's
 DEFAULT_MIN_FAILURES = 10  # max_failures=None: stop past this many when failures outnumber results
 Outcome = tuple[bool, Any, "str | None", float]  # ok, value or exception, traceback, seconds
@@ -250,24 +256,59 @@ class _Run:
         self.item_s: float | None = None  # moving average of the items' compute time
         self.singly: collections.deque[Any] = collections.deque()  # from batches that broke
         self.client: Any = None
+        self.group: list[tuple[Any, Any, float]] = []  # results awaiting their group commit
+        self.group_t0 = 0.0
+        self.commit_s = 0.0  # how long the last group commit took
 
     # -- recording (parent only) ----------------------------------------------------------
     def _outcome(self, item: Any, outcome: Outcome) -> None:
+        """A result joins the group that the next `_commit` makes durable; a failure is
+        recorded at once (failures are rare, and say why an item will not be retried)."""
         ok, value, tb, seconds = outcome
         self.item_s = seconds if self.item_s is None else 0.8 * self.item_s + 0.2 * seconds
-        self.recording = True
         if ok:
-            try:
-                self.sweep.record(item, value, duration=seconds)
-                self.done += 1
-            except UnsupportedValueError as exc:  # nothing was written: record why instead
-                self._failure(item, exc, seconds)
-        else:
-            if tb and value.__traceback__ is None:  # it came from another process
-                value.__cause__ = RemoteTraceback(tb)
-            self._failure(item, value, seconds)
+            if not self.group:
+                self.group_t0 = time.monotonic()
+            self.group.append((item, value, seconds))
+            return
+        if tb and value.__traceback__ is None:  # it came from another process
+            value.__cause__ = RemoteTraceback(tb)
+        self.recording = True
+        self._failure(item, value, seconds)
         self.recording = False
         self.bar.update(1)
+
+    def _commit(self) -> None:
+        """Group commit: record every result gathered since the last commit with one
+        fdatasync (`record_many`). A result counts as done only once this returns."""
+        group, self.group = self.group, []
+        if not group:
+            return
+        t0 = time.monotonic()
+        self.recording = True
+        try:
+            try:
+                self.sweep.record_many(
+                    [(item, value) for item, value, _ in group],
+                    durations=[seconds for _, _, seconds in group],
+                )
+                self.done += len(group)
+            except UnsupportedValueError:  # nothing was written: find the culprit(s) one by one
+                for item, value, seconds in group:
+                    try:
+                        self.sweep.record(item, value, duration=seconds)
+                        self.done += 1
+                    except UnsupportedValueError as exc:  # record why instead
+                        self._failure(item, exc, seconds)
+        finally:
+            self.recording = False
+        self.commit_s = time.monotonic() - t0
+        self.bar.update(len(group))
+
+    def _commit_due(self) -> bool:
+        """In-process: commit once the group has computed for as long as a commit takes (the
+        fdatasync then costs at most about half the time), or when it is large."""
+        return len(self.group) >= _MAX_GROUP or (time.monotonic() - self.group_t0 >= self.commit_s)
 
     def _failure(self, item: Any, exc: BaseException, seconds: float) -> None:
         self.sweep.record_failure(item, exc, duration=seconds)
@@ -286,7 +327,8 @@ class _Run:
     def _too_many_failures(self) -> bool:
         if self.max_failures is not None:
             return self.failed > self.max_failures
-        return self.failed > DEFAULT_MIN_FAILURES and self.failed > self.done
+        # results waiting for their group commit are successes too
+        return self.failed > DEFAULT_MIN_FAILURES and self.failed > self.done + len(self.group)
 
     def _failure_rule(self) -> str:
         if self.max_failures is not None:
@@ -353,19 +395,29 @@ class _Run:
     # -- in-process ---------------------------------------------------------------------
     def run_inline(self) -> None:
         pending = iter(self.sweep.pending)  # its own safe point raises Preempted between items
-        while True:
-            try:
-                item = next(pending)
-            except StopIteration:
-                break
-            except Preempted as exc:
-                self.preempted = True
-                self._exit(exc)
-            seed = self.sweep.seed(item) if self.wants_seed else None
-            self._outcome(item, run_batch(self.fn, [(item, seed)])[0])
-            self._safe_point()
-            if self.stopping:
-                raise self.too_many_failures()
+        try:
+            while True:
+                if self.group and (self._preempting() or self.sigint or self._commit_due()):
+                    self._commit()
+                try:
+                    item = next(pending)
+                except StopIteration:
+                    break
+                except Preempted as exc:
+                    self.preempted = True
+                    self._commit()
+                    self._exit(exc)
+                seed = self.sweep.seed(item) if self.wants_seed else None
+                self._outcome(item, run_batch(self.fn, [(item, seed)])[0])
+                if self.sigint:
+                    self._commit()
+                self._safe_point()
+                if self.stopping:
+                    raise self.too_many_failures()  # the handler below commits what is done
+            self._commit()
+        except BaseException:  # Ctrl-C, or Preempted raised inside fn: the results so far are
+            self._commit()  # good, keep them (a failing commit has emptied the group first)
+            raise
         self.preempted = self._preempting()  # a late signal: the work is complete anyway
 
     # -- executors ----------------------------------------------------------------------
@@ -374,7 +426,12 @@ class _Run:
         self.pending = iter(self.sweep.pending)
         self.exhausted = False
         self.token, self.counter = uuid.uuid4().hex[:12], itertools.count()
-        self.target_s = _TASK_S["dask" if client is not None else "other"]
+        target = getattr(executor, "task_target_s", None)  # e.g. RayExecutor's
+        self.target_s = (
+            float(target)
+            if isinstance(target, (int, float))
+            else _TASK_S["dask" if client is not None else "other"]
+        )
         self.cap = max(1, limit // (2 * workers)) if limit else _MAX_BATCH
         self.deferring = True
         _check_sendable(self.fn, executor, client)
@@ -397,6 +454,7 @@ class _Run:
                         self._settle(fut, task)
                     except (*_INFRA_ERRORS, RunError) as exc:  # record the others first
                         errors.append(exc)
+                self._commit()  # one fdatasync for everything that arrived meanwhile
                 if errors:
                     raise errors[0]
                 self._safe_point()
@@ -459,8 +517,11 @@ class _Run:
 
     def _cancel_queued(self) -> None:
         """Cancel tasks that have not started; those left in `inflight` are running."""
-        for fut in [f for f in self.inflight if f.done()]:
-            self._settle(fut)
+        try:
+            for fut in [f for f in self.inflight if f.done()]:
+                self._settle(fut)
+        finally:
+            self._commit()
         running = None
         if self.client is not None and self.inflight:
             running = _dask_running_keys(self.client, timeout=2.0)
@@ -475,8 +536,11 @@ class _Run:
         while self.inflight and (left := until - time.monotonic()) > 0:
             wait = min(_POLL_S, left)
             done, _ = cf.wait(self.inflight, timeout=wait, return_when=cf.FIRST_COMPLETED)
-            for fut in done:
-                self._settle(fut)
+            try:
+                for fut in done:
+                    self._settle(fut)
+            finally:
+                self._commit()
             self._safe_point()  # a second Ctrl-C abandons the rest
 
     def _drain(self, raised: Preempted | None = None, complete: bool = False) -> None:
@@ -549,10 +613,15 @@ def run_sweep(
     make_pool = (isinstance(executor, str) and executor == "processes") or (
         type(executor) is int and executor > 0
     )
+    own_ray = None
+    if isinstance(executor, str) and executor == "ray":
+        from .ray_executor import RayExecutor
+
+        executor = own_ray = RayExecutor()
     if not (make_pool or executor is None or callable(getattr(executor, "submit", None))):
         raise ConfigurationError(
-            "executor must be a concurrent.futures.Executor, a Dask Client, an int, "
-            f"'processes' or None; found {executor!r}"
+            "executor must be a concurrent.futures.Executor, a Dask Client, a RayExecutor, "
+            f"an int, 'processes', 'ray' or None; found {executor!r}"
         )
     before = sweep.status()
     failed_before = 0 if sweep.retry_failed else before.failed
@@ -595,6 +664,8 @@ def run_sweep(
             fut.cancel()  # our own work only: an executor passed in stays the caller's
         if own_pool is not None:
             _close_pool(own_pool, graceful=graceful)
+        if own_ray is not None:
+            own_ray.shutdown(wait=False)
     summary = run.summary(skipped, t0, workers)
     log.info("run of sweep %r: %s", sweep.name, summary)
     return summary

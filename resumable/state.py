@@ -5,7 +5,9 @@ Record types (the header of each carries ``seq``, ``type``, ``key``, time and fi
 - ``launch``: a process opened the sweep for writing (payload: ``launch``, ``host``, ``pid``,
   ``items_sha256``, ``n_items``).
 - ``items``: the item keys with fingerprints and JSON-like parameters, when the list changed
-  (the header's fingerprint field holds the list's identity).
+  (the header's fingerprint field holds the list's identity): the whole list (``items``), or,
+  when items were only appended, ``base`` (the previous list's identity), ``base_n`` and the
+  new entries (``append``), so growing a list by k items writes O(k) bytes.
 - ``result``: an item finished (payload: ``value``, ``duration``, ``launch``).
 - ``failure``: an item failed (payload: ``error_type``, ``message``, ``traceback``, ``attempt``,
   ``duration``, ``launch``).
@@ -44,6 +46,7 @@ class State:
     attempts: dict[str, int] = field(default_factory=dict)
     items_record: Record | None = None
     items_sha256: str | None = None
+    items_count: int | None = None  # entries in that list (from its launch record)
     launches: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     last_seq: int = 0
@@ -53,6 +56,7 @@ class State:
     invalidations: int = 0
     superseded: list[Record] = field(default_factory=list)  # replaced or voided, in seq order
     events: list[Record] = field(default_factory=list)  # retry/invalidate/items/meta records
+    _listing: tuple[Record, list[list[Any]]] | None = field(default=None, repr=False, compare=False)
 
     def apply(self, rec: Record) -> None:
         """Fold one verified record into the state; contradictions are damage."""
@@ -121,6 +125,9 @@ class State:
                 raise IntegrityError("an items record needs the list's identity")
             self.items_record = rec
             self.items_sha256 = rec.fp
+            # written right after its launch record, whose n_items is the list's length
+            n = self.launches[-1].get("n_items") if self.launches else None
+            self.items_count = n if type(n) is int else None
             self.events.append(rec)
         elif kind == "launch":
             body = rec.body()
@@ -143,17 +150,66 @@ class State:
             self.superseded.append(old)
 
     def items_listing(self) -> list[list[Any]]:
-        """The items as last recorded at an open: [[key, fingerprint, params], ...]."""
+        """The items as last recorded at an open: [[key, fingerprint, params], ...].
+
+        Decoded once per items record and kept (read-only views ask for it more than once:
+        their status and their timeline); callers must not modify it.
+        """
         if self.items_record is None:
             return []
-        items = self.items_record.body().get("items")
-        if type(items) is not list or any(
-            type(e) is not list or len(e) != 3 or type(e[0]) is not str for e in items
-        ):
-            raise IntegrityError(
-                f"{self.items_record.source}: record {self.items_record.seq}: malformed items"
-            )
+        cached = self._listing
+        if cached is not None and cached[0] is self.items_record:
+            return cached[1]
+        items = self.listing_of(self.items_record)
+        self._listing = (self.items_record, items)
         return items
+
+    def listing_of(self, rec: Record) -> list[list[Any]]:
+        """The whole item list that the items record `rec` stands for.
+
+        A record holds either the whole list (``items``) or, when a relaunch only appended
+        items, the new entries (``append``) after the list of identity ``base`` with
+        ``base_n`` entries: the latest items record before it with that identity.
+        """
+        chain = [rec]
+        body = rec.body()
+        while "items" not in body:
+            base, base_n = body.get("base"), body.get("base_n")
+            if type(base) is not str or type(base_n) is not int or "append" not in body:
+                raise IntegrityError(f"{rec.source}: record {rec.seq}: malformed items")
+            prev = next(
+                (
+                    r
+                    for r in reversed(self.events)
+                    if r.type == "items" and r.seq < chain[-1].seq and r.fp == base
+                ),
+                None,
+            )
+            if prev is None:
+                raise IntegrityError(
+                    f"{rec.source}: record {chain[-1].seq} extends an item list "
+                    f"({base[:16]}...) that no earlier items record holds"
+                )
+            chain.append(prev)
+            body = prev.body()
+        items = _entries(body["items"], chain[-1])
+        for part in reversed(chain[:-1]):
+            body = part.body()
+            if len(items) != body["base_n"]:
+                raise IntegrityError(
+                    f"{part.source}: record {part.seq} extends a list of {body['base_n']} "
+                    f"items, found {len(items)}"
+                )
+            items = items + _entries(body["append"], part)
+        return items
+
+
+def _entries(items: Any, rec: Record) -> list[list[Any]]:
+    if type(items) is not list or any(
+        type(e) is not list or len(e) != 3 or type(e[0]) is not str for e in items
+    ):
+        raise IntegrityError(f"{rec.source}: record {rec.seq}: malformed items")
+    return items
 
 
 def _key(rec: Record) -> str:

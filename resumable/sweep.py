@@ -8,6 +8,7 @@ result durable before it returns. A relaunch sees every acknowledged record exac
 from __future__ import annotations
 
 import atexit
+import copy
 import hashlib
 import logging
 import math
@@ -70,6 +71,8 @@ class ResumableSweep:
     method, `os.fork`) that tries gets `ForeignProcessError` and writes nothing, and closing
     the child's copy leaves the parent's lock and checkpoint alone.
     """
+
+    _meta_seen: Any = None  # a copy of `meta` as last saved (see _save_meta)
 
     def __init__(
         self,
@@ -173,6 +176,21 @@ class ResumableSweep:
                 self._mirror.notify()
             return rec
 
+    def _append_many(
+        self, entries: list[tuple[str, dict[str, Any], str | None, str | None]]
+    ) -> list[Record]:
+        self._check_owner()
+        with self._lock:
+            if self._writer is None or self._closed:
+                raise CheckpointClosedError(f"sweep {self.name!r} is closed")
+            recs = self._writer.append_many(entries)
+            apply = self._state.apply
+            for rec in recs:
+                apply(rec)
+            if self._mirror is not None:
+                self._mirror.notify()
+            return recs
+
     def _check_owner(self) -> None:
         """Only the process that opened the sweep records (checked before taking any lock: a
         forked child's copy of a lock may be held by a thread that does not exist there)."""
@@ -182,12 +200,18 @@ class ResumableSweep:
             )
 
     def _save_meta(self) -> None:
+        """Record `meta` if it changed. Called before every record: an unchanged meta of
+        plain values is recognised by a structural comparison with a private copy, without
+        encoding it again."""
         with self._lock:
+            if self._meta_seen is not None and _same_plain(self.meta, self._meta_seen):
+                return
             enc = encode(dict(self.meta), what="meta")
             blob = canonical_json(enc)
             if blob != self._persisted_meta:
                 self._append("meta", {"meta": enc})
                 self._persisted_meta = blob
+            self._meta_seen = copy.deepcopy(self.meta)
 
     def _duration(self, key: str, duration: float | None) -> float | None:
         if duration is not None and not (
@@ -242,6 +266,61 @@ class ResumableSweep:
         if snaps is None:
             snaps = self._item_snapshots = ItemSnapshots(self)
         return snaps
+
+    def record_many(
+        self,
+        pairs: Iterable[tuple[Any, Any]],
+        *,
+        durations: Iterable[float | None] | None = None,
+    ) -> int:
+        """Record many `(item, result)` pairs durably with one fdatasync (group commit).
+
+        When this returns every pair survives SIGKILL and power loss; if it raises, none was
+        acknowledged (a crash mid-way may leave some durable: a relaunch sees them, each once).
+        Everything is checked before anything is written: each item must be one of the sweep's,
+        not recorded yet and not twice in `pairs`, and each result storable. Returns the count.
+        """
+        pairs = list(pairs)
+        times = [None] * len(pairs) if durations is None else list(durations)
+        if len(times) != len(pairs):
+            raise ConfigurationError(
+                f"record_many got {len(pairs)} pairs but {len(times)} durations"
+            )
+        self._check_owner()
+        prepared: list[tuple[str, Any, float | None]] = []
+        seen: set[str] = set()
+        for (item, result), duration in zip(pairs, times, strict=True):
+            key = self._items.key_of(item)
+            if key in seen:
+                raise AlreadyRecordedError(
+                    f"item {key!r} appears twice in one record_many call; each item is "
+                    "recorded once"
+                )
+            seen.add(key)
+            self._check_not_done(key, "each item is recorded once")
+            value = encode(result, what=f"the result of item {key!r}")  # outside the lock
+            prepared.append((key, value, duration))
+        if not prepared:
+            return 0
+        with self._lock:
+            for key, _, _ in prepared:
+                self._check_not_done(key, "each item is recorded once")
+            entries = [
+                (
+                    "result",
+                    {
+                        "value": value,
+                        "duration": self._duration(key, duration),
+                        "launch": self.launch_id,
+                    },
+                    key,
+                    self._items.fingerprint(key),
+                )
+                for key, value, duration in prepared
+            ]
+            self._save_meta()
+            self._append_many(entries)
+        return len(prepared)
 
     def _check_not_done(self, key: str, why: str) -> None:
         if key in self._state.results:
@@ -568,6 +647,21 @@ class _OpenSweeps:
 
 _left_open = _OpenSweeps()
 atexit.register(_left_open.close_all)
+
+
+def _same_plain(a: Any, b: Any) -> bool:
+    """True only if `a` and `b` are equal plain JSON-like values of exactly the same types
+    (1, 1.0 and True differ, so do 0.0 and -0.0); anything else (numpy values...) is False."""
+    t = type(a)
+    if t is not type(b):
+        return False
+    if t is dict:
+        return a.keys() == b.keys() and all(_same_plain(v, b[k]) for k, v in a.items())
+    if t is list or t is tuple:
+        return len(a) == len(b) and all(map(_same_plain, a, b))
+    if t is float:
+        return (a == b and math.copysign(1.0, a) == math.copysign(1.0, b)) or (a != a and b != b)
+    return (t is str or t is int or t is bool or a is None) and a == b
 
 
 def _text(error: BaseException) -> str:

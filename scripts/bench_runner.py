@@ -1,7 +1,9 @@
-"""Benchmark `sweep.run`: serial vs a process pool vs a Dask LocalCluster, checkpointing on.
+"""Benchmark `sweep.run`: serial vs a process pool vs Dask and Ray clusters, checkpointing on.
 
 usage: python scripts/bench_runner.py [--items 2000] [--ms 10] [--workers 2] [--rounds 3]
-                                      [--no-dask]
+                                      [--no-dask] [--ray]
+
+`--ray` adds a local Ray cluster of `workers` CPUs on 127.0.0.1 (`RayExecutor`).
 
 Each item is a pure-Python busy loop calibrated to ~`ms` of CPU. Every run is a real
 ResumableSweep on local disk (each result fsync'd by the parent). The pool and the cluster are
@@ -136,6 +138,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-dask", action="store_true")
+    ap.add_argument("--ray", action="store_true", help="add a local Ray cluster (RayExecutor)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -146,6 +149,7 @@ def main() -> int:
     items = [{"i": i, "n": n} for i in range(args.items)]
     names = ["bare loops, 1 process", f"bare loops, {w} processes", "run(): in-process"]
     names += [f"run(): ProcessPoolExecutor({w})", f"run(): Dask LocalCluster({w}x1)"]
+    names += [f"run(): Ray, local ({w} CPUs)"]
     results: dict[str, list[dict]] = {name: [] for name in names}
     startup: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
@@ -173,6 +177,24 @@ def main() -> int:
             client.gather(client.map(_warm, range(w * 4)))
             startup[names[4]] = time.perf_counter() - t0
             executors[names[4]] = client.get_executor()
+        if args.ray:
+            import ray
+
+            from resumable.ray_executor import RayExecutor
+
+            t0 = time.perf_counter()
+            ray.init(
+                num_cpus=w,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            stack.callback(ray.shutdown)
+            ray_ex = RayExecutor()
+            list(f.result() for f in [ray_ex.submit(_warm, i) for i in range(w * 4)])
+            startup[names[5]] = time.perf_counter() - t0
+            executors[names[5]] = ray_ex
         for r in range(args.rounds):
             results[names[0]].append(bare(n, args.items, 1))
             results[names[1]].append(bare(n, args.items, w))

@@ -529,8 +529,33 @@ def _run_export(root: Path, rec: Recorder, sc: Scenario) -> None:
     rec.ack(_acked(root, sc))
 
 
+def _square(item: dict[str, Any]) -> dict[str, Any]:
+    return {"i": item["i"], "sq": item["i"] ** 2}
+
+
+def _run_group(root: Path, rec: Recorder, sc: Scenario) -> None:
+    """Group commit: record_many groups crossing segment boundaries, then run() in-process."""
+    sizes = random.Random(9 + sc.variant)
+    segment_bytes = (5000, 12000, 30000)[sc.variant % 3]
+    sweep = _open(root, sc, segment_bytes=segment_bytes)
+    rec.ack(_acked(root, sc))
+    start = 0
+    while start < 30:
+        size = sizes.choice([1, 2, 5, 9])
+        group = ITEMS[start : start + size]
+        pad = "g" * sizes.choice([0, 200, 2500, 6000])
+        sweep.record_many([(item, {"i": item["i"], "pad": pad}) for item in group])
+        rec.ack(_acked(root, sc))
+        start += size
+    sweep.run(_square, progress=False)  # in groups: acknowledged when run() returns
+    rec.ack(_acked(root, sc))
+    sweep.close()
+    rec.ack(_acked(root, sc))
+
+
 SCENARIOS = [
     Scenario("record/fail/retry/seal/meta/launch", _nothing, _run_basic),
+    Scenario("group commit (record_many, run)", _nothing, _run_group),
     Scenario("reopen over a torn tail", _prepare_torn, _run_torn),
     Scenario(
         "install a resumed source",

@@ -84,7 +84,12 @@ def _reference(records: list[Any]) -> list[dict[str, Any]]:
                 close()
             (failed if rec.type == "retry" else done).difference_update(body["keys"])
         elif rec.type == "items":
-            keys = [e[0] for e in rec.body()["items"]]
+            body = rec.body()
+            if "items" in body:
+                keys = [e[0] for e in body["items"]]
+            else:  # appended entries after a list of base_n (the latest one)
+                assert keys is not None and len(keys) == body["base_n"]
+                keys = keys + [e[0] for e in body["append"]]
         elif rec.type == "meta" and cur:
             cur["last_t"] = max(cur["last_t"], rec.t)
     close()

@@ -1,0 +1,100 @@
+"""Item fingerprints and default keys: the fast path for flat dicts must give exactly the
+bytes and hashes of the codec's general path (checkpoints written before it must still match)."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from resumable.codec import canonical_json, try_fingerprint
+from resumable.items import FP_LEN, ItemSet, default_key, fingerprint_of
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=2**9990, max_value=2**10010),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(),
+    st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), max_size=2),
+)
+flat = st.dictionaries(st.one_of(st.text(max_size=5), st.just("__t")), scalars, max_size=6)
+nested = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner),
+    max_leaves=8,
+)
+
+
+def _reference(item):
+    fp = try_fingerprint(item)
+    return None if fp is None else (canonical_json(fp[0]), fp[1])
+
+
+@given(st.one_of(flat, nested, st.tuples(scalars, scalars)))
+def test_fast_fingerprint_is_the_codecs(item) -> None:
+    got = fingerprint_of(item)
+    ref = _reference(item)
+    if ref is None:
+        assert got is None
+        return
+    assert got is not None and got[1] == ref[0]
+    assert default_key(item) == ref[1][:32]
+    items = ItemSet.build([item], key_fn=lambda _: "k")
+    assert items.fingerprint("k") == ref[1][:FP_LEN]
+    assert items.listing()[0][1] == ref[1][:FP_LEN]
+
+
+def test_non_finite_floats_and_tags_take_the_codecs_path() -> None:
+    for item in ({"x": math.nan}, {"x": math.inf}, {"__t": 1}, {"x": 2**10001}):
+        enc, blob = fingerprint_of(item)
+        assert blob == canonical_json(try_fingerprint(item)[0])
+        assert enc != item
+
+
+def _journal_bytes(path) -> int:
+    from resumable.checkpoint import progress_dir_for
+
+    return sum(f.stat().st_size for f in (progress_dir_for(path) / "segments").iterdir())
+
+
+def test_appending_items_writes_only_the_new_entries(tmp_path) -> None:
+    from resumable import ResumableSweep
+    from resumable.items import ItemSet
+    from resumable.view import open_view
+
+    path = tmp_path / "exp.h5"
+    items = [{"i": i, "pad": "p" * 50} for i in range(2000)]
+
+    def launch(its, **kw):
+        before = _journal_bytes(path) if path.with_name("exp.h5.resumable").exists() else 0
+        with ResumableSweep(its, key=lambda c: str(c["i"]), checkpoint_path=path, **kw) as s:
+            for item in list(s.pending)[:5]:
+                s.record(item, item["i"])
+        return _journal_bytes(path) - before
+
+    full = launch(items)
+    assert full > 2000 * 50
+    assert launch(items) < 2000  # unchanged: a launch record and a few results
+    grown = items + [{"i": 2000 + j, "pad": "q" * 50} for j in range(10)]
+    assert launch(grown) < 4000  # 10 new entries, not the whole list again
+    grown2 = grown + [{"i": 3000 + j, "pad": "r"} for j in range(3)]
+    assert launch(grown2) < 3000
+    expected = ItemSet.build(grown2, lambda c: str(c["i"])).listing()
+    view = open_view(str(path))
+    assert view.items() == expected
+    assert view.keys() == [e[0] for e in expected]
+    assert view.status().total == 2013 and view.status().done == 20
+    # a changed item (not an append): the whole list again, and still the right listing
+    changed = [dict(grown2[0], pad="changed"), *grown2[1:]]
+    assert launch(changed, on_change="rerun") > 2000 * 50
+    view = open_view(str(path))
+    assert view.items() == ItemSet.build(changed, lambda c: str(c["i"])).listing()
+    # the timeline counts pending items against each launch's own list
+    from resumable._history import timeline
+
+    tl = timeline(view)
+    assert [x.n_items for x in tl.launches] == [2000, 2000, 2010, 2013, 2013]
+    assert [x.pending_at_end for x in tl.launches] == [1995, 1990, 1995, 1993, 1989]
