@@ -163,6 +163,8 @@ def _run_scenario(sc: Scenario) -> None:
             ITEM_DELAY="4")  # fmt: skip
     sc.reference = _reference(sc.tmp)  # runs while the jobs start
 
+    # a cluster whose daemons have just started may take a while to start the array's tasks
+    w.wait(lambda: len(sc.tasks("preempt")) == N_TASKS, 120, "every array task to start")
     preempt = sc.tasks("preempt")
     assert len(preempt) == N_TASKS, preempt
     w.wait(
