@@ -13,12 +13,19 @@ lines are not re-hashed on load); someone who rewrites a segment *and* the manif
 can forge a consistent checkpoint: that is authenticity, which signing (signing.py) provides.
 The small header is parsed at load; the payload (a result's value, for instance) is verified by
 the hash then but only decoded when it is used, which keeps resuming a large sweep fast. The
-only damage forgiven is a torn tail of the active segment: damage (a partial line, zeros,
-garbage, of any length) after its last valid record with no record after it. A crash or power
-cut in the middle of an append leaves exactly that (a file's new size can reach the disk before
-its data, and its pages in any order), and that append was never acknowledged. Damage followed
-by a record is an `IntegrityError`. (Removing the last records of the active segment looks the
-same as a torn tail: only an outside reference, a mirror, can tell; see `verify --mirror`.)
+only damage forgiven is a torn tail of the active segment, what a crash or power cut in the
+middle of its last append (never acknowledged) leaves: a file's new size can reach the disk
+before its data, and its pages and sectors in any order. Either damage (a partial line, zeros,
+garbage, of any length) after its last valid record with no record after it; or, as a group
+append (`append_many`: many records, one write, one time) can leave, damage consisting only of
+NUL bytes covering whole 512-byte sectors (the run may start at the damage and end at the end of
+the file), with nothing else up to the end but pieces of that one write: whole records
+well formed, numbered on, hash-chained to each other and all of one time, and the cut ends of
+records at the zeros and at the end (`torn_group`). Anything else before a record (a flipped
+byte, garbage, zeros not covering whole sectors, records of separate commits, a changed record)
+is an `IntegrityError`. (Removing the last records of the active segment, or a whole sector of
+its last group reading as zeros, looks the same as a torn tail: only an outside reference, a
+mirror, can tell; see `verify --mirror`.)
 """
 
 from __future__ import annotations
@@ -167,8 +174,11 @@ def parse_segment(
                 )
             records.append(_record(header, data[tab + 1 : end], seq=seq, source=source, offset=pos))
         except IntegrityError:
-            # Damage with no record after it, in the active segment: a torn tail (see above).
-            if allow_torn_tail and not record_follows(data, pos):
+            # Damage with no record after it, or what a power cut leaves of one group append,
+            # in the active segment: a torn tail (see above).
+            if allow_torn_tail and (
+                not record_follows(data, pos) or torn_group(data, pos, seq=seq)
+            ):
                 return ParsedSegment(records, pos, n - pos, prev.decode("ascii"))
             raise
         prev = claimed
@@ -185,9 +195,10 @@ _RECORD_START = re.compile(
 def record_follows(data: bytes, pos: int) -> bool:
     """Whether a whole, well-formed record line lies anywhere after the damage at `pos`.
 
-    A power cut during the one unacknowledged append leaves only bytes of that one line (a
-    prefix, zeroed or stale pages, its last page without the rest), so damage with a record
-    after it was not made by a crash: it is damage to acknowledged records. The record may
+    A power cut during an unacknowledged append of one record leaves only bytes of that one
+    line (a prefix, zeroed or stale pages, its last page without the rest), so damage with a
+    record after it is damage to acknowledged records, unless it is what a power cut leaves of
+    a group append (`torn_group`). The record may
     start anywhere (its predecessor's newline may be the damaged byte); a raw tab occurs once
     per line (JSON escapes the others), so a payload cannot pass for a record.
     """
@@ -200,6 +211,69 @@ def record_follows(data: bytes, pos: int) -> bool:
             continue
         return True
     return False
+
+
+SECTOR = 512  # the unit a disk writes whole: a power cut zeroes whole sectors, never less
+_NOT_NUL = re.compile(rb"[^\x00]")
+_HEX_PREFIX = re.compile(rb"[0-9a-f]{0,64}")
+
+
+def torn_group(data: bytes, pos: int, *, seq: int) -> bool:
+    """Whether everything from the damage at `pos` to the end is what a power cut during one
+    group append (`append_many`: many records, one write, one time) can leave.
+
+    Such a write spans many pages; a power cut may keep the file's new size and some of them
+    while others (the first ones too) read as zeros. So every NUL byte must lie in a run that
+    begins at `pos` or on a sector boundary and ends at the end or on a sector boundary; the
+    bytes between such runs are pieces of that one write: a record's end cut by zeros before
+    it, a record's start cut by zeros or the end after it, and in between whole records that
+    are well formed, hash-chained to each other, numbered on from the record expected at `pos`
+    and all of one time, as one write makes them. The piece at `pos` itself (no zeros before
+    it) may only be the start of a record. A flipped byte, garbage, zeros not covering whole
+    sectors, or records of separate commits after the damage do not look like this.
+    """
+    n = len(data)
+    times: set[float] = set()
+    last_seq = seq
+    i = pos
+    while i < n:
+        if data[i] == 0:
+            m = _NOT_NUL.search(data, i)
+            j = m.start() if m else n
+            if (i != pos and i % SECTOR) or (j != n and j % SECTOR):
+                return False
+            i = j
+            continue
+        j = data.find(b"\x00", i)
+        j = n if j < 0 else j
+        pieces = data[i:j].split(b"\n")
+        if i == pos and len(pieces) > 1:
+            return False  # a whole line at the damage that does not verify: not a cut
+        prev: bytes | None = None
+        for line in pieces[1:-1]:  # pieces[0] may be the end of a record zeroed before it
+            m = _RECORD_START.fullmatch(line + b"\n")
+            if m is None:
+                return False
+            tab = line.index(b"\t")
+            rec_seq = int(m.group(1))
+            if rec_seq <= last_seq or (prev is not None and rec_seq != last_seq + 1):
+                return False
+            try:
+                rec = _record(line[_HASH_LEN + 1 : tab], b"", seq=rec_seq, source="", offset=0)
+            except IntegrityError:
+                return False
+            claimed = line[:_HASH_LEN]
+            if prev is not None:
+                digest = hashlib.sha256(prev + b"\n" + line[_HASH_LEN + 1 :]).hexdigest()
+                if digest.encode("ascii") != claimed:
+                    return False
+            times.add(rec.t)
+            prev, last_seq = claimed, rec_seq
+        starts = len(pieces) > 1 or i == pos  # the last piece is a record's start
+        if starts and not _HEX_PREFIX.fullmatch(pieces[-1][:_HASH_LEN]):
+            return False
+        i = j
+    return len(times) <= 1
 
 
 _SEALED_LINE = re.compile(  # the hash is not captured: the manifest's SHA-256 vouches for it

@@ -413,6 +413,105 @@ def test_a_power_cut_during_a_large_append_is_a_torn_tail(tmp_path, caplog):
     )
 
 
+PAGE = 4096
+
+
+def _torn_group(ckpt: Path, zero_pages: list[int], cut: int = 0) -> tuple[Path, int, bytes, int]:
+    """Record 3 items, then one group (record_many: one write, one fdatasync) of several pages,
+    and make that write look like a power cut on ext4 data=ordered / XFS: the new size and some
+    pages on disk, the whole file pages `zero_pages` (numbered from the group's first page) and
+    the rest of the group's first page zeroed; the last `cut` bytes never written.
+    Returns (active segment, acknowledged size, its torn tail, records kept before the zeros)."""
+    pdir = progress_dir_for(ckpt)
+    with ResumableSweep(ITEMS, checkpoint_path=ckpt, segment_bytes=10**7) as sweep:
+        for item in ITEMS[:3]:
+            sweep.record(item, item["i"])
+        active = pdir / "segments" / _manifest(pdir)["active"]
+        before = active.stat().st_size
+        sweep.record_many([(item, {"pad": "g" * 1500}) for item in ITEMS[3:15]])
+    data = bytearray(active.read_bytes())
+    assert len(data) - before >= 3 * PAGE  # the group spans at least 3 pages
+    first = before // PAGE
+    zeroed = []
+    for n in zero_pages:
+        a = max(before, (first + n) * PAGE)
+        b = min(len(data), (first + n + 1) * PAGE)
+        data[a:b] = bytes(b - a)
+        zeroed.append(a)
+    assert any(data[(first + len(zero_pages) + 1) * PAGE :])  # later pages survive
+    if cut:
+        del data[-cut:]
+    active.write_bytes(bytes(data))
+    lines = bytes(data[before:]).split(b"\n")
+    kept, end = 0, before
+    for line in lines[:-1]:  # whole group records lying before the first zeroed byte survive
+        if end + len(line) + 1 > min(zeroed, default=len(data)):
+            break
+        kept, end = kept + 1, end + len(line) + 1
+    return active, end, bytes(data[end:]), kept
+
+
+@pytest.mark.parametrize(
+    ("zero_pages", "cut"),
+    [([0], 0), ([0, 1], 0), ([0, 1], 700), ([1], 0), ([1, 2], 0), ([0, 2], 300)],
+)
+def test_a_power_cut_during_a_group_commit_is_a_torn_tail(tmp_path, caplog, zero_pages, cut):
+    """One unacknowledged group write spans many records and pages: a power cut may keep the
+    file's new size and later pages while earlier ones (the group's first record too) are
+    zeroed, leaving whole, well-formed, never acknowledged records after the zeros. Opening
+    must keep the acknowledged records, drop the rest as torn, warn and keep the bytes."""
+    ckpt = tmp_path / "exp.h5"
+    pdir = progress_dir_for(ckpt)
+    active, good, tail, kept = _torn_group(ckpt, zero_pages, cut)
+    loaded = load(pdir)  # used to refuse: damage followed by a record
+    assert loaded is not None and len(loaded.state.results) == 3 + kept
+    assert (loaded.active_size, loaded.torn_bytes) == (good, len(tail))
+    logged = caplog.at_level("WARNING", logger="resumable.checkpoint")
+    with logged, ResumableSweep(ITEMS, checkpoint_path=ckpt) as sweep:
+        assert all(sweep.is_done(item) for item in ITEMS[:3])
+        assert not sweep.is_done(ITEMS[3 + kept])
+        sweep.record(ITEMS[3 + kept], "again")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("torn tail" in m and str(len(tail)) in m for m in warned)
+    (kept_file,) = (pdir / "torn").iterdir()
+    assert kept_file.read_bytes() == tail  # never silently deleted
+    assert active.stat().st_size > good
+    results = _all_results(ckpt)
+    assert len(results) == 3 + kept + 1
+
+
+@pytest.mark.parametrize("how", ["flip", "garbage", "unaligned", "separate"])
+def test_damage_before_records_that_no_power_cut_leaves_is_refused(tmp_path, how):
+    """Damage a power cut cannot make stays an IntegrityError, even inside a group: a changed
+    byte, non-zero garbage over a whole page, zeros not covering whole sectors, or zeros
+    followed by records acknowledged by separate commits."""
+    ckpt = tmp_path / "exp.h5"
+    pdir = progress_dir_for(ckpt)
+    if how == "separate":
+        _fill(ckpt, 12, segment_bytes=10**6)
+        active = pdir / "segments" / _manifest(pdir)["active"]
+        data = bytearray(active.read_bytes())
+        data[PAGE // 2 : PAGE] = bytes(PAGE // 2)  # zeros up to a page boundary, records after
+        assert len(data) > PAGE + 200
+    else:
+        active, _, _, _ = _torn_group(ckpt, [])
+        data = bytearray(active.read_bytes())
+        start = (len(data) // PAGE - 2) * PAGE
+        if how == "flip":
+            data[start + 10] ^= 0x01
+        elif how == "garbage":
+            data[start : start + PAGE] = b"\xa5" * PAGE
+        else:
+            data[start + 100 : start + PAGE] = bytes(PAGE - 100)
+    active.write_bytes(bytes(data))
+    before = active.read_bytes()
+    with pytest.raises(IntegrityError):
+        load(pdir)
+    with pytest.raises(IntegrityError):
+        ResumableSweep(ITEMS, checkpoint_path=ckpt)
+    assert active.read_bytes() == before and not (pdir / "torn").exists()
+
+
 @pytest.mark.parametrize("junk", [b"\x00" * 9000, b"\xff" * 5000 + b"\n", b"partial line"])
 def test_damage_followed_by_a_valid_record_is_still_refused(tmp_path, junk):
     ckpt = tmp_path / "exp.h5"

@@ -233,6 +233,91 @@ def test_damage_followed_by_a_record_is_integrity_error(damage):
         )
 
 
+def _group(first_seq: int, prev: str, n: int = 12, t: float = 1700000100.5) -> bytes:
+    """What one `append_many` writes: `n` records of one time, about 1 KiB each."""
+    out = []
+    for i in range(n):
+        line, prev, _ = encode_record(
+            prev, first_seq + i, "result", f"g{i}", t, FP, {"p": "x" * 1000}
+        )
+        out.append(line)
+    return b"".join(out)
+
+
+def _zero(data: bytes, a: int, b: int) -> bytes:
+    return data[:a] + bytes(b - a) + data[b:]
+
+
+@pytest.mark.parametrize("unit", [4096, 512])
+def test_a_power_cut_during_a_group_append_is_a_torn_tail(unit):
+    """The new size and later pages (or sectors) of one group write on disk, earlier ones
+    zeroed, the group's first record among them: whole unacknowledged records follow zeros."""
+    acked, _, digests = _build(SPECS[:3])
+    group = _group(4, digests[-1])
+    data = acked + group
+    start = (len(acked) // unit + 1) * unit
+    for zeros in [(len(acked), start), (len(acked), start + unit), (start, start + 2 * unit)]:
+        for cut in (0, 1, 333):
+            torn = _zero(data, *zeros)[: len(data) - cut]
+            parsed = parse_segment(
+                torn, source="s", first_seq=1, prev_hash="", allow_torn_tail=True
+            )
+            kept = parsed.good_size
+            assert kept <= zeros[0] and len(parsed.records) >= 3, (zeros, cut)
+            assert torn[:kept] == data[:kept] and parsed.torn_bytes == len(torn) - kept
+            assert [r.seq for r in parsed.records] == list(range(1, len(parsed.records) + 1))
+            with pytest.raises(IntegrityError):
+                parse_segment(torn, source="s", first_seq=1, prev_hash="", allow_torn_tail=False)
+
+
+def _tail_variant(how: str) -> bytes:
+    acked, _, digests = _build(SPECS[:3])
+    group = _group(4, digests[-1])
+    data = acked + group
+    start = (len(acked) // 4096 + 1) * 4096
+    zeroed = _zero(data, len(acked), start)
+    if how == "unaligned zeros":
+        return _zero(data, len(acked), start - 1)
+    if how == "garbage page":
+        return data[:start] + b"\xa5" * 4096 + data[start + 4096 :]
+    if how == "flipped byte":
+        flipped = bytearray(data)
+        flipped[start + 100] ^= 1
+        return bytes(flipped)
+    if how == "broken chain":  # a record after the zeros altered
+        lines = zeroed[start:].split(b"\n")
+        lines[2] = lines[2][:-3] + b"yyy"
+        return zeroed[:start] + b"\n".join(lines)
+    if how == "separate commits":  # records after the zeros written at different times
+        return _zero(_build(SPECS[:12])[0], len(acked), start)
+    if how == "older records after":  # sequence numbers that do not run on
+        return acked + bytes(4096 - len(acked)) + _group(2, "0" * 64)
+    if how == "whole bad line at the damage":
+        lines = data[len(acked) :].split(b"\n")
+        return _zero(
+            acked + b"0" + lines[0][1:] + b"\n" + b"\n".join(lines[1:]), start, start + 512
+        )
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "unaligned zeros",
+        "garbage page",
+        "flipped byte",
+        "broken chain",
+        "separate commits",
+        "older records after",
+        "whole bad line at the damage",
+    ],
+)
+def test_damage_no_power_cut_leaves_before_records_is_integrity_error(how):
+    data = _tail_variant(how)
+    with pytest.raises(IntegrityError):
+        parse_segment(data, source="s", first_seq=1, prev_hash="", allow_torn_tail=True)
+
+
 @pytest.mark.parametrize(
     "line",
     [
