@@ -300,9 +300,10 @@ def _tear_modes(data: bytes, offset: int) -> list[str]:
         # filesystems that zero the unwritten pages of a write (ext4 data=ordered, XFS) are
         # modelled for that case.
         last = data[_pieces(offset, end, PAGE)[-1][0] - offset :]
-        if not record_follows(b"\xa5" + last, 0):
+        if pages == 1 or not record_follows(b"\xa5" + last, 0):
             modes.append("garbage")
-    if pages >= 3:  # several pages: zeroed ones with later ones written
+    if pages >= 3 and data.count(b"\n") >= 2:  # a group over several pages: zeroed ones
+        # with later ones written (one record's write torn so is what "zeros" shows)
         modes += [f"head:{n}" for n in range(1, pages - 1)]
         modes += [f"hole:{n}" for n in range(pages)]
     return modes
