@@ -627,16 +627,7 @@ class CheckpointWriter:
             t = time.time()
             line, digest, body = encode_record(self.last_hash, seq, kind, key, t, fp, payload)
             if self._active_size and self._active_size + len(line) > limits.MAX_SEGMENT_BYTES:
-                # Roll first: no segment may grow past what the loader reads.
-                self._seal(
-                    self._plan_seal(
-                        self._active_size,
-                        self._active_hash,
-                        self._active_records,
-                        self.last_seq,
-                        self.last_hash,
-                    )
-                )
+                self._roll()  # first: no segment may grow past what the loader reads
             before = self._active_size
             hasher = self._active_hash.copy()
             hasher.update(line)
@@ -704,15 +695,7 @@ class CheckpointWriter:
                     if size and size + len(line) > limits.MAX_SEGMENT_BYTES:
                         if lines:
                             break  # write what we have; the next chunk rolls first
-                        self._seal(  # roll first: no segment grows past what the loader reads
-                            self._plan_seal(
-                                self._active_size,
-                                self._active_hash,
-                                self._active_records,
-                                self.last_seq,
-                                self.last_hash,
-                            )
-                        )
+                        self._roll()  # first: no segment grows past what the loader reads
                         size, hasher = 0, hashlib.sha256()
                     seq, prev = seq + 1, digest
                     lines.append(line)
@@ -756,6 +739,18 @@ class CheckpointWriter:
                 if plan is not None:
                     self._seal(plan)
         return out
+
+    def _roll(self) -> None:
+        """Seal the active segment as it stands now (before a record that would not fit)."""
+        self._seal(
+            self._plan_seal(
+                self._active_size,
+                self._active_hash,
+                self._active_records,
+                self.last_seq,
+                self.last_hash,
+            )
+        )
 
     def _fail(self, why: str, truncate_to: int | None = None) -> None:
         """Stop recording for good; best effort to cut a partial line back off."""
