@@ -11,4 +11,5 @@ bash "$root/scripts/install_slurm.sh"  # a one-node SLURM for tests/integration/
 "$py" -c 'import sys, torch; sys.exit(f"torch {torch.__version__} is a CUDA build: install the CPU one" if torch.version.cuda else 0)'
 "$root/.venv/bin/ruff" check .
 "$root/.venv/bin/ruff" format --check .
+"$root/.venv/bin/mypy" --config-file "$root/pyproject.toml"  # strict, over resumable/
 "$py" -m pytest -q "$@"
