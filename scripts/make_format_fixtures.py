@@ -9,6 +9,8 @@ test). This script writes, under ``tests/fixtures/format/<version>/``:
     signed/sweep.h5.resumable/        a checkpoint signed with SIGNING_KEY (HMAC-SHA256)
     mirrored/local/sweep.h5.resumable/  a checkpoint and its mirror (a local directory),
     mirrored/mirror/                    as a bucket would hold it
+    inflight/sweep.h5.resumable/      a sweep preempted with an item in flight: that item's
+    inflight/sweep.h5.resumable/items/  snapshot (mid-item state) and the interruption index
     snapshots/flat.npz                a graph-state snapshot: dtypes, Fortran order, 0-d
     snapshots/nested.npz              nested dicts, lists and tuples of arrays
     snapshots/signed.npz              a signed snapshot
@@ -105,6 +107,8 @@ def nested_graph() -> dict[str, Any]:
     }
 
 
+INFLIGHT_AT = 3  # the inflight fixture: items before it done, this one in flight
+INFLIGHT_EXTRA = {"step": 5, "t": np.float64(0.25)}
 SNAP_EXTRA = {"step": 7, "t": np.float64(0.125), "hist": np.arange(3), "tag": ("a", 1)}
 
 
@@ -172,6 +176,19 @@ def record(sweep: ResumableSweep, item: dict[str, Any]) -> None:
         sweep.record(item, result_of(item), duration=0.01)
 
 
+def write_inflight(checkpoint: Path) -> None:
+    """Items recorded up to INFLIGHT_AT; that one saved mid-run (as SIGTERM would) and left."""
+    with ResumableSweep(items(), key=key, checkpoint_path=checkpoint, handle_signals=False) as sw:
+        for n, item in enumerate(sw.pending):
+            if n < INFLIGHT_AT:
+                sw.record(item, result_of(item))
+                continue
+            snap = sw.item_snapshot(item)
+            snap.bind(flat_graph(), extra=lambda: dict(INFLIGHT_EXTRA))
+            snap.save(preempted=True)  # what the guard's hook does at a safe point
+            break
+
+
 def drop_byproducts(root: Path) -> None:
     """Lock files and caches are not part of the format (and must not be needed to read it)."""
     for path in sorted(root.rglob("*"), reverse=True):
@@ -201,6 +218,15 @@ def write(out: Path) -> dict[str, Any]:
         "kind": "checkpoint",
         "path": "mirrored/local/sweep.h5",
         "mirror": "mirrored/mirror",
+    }
+    write_inflight(out / "inflight" / "sweep.h5")
+    fixtures["inflight"] = {
+        "kind": "inflight",
+        "path": "inflight/sweep.h5",
+        "done": [key(it) for it in items()[:INFLIGHT_AT]],
+        "in_flight": key(items()[INFLIGHT_AT]),
+        "graph": "flat",
+        "extra": "inflight_extra",
     }
     snaps = out / "snapshots"
     snaps.mkdir()
@@ -258,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 "nested": plain(nested_graph(), arrays, "graphs/nested"),
             },
             "snapshot_extra": plain(SNAP_EXTRA, arrays, "snapshot_extra"),
+            "inflight_extra": plain(INFLIGHT_EXTRA, arrays, "inflight_extra"),
         }
         (out / "expected.json").write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
         np.savez(out / "expected.npz", **arrays)

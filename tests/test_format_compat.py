@@ -1,12 +1,13 @@
 """Format compatibility: this code opens, verifies and loads what every earlier version wrote.
 
-`tests/fixtures/format/<version>/` holds small checkpoints (plain, sharded, signed, mirrored)
-and graph-state snapshots written by that version (`scripts/make_format_fixtures.py`), with
+`tests/fixtures/format/<version>/` holds small checkpoints (plain, sharded, signed, mirrored, one
+preempted with an item snapshot in flight) and graph-state snapshots written by that version (`scripts/make_format_fixtures.py`), with
 `expected.json` + `expected.npz` saying what they hold in a plain encoding of their own (not
 resumable's codec). For every version and fixture: `verify` finds nothing, the read-only view
 and a reopened sweep give back every result equal (dtypes, shapes, numpy scalar types, tuples,
 NaN), the failure and meta; a reopened sweep records on top of the old history (the format is
-appended to, not rewritten) and verifies again; snapshots verify and load equal, in place. A
+appended to, not rewritten) and verifies again; the item in flight resumes from its snapshot;
+snapshots verify and load equal, in place. A
 version whose format changes adds its own directory; old ones are never rewritten, and one the
 code stops reading must come with a tested migration.
 """
@@ -33,7 +34,15 @@ from resumable.view import open_view, verify
 
 FORMAT_DIR = Path(__file__).parent / "fixtures" / "format"
 VERSIONS = sorted(p for p in FORMAT_DIR.iterdir() if p.is_dir()) if FORMAT_DIR.is_dir() else []
-REQUIRED = {"plain", "sharded", "signed", "mirrored", "snapshot-flat", "snapshot-nested"}
+REQUIRED = {
+    "plain",
+    "sharded",
+    "signed",
+    "mirrored",
+    "inflight",
+    "snapshot-flat",
+    "snapshot-nested",
+}
 
 
 class Expected:
@@ -232,6 +241,39 @@ def test_checkpoint_resumes_and_appends(
                     seen[exp.key(item)] = "retried"
     assert sorted(seen) == sorted(exp.key(it) for it in exp.items)
     assert verify(str(checkpoint), signing_key=key) == []
+
+
+@pytest.mark.parametrize(("version", "name", "spec"), _cases("inflight"))
+def test_item_in_flight_resumes_from_its_snapshot(
+    version: Path, name: str, spec: dict[str, Any], tmp_path: Path
+) -> None:
+    root = _copy(version, tmp_path)
+    exp = Expected(root)
+    by_key = {exp.key(it): it for it in exp.items}
+    path = root / spec["path"]
+    assert verify(str(path)) == []
+    with ResumableSweep(
+        exp.items, key=exp.key, checkpoint_path=path, resume="must", handle_signals=False
+    ) as sweep:
+        assert sorted(exp.key(it) for it, _ in sweep.completed_items()) == sorted(spec["done"])
+        for k in spec["done"]:
+            same(sweep.result(by_key[k]), exp.results[k], f"result of {k}")
+        pending = [exp.key(it) for it in sweep.pending]
+        assert pending[0] == spec["in_flight"]
+        item = by_key[spec["in_flight"]]
+        snap = sweep.item_snapshot(item)
+        assert snap.interrupted >= 1  # the interruption index was read
+        state = _zeros_like(exp.value(exp.raw["graphs"][spec["graph"]]))
+        extra = snap.restore(state)
+        same(extra, exp.value(exp.raw[spec["extra"]]), "the item's extra")
+        same(state, exp.value(exp.raw["graphs"][spec["graph"]]), "the item's state")
+        sweep.record(item, {"resumed": True})  # the current code finishes it
+    with ResumableSweep(
+        exp.items, key=exp.key, checkpoint_path=path, resume="must", handle_signals=False
+    ) as sweep:
+        assert sweep.is_done(item)
+        assert sweep.item_snapshot(item).restore(_zeros_like(state)) is None  # deleted once done
+    assert verify(str(path)) == []
 
 
 @pytest.mark.parametrize(("version", "name", "spec"), _cases("snapshot"))
