@@ -1,15 +1,15 @@
 """Format compatibility: this code opens, verifies and loads what every earlier version wrote.
 
-`tests/fixtures/format/<version>/` holds small checkpoints (plain, sharded, signed, mirrored, one
-preempted with an item snapshot in flight) and graph-state snapshots written by that version (`scripts/make_format_fixtures.py`), with
-`expected.json` + `expected.npz` saying what they hold in a plain encoding of their own (not
-resumable's codec). For every version and fixture: `verify` finds nothing, the read-only view
-and a reopened sweep give back every result equal (dtypes, shapes, numpy scalar types, tuples,
-NaN), the failure and meta; a reopened sweep records on top of the old history (the format is
-appended to, not rewritten) and verifies again; the item in flight resumes from its snapshot;
-snapshots verify and load equal, in place. A
-version whose format changes adds its own directory; old ones are never rewritten, and one the
-code stops reading must come with a tested migration.
+`tests/fixtures/format/<version>/` holds small checkpoints (plain, sharded, signed, mirrored,
+one preempted with an item snapshot in flight) and graph-state snapshots written by that
+version (`scripts/make_format_fixtures.py`), with `expected.json` + `expected.npz` saying what
+they hold in a plain encoding of their own (not resumable's codec). For every version and
+fixture: `verify` finds nothing, the read-only view and a reopened sweep give back every result
+equal (dtypes, shapes, numpy scalar types, tuples, NaN), the failure and meta; a reopened sweep
+records on top of the old history (the format is appended to, not rewritten) and verifies
+again; the item in flight resumes from its snapshot; snapshots verify and load equal, in place.
+A version whose format changes adds its own directory; old ones are never rewritten, and one
+the code stops reading must come with a tested migration.
 """
 
 from __future__ import annotations
