@@ -9,7 +9,7 @@ Ray retries a task whose worker or node died (`max_retries`, 3 by default): the 
 only the retried task's result, so each item is still recorded exactly once. Cancelling a
 future cancels its Ray task (best effort: a task already running finishes unless `force`).
 
-Needs the `ray` extra: ``pip install 'resumable[ray]'``. Connects to the cluster that
+Needs the `ray` extra: ``pip install 'resumable-sweeps[ray]'``. Connects to the cluster that
 `ray.init` (or the `address` given here, e.g. ``"auto"`` or ``"127.0.0.1:6379"``) names.
 """
 
@@ -31,7 +31,7 @@ def _ray() -> Any:
         import ray
     except ImportError as exc:
         raise ConfigurationError(
-            f"RayExecutor needs ray ({exc}); install it with: pip install 'resumable[ray]'"
+            f"RayExecutor needs ray ({exc}); install it with: pip install 'resumable-sweeps[ray]'"
         ) from None
     return ray
 

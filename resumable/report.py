@@ -7,7 +7,7 @@ slowest items; failures by error type (table and bar chart); shards; verificatio
 
 Plots are drawn with matplotlib's Agg canvas (no pyplot, no global backend change) and embedded
 as base64 PNG ``<img>`` tags, so the page is one file that opens anywhere. matplotlib is an
-optional extra (``pip install 'resumable[report]'``); `require_matplotlib` raises ImportError
+optional extra (``pip install 'resumable-sweeps[report]'``); `require_matplotlib` raises ImportError
 without it. Every user-provided string (keys, messages, names, hosts) is HTML-escaped.
 """
 
