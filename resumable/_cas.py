@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import durable
+from . import _durable as durable
 
 LOCK_WAIT_S = 30.0  # how long a local writer waits for another's lock before giving up
 

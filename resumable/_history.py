@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .journal import Record
-from .state import State
+from ._journal import Record
+from ._state import State
 from .view import CheckpointView, MergedView
 
 # result/failure payloads end with ..."duration":<x>,"launch":"<id>"} (json.dumps keeps order)

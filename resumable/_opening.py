@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .checkpoint import CheckpointWriter, Loaded
-from .codec import canonical_json, decode
+from ._checkpoint import CheckpointWriter, Loaded
+from ._codec import canonical_json, decode
+from ._journal import Record
+from ._manifest import MANIFEST_NAME, Manifest
+from ._mirror import Mirror, check_mirror_place
+from ._remote import read_manifest, source_store
+from ._resume import open_checkpoint, sharded_root_error
+from ._state import State
+from ._storage import Store
 from .errors import (
     CheckpointExistsError,
     CheckpointNotFoundError,
@@ -24,11 +31,6 @@ from .errors import (
     ItemsChangedError,
     SourceUnreachableError,
 )
-from .journal import Record
-from .manifest import MANIFEST_NAME, Manifest
-from .mirror import Mirror, check_mirror_place
-from .remote import read_manifest, source_store
-from .resume import open_checkpoint, sharded_root_error
 from .shards import (
     DESCRIPTOR_NAME,
     check_descriptor,
@@ -36,8 +38,6 @@ from .shards import (
     ensure_remote_descriptor,
     read_descriptor,
 )
-from .state import State
-from .storage import Store
 
 if TYPE_CHECKING:
     from .sweep import ResumableSweep

@@ -12,9 +12,9 @@ import time
 from typing import Any
 
 from . import __version__
+from ._item_snapshot import repeatedly_interrupted
+from ._storage import redact
 from .errors import CheckpointNotFoundError, IntegrityError, ResumableError
-from .item_snapshot import repeatedly_interrupted
-from .storage import redact
 
 # -- formatting helpers ---------------------------------------------------------------------------
 
@@ -94,7 +94,7 @@ def open_checked(target: str) -> Any:
 def problems_after_open(target: str) -> list[Any]:
     """What `verify` would add after `open_checked(target)` succeeded: opening checked every
     hash already, so only a signing key (the manifest's signature) asks for the second pass."""
-    from . import signing
+    from . import _signing as signing
     from .view import verify
 
     return verify(target) if signing.resolve_key(None) is not None else []
@@ -134,9 +134,9 @@ def gather_status(target: str, mirror_url: str | None = None) -> dict[str, Any]:
 
 def mirror_lag(view: Any, mirror_url: str, now: float) -> dict[str, Any]:
     """Records in the local checkpoint vs in its mirror, and the age of the mirror's manifest."""
-    from .remote import read_manifest, source_store
+    from ._remote import read_manifest, source_store
+    from ._storage import join
     from .shards import shard_dir_name
-    from .storage import join
     from .view import MergedView
 
     shown = redact(mirror_url)

@@ -28,14 +28,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .checkpoint import MAX_MANIFEST_READ, PROGRESS_SUFFIX, SEGMENTS_DIR
+from ._checkpoint import MAX_MANIFEST_READ, PROGRESS_SUFFIX, SEGMENTS_DIR
+from ._journal import Record, parse_segment
+from ._manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, parse_manifest
+from ._remote import source_store
+from ._storage import Store, is_url, redact
 from .errors import ConfigurationError, IntegrityError, ObjectNotFoundError, ResumableError
-from .journal import Record, parse_segment
-from .manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, parse_manifest
 from .preempt import PREEMPTED_EXIT_CODE
-from .remote import source_store
 from .shards import DESCRIPTOR_NAME, read_descriptor
-from .storage import Store, is_url, redact
 from .view import shard_stores, verify
 
 MACHINE = "{machine}"

@@ -36,6 +36,7 @@ from ._status_text import (
     problems_after_open,
     show,
 )
+from ._storage import is_url, redact
 from .errors import (
     CheckpointLockedError,
     CheckpointNotFoundError,
@@ -43,7 +44,6 @@ from .errors import (
     ObjectNotFoundError,
     ResumableError,
 )
-from .storage import is_url, redact
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 ENV_SNAPSHOT_DIR = "SWEEP_SNAPSHOT_DIR"
@@ -154,7 +154,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _meta(view: Any) -> dict[str, Any]:
-    from .codec import decode
+    from ._codec import decode
     from .view import MergedView
 
     views = [s for s in view.shards if s is not None] if isinstance(view, MergedView) else [view]
@@ -176,8 +176,8 @@ def _count_h5(path: Path) -> int:
 
 def progress_dirs(target: str) -> list[Path]:
     """The local progress directories behind PATH (one, or one per started shard)."""
-    from .checkpoint import PROGRESS_SUFFIX
-    from .manifest import MANIFEST_NAME
+    from ._checkpoint import PROGRESS_SUFFIX
+    from ._manifest import MANIFEST_NAME
     from .shards import DESCRIPTOR_NAME, parse_descriptor, shard_dir_name
 
     base = Path(target).expanduser()
@@ -195,7 +195,7 @@ def progress_dirs(target: str) -> list[Path]:
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointWriter, DirLock, load
+    from ._checkpoint import CheckpointWriter, DirLock, load
 
     if is_url(args.target):
         raise UsageError(

@@ -23,24 +23,26 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from . import limits, signing
-from ._opening import open_sweep
-from .checkpoint import (
+from . import _limits as limits
+from . import _signing as signing
+from ._checkpoint import (
     DEFAULT_SEGMENT_BYTES,
     CheckpointWriter,
     foreign_process_error,
     progress_dir_for,
 )
-from .codec import canonical_json, decode, encode
+from ._codec import canonical_json, decode, encode
+from ._items import ItemSet
+from ._journal import Record
+from ._mirror import Mirror, MirrorOptions
+from ._opening import open_sweep
+from ._storage import join
 from .errors import (
     AlreadyRecordedError,
     CheckpointClosedError,
     ConfigurationError,
     ResumableError,
 )
-from .items import ItemSet
-from .journal import Record
-from .mirror import Mirror, MirrorOptions
 from .preempt import Preempted, PreemptionGuard, current_guard, resolve_grace_s
 from .shards import (
     check_shard,
@@ -48,7 +50,6 @@ from .shards import (
     shard_of,
 )
 from .status import SweepStatus
-from .storage import join
 
 log = logging.getLogger("resumable.sweep")
 ResumeMode = Literal["allow", "must", "never"]
@@ -255,12 +256,12 @@ class ResumableSweep:
 
     def item_snapshot(self, item: Any) -> Any:
         """A handle to restore and save `item`'s state mid-run (`resumable.item_snapshot`)."""
-        from .item_snapshot import ItemSnapshot
+        from ._item_snapshot import ItemSnapshot
 
         return ItemSnapshot(self._snapshots_of_items(), self._items.key_of(item))
 
     def _snapshots_of_items(self) -> Any:
-        from .item_snapshot import ItemSnapshots
+        from ._item_snapshot import ItemSnapshots
 
         snaps = self._item_snapshots  # no lock: the preemption watchdog calls this too
         if snaps is None:

@@ -43,11 +43,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from resumable import ResumableSweep, durable
-from resumable.checkpoint import SEGMENTS_DIR, load, progress_dir_for
-from resumable.durable import FileOps
+from resumable import ResumableSweep
+from resumable import _durable as durable
+from resumable._checkpoint import SEGMENTS_DIR, load, progress_dir_for
+from resumable._durable import FileOps
+from resumable._journal import record_follows
 from resumable.errors import ResumableError
-from resumable.journal import record_follows
 
 PAGE = 4096
 SECTOR = 512

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from resumable import IntegrityError, ResumableError, ResumableSweep
-from resumable.checkpoint import DirLock, load, progress_dir_for
-from resumable.codec import canonical_json, sha256_hex
+from resumable._checkpoint import DirLock, load, progress_dir_for
+from resumable._codec import canonical_json, sha256_hex
 from resumable.errors import CheckpointLockedError
 
 ITEMS = [{"i": i} for i in range(80)]
@@ -338,7 +338,7 @@ def test_interrupt_between_write_and_bookkeeping_leaves_a_loadable_checkpoint(
 ):
     """Ctrl-C landing inside record() (after the write, before the writer's bookkeeping): the
     sweep refuses further records, and the checkpoint reopens with every acknowledged record."""
-    import resumable.checkpoint as ck
+    import resumable._checkpoint as ck
     from resumable.errors import CheckpointClosedError
 
     items = [str(i) for i in range(6)]

@@ -13,6 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from resumable._storage import (
+    ObjectExistsError,
+    RetryPolicy,
+    StorageWriteError,
+    Store,
+    is_url,
+    join,
+    redact,
+)
 from resumable.errors import (
     CheckpointWriteError,
     ConfigurationError,
@@ -21,15 +30,6 @@ from resumable.errors import (
     ResumableError,
     SourceUnreachableError,
     StorageError,
-)
-from resumable.storage import (
-    ObjectExistsError,
-    RetryPolicy,
-    StorageWriteError,
-    Store,
-    is_url,
-    join,
-    redact,
 )
 
 # small budgets so unreachable cases finish in well under a second

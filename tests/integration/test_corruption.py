@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from resumable import IntegrityError, ResumableSweep
-from resumable.checkpoint import load, progress_dir_for
-from resumable.codec import canonical_json, sha256_hex
+from resumable._checkpoint import load, progress_dir_for
+from resumable._codec import canonical_json, sha256_hex
 
 pytestmark = pytest.mark.integration
 

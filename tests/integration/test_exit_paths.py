@@ -25,7 +25,7 @@ try:  # tests/ is on sys.path (see conftest.py)
 except ImportError:  # pragma: no cover
     from tests.fixtures.servers import refused_url
 
-from resumable.mirror import DEFAULT_FLUSH_TIMEOUT_S, MirrorOptions
+from resumable._mirror import DEFAULT_FLUSH_TIMEOUT_S, MirrorOptions
 from resumable.view import open_view
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from resumable import ResumableSweep
-from resumable.checkpoint import load, progress_dir_for
+from resumable._checkpoint import load, progress_dir_for
+from resumable._mirror import MirrorOptions
+from resumable._remote import download, read_manifest
+from resumable._storage import RetryPolicy, Store
 from resumable.errors import CheckpointClosedError, CheckpointWriteError
-from resumable.mirror import MirrorOptions
-from resumable.remote import download, read_manifest
-from resumable.storage import RetryPolicy, Store
 from resumable.view import verify
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from resumable import ResumableSweep
-from resumable.mirror import MirrorOptions
+from resumable._mirror import MirrorOptions
 
 
 def main() -> int:

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from resumable import ResumableSweep
-from resumable.mirror import MirrorOptions
+from resumable._mirror import MirrorOptions
 
 FLUSH_EVERY = 20
 

@@ -23,8 +23,8 @@ import sys
 import numpy as np
 
 from resumable import ResumableSweep
+from resumable._mirror import MirrorOptions
 from resumable.errors import ResumableError
-from resumable.mirror import MirrorOptions
 
 N_ITEMS = 60
 

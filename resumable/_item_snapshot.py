@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import durable
+from . import _durable as durable
 from .errors import (
     ConfigurationError,
     IntegrityError,
@@ -139,7 +139,7 @@ class ItemSnapshots:
     def _remote(self, base: str | None, name: str) -> str | None:
         if not base:
             return None
-        from .remote import source_store
+        from ._remote import source_store
 
         return source_store(base, self._sweep.storage_options).url(f"{ITEMS_DIR}/{name}")
 

@@ -78,12 +78,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import _inflight, _signals
+from .. import _inflight
+from ..errors import ConfigurationError
+from . import _signals
 from ._spot import AwsSpotWatcher, AzureScheduledEventsWatcher, GcpPreemptionWatcher, SpotWatcher
-from .errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from .snapshot import Graph
+    from ..snapshot import Graph
 
 __all__ = [
     "DEFAULT_GRACE_S",
@@ -481,7 +482,7 @@ class _SnapshotHook:
         storage_options: Mapping[str, Any] | None,
         keep: int | None,
     ) -> None:
-        from .snapshot import display_url
+        from ..snapshot import display_url
 
         self.graph = graph
         self.url = url
@@ -492,7 +493,7 @@ class _SnapshotHook:
         self._display = display_url(url)
 
     def __call__(self) -> None:
-        from .snapshot import save_state_with_manifest
+        from ..snapshot import save_state_with_manifest
 
         extra = self.extra() if callable(self.extra) else self.extra
         t0 = time.monotonic()
@@ -546,8 +547,8 @@ def resume_from_url(
     logged). An unreachable source raises `SourceUnreachableError` and a damaged or mismatched
     snapshot raises: neither is ever taken for a fresh start.
     """
-    from .errors import ObjectNotFoundError
-    from .snapshot import display_url, download_and_load_state
+    from ..errors import ObjectNotFoundError
+    from ..snapshot import display_url, download_and_load_state
 
     if not url:
         logger.info("no resume source given: starting fresh")

@@ -35,8 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import durable, limits
-from .durable import atomic_write_bytes, create_durable_file, fsync_file, make_dirs
+from . import _durable as durable
+from . import _limits as limits
+from ._durable import atomic_write_bytes, create_durable_file, fsync_file, make_dirs
+from ._journal import ParsedSegment, Record, encode_record, parse_sealed_segment, parse_segment
+from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, check_name, parse_manifest
+from ._state import State
 from .errors import (
     CheckpointClosedError,
     CheckpointLockedError,
@@ -44,15 +48,6 @@ from .errors import (
     ForeignProcessError,
     IntegrityError,
 )
-from .journal import ParsedSegment, Record, encode_record, parse_sealed_segment, parse_segment
-from .manifest import (
-    MANIFEST_NAME,
-    Manifest,
-    SegmentInfo,
-    check_name,
-    parse_manifest,
-)
-from .state import State
 
 PROGRESS_SUFFIX = ".resumable"
 SEGMENTS_DIR = "segments"

@@ -38,7 +38,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, CheckpointWriter, WriterView, hash_at
+from ._checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, CheckpointWriter, WriterView, hash_at
+from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, parse_manifest
+from ._storage import Store, redact
 from .errors import (
     ConfigurationError,
     HistoryConflictError,
@@ -49,8 +51,6 @@ from .errors import (
     SourceUnreachableError,
     StorageError,
 )
-from .manifest import MANIFEST_NAME, Manifest, SegmentInfo, parse_manifest
-from .storage import Store, redact
 
 log = logging.getLogger("resumable.mirror")
 _MAX_SEALED_PARTS = 4  # a sealed segment stands as at most this many parts remotely

@@ -39,7 +39,8 @@ import fsspec.utils
 import tenacity
 from fsspec.spec import AbstractBufferedFile
 
-from . import _cas, durable
+from . import _cas
+from . import _durable as durable
 from ._fetch import Deadline, RemoteReader, read_all
 from ._storage_errors import (
     Guarded,

@@ -26,10 +26,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, NoReturn
 
-from . import _inflight
+from .. import _inflight
 
 if TYPE_CHECKING:
-    from .preempt import PreemptionGuard
+    from ._guard import PreemptionGuard
 
 logger = logging.getLogger("resumable.preempt")
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import TAG, canonical_json, check_key, encode, sha256_hex
+from ._codec import TAG, canonical_json, check_key, encode, sha256_hex
 from .errors import DuplicateKeyError, InvalidKeyError, UnknownItemError, UnsupportedValueError
 
 MAX_PARAMS_BYTES = 64 * 1024  # larger items are remembered by fingerprint only

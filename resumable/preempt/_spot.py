@@ -20,10 +20,10 @@ import urllib.request
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from .preempt import PreemptionGuard
+    from ._guard import PreemptionGuard
 
 __all__ = ["AwsSpotWatcher", "AzureScheduledEventsWatcher", "GcpPreemptionWatcher", "SpotWatcher"]
 

@@ -36,8 +36,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import limits
-from .codec import loads
+from . import _limits as limits
+from ._codec import loads
 from .errors import IntegrityError
 
 _HASH_LEN = 64
