@@ -16,10 +16,10 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from . import __version__
 from . import _limits as limits
 from . import _signing as signing
 from ._codec import canonical_json, loads, sha256_hex
+from ._version import __version__
 from .errors import IntegrityError
 
 FORMAT = "resumable-checkpoint"

@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
 from ._checkpoint import CheckpointWriter, Loaded
 from ._codec import canonical_json, decode
 from ._journal import Record
@@ -24,6 +23,7 @@ from ._remote import read_manifest, source_store
 from ._resume import open_checkpoint, sharded_root_error
 from ._state import State
 from ._storage import Store
+from ._version import __version__
 from .errors import (
     CheckpointExistsError,
     CheckpointNotFoundError,

@@ -11,9 +11,9 @@ import datetime as _dt
 import time
 from typing import Any
 
-from . import __version__
 from ._item_snapshot import repeatedly_interrupted
 from ._storage import redact
+from ._version import __version__
 from .errors import CheckpointNotFoundError, IntegrityError, ResumableError
 
 # -- formatting helpers ---------------------------------------------------------------------------

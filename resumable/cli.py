@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from ._status_text import (
     clean,
     format_status,
@@ -37,6 +36,7 @@ from ._status_text import (
     show,
 )
 from ._storage import is_url, redact
+from ._version import __version__
 from .errors import (
     CheckpointLockedError,
     CheckpointNotFoundError,

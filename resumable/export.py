@@ -73,10 +73,10 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npformat
 
-from . import __version__
 from . import _durable as durable
 from ._codec import decode, encode
 from ._durable import atomic_writer, fsync_dir, fsync_file
+from ._version import __version__
 
 Row = tuple[str, Any, Any]
 

@@ -24,13 +24,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from ._durable import atomic_writer
 from ._history import Timeline, timelines
 from ._item_snapshot import repeatedly_interrupted
 from ._journal import MAX_TIME
 from ._status_text import rate_text, span
 from ._storage import redact
+from ._version import __version__
 from .errors import IntegrityError
 
 _COLORS = [

@@ -23,10 +23,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import __version__
 from ._codec import canonical_json, loads, sha256_hex
 from ._durable import atomic_write_bytes, make_dirs
 from ._storage import Store, redact
+from ._version import __version__
 from .errors import ConfigurationError, IntegrityError, ObjectExistsError, ObjectNotFoundError
 
 DESCRIPTOR_NAME = "sweep.json"

@@ -62,4 +62,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
+    """The public names and the loaded submodules."""
     return sorted(set(globals()) | set(__all__))
