@@ -159,10 +159,32 @@ class ResumableSweep:
         self._owner_pid = os.getpid()
         self.resumed_from = "fresh"  # "local", "remote" or "fresh"
         self.resumed_from_location: str | None = None  # that place (redacted), None if fresh
-        open_sweep(self, resume, segment_bytes)
+        self._open(resume, segment_bytes)
         _left_open.add(self)
 
     # -- opening ---------------------------------------------------------------------------
+
+    def _open(self, resume: ResumeMode, segment_bytes: int) -> None:
+        """Open the checkpoint (`_opening`), keep what it returns, record the launch (and the
+        results a set-aside history held), then start the mirror."""
+        opened = open_sweep(self, self._items, self._sweep_root, resume, segment_bytes)
+        self._writer, self._state = opened.writer, opened.state
+        self.resumed_from, self.resumed_from_location = opened.source, opened.location
+        try:
+            for kind, payload, key, fp in opened.launch:
+                self._append(kind, payload, key=key, fp=fp)
+            self._persisted_meta = canonical_json(self._state.meta)
+            if self.meta:
+                self._save_meta()
+            else:
+                self.meta = dict(decode(self._state.meta, where="meta"))
+            for kind, payload, key, fp in opened.carried:
+                self._append(kind, payload, key=key, fp=fp)
+            owner = f"{self.launch_id}@{self.host}"
+            self._mirror = opened.start_mirror(self.mirror_options, owner, self.signing_key)
+        except BaseException:
+            opened.writer.close()
+            raise
 
     def _append(
         self, kind: str, payload: dict[str, Any], key: str | None = None, fp: str | None = None
