@@ -185,7 +185,11 @@ def _takes_remaining(fn: Callable[..., object]) -> bool:
 def current_guard() -> PreemptionGuard | None:
     """The innermost active guard of this process, or None."""
     guards = _signals.active()
-    return guards[-1] if guards else None
+    if not guards:
+        return None
+    guard = guards[-1]
+    assert isinstance(guard, PreemptionGuard)  # the only kind pushed
+    return guard
 
 
 class PreemptionGuard:
@@ -248,7 +252,9 @@ class PreemptionGuard:
         self._trigger: _Trigger | None = None
         self._signals_seen = 0
         self._prev_handlers: dict[int, Any] = {}
-        self._phase = "new"  # new -> active -> (shutdown | watchdog) -> closed
+        # Set by the signal plumbing (`_signals`, under its lock), read by both:
+        # new -> active -> (shutdown | watchdog) -> closed
+        self.phase = "new"
         self._hooks_ran = False
         self._hook_errors: list[BaseException] = []
 
@@ -257,6 +263,16 @@ class PreemptionGuard:
     def grace_s(self) -> float:
         """Seconds from the first preemption request to the end of the process."""
         return self._grace_s
+
+    @property
+    def signals(self) -> frozenset[int]:
+        """The signals this guard listens to."""
+        return self._signals
+
+    @property
+    def exit_code(self) -> int:
+        """The exit code of a preempted process (75 unless given)."""
+        return self._exit_code
 
     @property
     def flush_reserve_s(self) -> float:
@@ -299,9 +315,11 @@ class PreemptionGuard:
         trig = self._trigger
         return math.inf if trig is None else trig.t + self._grace_s
 
-    def _note(
+    def note_request(
         self, reason: str | None, signum: int | None, now: float, *, handler: bool = False
     ) -> None:
+        """Note a preemption request (the first one starts the grace deadline); called by the
+        signal plumbing. Use `request(reason)` instead."""
         # Runs inside signal handlers too: attribute assignments only. The watchdog also notes
         # signals (from the wake-up fd) but only the handler counts them, so none counts twice.
         if self._trigger is None:
@@ -332,7 +350,7 @@ class PreemptionGuard:
     # --- requests and safe points ----------------------------------------------------------
     def request(self, reason: str) -> None:
         """Raise the flag from code (spot watchers, schedulers); any thread may call it."""
-        self._note(str(reason), None, time.monotonic())
+        self.note_request(str(reason), None, time.monotonic())
         _signals.poke()
 
     def checkpoint_if_preempted(self) -> None:
@@ -365,7 +383,7 @@ class PreemptionGuard:
             )
             self._run_hooks()
             self._wait_for_saves()
-            self._run_flushes(self._deadline_of())
+            self.run_flushes(self._deadline_of())
             if self.late_signals > late:
                 logger.info(
                     "%d more signal(s) arrived during shutdown; ignored", self.late_signals - late
@@ -401,7 +419,10 @@ class PreemptionGuard:
         if _inflight.pending():
             _inflight.wait_all(self._deadline_of() - self._flush_reserve_s)
 
-    def _run_flushes(self, hard: float) -> None:
+    def run_flushes(self, hard: float) -> None:
+        """Run the flush callables, each given the seconds left before `hard` (a monotonic
+        time); skips those whose turn comes too late. Called at the safe point, and by the
+        watchdog."""
         for fn, takes_remaining in self._flushes:
             left = hard - time.monotonic()
             if left <= 0:
@@ -427,7 +448,7 @@ class PreemptionGuard:
                 "handlers only there. Enter it in the main thread and poll `guard.preempted` "
                 "(or `current_guard()`) from worker threads."
             )
-        if self._phase != "new":
+        if self.phase != "new":
             raise ConfigurationError("a PreemptionGuard can be entered only once")
         _signals.push(self)  # before the handlers: a signal in between must find this guard
         for signum in self._signals:
