@@ -432,8 +432,22 @@ class ResumableSweep:
         if guard is not None and guard.preempted:
             guard.exit()
 
-    def _flush_on_preemption(self, remaining_s: float) -> None:
-        """Run by the guard at the safe point, or by its watchdog when none comes in time.
+    @property
+    def own_guard(self) -> PreemptionGuard | None:
+        """The guard this sweep installed itself (inside its with-block), else None."""
+        return self._guard
+
+    def new_guard(self) -> PreemptionGuard:
+        """A new (not yet entered) guard as this sweep installs: its `signals`, its grace period,
+        and `flush_on_preemption` as the flush (`sweep.run` uses it outside a with-block)."""
+        return PreemptionGuard(
+            flush=[self.flush_on_preemption], signals=self._signals, grace_s=self._grace_s
+        )
+
+    def flush_on_preemption(self, remaining_s: float) -> None:
+        """Note the items in flight as interrupted and bring the mirror up to date within
+        `remaining_s` seconds. Run by the guard at the safe point, or by its watchdog when none
+        comes in time (a guard of your own can take it as a flush callable).
 
         A mirror that cannot be brought up to date in the time left is one log line, not a
         traceback: the local checkpoint has every record either way.
@@ -598,9 +612,7 @@ class ResumableSweep:
     def __enter__(self) -> ResumableSweep:
         """Install preemption handling (main thread only; see `handle_signals`)."""
         if self.handle_signals and threading.current_thread() is threading.main_thread():
-            guard = PreemptionGuard(
-                flush=[self._flush_on_preemption], signals=self._signals, grace_s=self._grace_s
-            )
+            guard = self.new_guard()
             guard.__enter__()
             self._guard = guard
         return self

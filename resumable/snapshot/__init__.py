@@ -42,7 +42,7 @@ into writable numpy arrays and tensors in place and replaces immutable leaves by
 same kind.
 
 Signing: an HMAC over the manifest bytes lives in a ``__resumable_signature__`` member, checked
-in `_snapshot_manifest._check_signature`; a reader refuses any member it does not know, so a
+in `_manifest._check_signature`; a reader refuses any member it does not know, so a
 signed snapshot is never accepted unverified.
 """
 
