@@ -404,9 +404,61 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from .chaos import main as chaos_main
+    """`resumable chaos [options] -- command ...`: the library's `run_chaos`, printed."""
+    from . import chaos
+    from .chaos import ChaosConfig, Launch, run_chaos
 
-    return chaos_main(args.rest)
+    rest = list(args.rest)
+    if "--" not in rest:
+        _print("resumable chaos: put the command to torture after --", err=True)
+        return 2
+    cut = rest.index("--")
+    opts, command = rest[:cut], rest[cut + 1 :]
+    doc = (chaos.__doc__ or "").splitlines()
+    ap = argparse.ArgumentParser(prog="resumable chaos", description=doc[0] if doc else None)
+    ap.add_argument("--checkpoint", required=True, help="checkpoint_path or mirror root")
+    ap.add_argument("--kills", type=int, default=10)
+    ap.add_argument("--signal", choices=["TERM", "KILL", "mixed"], default="mixed")
+    ap.add_argument("--min-s", type=float, default=0.0)
+    ap.add_argument("--max-s", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout-s", type=float, default=300.0)
+    ap.add_argument("--watch", default=None, help="local progress to watch (default: derived)")
+    ap.add_argument("--log", default=None, help="file for the command's output (default stderr)")
+    ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ns = ap.parse_args(opts)
+    log = open(ns.log, "a") if ns.log else None  # noqa: SIM115 - closed below
+    try:
+        cfg = ChaosConfig(
+            command=command,
+            checkpoint=ns.checkpoint,
+            kills=ns.kills,
+            signal=ns.signal,
+            min_s=ns.min_s,
+            max_s=ns.max_s,
+            seed=ns.seed,
+            timeout_s=ns.timeout_s,
+            watch=ns.watch,
+            output=log,
+        )
+
+        def progress(launch: Launch) -> None:
+            if not ns.json:
+                _print(
+                    f"launch {launch.index}: {launch.signal or '-'} -> exit {launch.exit_code}, "
+                    f"+{launch.new_records} records, lost {launch.lost}",
+                    err=True,
+                )
+
+        report = run_chaos(cfg, on_launch=progress)
+    except ResumableError as exc:
+        _print(f"resumable chaos: {exc}", err=True)
+        return 2
+    finally:
+        if log is not None:
+            log.close()
+    _print(json.dumps(report.as_dict(), indent=1) if ns.json else report.text())
+    return 0 if report.ok else 1
 
 
 def _error(message: str) -> None:
