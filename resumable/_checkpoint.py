@@ -54,7 +54,7 @@ SEGMENTS_DIR = "segments"
 TORN_DIR = "torn"  # torn tails cut off the active segment, kept for inspection
 LOCK_SUFFIX = ".lock"
 DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
-log = logging.getLogger("resumable.checkpoint")
+log = logging.getLogger(__name__)
 _INDEX_RE = re.compile(r"seg-(\d{8})")
 
 

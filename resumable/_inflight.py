@@ -14,7 +14,7 @@ import time
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 
-logger = logging.getLogger("resumable.preempt")
+logger = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()
 _pending: dict[Future[object], str] = {}

@@ -60,7 +60,7 @@ from .errors import (
 if TYPE_CHECKING:
     from .sweep import ResumableSweep
 
-log = logging.getLogger("resumable.sweep")
+log = logging.getLogger(__name__)
 
 ITEMS_DIR = "items"
 INDEX_NAME = "interrupted.json"

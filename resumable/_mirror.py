@@ -52,7 +52,7 @@ from .errors import (
     StorageError,
 )
 
-log = logging.getLogger("resumable.mirror")
+log = logging.getLogger(__name__)
 _MAX_SEALED_PARTS = 4  # a sealed segment stands as at most this many parts remotely
 
 

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ._mirror import MirrorOptions
     from .sweep import ResumableSweep
 
-log = logging.getLogger("resumable.sweep")
+log = logging.getLogger(__name__)
 
 
 def _is_http(url: str) -> bool:

@@ -22,7 +22,7 @@ from ._manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, Manifest, parse_manifes
 from ._storage import Store, redact
 from .errors import IntegrityError, ObjectNotFoundError, StorageError
 
-log = logging.getLogger("resumable.remote")
+log = logging.getLogger(__name__)
 
 STALE_AFTER_S = 30.0  # leftovers of killed downloads are removed once this old (gc_delay_s)
 

@@ -37,7 +37,7 @@ from .errors import (
 )
 from .shards import DESCRIPTOR_NAME, read_descriptor
 
-log = logging.getLogger("resumable.resume")
+log = logging.getLogger(__name__)
 STALE_MARK = ".stale-"  # a set-aside local checkpoint: <progress dir>.stale-<UTC time>-<hex>
 
 

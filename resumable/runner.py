@@ -71,7 +71,7 @@ from .preempt import Preempted, PreemptionGuard
 if TYPE_CHECKING:
     from .sweep import ResumableSweep
 
-log = logging.getLogger("resumable.runner")
+log = logging.getLogger(__name__)
 _POLL_S = 0.1  # how often a waiting parent looks at the preemption flag
 _EXIT_MARGIN_S = 0.5  # reach guard.exit() this long before the watchdog would take over
 _TASK_S = {"dask": 0.25, "other": 0.02}  # batch short items into tasks of about this length

@@ -51,7 +51,7 @@ from .shards import (
 )
 from .status import SweepStatus
 
-log = logging.getLogger("resumable.sweep")
+log = logging.getLogger(__name__)
 ResumeMode = Literal["allow", "must", "never"]
 OnChange = Literal["error", "rerun", "keep"]
 MAX_TRACEBACK_CHARS = 32_000

@@ -597,7 +597,7 @@ def test_http_retries_are_logged_redacted(http_server, caplog) -> None:
     (root / "m.json").write_bytes(b"ok")
     store = Store(f"{base}/?sig=topsecret", retry=FAST)
     http_server.fail_times("/m.json", 2, 503)
-    with caplog.at_level(logging.WARNING, logger="resumable.storage"):
+    with caplog.at_level(logging.WARNING, logger="resumable._storage"):
         assert store.read_bytes("m.json", max_bytes=10) == b"ok"
     assert "retrying" in caplog.text and "topsecret" not in caplog.text
 

@@ -98,7 +98,7 @@ __all__ = [
     "resolve_grace_s",
 ]
 
-logger = logging.getLogger("resumable.preempt")
+logger = logging.getLogger(__name__)
 
 PREEMPTED_EXIT_CODE = 75
 """EX_TEMPFAIL: "preempted, please requeue"."""

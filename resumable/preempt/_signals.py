@@ -27,7 +27,7 @@ from typing import NoReturn, Protocol
 
 from .. import _inflight
 
-logger = logging.getLogger("resumable.preempt")
+logger = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.25
 LOCK = threading.Lock()

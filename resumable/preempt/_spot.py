@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AwsSpotWatcher", "AzureScheduledEventsWatcher", "GcpPreemptionWatcher", "SpotWatcher"]
 
-logger = logging.getLogger("resumable.preempt")
+logger = logging.getLogger(__name__)
 
 
 class SpotWatcher:

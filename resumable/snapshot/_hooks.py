@@ -18,7 +18,7 @@ from ._load import download_and_load_state
 from ._location import display_url
 from ._save import save_state_with_manifest
 
-logger = logging.getLogger("resumable.preempt")
+logger = logging.getLogger(__name__)
 
 Extra = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
 

@@ -25,7 +25,7 @@ from ._location import opened
 from ._manifest import MAX_DIR_BYTES, SnapshotReport, parse_manifest
 from ._npz import NpzReader, descr_from_json
 
-logger = logging.getLogger("resumable.snapshot")
+logger = logging.getLogger(__name__)
 
 
 def max_arrays() -> int:
