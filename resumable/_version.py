@@ -14,6 +14,11 @@ DISTRIBUTION = "resumable"
 """The distribution (pip) name; the single place to change when it is renamed."""
 
 
+def install_hint(extra: str) -> str:
+    """The pip command that installs the library with an optional `extra` (for messages)."""
+    return f"pip install '{DISTRIBUTION}[{extra}]'"
+
+
 def _installed_version() -> str:
     try:
         return metadata.version(DISTRIBUTION)

@@ -36,7 +36,7 @@ from ._status_text import (
     show,
 )
 from ._storage import is_url, redact
-from ._version import __version__
+from ._version import __version__, install_hint
 from .errors import (
     CheckpointLockedError,
     CheckpointNotFoundError,
@@ -276,8 +276,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         report.require_matplotlib()
     except ImportError as exc:
         raise MissingExtraError(
-            f"resumable report needs matplotlib ({exc}); install it with: "
-            "pip install 'resumable[report]'"
+            f"resumable report needs matplotlib ({exc}); install it with: {install_hint('report')}"
         ) from None
     out = Path(args.output).expanduser()
     if not out.absolute().parent.is_dir():
@@ -384,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a self-contained HTML report (needs matplotlib)",
         description="One HTML page: summary, completed items over time across launches, "
         "interruptions and time lost, item durations, failures by type. Needs the optional "
-        "extra: pip install 'resumable[report]'.",
+        f"extra: {install_hint('report')}.",
     )
     p.add_argument("target", metavar="PATH_OR_URL", help=target_help)
     p.add_argument("-o", "--output", required=True, metavar="REPORT.html", help="file to write")

@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from resumable import ResumableSweep
+from resumable import MirrorOptions, ResumableSweep
 from resumable._checkpoint import progress_dir_for
-from resumable._mirror import MirrorOptions
 from resumable._status_text import span
 from resumable.cli import main
 

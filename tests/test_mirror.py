@@ -21,10 +21,9 @@ from urllib.parse import unquote, urlsplit
 import fsspec
 import pytest
 
-from resumable import ResumableSweep
+from resumable import MirrorOptions, ResumableSweep
 from resumable._checkpoint import Loaded, load
 from resumable._manifest import MANIFEST_NAME
-from resumable._mirror import MirrorOptions
 from resumable._remote import download, read_manifest, source_store
 from resumable._storage import Store
 from resumable.errors import (

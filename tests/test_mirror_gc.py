@@ -22,9 +22,9 @@ from test_mirror import (
     mirror_url,
 )
 
+from resumable import MirrorOptions
 from resumable._checkpoint import progress_dir_for
 from resumable._manifest import MANIFEST_NAME
-from resumable._mirror import MirrorOptions
 from resumable._remote import download, read_manifest, source_store
 
 __all__ = ["_fast_retries", "mirror_url"]  # fixtures, used by name

@@ -26,9 +26,9 @@ from test_mirror import (
     mirror_url,
 )
 
+from resumable import MirrorOptions
 from resumable._checkpoint import load
 from resumable._manifest import MANIFEST_NAME
-from resumable._mirror import MirrorOptions
 from resumable._storage import Store
 from resumable.errors import ConfigurationError, HistoryConflictError
 

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from resumable import ResumableSweep
+from resumable import MirrorOptions, ResumableSweep
 from resumable._checkpoint import load, progress_dir_for
 from resumable._manifest import MANIFEST_NAME
-from resumable._mirror import MirrorOptions
 from resumable._remote import download, read_manifest, source_store
 from resumable._storage import Store
 from resumable.errors import (

@@ -21,10 +21,9 @@ try:  # tests/ is on sys.path (see conftest.py)
 except ImportError:  # pragma: no cover
     from tests.fixtures.compare import assert_bitwise_equal
 
-from resumable import ResumableSweep
+from resumable import MirrorOptions, ResumableSweep
 from resumable._checkpoint import progress_dir_for
 from resumable._manifest import MANIFEST_NAME
-from resumable._mirror import MirrorOptions
 from resumable._remote import download, read_manifest, source_store
 from resumable.errors import (
     ConfigurationError,

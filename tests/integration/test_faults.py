@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resumable import ResumableSweep
+from resumable import MirrorOptions, ResumableSweep
 from resumable._checkpoint import load, progress_dir_for
-from resumable._mirror import MirrorOptions
 from resumable._remote import download, read_manifest
 from resumable._storage import RetryPolicy, Store
 from resumable.errors import CheckpointClosedError, CheckpointWriteError

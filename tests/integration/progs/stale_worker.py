@@ -22,8 +22,7 @@ import sys
 
 import numpy as np
 
-from resumable import ResumableSweep
-from resumable._mirror import MirrorOptions
+from resumable import MirrorOptions, ResumableSweep
 from resumable.errors import ResumableError
 
 N_ITEMS = 60
