@@ -3,7 +3,7 @@
 Layout (beside the user's ``checkpoint_path``, e.g. ``data/exp.h5`` -> ``data/exp.h5.resumable/``)::
 
     manifest.json          sealed segments (size, SHA-256, seq range) and the active one
-    segments/seg-00000001.jsonl ...   append-only journal segments (see journal.py)
+    segments/seg-00000001.jsonl ...   append-only journal segments (see _journal.py)
     torn/                  torn tails cut off the active segment at an open (kept, never used)
 
 and beside it ``data/exp.h5.resumable.lock``: one writer at a time (a POSIX lock, released by the

@@ -26,7 +26,7 @@ FORMAT = "resumable-checkpoint"
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
-# Aliases for readers elsewhere; the limits themselves live in limits.py (read there at use).
+# Aliases for readers elsewhere; the limits themselves live in _limits.py (read there at use).
 MAX_MANIFEST_BYTES = limits.MAX_MANIFEST_BYTES
 MAX_SEGMENTS = limits.MAX_SEGMENTS
 MAX_SEGMENT_BYTES = limits.MAX_SEGMENT_BYTES

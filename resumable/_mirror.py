@@ -273,7 +273,7 @@ class Mirror:
             return False
         if self._version is None:
             # Nothing there yet: claim the place with an empty manifest before any object goes
-            # up, so that objects without a manifest can only mean damage (see remote.py).
+            # up, so that objects without a manifest can only mean damage (see _remote.py).
             self._write_manifest(view, [], 0)
         parts: list[SegmentInfo] = []
         for seg in view.manifest.segments:

@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("plain", "lossless"),
         default="plain",
         help="plain: arrays as {dtype, shape, data}, for other tools (default); lossless: "
-        "the codec's exact form (resumable.codec.decode restores every value)",
+        "the codec's exact form (resumable.export.decode restores every value)",
     )
     p.add_argument("--include-stale", action="store_true", help="also export results of stale keys")
     p.set_defaults(func=cmd_export)

@@ -1,7 +1,7 @@
 """`ResumableSweep`: a loop over independent items that survives preemption.
 
 Opening a sweep materialises the items, checks their keys, and verifies and replays the local
-checkpoint (see checkpoint.py). `pending` then yields only unfinished items; `record()` makes a
+checkpoint (see _checkpoint.py). `pending` then yields only unfinished items; `record()` makes a
 result durable before it returns. A relaunch sees every acknowledged record exactly once.
 """
 
@@ -277,7 +277,7 @@ class ResumableSweep:
             self._item_snapshots.recorded(key)
 
     def item_snapshot(self, item: Any) -> Any:
-        """A handle to restore and save `item`'s state mid-run (`resumable.item_snapshot`)."""
+        """A handle to restore and save `item`'s state mid-run (`resumable._item_snapshot`)."""
         from ._item_snapshot import ItemSnapshot
 
         return ItemSnapshot(self._snapshots_of_items(), self._items.key_of(item))

@@ -66,6 +66,7 @@ TAUGHT = [
     ("resumable.runner", "RunSummary"),
     ("resumable.runner", "worker_initializer"),
     ("resumable.cli", "main"),
+    ("resumable.export", "decode"),  # named by `resumable export --raw` help
 ]
 
 
