@@ -67,7 +67,6 @@ your own safe points and call `guard.exit()` there (it runs the hooks and flushe
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
@@ -75,8 +74,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from .. import _inflight
 from ..errors import ConfigurationError
@@ -154,8 +152,7 @@ def resolve_grace_s(
     return float(value)
 
 
-@dataclass(frozen=True)
-class _Trigger:
+class _Trigger(NamedTuple):
     """The first preemption request of a guard (assigned in one step, so handler-safe)."""
 
     reason: str | None  # None for signals: the name is computed outside the handler
@@ -172,6 +169,8 @@ def _signal_name(signum: int) -> str:
 
 def _takes_remaining(fn: Callable[..., object]) -> bool:
     """Whether a flush callable takes the remaining seconds (one positional arg) or nothing."""
+    import inspect  # here: ~15 ms that import resumable.preempt need not pay
+
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
