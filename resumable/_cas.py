@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import durable
+from . import _durable as durable
 
 if TYPE_CHECKING:
     from ._fetch import Deadline

@@ -4,7 +4,7 @@ The replayed state keeps only the latest result or failure per key; a timeline n
 record: when each launch started and what it did, which launches were interrupted before the
 sweep was complete, and how long the sweep stood still in between. `timeline(view)` retells
 the journal from the view's replayed state, which keeps the few records that the latest ones
-replaced (see state.py), so opening the view was the one pass over the journal: the timeline
+replaced (see _state.py), so opening the view was the one pass over the journal: the timeline
 costs O(records + launches) in memory and decodes only what it needs (launches, failures,
 events; durations only for the report's detail).
 
@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .journal import Record
-from .state import State
+from ._journal import Record
+from ._state import State
 from .view import CheckpointView, MergedView
 
 # result/failure payloads end with ..."duration":<x>,"launch":"<id>"} (json.dumps keeps order)

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from typing import Any
 
-logger = logging.getLogger("resumable.preempt")
+logger = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()
 # Any: only completion matters here, whatever the futures' results are

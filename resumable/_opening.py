@@ -1,8 +1,11 @@
 """Opening a sweep: consult the local checkpoint, the resume source and the mirror, check the
-items against what was recorded, then write the launch record and start the mirror.
+items against what was recorded, and say what the launch must record.
 
-Private to `ResumableSweep` (it sets the sweep's writer, state and mirror); kept apart so that
-sweep.py stays about recording and iterating.
+Private to `ResumableSweep`: `open_sweep` reads the sweep's public settings (plus its items and
+roots, passed in by the sweep) and returns an `Opened` value (the writer, the replayed state,
+where it resumed from, the records the launch appends, the mirror to start), which the sweep
+keeps. It never sets the sweep's fields; kept apart so that sweep.py stays about recording and
+iterating.
 """
 
 from __future__ import annotations
@@ -11,12 +14,18 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .checkpoint import CheckpointWriter, Loaded
-from .codec import canonical_json, decode
+from ._checkpoint import CheckpointWriter, Loaded
+from ._manifest import MANIFEST_NAME, Manifest
+from ._mirror import Mirror, check_mirror_place
+from ._remote import read_manifest, source_store
+from ._resume import open_checkpoint, sharded_root_error
+from ._state import State
+from ._storage import Store
+from ._version import __version__
 from .errors import (
     CheckpointExistsError,
     CheckpointNotFoundError,
@@ -24,11 +33,6 @@ from .errors import (
     ItemsChangedError,
     SourceUnreachableError,
 )
-from .journal import Record
-from .manifest import MANIFEST_NAME, Manifest
-from .mirror import Mirror, check_mirror_place
-from .remote import read_manifest, source_store
-from .resume import open_checkpoint, sharded_root_error
 from .shards import (
     DESCRIPTOR_NAME,
     check_descriptor,
@@ -36,22 +40,65 @@ from .shards import (
     ensure_remote_descriptor,
     read_descriptor,
 )
-from .state import State
-from .storage import Store
 
 if TYPE_CHECKING:
-    from .checkpoint import DirLock
+    from ._checkpoint import DirLock
+    from ._items import ItemSet
+    from ._mirror import MirrorOptions
     from .sweep import ResumableSweep
 
-log = logging.getLogger("resumable.sweep")
+log = logging.getLogger(__name__)
 
 
 def _is_http(url: str) -> bool:
     return url.split("://", 1)[0].lower() in ("http", "https") and "://" in url
 
 
-def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
-    """Open (or create) the sweep's checkpoint: consult sources, check items, write a launch."""
+Entry = tuple[str, dict[str, Any], "str | None", "str | None"]
+"""One record to append: (kind, payload, key, fingerprint)."""
+
+
+@dataclass
+class Opened:
+    """What opening produced; the sweep keeps it (it owns the writer from then on)."""
+
+    writer: CheckpointWriter
+    state: State  # replayed from the checkpoint (empty when fresh)
+    source: str  # "local", "remote" or "fresh"
+    location: str | None  # that place (redacted), None if fresh
+    launch: list[Entry] = field(default_factory=list)  # launch, items, invalidate / retry
+    carried: list[Entry] = field(default_factory=list)  # results only a set-aside history held
+    mirror_store: Store | None = None
+    mirror_known: tuple[bytes, Manifest] | None = None
+
+    def start_mirror(
+        self, options: MirrorOptions, owner: str, signing_key: bytes | None
+    ) -> Mirror | None:
+        """The background mirror of `writer` to `mirror_store` (None without one), notified."""
+        if self.mirror_store is None:
+            return None
+        mirror = Mirror(
+            self.mirror_store,
+            self.writer,
+            options=options,
+            known=self.mirror_known,
+            owner=owner,
+            signing_key=signing_key,
+        )
+        mirror.notify()
+        return mirror
+
+
+def open_sweep(
+    sweep: ResumableSweep,
+    items: ItemSet,
+    sweep_root: tuple[Path, str | None, str | None],
+    resume: str,
+    segment_bytes: int,
+) -> Opened:
+    """Open (or create) the sweep's checkpoint: consult sources, check items, and return what
+    the sweep keeps. `items` are the sweep's (this shard's); `sweep_root` is (local progress
+    directory, resume source, mirror) of the whole sweep, before the shard's subdirectory."""
     source = source_store(sweep.resume_from, sweep.storage_options) if sweep.resume_from else None
     mirror = Store(sweep.snapshot_dir, sweep.storage_options) if sweep.snapshot_dir else None
     if mirror is not None and _is_http(mirror.root):
@@ -62,7 +109,7 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
     if mirror is not None:
         check_mirror_place(mirror, sweep.mirror_options)  # before anything is written
         _refuse_overlap(sweep.progress_dir, mirror, "snapshot_dir")
-        local_root, _, mirror_root = sweep._sweep_root
+        local_root, _, mirror_root = sweep_root
         if mirror_root and sweep.shard is not None:
             _refuse_overlap(local_root, Store(mirror_root, sweep.storage_options), "snapshot_dir")
     if source is not None and _same_place(sweep.progress_dir, source):
@@ -73,7 +120,7 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
         )
         source = None
     if sweep.shard is not None:
-        _check_shard_descriptors(sweep)
+        _check_shard_descriptors(sweep, sweep_root)
     elif (sweep.progress_dir / DESCRIPTOR_NAME).is_file():
         raise sharded_root_error(str(sweep.progress_dir))
     if resume == "never":
@@ -94,9 +141,9 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
         if resume == "must" and loaded is None:
             where = f"{sweep.progress_dir}" + (f" or {source.display}" if source else "")
             raise CheckpointNotFoundError(f"resume='must' but no checkpoint exists at {where}")
-        identity = sweep._items.identity()
+        identity = items.identity()
         changed = (
-            _changed_keys(sweep, loaded)
+            _changed_keys(items, loaded)
             if loaded is not None and identity != loaded.state.items_sha256
             else []
         )
@@ -110,7 +157,7 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
             )
         if loaded is None:
             manifest = Manifest(sweep=sweep.name, sweep_id=uuid.uuid4().hex, created=time.time())
-            sweep._writer = CheckpointWriter.create(
+            writer = CheckpointWriter.create(
                 sweep.progress_dir,
                 manifest,
                 segment_bytes=segment_bytes,
@@ -118,9 +165,9 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
                 lock=lock,
             )
             lock = None
-            sweep._state = State()
+            state = State()
         else:
-            sweep._writer = CheckpointWriter(
+            writer = CheckpointWriter(
                 sweep.progress_dir,
                 loaded,
                 opened.lock,
@@ -128,30 +175,24 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
                 signing_key=key,
             )
             lock = None
-            sweep._state = loaded.state
+            state = loaded.state
     except BaseException:
         if lock is not None:
             lock.release_and_tidy()
         raise
-    sweep.resumed_from = opened.source
-    sweep.resumed_from_location = opened.location
-    try:
-        _write_launch(sweep, identity, changed)
-        if opened.adoption is not None:  # a diverged local history was set aside
-            _carry_over(sweep, opened.adoption.carried)
-        if mirror is not None:
-            sweep._mirror = Mirror(
-                mirror,
-                sweep._writer,
-                options=sweep.mirror_options,
-                known=opened.mirror_known,
-                owner=f"{sweep.launch_id}@{sweep.host}",
-                signing_key=key,
-            )
-            sweep._mirror.notify()
-    except BaseException:
-        sweep._writer.close()
-        raise
+    carried = opened.adoption.carried if opened.adoption is not None else []
+    return Opened(
+        writer=writer,
+        state=state,
+        source=opened.source,
+        location=opened.location,
+        launch=_launch_records(sweep, items, state, identity, changed),
+        # a diverged local history was set aside: re-record its results as they were (same
+        # value, duration, launch and item fingerprint)
+        carried=[("result", rec.body(), rec.key, rec.fp) for rec in carried],
+        mirror_store=mirror,
+        mirror_known=opened.mirror_known,
+    )
 
 
 def _resolved(path: Path) -> Path:
@@ -184,11 +225,13 @@ def _refuse_overlap(progress_dir: Path, store: Store, option: str) -> None:
     )
 
 
-def _check_shard_descriptors(sweep: ResumableSweep) -> None:
+def _check_shard_descriptors(
+    sweep: ResumableSweep, sweep_root: tuple[Path, str | None, str | None]
+) -> None:
     """The shard count is fixed per sweep: check it (or record it, the first time)."""
     assert sweep.shard is not None
     count = sweep.shard[1]
-    local_root, resume_root, mirror_root = sweep._sweep_root
+    local_root, resume_root, mirror_root = sweep_root
     if resume_root:
         source = source_store(resume_root, sweep.storage_options)
         body = read_descriptor(source)
@@ -216,54 +259,48 @@ def _refuse_existing(sweep: ResumableSweep, source: Store | None) -> None:
         )
 
 
-def _changed_keys(sweep: ResumableSweep, loaded: Loaded) -> list[str]:
+def _changed_keys(items: ItemSet, loaded: Loaded) -> list[str]:
     """Keys recorded with a fingerprint that differs from their item's fingerprint now."""
     changed = []
     for source in (loaded.state.results, loaded.state.failure_records):
         for key, rec in source.items():
-            if key not in sweep._items.index or rec.fp is None:
+            if key not in items.index or rec.fp is None:
                 continue
-            now = sweep._items.fingerprint(key)
+            now = items.fingerprint(key)
             if now is not None and rec.fp != now:
                 changed.append(key)
     return changed
 
 
-def _carry_over(sweep: ResumableSweep, carried: list[Record]) -> None:
-    """Re-record the results only a set-aside local history held (resume.adopt_source_history),
-    as they were: same value, duration, launch and item fingerprint."""
-    for rec in carried:
-        sweep._append("result", rec.body(), key=rec.key, fp=rec.fp)
-
-
-def _write_launch(sweep: ResumableSweep, identity: str, changed: list[str]) -> None:
-    sweep._append(
-        "launch",
-        {
-            "launch": sweep.launch_id,
-            "host": sweep.host,
-            "pid": os.getpid(),
-            "items_sha256": identity,
-            "n_items": len(sweep._items.keys),
-            "library_version": __version__,
-        },
-    )
-    if identity != sweep._state.items_sha256:  # only the appended entries, if that is all
-        state = sweep._state
-        payload = sweep._items.record_payload(state.items_sha256, state.items_count)
-        sweep._append("items", payload, fp=identity)
+def _launch_records(
+    sweep: ResumableSweep, items: ItemSet, state: State, identity: str, changed: list[str]
+) -> list[Entry]:
+    """The records every open appends, in order: the launch, the items list when it changed
+    (only the appended entries, if that is all), and with on_change="rerun" the invalidation
+    of changed results and the retry of changed failures."""
+    records: list[Entry] = [
+        (
+            "launch",
+            {
+                "launch": sweep.launch_id,
+                "host": sweep.host,
+                "pid": os.getpid(),
+                "items_sha256": identity,
+                "n_items": len(items.keys),
+                "library_version": __version__,
+            },
+            None,
+            None,
+        )
+    ]
+    if identity != state.items_sha256:
+        payload = items.record_payload(state.items_sha256, state.items_count)
+        records.append(("items", payload, None, identity))
     if changed and sweep.on_change == "rerun":
-        done = [k for k in changed if k in sweep._state.results]
-        failed = [k for k in changed if k in sweep._state.failures]
+        done = [k for k in changed if k in state.results]
+        failed = [k for k in changed if k in state.failures]
         if done:
-            sweep._append("invalidate", {"keys": done, "reason": "item changed"})
+            records.append(("invalidate", {"keys": done, "reason": "item changed"}, None, None))
         if failed:
-            sweep._append("retry", {"keys": failed, "reason": "item changed"})
-    sweep._persisted_meta = canonical_json(sweep._state.meta)
-    if sweep.meta:
-        sweep._save_meta()
-    else:
-        sweep.meta = {k: v for k, v in decode(sweep._state.meta, where="meta").items()}
-
-
-# -- recording ---------------------------------------------------------------------------
+            records.append(("retry", {"keys": failed, "reason": "item changed"}, None, None))
+    return records

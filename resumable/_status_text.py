@@ -11,10 +11,10 @@ import datetime as _dt
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from ._item_snapshot import repeatedly_interrupted
+from ._storage import redact
+from ._version import __version__
 from .errors import CheckpointNotFoundError, IntegrityError, ResumableError
-from .item_snapshot import repeatedly_interrupted
-from .storage import redact
 
 if TYPE_CHECKING:
     from .view import CheckpointView, MergedView, Problem
@@ -97,7 +97,7 @@ def open_checked(target: str) -> CheckpointView | MergedView:
 def problems_after_open(target: str) -> list[Problem]:
     """What `verify` would add after `open_checked(target)` succeeded: opening checked every
     hash already, so only a signing key (the manifest's signature) asks for the second pass."""
-    from . import signing
+    from . import _signing as signing
     from .view import verify
 
     return verify(target) if signing.resolve_key(None) is not None else []
@@ -137,9 +137,9 @@ def gather_status(target: str, mirror_url: str | None = None) -> dict[str, Any]:
 
 def mirror_lag(view: CheckpointView | MergedView, mirror_url: str, now: float) -> dict[str, Any]:
     """Records in the local checkpoint vs in its mirror, and the age of the mirror's manifest."""
-    from .remote import read_manifest, source_store
+    from ._remote import read_manifest, source_store
+    from ._storage import join
     from .shards import shard_dir_name
-    from .storage import join
     from .view import MergedView
 
     shown = redact(mirror_url)

@@ -13,7 +13,6 @@ twice without a rerun being asked for is *doubled*. At the end the checkpoint is
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import re
@@ -23,19 +22,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .checkpoint import MAX_MANIFEST_READ, PROGRESS_SUFFIX, SEGMENTS_DIR
+from ._checkpoint import MAX_MANIFEST_READ, PROGRESS_SUFFIX, SEGMENTS_DIR
+from ._journal import Record, parse_segment
+from ._manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, parse_manifest
+from ._remote import source_store
+from ._storage import Store, is_url, redact
 from .errors import ConfigurationError, IntegrityError, ObjectNotFoundError, ResumableError
-from .journal import Record, parse_segment
-from .manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, parse_manifest
 from .preempt import PREEMPTED_EXIT_CODE
-from .remote import source_store
 from .shards import DESCRIPTOR_NAME, read_descriptor
-from .storage import Store, is_url, redact
 from .view import shard_stores, verify
 
 MACHINE = "{machine}"
@@ -548,65 +547,7 @@ def _reap_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def main(argv: Iterable[str] | None = None) -> int:
-    """`resumable chaos ... -- command ...` (also reachable as `python -m resumable.chaos`)."""
-    import argparse
+if __name__ == "__main__":  # python -m resumable.chaos: the command line's chaos command
+    from .cli import main
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in args:
-        print("resumable chaos: put the command to torture after --", file=sys.stderr)
-        return 2
-    cut = args.index("--")
-    opts, command = args[:cut], args[cut + 1 :]
-    ap = argparse.ArgumentParser(prog="resumable chaos", description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True, help="checkpoint_path or mirror root")
-    ap.add_argument("--kills", type=int, default=10)
-    ap.add_argument("--signal", choices=["TERM", "KILL", "mixed"], default="mixed")
-    ap.add_argument("--min-s", type=float, default=0.0)
-    ap.add_argument("--max-s", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--timeout-s", type=float, default=300.0)
-    ap.add_argument("--watch", default=None, help="local progress to watch (default: derived)")
-    ap.add_argument("--log", default=None, help="file for the command's output (default stderr)")
-    ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    ns = ap.parse_args(opts)
-    log = open(ns.log, "a") if ns.log else None  # noqa: SIM115 - closed below
-    try:
-        cfg = ChaosConfig(
-            command=command,
-            checkpoint=ns.checkpoint,
-            kills=ns.kills,
-            signal=ns.signal,
-            min_s=ns.min_s,
-            max_s=ns.max_s,
-            seed=ns.seed,
-            timeout_s=ns.timeout_s,
-            watch=ns.watch,
-            output=log,
-        )
-
-        def progress(launch: Launch) -> None:
-            if not ns.json:
-                print(
-                    f"launch {launch.index}: {launch.signal or '-'} -> exit {launch.exit_code}, "
-                    f"+{launch.new_records} records, lost {launch.lost}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
-        report = run_chaos(cfg, on_launch=progress)
-    except ResumableError as exc:
-        print(f"resumable chaos: {redact(str(exc))}", file=sys.stderr)
-        return 2
-    finally:
-        if log is not None:
-            log.close()
-    if ns.json:
-        print(redact(json.dumps(report.as_dict(), indent=1)))
-    else:
-        print(redact(report.text()))
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["chaos", *sys.argv[1:]]))

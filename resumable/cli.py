@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from ._status_text import (
     clean,
     format_status,
@@ -36,6 +35,8 @@ from ._status_text import (
     problems_after_open,
     show,
 )
+from ._storage import is_url, redact
+from ._version import __version__, install_hint
 from .errors import (
     CheckpointLockedError,
     CheckpointNotFoundError,
@@ -43,7 +44,6 @@ from .errors import (
     ObjectNotFoundError,
     ResumableError,
 )
-from .storage import is_url, redact
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 ENV_SNAPSHOT_DIR = "SWEEP_SNAPSHOT_DIR"
@@ -154,7 +154,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _meta(view: Any) -> dict[str, Any]:
-    from .codec import decode
+    from ._codec import decode
     from .view import MergedView
 
     views = [s for s in view.shards if s is not None] if isinstance(view, MergedView) else [view]
@@ -176,8 +176,8 @@ def _count_h5(path: Path) -> int:
 
 def progress_dirs(target: str) -> list[Path]:
     """The local progress directories behind PATH (one, or one per started shard)."""
-    from .checkpoint import PROGRESS_SUFFIX
-    from .manifest import MANIFEST_NAME
+    from ._checkpoint import PROGRESS_SUFFIX
+    from ._manifest import MANIFEST_NAME
     from .shards import DESCRIPTOR_NAME, parse_descriptor, shard_dir_name
 
     base = Path(target).expanduser()
@@ -195,7 +195,7 @@ def progress_dirs(target: str) -> list[Path]:
 
 
 def cmd_retry_failed(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointWriter, DirLock, load
+    from ._checkpoint import CheckpointWriter, DirLock, load
 
     if is_url(args.target):
         raise UsageError(
@@ -276,8 +276,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         report.require_matplotlib()
     except ImportError as exc:
         raise MissingExtraError(
-            f"resumable report needs matplotlib ({exc}); install it with: "
-            "pip install 'resumable-sweeps[report]'"
+            f"resumable report needs matplotlib ({exc}); install it with: {install_hint('report')}"
         ) from None
     out = Path(args.output).expanduser()
     if not out.absolute().parent.is_dir():
@@ -358,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("plain", "lossless"),
         default="plain",
         help="plain: arrays as {dtype, shape, data}, for other tools (default); lossless: "
-        "the codec's exact form (resumable.codec.decode restores every value)",
+        "the codec's exact form (resumable.export.decode restores every value)",
     )
     p.add_argument("--include-stale", action="store_true", help="also export results of stale keys")
     p.set_defaults(func=cmd_export)
@@ -384,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a self-contained HTML report (needs matplotlib)",
         description="One HTML page: summary, completed items over time across launches, "
         "interruptions and time lost, item durations, failures by type. Needs the optional "
-        "extra: pip install 'resumable-sweeps[report]'.",
+        f"extra: {install_hint('report')}.",
     )
     p.add_argument("target", metavar="PATH_OR_URL", help=target_help)
     p.add_argument("-o", "--output", required=True, metavar="REPORT.html", help="file to write")
@@ -404,9 +403,61 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from .chaos import main as chaos_main
+    """`resumable chaos [options] -- command ...`: the library's `run_chaos`, printed."""
+    from . import chaos
+    from .chaos import ChaosConfig, Launch, run_chaos
 
-    return chaos_main(args.rest)
+    rest = list(args.rest)
+    if "--" not in rest:
+        _print("resumable chaos: put the command to torture after --", err=True)
+        return 2
+    cut = rest.index("--")
+    opts, command = rest[:cut], rest[cut + 1 :]
+    doc = (chaos.__doc__ or "").splitlines()
+    ap = argparse.ArgumentParser(prog="resumable chaos", description=doc[0] if doc else None)
+    ap.add_argument("--checkpoint", required=True, help="checkpoint_path or mirror root")
+    ap.add_argument("--kills", type=int, default=10)
+    ap.add_argument("--signal", choices=["TERM", "KILL", "mixed"], default="mixed")
+    ap.add_argument("--min-s", type=float, default=0.0)
+    ap.add_argument("--max-s", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout-s", type=float, default=300.0)
+    ap.add_argument("--watch", default=None, help="local progress to watch (default: derived)")
+    ap.add_argument("--log", default=None, help="file for the command's output (default stderr)")
+    ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ns = ap.parse_args(opts)
+    log = open(ns.log, "a") if ns.log else None  # noqa: SIM115 - closed below
+    try:
+        cfg = ChaosConfig(
+            command=command,
+            checkpoint=ns.checkpoint,
+            kills=ns.kills,
+            signal=ns.signal,
+            min_s=ns.min_s,
+            max_s=ns.max_s,
+            seed=ns.seed,
+            timeout_s=ns.timeout_s,
+            watch=ns.watch,
+            output=log,
+        )
+
+        def progress(launch: Launch) -> None:
+            if not ns.json:
+                _print(
+                    f"launch {launch.index}: {launch.signal or '-'} -> exit {launch.exit_code}, "
+                    f"+{launch.new_records} records, lost {launch.lost}",
+                    err=True,
+                )
+
+        report = run_chaos(cfg, on_launch=progress)
+    except ResumableError as exc:
+        _print(f"resumable chaos: {exc}", err=True)
+        return 2
+    finally:
+        if log is not None:
+            log.close()
+    _print(json.dumps(report.as_dict(), indent=1) if ns.json else report.text())
+    return 0 if report.ok else 1
 
 
 def _error(message: str) -> None:

@@ -2,7 +2,36 @@
 
 Errors that a caller would naturally catch as a builtin also derive from it (a result that
 cannot be stored is a `TypeError`, a missing checkpoint a `FileNotFoundError`, ...), so both
-`except ResumableError` and the builtin work.
+`except ResumableError` and the builtin work. The whole tree (the builtin also derived from in
+brackets; a test keeps this drawing true to the classes)::
+
+    * ResumableError
+      * IntegrityError                  stored data damaged or not what its manifest promises
+      * UnsupportedValueError [TypeError]     a value that cannot be stored losslessly
+      * InvalidKeyError [TypeError]           an item key that is not a usable string
+      * DuplicateKeyError [ValueError]        two items share one key
+      * UnknownItemError [ValueError]         record() of an item not in the sweep
+      * AlreadyRecordedError [ValueError]     an item recorded twice without rerun
+      * SweepMismatchError [ValueError]       a checkpoint of another sweep
+      * ItemsChangedError [ValueError]        recorded keys whose parameters changed
+      * CheckpointLockedError                 another live process has the checkpoint open
+      * CheckpointExistsError [FileExistsError]      resume="never", but one exists
+      * CheckpointNotFoundError [FileNotFoundError]  resume="must", but none exists
+      * CheckpointWriteError [OSError]        recording failed (fsync, disk full, read-only)
+        * StorageWriteError [StorageError]    ... through a Store
+      * CheckpointClosedError                 the sweep is closed (or broken by a write failure)
+      * ForeignProcessError                   a forked child tried to record
+      * LimitExceededError [ValueError]       a limit of the checkpoint format
+      * StorageError [OSError]                a path or URL could not be read or written
+        * SourceUnreachableError              a resume source unreachable: never a fresh start
+        * ObjectNotFoundError [FileNotFoundError]    no such object
+        * ObjectExistsError [FileExistsError]        a create-only write found one
+        * ObjectChangedError                  a compare-and-swap lost to another writer
+      * HistoryConflictError                  two histories of one sweep diverge
+      * SnapshotMismatchError [ValueError]    a snapshot's arrays do not fit the state
+      * ConfigurationError [ValueError]       an option or environment variable is unusable
+      * RunError                              sweep.run cannot run fn on its executor at all
+      * TooManyFailuresError                  sweep.run stopped: more failures than allowed
 """
 
 from __future__ import annotations

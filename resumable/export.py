@@ -28,7 +28,7 @@ int (64-bit), float and str as themselves, None as an empty attribute (``h5py.Em
 anything nested (dicts, lists, tuples, arrays, huge ints) as a JSON string. Entries whose name
 starts with ``resumable_`` or holds a NUL are left out. A non-dict item is one attribute,
 ``params``. ``resumable_params`` always holds the exact parameters (the lossless JSON form of
-`resumable.codec`).
+the codec, `resumable._codec`).
 
 Results. Every node carries ``resumable_type``:
 
@@ -53,7 +53,7 @@ numbers, bool/int/uint/float/str arrays ``{"dtype": "float64", "shape": [2, 3], 
 (complex numbers as ``[re, im]``), non-finite floats the strings ``"NaN"``, ``"Infinity"``,
 ``"-Infinity"``; other arrays (structured, bytes, datetime) stay in the codec's tagged form.
 The ``lossless`` form stores params and result exactly as the checkpoint does
-(`resumable.codec.encode`); `resumable.codec.decode` gives back the original values.
+(the codec's encode); `resumable.export.decode` gives back the original values.
 """
 
 from __future__ import annotations
@@ -73,9 +73,10 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npformat
 
-from . import __version__, durable
-from .codec import decode, encode
-from .durable import atomic_writer, fsync_dir, fsync_file
+from . import _durable as durable
+from ._codec import decode, encode
+from ._durable import atomic_writer, fsync_dir, fsync_file
+from ._version import __version__
 
 Row = tuple[str, Any, Any]
 

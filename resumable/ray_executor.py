@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ._version import install_hint
 from .errors import ConfigurationError
 
 __all__ = ["RayExecutor"]
@@ -31,7 +32,7 @@ def _ray() -> Any:
         import ray
     except ImportError as exc:
         raise ConfigurationError(
-            f"RayExecutor needs ray ({exc}); install it with: pip install 'resumable-sweeps[ray]'"
+            f"RayExecutor needs ray ({exc}); install it with: {install_hint('ray')}"
         ) from None
     return ray
 

@@ -24,14 +24,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from ._durable import atomic_writer
 from ._history import Timeline, timelines
+from ._item_snapshot import repeatedly_interrupted
+from ._journal import MAX_TIME
 from ._status_text import rate_text, span
-from .durable import atomic_writer
+from ._storage import redact
+from ._version import __version__
 from .errors import IntegrityError
-from .item_snapshot import repeatedly_interrupted
-from .journal import MAX_TIME
-from .storage import redact
 
 _COLORS = [
     "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",

@@ -71,7 +71,7 @@ from .preempt import Preempted, PreemptionGuard
 if TYPE_CHECKING:
     from .sweep import ResumableSweep
 
-log = logging.getLogger("resumable.runner")
+log = logging.getLogger(__name__)
 _POLL_S = 0.1  # how often a waiting parent looks at the preemption flag
 _EXIT_MARGIN_S = 0.5  # reach guard.exit() this long before the watchdog would take over
 _TASK_S = {"dask": 0.25, "other": 0.02}  # batch short items into tasks of about this length
@@ -157,6 +157,8 @@ def _dask_client(executor: Any) -> Any:
     """The Dask client behind `executor` (a Client or its executor), else None."""
     if type(executor).__module__.split(".")[0] != "distributed":
         return None
+    # A ClientExecutor offers no public way to its Client: read the private `_client` (the
+    # library's own attribute since Dask 2.x); a Client itself is returned as is.
     return getattr(executor, "_client", executor)
 
 
@@ -164,6 +166,8 @@ def _worker_count(executor: Any, client: Any) -> int:
     if client is not None:
         with contextlib.suppress(Exception):
             return max(1, int(sum(client.nthreads().values())))
+    # concurrent.futures executors keep their size private (no public accessor): read
+    # `_max_workers` if present, else assume two per CPU
     n = getattr(executor, "_max_workers", None)
     return n if isinstance(n, int) and n > 0 else 2 * (os.cpu_count() or 1)
 
@@ -200,10 +204,9 @@ def _guard_for(sweep: ResumableSweep) -> Iterator[tuple[PreemptionGuard | None, 
         or not sweep.handle_signals
         or threading.current_thread() is not threading.main_thread()
     ):
-        yield guard, guard is not None and guard is getattr(sweep, "_guard", None)
+        yield guard, guard is not None and guard is sweep.own_guard
         return
-    flush = sweep._flush_on_preemption
-    with PreemptionGuard(flush=[flush], signals=sweep._signals, grace_s=sweep._grace_s) as made:
+    with sweep.new_guard() as made:
         yield made, True
 
 
@@ -550,7 +553,7 @@ class _Run:
         assert guard is not None
         self.preempted = True
         self._cancel_queued()
-        reserve = getattr(guard, "_flush_reserve_s", 5.0) + _EXIT_MARGIN_S
+        reserve = guard.flush_reserve_s + _EXIT_MARGIN_S
         if running := len(self.inflight):
             log.warning("preempted: awaiting %d running task(s)", running)
         self._await(time.monotonic() + guard.remaining_s() - reserve)
@@ -568,9 +571,9 @@ class _Run:
         guard = self.guard
         assert guard is not None
         if raised is not None or not self.guard_flushes:
-            reserve = getattr(guard, "_flush_reserve_s", 5.0)
+            reserve = guard.flush_reserve_s
             try:
-                self.sweep._flush_on_preemption(max(0.1, guard.remaining_s() - reserve))
+                self.sweep.flush_on_preemption(max(0.1, guard.remaining_s() - reserve))
             except Exception as exc:  # the local checkpoint has everything
                 log.error("flushing the mirror on preemption: %s", exc)
         if raised is not None:
@@ -719,6 +722,12 @@ def _close_pool(pool: cf.ProcessPoolExecutor, *, graceful: bool) -> None:
     if graceful:
         pool.shutdown(wait=True)
         return
+    kill_workers = getattr(pool, "kill_workers", None)  # Python 3.14: shuts down, then kills
+    if kill_workers is not None:
+        kill_workers()
+        return
+    # Before 3.14 the library offers no public way to the worker processes: read the pool's
+    # private `_processes` (a dict of pid -> Process) to kill them.
     procs = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in procs:

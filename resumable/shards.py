@@ -24,11 +24,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .codec import canonical_json, loads, sha256_hex
-from .durable import atomic_write_bytes, make_dirs
+from ._codec import canonical_json, loads, sha256_hex
+from ._durable import atomic_write_bytes, make_dirs
+from ._storage import Store, redact
+from ._version import __version__
 from .errors import ConfigurationError, IntegrityError, ObjectExistsError, ObjectNotFoundError
-from .storage import Store, redact
 
 DESCRIPTOR_NAME = "sweep.json"
 DESCRIPTOR_FORMAT = "resumable-sweep"

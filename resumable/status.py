@@ -9,7 +9,7 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .state import State
+from ._state import State
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """`ResumableSweep`: a loop over independent items that survives preemption.
 
 Opening a sweep materialises the items, checks their keys, and verifies and replays the local
-checkpoint (see checkpoint.py). `pending` then yields only unfinished items; `record()` makes a
+checkpoint (see _checkpoint.py). `pending` then yields only unfinished items; `record()` makes a
 result durable before it returns. A relaunch sees every acknowledged record exactly once.
 """
 
@@ -23,35 +23,36 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from . import limits, signing
-from ._opening import open_sweep
-from .checkpoint import (
+from . import _limits as limits
+from . import _signing as signing
+from ._checkpoint import (
     DEFAULT_SEGMENT_BYTES,
     CheckpointWriter,
     foreign_process_error,
     progress_dir_for,
 )
-from .codec import canonical_json, decode, encode
+from ._codec import canonical_json, decode, encode
+from ._items import ItemSet
+from ._journal import Record
+from ._mirror import Mirror, MirrorOptions
+from ._opening import open_sweep
+from ._state import State
+from ._storage import join
 from .errors import (
     AlreadyRecordedError,
     CheckpointClosedError,
     ConfigurationError,
     ResumableError,
 )
-from .items import ItemSet
-from .journal import Record
-from .mirror import Mirror, MirrorOptions
 from .preempt import Preempted, PreemptionGuard, current_guard, resolve_grace_s
 from .shards import (
     check_shard,
     shard_dir_name,
     shard_of,
 )
-from .state import State
 from .status import SweepStatus
-from .storage import join
 
-log = logging.getLogger("resumable.sweep")
+log = logging.getLogger(__name__)
 ResumeMode = Literal["allow", "must", "never"]
 OnChange = Literal["error", "rerun", "keep"]
 MAX_TRACEBACK_CHARS = 32_000
@@ -161,10 +162,32 @@ class ResumableSweep:
         self._owner_pid = os.getpid()
         self.resumed_from = "fresh"  # "local", "remote" or "fresh"
         self.resumed_from_location: str | None = None  # that place (redacted), None if fresh
-        open_sweep(self, resume, segment_bytes)
+        self._open(resume, segment_bytes)
         _left_open.add(self)
 
     # -- opening ---------------------------------------------------------------------------
+
+    def _open(self, resume: ResumeMode, segment_bytes: int) -> None:
+        """Open the checkpoint (`_opening`), keep what it returns, record the launch (and the
+        results a set-aside history held), then start the mirror."""
+        opened = open_sweep(self, self._items, self._sweep_root, resume, segment_bytes)
+        self._writer, self._state = opened.writer, opened.state
+        self.resumed_from, self.resumed_from_location = opened.source, opened.location
+        try:
+            for kind, payload, key, fp in opened.launch:
+                self._append(kind, payload, key=key, fp=fp)
+            self._persisted_meta = canonical_json(self._state.meta)
+            if self.meta:
+                self._save_meta()
+            else:
+                self.meta = dict(decode(self._state.meta, where="meta"))
+            for kind, payload, key, fp in opened.carried:
+                self._append(kind, payload, key=key, fp=fp)
+            owner = f"{self.launch_id}@{self.host}"
+            self._mirror = opened.start_mirror(self.mirror_options, owner, self.signing_key)
+        except BaseException:
+            opened.writer.close()
+            raise
 
     def _append(
         self, kind: str, payload: dict[str, Any], key: str | None = None, fp: str | None = None
@@ -257,13 +280,13 @@ class ResumableSweep:
             self._item_snapshots.recorded(key)
 
     def item_snapshot(self, item: Any) -> Any:
-        """A handle to restore and save `item`'s state mid-run (`resumable.item_snapshot`)."""
-        from .item_snapshot import ItemSnapshot
+        """A handle to restore and save `item`'s state mid-run (`resumable._item_snapshot`)."""
+        from ._item_snapshot import ItemSnapshot
 
         return ItemSnapshot(self._snapshots_of_items(), self._items.key_of(item))
 
     def _snapshots_of_items(self) -> Any:
-        from .item_snapshot import ItemSnapshots
+        from ._item_snapshot import ItemSnapshots
 
         snaps = self._item_snapshots  # no lock: the preemption watchdog calls this too
         if snaps is None:
@@ -412,8 +435,22 @@ class ResumableSweep:
         if guard is not None and guard.preempted:
             guard.exit()
 
-    def _flush_on_preemption(self, remaining_s: float) -> None:
-        """Run by the guard at the safe point, or by its watchdog when none comes in time.
+    @property
+    def own_guard(self) -> PreemptionGuard | None:
+        """The guard this sweep installed itself (inside its with-block), else None."""
+        return self._guard
+
+    def new_guard(self) -> PreemptionGuard:
+        """A new (not yet entered) guard as this sweep installs: its `signals`, its grace period,
+        and `flush_on_preemption` as the flush (`sweep.run` uses it outside a with-block)."""
+        return PreemptionGuard(
+            flush=[self.flush_on_preemption], signals=self._signals, grace_s=self._grace_s
+        )
+
+    def flush_on_preemption(self, remaining_s: float) -> None:
+        """Note the items in flight as interrupted and bring the mirror up to date within
+        `remaining_s` seconds. Run by the guard at the safe point, or by its watchdog when none
+        comes in time (a guard of your own can take it as a flush callable).
 
         A mirror that cannot be brought up to date in the time left is one log line, not a
         traceback: the local checkpoint has every record either way.
@@ -578,9 +615,7 @@ class ResumableSweep:
     def __enter__(self) -> ResumableSweep:
         """Install preemption handling (main thread only; see `handle_signals`)."""
         if self.handle_signals and threading.current_thread() is threading.main_thread():
-            guard = PreemptionGuard(
-                flush=[self._flush_on_preemption], signals=self._signals, grace_s=self._grace_s
-            )
+            guard = self.new_guard()
             guard.__enter__()
             self._guard = guard
         return self

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import signing
-from .checkpoint import (
+from . import _signing as signing
+from ._checkpoint import (
     MAX_MANIFEST_READ,
     PROGRESS_SUFFIX,
     SEGMENTS_DIR,
@@ -26,10 +26,11 @@ from .checkpoint import (
     load,
     load_from,
 )
-from .codec import decode
+from ._codec import decode
+from ._manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, parse_manifest, signature_state
+from ._remote import download, read_manifest, source_store
+from ._storage import Store, is_url, join
 from .errors import CheckpointNotFoundError, IntegrityError, ObjectNotFoundError, ResumableError
-from .manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, parse_manifest, signature_state
-from .remote import download, read_manifest, source_store
 from .shards import (
     DESCRIPTOR_NAME,
     SHARD_DIR_RE,
@@ -38,7 +39,6 @@ from .shards import (
     shard_dir_name,
 )
 from .status import SweepStatus
-from .storage import Store, is_url, join
 
 
 @dataclass

@@ -29,8 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resumable import ResumableSweep
-from resumable.checkpoint import load, progress_dir_for
-from resumable.durable import atomic_write_bytes
+from resumable._checkpoint import load, progress_dir_for
+from resumable._durable import atomic_write_bytes
 
 
 def _q(values: list[float], q: float) -> float:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def measure(s3_bucket: str, http_base: str, big_mb: int) -> dict[str, float]:
-    from resumable.storage import Store
+    from resumable._storage import Store
 
     out: dict[str, float] = {}
     for label, url in (("s3", s3_bucket), ("http", http_base)):
@@ -68,7 +68,7 @@ def main() -> int:
     env = dict(os.environ, AWS_ENDPOINT_URL=s3.endpoint, AWS_ACCESS_KEY_ID="testing",
                AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")  # fmt: skip
     os.environ.update(env)
-    from resumable.storage import Store
+    from resumable._storage import Store
 
     bucket = f"s3://{s3.new_bucket()}"
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,8 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from resumable import ResumableSweep
-from resumable.mirror import MirrorOptions
+from resumable import MirrorOptions, ResumableSweep
 
 
 def start_s3() -> object | None:

@@ -261,8 +261,7 @@ def child_rate(n: int, root: Path, mode: str) -> dict[str, Any]:
 
 def child_s3(n: int, root: Path, url: str) -> dict[str, Any]:
     """Record n items mirrored to `url`, then resume them onto an empty directory."""
-    from resumable import ResumableSweep
-    from resumable.mirror import MirrorOptions
+    from resumable import MirrorOptions, ResumableSweep
 
     its = items(n)
     where = Path(tempfile.mkdtemp(dir=root, prefix="s3-"))

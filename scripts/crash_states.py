@@ -4,7 +4,7 @@ could leave, and check that each opens to a prefix of the history holding every 
 record.
 
 How (after ALICE, OSDI 2014, and SQLite's power-loss VFS): a `Recorder` replaces
-`resumable.durable.ops` while a scenario runs real sweeps (record, record_failure, retry, seal,
+`resumable._durable.ops` while a scenario runs real sweeps (record, record_failure, retry, seal,
 launch, meta, installing a resumed source, HDF5 export), so every open, write, fsync,
 fdatasync, ftruncate, rename, unlink, mkdir, directory fsync and tree removal is noted, with
 inode identities. For every prefix of the operations (a crash after each one) the persisted part
@@ -43,11 +43,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from resumable import ResumableSweep, durable
-from resumable.checkpoint import SEGMENTS_DIR, load, progress_dir_for
-from resumable.durable import FileOps
+from resumable import ResumableSweep
+from resumable import _durable as durable
+from resumable._checkpoint import SEGMENTS_DIR, load, progress_dir_for
+from resumable._durable import FileOps
+from resumable._journal import record_follows
 from resumable.errors import ResumableError
-from resumable.journal import record_follows
 
 PAGE = 4096
 SECTOR = 512

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from resumable import IntegrityError, ResumableError, ResumableSweep
-from resumable.checkpoint import DirLock, load, progress_dir_for
-from resumable.codec import canonical_json, sha256_hex
+from resumable._checkpoint import DirLock, load, progress_dir_for
+from resumable._codec import canonical_json, sha256_hex
 from resumable.errors import CheckpointLockedError
 
 ITEMS = [{"i": i} for i in range(80)]
@@ -338,7 +338,7 @@ def test_interrupt_between_write_and_bookkeeping_leaves_a_loadable_checkpoint(
 ):
     """Ctrl-C landing inside record() (after the write, before the writer's bookkeeping): the
     sweep refuses further records, and the checkpoint reopens with every acknowledged record."""
-    import resumable.checkpoint as ck
+    import resumable._checkpoint as ck
     from resumable.errors import CheckpointClosedError
 
     items = [str(i) for i in range(6)]
@@ -399,7 +399,7 @@ def test_a_power_cut_during_a_large_append_is_a_torn_tail(tmp_path, caplog):
     loaded = load(pdir)  # used to refuse: found b'\x00\x00...'
     assert loaded is not None and len(loaded.state.results) == 3
     assert (loaded.active_size, loaded.torn_bytes) == (good, len(tail))
-    logged = caplog.at_level("WARNING", logger="resumable.checkpoint")
+    logged = caplog.at_level("WARNING", logger="resumable._checkpoint")
     with logged, ResumableSweep(ITEMS, checkpoint_path=ckpt) as sweep:
         assert not sweep.is_done(ITEMS[3])
         sweep.record(ITEMS[3], "again")
@@ -466,7 +466,7 @@ def test_a_power_cut_during_a_group_commit_is_a_torn_tail(tmp_path, caplog, zero
     loaded = load(pdir)  # used to refuse: damage followed by a record
     assert loaded is not None and len(loaded.state.results) == 3 + kept
     assert (loaded.active_size, loaded.torn_bytes) == (good, len(tail))
-    logged = caplog.at_level("WARNING", logger="resumable.checkpoint")
+    logged = caplog.at_level("WARNING", logger="resumable._checkpoint")
     with logged, ResumableSweep(ITEMS, checkpoint_path=ckpt) as sweep:
         assert all(sweep.is_done(item) for item in ITEMS[:3])
         assert not sweep.is_done(ITEMS[3 + kept])
@@ -541,7 +541,7 @@ def test_an_install_cut_short_between_its_renames_is_put_back_at_the_next_open(t
     incoming = tmp_path / ".exp.h5.resumable.incoming-99aa88bb"
     (incoming / "segments").mkdir(parents=True)
     (incoming / "segments" / "seg-00000001.jsonl").write_bytes(b"half a download")
-    with caplog.at_level("WARNING", logger="resumable.checkpoint"):
+    with caplog.at_level("WARNING", logger="resumable._checkpoint"):
         assert len(_all_results(ckpt)) == 5
     assert any("put back" in r.getMessage() for r in caplog.records)
     assert sorted(p.name for p in tmp_path.iterdir()) == [incoming.name, "exp.h5.resumable"]

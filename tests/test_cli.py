@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from resumable import ResumableSweep
+from resumable import MirrorOptions, ResumableSweep
+from resumable._checkpoint import progress_dir_for
 from resumable._status_text import span
-from resumable.checkpoint import progress_dir_for
 from resumable.cli import main
-from resumable.mirror import MirrorOptions
 
 OPTS = MirrorOptions(interval_s=0.0, gc_delay_s=60.0, max_backoff_s=0.2, flush_timeout_s=20.0)
 ITEMS = [{"i": i, "T": round(0.25 * i, 2)} for i in range(12)]

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from resumable import ResumableError, ResumableSweep
-from resumable.checkpoint import progress_dir_for
-from resumable.codec import decode, encode
+from resumable._checkpoint import progress_dir_for
+from resumable._codec import decode, encode
 from resumable.errors import IntegrityError, UnsupportedValueError
 
 # -- comparison ------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from resumable import checkpoint, durable, journal
+from resumable import _checkpoint as checkpoint
+from resumable import _durable as durable
+from resumable import _journal as journal
 
 _PATH = Path(__file__).resolve().parent.parent / "scripts" / "crash_states.py"
 _spec = importlib.util.spec_from_file_location("crash_states", _PATH)

@@ -15,9 +15,9 @@ import os
 import pytest
 
 from resumable import ResumableSweep
-from resumable import durable as durable_mod
-from resumable.checkpoint import progress_dir_for
-from resumable.durable import (
+from resumable import _durable as durable_mod
+from resumable._checkpoint import progress_dir_for
+from resumable._durable import (
     atomic_write_bytes,
     atomic_writer,
     create_durable_file,

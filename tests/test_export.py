@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from resumable import ResumableSweep
+from resumable._codec import decode
 from resumable.cli import main
-from resumable.codec import decode
 from resumable.export import h5_name, iter_jsonl, read_h5, write_h5, write_jsonl
 
 HOSTILE_KEYS = [

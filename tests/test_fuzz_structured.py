@@ -70,12 +70,12 @@ def test_snapshot_manifests(tmp_path_factory, field, value):
 def test_the_fuzzer_reaches_the_parsers_behind_the_hashes(tmp_path):
     """A valid structure built by the fuzzer's own writers loads: so hostile content is refused
     by the parsers themselves, not by a hash the fuzzer got wrong."""
-    from resumable.checkpoint import load
-    from resumable.manifest import parse_manifest
+    from resumable._checkpoint import load
+    from resumable._manifest import parse_manifest
 
     m = parse_manifest(fuzz.hostile_manifest("extra", {"ok": 1}), source="x", signing_key=fuzz.KEY)
     assert m.extra == {"ok": 1}
-    from resumable.checkpoint import progress_dir_for
+    from resumable._checkpoint import progress_dir_for
 
     where = progress_dir_for(tmp_path / "exp.h5")  # consume() also resumes a sweep from it
     d = fuzz.write_checkpoint(where, fuzz.journal("meta", "field:meta", {"a": 1}), True)

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-import resumable.checkpoint as checkpoint_mod
+import resumable._checkpoint as checkpoint_mod
 from resumable import ResumableSweep
-from resumable.checkpoint import progress_dir_for
+from resumable._checkpoint import progress_dir_for
 from resumable.errors import (
     AlreadyRecordedError,
     ConfigurationError,

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from resumable import ResumableSweep
+from resumable._checkpoint import SEGMENTS_DIR, progress_dir_for
 from resumable._history import timeline
-from resumable.checkpoint import SEGMENTS_DIR, progress_dir_for
-from resumable.journal import parse_segment
-from resumable.manifest import MANIFEST_NAME, parse_manifest
+from resumable._journal import parse_segment
+from resumable._manifest import MANIFEST_NAME, parse_manifest
 from resumable.view import open_view
 
 

@@ -20,14 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resumable import ResumableSweep
-from resumable.checkpoint import load, progress_dir_for
-from resumable.codec import canonical_json, decode, sha256_hex
+from resumable._checkpoint import load, progress_dir_for
+from resumable._codec import canonical_json, decode, sha256_hex
+from resumable._journal import encode_record, parse_segment
+from resumable._manifest import MAX_SEGMENTS, Manifest, parse_manifest
+from resumable._remote import download, read_manifest
+from resumable._storage import Store
 from resumable.errors import IntegrityError, ResumableError
-from resumable.journal import encode_record, parse_segment
-from resumable.manifest import MAX_SEGMENTS, Manifest, parse_manifest
-from resumable.remote import download, read_manifest
 from resumable.shards import descriptor_bytes, parse_descriptor
-from resumable.storage import Store
 
 ITEMS = [{"label": f"i{i}", "x": i} for i in range(30)]
 HEX = "ab" * 32
@@ -173,7 +173,7 @@ def test_journal_unknown_record_type_is_refused():
 def test_journal_payload_nested_too_deep_is_refused_on_use(tmp_path: Path):
     import hashlib
 
-    from resumable.journal import Record
+    from resumable._journal import Record
 
     rec = Record(1, "result", "k", 1.0, None, b"[" * 100_000 + b"]" * 100_000, "s")
     with pytest.raises(IntegrityError):
@@ -585,7 +585,7 @@ def test_lone_surrogates_and_tagged_meta_found_by_the_structured_fuzzer(tmp_path
     """scripts/fuzz_structured.py found these: a lone surrogate escape in a journal payload
     (UnicodeEncodeError when the meta was re-encoded at open) and a meta that decodes to an
     int (AttributeError at open). Both are IntegrityErrors now."""
-    from resumable.checkpoint import progress_dir_for
+    from resumable._checkpoint import progress_dir_for
     from tests.fixtures.fuzz import consume, journal, write_checkpoint
 
     for i, meta in enumerate(({"note": "\ud800x"}, {"__t": "i", "v": "ff"})):

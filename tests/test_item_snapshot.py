@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from resumable import ResumableSweep
+from resumable._item_snapshot import interruptions, item_id
 from resumable.errors import IntegrityError
-from resumable.item_snapshot import interruptions, item_id
 
 
 def _sweep(tmp: Path, mirror: Path | None = None) -> ResumableSweep:

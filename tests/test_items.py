@@ -8,8 +8,8 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resumable.codec import canonical_json, try_fingerprint
-from resumable.items import FP_LEN, ItemSet, default_key, fingerprint_of
+from resumable._codec import canonical_json, try_fingerprint
+from resumable._items import FP_LEN, ItemSet, default_key, fingerprint_of
 
 scalars = st.one_of(
     st.none(),
@@ -55,14 +55,14 @@ def test_non_finite_floats_and_tags_take_the_codecs_path() -> None:
 
 
 def _journal_bytes(path) -> int:
-    from resumable.checkpoint import progress_dir_for
+    from resumable._checkpoint import progress_dir_for
 
     return sum(f.stat().st_size for f in (progress_dir_for(path) / "segments").iterdir())
 
 
 def test_appending_items_writes_only_the_new_entries(tmp_path) -> None:
     from resumable import ResumableSweep
-    from resumable.items import ItemSet
+    from resumable._items import ItemSet
     from resumable.view import open_view
 
     path = tmp_path / "exp.h5"

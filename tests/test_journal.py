@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from resumable import limits
+from resumable import _limits as limits
+from resumable._journal import encode_record, parse_sealed_segment, parse_segment
 from resumable.errors import IntegrityError
-from resumable.journal import encode_record, parse_sealed_segment, parse_segment
 
 FP = "0123456789abcdef0123456789abcdef"
 

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from resumable import ResumableSweep, limits
-from resumable import checkpoint as checkpoint_mod
-from resumable import manifest as manifest_mod
-from resumable.checkpoint import DEFAULT_SEGMENT_BYTES, load, progress_dir_for
+from resumable import ResumableSweep
+from resumable import _checkpoint as checkpoint_mod
+from resumable import _limits as limits
+from resumable import _manifest as manifest_mod
+from resumable._checkpoint import DEFAULT_SEGMENT_BYTES, load, progress_dir_for
+from resumable._journal import encode_record, parse_segment
+from resumable._manifest import Manifest, SegmentInfo, parse_manifest
 from resumable.errors import ConfigurationError, IntegrityError, LimitExceededError
-from resumable.journal import encode_record, parse_segment
-from resumable.manifest import Manifest, SegmentInfo, parse_manifest
 
 ITEMS = [{"i": i} for i in range(30)]
 

@@ -6,11 +6,10 @@ import json
 
 import pytest
 
-from resumable import limits
-from resumable import manifest as manifest_mod
-from resumable.codec import canonical_json, sha256_hex
-from resumable.errors import IntegrityError
-from resumable.manifest import (
+from resumable import _limits as limits
+from resumable import _manifest as manifest_mod
+from resumable._codec import canonical_json, sha256_hex
+from resumable._manifest import (
     FORMAT,
     SCHEMA_VERSION,
     Manifest,
@@ -18,6 +17,7 @@ from resumable.manifest import (
     check_name,
     parse_manifest,
 )
+from resumable.errors import IntegrityError
 
 H1 = "a" * 64
 H2 = "b" * 64

@@ -21,8 +21,11 @@ from urllib.parse import unquote, urlsplit
 import fsspec
 import pytest
 
-from resumable import ResumableSweep
-from resumable.checkpoint import Loaded, load
+from resumable import MirrorOptions, ResumableSweep
+from resumable._checkpoint import Loaded, load
+from resumable._manifest import MANIFEST_NAME
+from resumable._remote import download, read_manifest, source_store
+from resumable._storage import Store
 from resumable.errors import (
     HistoryConflictError,
     IntegrityError,
@@ -30,10 +33,6 @@ from resumable.errors import (
     SourceUnreachableError,
     StorageError,
 )
-from resumable.manifest import MANIFEST_NAME
-from resumable.mirror import MirrorOptions
-from resumable.remote import download, read_manifest, source_store
-from resumable.storage import Store
 
 ITEMS = list(range(4000))
 FAST = MirrorOptions(interval_s=0.0, gc_delay_s=60.0, max_backoff_s=0.2, flush_timeout_s=30.0)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resumable import ResumableSweep
-from resumable.checkpoint import progress_dir_for
-from resumable.mirror import MirrorOptions
+from resumable import MirrorOptions, ResumableSweep
+from resumable._checkpoint import progress_dir_for
 from resumable.view import open_view
 
 MANUAL = MirrorOptions(interval_s=3600.0, gc_delay_s=3600.0, max_backoff_s=0.1)

@@ -22,10 +22,10 @@ from test_mirror import (
     mirror_url,
 )
 
-from resumable.checkpoint import progress_dir_for
-from resumable.manifest import MANIFEST_NAME
-from resumable.mirror import MirrorOptions
-from resumable.remote import download, read_manifest, source_store
+from resumable import MirrorOptions
+from resumable._checkpoint import progress_dir_for
+from resumable._manifest import MANIFEST_NAME
+from resumable._remote import download, read_manifest, source_store
 
 __all__ = ["_fast_retries", "mirror_url"]  # fixtures, used by name
 

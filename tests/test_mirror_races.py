@@ -26,11 +26,11 @@ from test_mirror import (
     mirror_url,
 )
 
-from resumable.checkpoint import load
+from resumable import MirrorOptions
+from resumable._checkpoint import load
+from resumable._manifest import MANIFEST_NAME
+from resumable._storage import Store
 from resumable.errors import ConfigurationError, HistoryConflictError
-from resumable.manifest import MANIFEST_NAME
-from resumable.mirror import MirrorOptions
-from resumable.storage import Store
 
 __all__ = ["_fast_retries", "mirror_url"]  # fixtures, used by name
 

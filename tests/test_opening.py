@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from resumable import ResumableSweep
-from resumable.checkpoint import load, progress_dir_for
+from resumable._checkpoint import load, progress_dir_for
 from resumable.errors import ConfigurationError
 
 ITEMS = [{"i": i} for i in range(6)]

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from resumable import _signals
 from resumable.errors import ConfigurationError
 from resumable.preempt import (
     DEFAULT_GRACE_S,
@@ -30,6 +29,7 @@ from resumable.preempt import (
     GcpPreemptionWatcher,
     Preempted,
     PreemptionGuard,
+    _signals,
     current_guard,
     make_preempt_snapshot_hook,
     resolve_grace_s,

@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resumable import ResumableSweep
+from resumable._storage import Store, clear_cache, redact
 from resumable.cli import main as cli_main
 from resumable.errors import ResumableError
-from resumable.storage import Store, clear_cache, redact
 
 ITEMS = [{"i": i} for i in range(6)]
 ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghjkmnpqrstuvwxyz23456789"

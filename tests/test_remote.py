@@ -1,4 +1,4 @@
-"""Reading a mirrored checkpoint back (resumable.remote) from local dirs, file://, memory://,
+"""Reading a mirrored checkpoint back (resumable._remote) from local dirs, file://, memory://,
 a moto S3 server and python's http.server: where the manifest is, missing vs unreachable, and
 tampering with any stored object being detected before anything is used or installed."""
 
@@ -12,17 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from resumable import ResumableSweep
-from resumable.checkpoint import load, progress_dir_for
+from resumable import MirrorOptions, ResumableSweep
+from resumable._checkpoint import load, progress_dir_for
+from resumable._manifest import MANIFEST_NAME
+from resumable._remote import download, read_manifest, source_store
+from resumable._storage import Store
 from resumable.errors import (
     IntegrityError,
     SourceUnreachableError,
     StorageError,
 )
-from resumable.manifest import MANIFEST_NAME
-from resumable.mirror import MirrorOptions
-from resumable.remote import download, read_manifest, source_store
-from resumable.storage import Store
 
 ITEMS = [{"i": i} for i in range(40)]
 OPTS = MirrorOptions(interval_s=0.0, gc_delay_s=60.0, max_backoff_s=0.2, flush_timeout_s=20.0)

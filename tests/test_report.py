@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from resumable import ResumableSweep
+from resumable._version import install_hint
 from resumable.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -267,6 +268,7 @@ def test_missing_matplotlib_is_a_clear_message(preempted_twice: Path, tmp_path: 
     assert res.returncode == 2, res.stderr
     assert res.stdout == ""
     assert "pip install 'resumable-sweeps[report]'" in res.stderr
+    assert install_hint("report").startswith("pip install '")
     assert res.stderr.startswith("resumable: error: resumable report needs matplotlib")
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not out.exists()

@@ -21,17 +21,16 @@ try:  # tests/ is on sys.path (see conftest.py)
 except ImportError:  # pragma: no cover
     from tests.fixtures.compare import assert_bitwise_equal
 
-from resumable import ResumableSweep
-from resumable.checkpoint import progress_dir_for
+from resumable import MirrorOptions, ResumableSweep
+from resumable._checkpoint import progress_dir_for
+from resumable._manifest import MANIFEST_NAME
+from resumable._remote import download, read_manifest, source_store
 from resumable.errors import (
     ConfigurationError,
     HistoryConflictError,
     SourceUnreachableError,
     StorageError,
 )
-from resumable.manifest import MANIFEST_NAME
-from resumable.mirror import MirrorOptions
-from resumable.remote import download, read_manifest, source_store
 
 N = 30
 ITEMS = [{"i": i, "scale": 0.5 + i / 7} for i in range(N)]

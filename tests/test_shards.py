@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from resumable import ResumableSweep
+from resumable._storage import Store
 from resumable.errors import ConfigurationError, ObjectExistsError
 from resumable.shards import (
     DESCRIPTOR_NAME,
@@ -21,7 +22,6 @@ from resumable.shards import (
     shard_from_env,
     shard_of,
 )
-from resumable.storage import Store
 from resumable.view import CheckpointView, MergedView, open_view, verify
 
 
@@ -256,7 +256,7 @@ def test_open_view_of_a_sharded_root_merges_every_shard(tmp_path, sharded_root):
 
 
 def _key(i: int) -> str:
-    from resumable.items import default_key
+    from resumable._items import default_key
 
     return default_key({"i": i})
 

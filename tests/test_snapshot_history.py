@@ -12,7 +12,7 @@ from resumable.snapshot import save_state_with_manifest, verify_snapshot
 def test_keep_on_s3_uploads_one_snapshot_per_save(s3_bucket: str) -> None:
     """History on an object store is kept by server-side copies: each save sends its own bytes
     once, however long the history (counted at the client's write and read streams)."""
-    from resumable import storage
+    from resumable import _storage as storage
 
     moved = {"up": 0, "down": 0}
     real_write, real_read = storage.Store.open_write, storage.Store.open_read

@@ -1,4 +1,4 @@
-"""Tests for resumable.storage against real parts: local dirs, memory://, a moto S3 server via
+"""Tests for resumable._storage against real parts: local dirs, memory://, a moto S3 server via
 s3fs, python's http.server, and a fault-injecting proxy in front of the S3 server."""
 
 from __future__ import annotations
@@ -13,6 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from resumable._storage import (
+    ObjectExistsError,
+    RetryPolicy,
+    StorageWriteError,
+    Store,
+    is_url,
+    join,
+    redact,
+)
 from resumable.errors import (
     CheckpointWriteError,
     ConfigurationError,
@@ -21,15 +30,6 @@ from resumable.errors import (
     ResumableError,
     SourceUnreachableError,
     StorageError,
-)
-from resumable.storage import (
-    ObjectExistsError,
-    RetryPolicy,
-    StorageWriteError,
-    Store,
-    is_url,
-    join,
-    redact,
 )
 
 # small budgets so unreachable cases finish in well under a second
@@ -597,7 +597,7 @@ def test_http_retries_are_logged_redacted(http_server, caplog) -> None:
     (root / "m.json").write_bytes(b"ok")
     store = Store(f"{base}/?sig=topsecret", retry=FAST)
     http_server.fail_times("/m.json", 2, 503)
-    with caplog.at_level(logging.WARNING, logger="resumable.storage"):
+    with caplog.at_level(logging.WARNING, logger="resumable._storage"):
         assert store.read_bytes("m.json", max_bytes=10) == b"ok"
     assert "retrying" in caplog.text and "topsecret" not in caplog.text
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from resumable._storage import Store
 from resumable.errors import (
     IntegrityError,
     ObjectChangedError,
@@ -26,7 +27,6 @@ from resumable.errors import (
     SourceUnreachableError,
     StorageError,
 )
-from resumable.storage import Store
 
 
 @dataclass

@@ -19,7 +19,8 @@ import pytest
 
 import resumable.sweep as sweep_mod
 from resumable import ResumableError, ResumableSweep
-from resumable.checkpoint import progress_dir_for
+from resumable._checkpoint import progress_dir_for
+from resumable._journal import parse_segment
 from resumable.errors import (
     AlreadyRecordedError,
     CheckpointClosedError,
@@ -33,7 +34,6 @@ from resumable.errors import (
     SweepMismatchError,
     UnknownItemError,
 )
-from resumable.journal import parse_segment
 
 PROGS = Path(__file__).parent / "integration" / "progs"
 ITEMS = [{"i": i} for i in range(6)]

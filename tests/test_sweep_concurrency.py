@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from resumable import ResumableSweep
-from resumable.checkpoint import load, progress_dir_for
+from resumable._checkpoint import load, progress_dir_for
 from resumable.errors import AlreadyRecordedError
 
 ITEMS = [{"i": i} for i in range(40)]
@@ -139,7 +139,7 @@ def _lock_is_held(pdir) -> bool:
 
     code = (
         "import sys\n"
-        "from resumable.checkpoint import DirLock\n"
+        "from resumable._checkpoint import DirLock\n"
         "from resumable.errors import CheckpointLockedError\n"
         "try:\n"
         f"    DirLock(__import__('pathlib').Path({str(pdir)!r})).release()\n"

@@ -10,6 +10,8 @@ path joined by ``/`` (`_graph` has the rules, and how each kind is restored).
     save_state_with_manifest(graph, url, extra={"step": 7}, keep=None, background=False)
     download_and_load_state(graph, url)   # verify all, then fill the graph in place -> extra
     read_snapshot(url) / verify_snapshot(url)
+    make_preempt_snapshot_hook(graph, url, extra=...)  # a PreemptionGuard hook, or periodic saves
+    resume_from_url(graph, url)           # at start-up: extra, or None for a fresh start
 
 File layout (a valid .npz: ``np.load(path)`` reads it)
     ``a00000.npy``, ``a00001.npy``, ... one uncompressed (ZIP_STORED, zip64) member per array,
@@ -40,17 +42,18 @@ into writable numpy arrays and tensors in place and replaces immutable leaves by
 same kind.
 
 Signing: an HMAC over the manifest bytes lives in a ``__resumable_signature__`` member, checked
-in `_snapshot_manifest._check_signature`; a reader refuses any member it does not know, so a
+in `_manifest._check_signature`; a reader refuses any member it does not know, so a
 signed snapshot is never accepted unverified.
 """
 
 from __future__ import annotations
 
-from .._npz import ArrayRecord
-from .._snapshot_manifest import FORMAT, MANIFEST_MEMBER, MAX_ARRAYS, SCHEMA_VERSION, SnapshotReport
 from ._graph import name_of
+from ._hooks import make_preempt_snapshot_hook, resume_from_url
 from ._load import download_and_load_state, nest_arrays, read_snapshot, verify_snapshot
 from ._location import display_url
+from ._manifest import FORMAT, MANIFEST_MEMBER, MAX_ARRAYS, SCHEMA_VERSION, SnapshotReport
+from ._npz import ArrayRecord
 from ._save import save_state_with_manifest
 
 
@@ -81,10 +84,12 @@ __all__ = [
     "SnapshotReport",
     "display_url",
     "download_and_load_state",
+    "make_preempt_snapshot_hook",
     "name_of",
     "nest_arrays",
     "pending_saves",
     "read_snapshot",
+    "resume_from_url",
     "save_state_with_manifest",
     "verify_snapshot",
     "wait_for_saves",

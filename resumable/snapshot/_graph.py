@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npformat
 
-from .._npz import normalize_descr
 from ..errors import UnsupportedValueError
+from ._npz import normalize_descr
 
 Path = tuple[str | int, ...]
 MAX_DEPTH = 64

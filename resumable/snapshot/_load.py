@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from .. import signing
-from .._npz import NpzReader, descr_from_json
-from .._snapshot_manifest import MAX_DIR_BYTES, SnapshotReport, parse_manifest
+from .. import _signing as signing
 from ..errors import IntegrityError, SnapshotMismatchError, UnsupportedValueError
 from . import _graph
 from ._location import opened
+from ._manifest import MAX_DIR_BYTES, SnapshotReport, parse_manifest
+from ._npz import NpzReader, descr_from_json
 
-logger = logging.getLogger("resumable.snapshot")
+logger = logging.getLogger(__name__)
 
 
 def max_arrays() -> int:

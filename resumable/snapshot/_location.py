@@ -22,19 +22,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from .. import durable
-from .._npz import COPY_CHUNK
+from .. import _durable as durable
 from ..errors import ConfigurationError, ObjectNotFoundError, StorageError
+from ._npz import COPY_CHUNK
 
 if TYPE_CHECKING:
-    from ..storage import Store
+    from .._storage import Store
 
 T = TypeVar("T")
 
 
 def display_url(url: str | os.PathLike[str]) -> str:
     """`url` with credentials removed, for messages."""
-    from ..storage import redact
+    from .._storage import redact
 
     return redact(os.fspath(url))
 
@@ -56,14 +56,14 @@ class Location:
 
 def _store(root: str, storage_options: Mapping[str, Any] | None) -> Store:
     """A Store for `root` (cheap: storage shares filesystem clients between Stores)."""
-    from ..storage import Store
+    from .._storage import Store
 
     return Store(root, storage_options=dict(storage_options or {}))
 
 
 def locate(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None) -> Location:
     """Split a snapshot path/URL into (Store of its parent, object name)."""
-    from ..storage import is_url
+    from .._storage import is_url
 
     raw = os.fspath(url)
     if not isinstance(raw, str) or not raw:

@@ -17,9 +17,12 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .. import codec, signing
-from .._npz import NpzStreamWriter
-from .._snapshot_manifest import (
+from .. import _codec as codec
+from .. import _signing as signing
+from ..errors import ConfigurationError, UnsupportedValueError
+from . import _background, _graph
+from ._location import Location, locate, write
+from ._manifest import (
     FORMAT,
     MANIFEST_MEMBER,
     MAX_ARRAYS,
@@ -30,9 +33,7 @@ from .._snapshot_manifest import (
     manifest_bytes,
     now_iso,
 )
-from ..errors import ConfigurationError, UnsupportedValueError
-from . import _background, _graph
-from ._location import Location, locate, write
+from ._npz import NpzStreamWriter
 
 
 @dataclass

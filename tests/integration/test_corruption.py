@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from resumable import IntegrityError, ResumableSweep
-from resumable.checkpoint import load, progress_dir_for
-from resumable.codec import canonical_json, sha256_hex
+from resumable._checkpoint import load, progress_dir_for
+from resumable._codec import canonical_json, sha256_hex
 
 pytestmark = pytest.mark.integration
 
@@ -194,7 +194,7 @@ def test_a_flip_in_the_last_record_of_the_active_segment_reads_as_a_torn_tail(ck
         loaded = load(pdir)
         assert loaded is not None and list(loaded.state.results) == done[:-1]
         assert loaded.torn_bytes == len(last_line)
-    with caplog.at_level("WARNING", logger="resumable.checkpoint"), _open(ckpt) as sweep:
+    with caplog.at_level("WARNING", logger="resumable._checkpoint"), _open(ckpt) as sweep:
         assert sweep.status().done == len(done) - 1
     assert any("torn tail" in r.getMessage() for r in caplog.records)
     kept = list((pdir / "torn").iterdir())

@@ -25,7 +25,7 @@ try:  # tests/ is on sys.path (see conftest.py)
 except ImportError:  # pragma: no cover
     from tests.fixtures.servers import refused_url
 
-from resumable.mirror import DEFAULT_FLUSH_TIMEOUT_S, MirrorOptions
+from resumable._mirror import DEFAULT_FLUSH_TIMEOUT_S, MirrorOptions
 from resumable.view import open_view
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -118,7 +118,7 @@ def test_sigterm_while_waiting_for_the_mirror_logs_one_line(tmp_path: Path) -> N
 TWO_LEFT_OPEN = """
 import sys
 from resumable import ResumableSweep
-from resumable.mirror import MirrorOptions
+from resumable import MirrorOptions
 opts = MirrorOptions(interval_s=3600.0, max_backoff_s=0.5, flush_timeout_s=15.0)
 for name in ("one", "two"):
     s = ResumableSweep(range(3), key=str, checkpoint_path=f"{sys.argv[1]}/{name}.h5",

@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resumable import ResumableSweep
-from resumable.checkpoint import load, progress_dir_for
+from resumable import MirrorOptions, ResumableSweep
+from resumable._checkpoint import load, progress_dir_for
+from resumable._remote import download, read_manifest
+from resumable._storage import RetryPolicy, Store
 from resumable.errors import CheckpointClosedError, CheckpointWriteError
-from resumable.mirror import MirrorOptions
-from resumable.remote import download, read_manifest
-from resumable.storage import RetryPolicy, Store
 from resumable.view import verify
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from resumable import ResumableSweep
-from resumable.checkpoint import load, progress_dir_for
+from resumable._checkpoint import load, progress_dir_for
 
 PROG = Path(__file__).parent / "progs" / "install_racer.py"
 ITEMS = [{"i": i} for i in range(20)]

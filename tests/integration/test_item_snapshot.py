@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from resumable._item_snapshot import interruptions, item_id
 from resumable._status_text import format_status, gather_status
-from resumable.item_snapshot import interruptions, item_id
 from resumable.view import open_view, verify
 
 try:

@@ -24,7 +24,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from resumable import ResumableSweep  # noqa: E402
-from resumable.checkpoint import progress_dir_for  # noqa: E402
+from resumable._checkpoint import progress_dir_for  # noqa: E402
 from resumable.view import open_view  # noqa: E402
 
 try:

@@ -35,10 +35,10 @@ except ImportError:  # pragma: no cover
     from tests.fixtures.compare import assert_bitwise_equal
 
 from resumable import ResumableSweep
-from resumable.checkpoint import Loaded
-from resumable.codec import decode
-from resumable.journal import parse_segment
-from resumable.remote import download, read_manifest, source_store
+from resumable._checkpoint import Loaded
+from resumable._codec import decode
+from resumable._journal import parse_segment
+from resumable._remote import download, read_manifest, source_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resumable.checkpoint import load, progress_dir_for
-from resumable.journal import parse_segment
+from resumable._checkpoint import load, progress_dir_for
+from resumable._journal import parse_segment
 from resumable.preempt import PREEMPTED_EXIT_CODE
 from resumable.view import open_view
 

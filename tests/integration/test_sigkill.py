@@ -33,8 +33,8 @@ except ImportError:  # pragma: no cover
     from tests.fixtures.compare import assert_bitwise_equal
 
 from resumable import ResumableSweep
-from resumable.checkpoint import load, progress_dir_for
-from resumable.journal import parse_segment
+from resumable._checkpoint import load, progress_dir_for
+from resumable._journal import parse_segment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

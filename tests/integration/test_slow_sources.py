@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from resumable import ResumableSweep
+from resumable._storage import RetryPolicy, Store
 from resumable.errors import SourceUnreachableError
-from resumable.storage import RetryPolicy, Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -24,7 +24,7 @@ try:  # tests/ is on sys.path (see conftest.py)
 except ImportError:  # pragma: no cover
     from tests.fixtures.compare import assert_bitwise_equal
 
-from resumable.checkpoint import load
+from resumable._checkpoint import load
 from resumable.view import open_view
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

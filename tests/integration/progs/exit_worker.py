@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from resumable import ResumableSweep
-from resumable.mirror import MirrorOptions
+from resumable import MirrorOptions, ResumableSweep
 
 
 def main() -> int:

@@ -16,8 +16,7 @@ import time
 
 import numpy as np
 
-from resumable import ResumableSweep
-from resumable.mirror import MirrorOptions
+from resumable import MirrorOptions, ResumableSweep
 from resumable.shards import shard_from_env
 
 

@@ -22,9 +22,8 @@ import sys
 
 import numpy as np
 
-from resumable import ResumableSweep
+from resumable import MirrorOptions, ResumableSweep
 from resumable.errors import ResumableError
-from resumable.mirror import MirrorOptions
 
 N_ITEMS = 60
 

@@ -21,30 +21,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import (
-    SEGMENTS_DIR,
-    DirLock,
-    Loaded,
-    hash_at,
-    load,
-    recover_interrupted_install,
-)
-from .durable import fsync_dir, pause_point
+from ._checkpoint import SEGMENTS_DIR, DirLock, Loaded, hash_at, load, recover_interrupted_install
+from ._durable import fsync_dir, pause_point
+from ._journal import Record
+from ._manifest import Manifest
+from ._mirror import check_extends
+from ._remote import discard, download, install, read_manifest
+from ._state import State
+from ._storage import Store
 from .errors import (
     ConfigurationError,
     HistoryConflictError,
     SourceUnreachableError,
     SweepMismatchError,
 )
-from .journal import Record
-from .manifest import Manifest
-from .mirror import check_extends
-from .remote import discard, download, install, read_manifest
 from .shards import DESCRIPTOR_NAME, read_descriptor
-from .state import State
-from .storage import Store
 
-log = logging.getLogger("resumable.resume")
+log = logging.getLogger(__name__)
 STALE_MARK = ".stale-"  # a set-aside local checkpoint: <progress dir>.stale-<UTC time>-<hex>
 
 

@@ -37,7 +37,7 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 from numpy.lib import format as npformat
 
-from .errors import IntegrityError, UnsupportedValueError
+from ..errors import IntegrityError, UnsupportedValueError
 
 CHUNK = 1 << 20  # slices small enough to stay in cache between copy, CRC and hash
 COPY_CHUNK = 8 << 20  # plain file-to-file copies

@@ -16,15 +16,17 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from . import __version__, limits, signing
-from .codec import canonical_json, loads, sha256_hex
+from . import _limits as limits
+from . import _signing as signing
+from ._codec import canonical_json, loads, sha256_hex
+from ._version import __version__
 from .errors import IntegrityError
 
 FORMAT = "resumable-checkpoint"
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
-# Aliases for readers elsewhere; the limits themselves live in limits.py (read there at use).
+# Aliases for readers elsewhere; the limits themselves live in _limits.py (read there at use).
 MAX_MANIFEST_BYTES = limits.MAX_MANIFEST_BYTES
 MAX_SEGMENTS = limits.MAX_SEGMENTS
 MAX_SEGMENT_BYTES = limits.MAX_SEGMENT_BYTES

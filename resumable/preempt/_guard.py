@@ -67,7 +67,6 @@ your own safe points and call `guard.exit()` there (it runs the hooks and flushe
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
@@ -75,12 +74,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, NamedTuple, NoReturn
 
-from . import _inflight, _signals
+from .. import _inflight
+from ..errors import ConfigurationError
+from . import _signals
 from ._spot import AwsSpotWatcher, AzureScheduledEventsWatcher, GcpPreemptionWatcher, SpotWatcher
-from .errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_GRACE_S",
@@ -94,12 +93,10 @@ __all__ = [
     "PreemptionGuard",
     "SpotWatcher",
     "current_guard",
-    "make_preempt_snapshot_hook",
     "resolve_grace_s",
-    "resume_from_url",
 ]
 
-logger = logging.getLogger("resumable.preempt")
+logger = logging.getLogger(__name__)
 
 PREEMPTED_EXIT_CODE = 75
 """EX_TEMPFAIL: "preempted, please requeue"."""
@@ -155,8 +152,7 @@ def resolve_grace_s(
     return float(value)
 
 
-@dataclass(frozen=True)
-class _Trigger:
+class _Trigger(NamedTuple):
     """The first preemption request of a guard (assigned in one step, so handler-safe)."""
 
     reason: str | None  # None for signals: the name is computed outside the handler
@@ -173,6 +169,8 @@ def _signal_name(signum: int) -> str:
 
 def _takes_remaining(fn: Callable[..., object]) -> bool:
     """Whether a flush callable takes the remaining seconds (one positional arg) or nothing."""
+    import inspect  # here: ~15 ms that import resumable.preempt need not pay
+
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -186,7 +184,11 @@ def _takes_remaining(fn: Callable[..., object]) -> bool:
 def current_guard() -> PreemptionGuard | None:
     """The innermost active guard of this process, or None."""
     guards = _signals.active()
-    return guards[-1] if guards else None
+    if not guards:
+        return None
+    guard = guards[-1]
+    assert isinstance(guard, PreemptionGuard)  # the only kind pushed
+    return guard
 
 
 class PreemptionGuard:
@@ -249,7 +251,9 @@ class PreemptionGuard:
         self._trigger: _Trigger | None = None
         self._signals_seen = 0
         self._prev_handlers: dict[int, Any] = {}
-        self._phase = "new"  # new -> active -> (shutdown | watchdog) -> closed
+        # Set by the signal plumbing (`_signals`, under its lock), read by both:
+        # new -> active -> (shutdown | watchdog) -> closed
+        self.phase = "new"
         self._hooks_ran = False
         self._hook_errors: list[BaseException] = []
 
@@ -258,6 +262,16 @@ class PreemptionGuard:
     def grace_s(self) -> float:
         """Seconds from the first preemption request to the end of the process."""
         return self._grace_s
+
+    @property
+    def signals(self) -> frozenset[int]:
+        """The signals this guard listens to."""
+        return self._signals
+
+    @property
+    def exit_code(self) -> int:
+        """The exit code of a preempted process (75 unless given)."""
+        return self._exit_code
 
     @property
     def flush_reserve_s(self) -> float:
@@ -300,9 +314,11 @@ class PreemptionGuard:
         trig = self._trigger
         return math.inf if trig is None else trig.t + self._grace_s
 
-    def _note(
+    def note_request(
         self, reason: str | None, signum: int | None, now: float, *, handler: bool = False
     ) -> None:
+        """Note a preemption request (the first one starts the grace deadline); called by the
+        signal plumbing. Use `request(reason)` instead."""
         # Runs inside signal handlers too: attribute assignments only. The watchdog also notes
         # signals (from the wake-up fd) but only the handler counts them, so none counts twice.
         if self._trigger is None:
@@ -333,7 +349,7 @@ class PreemptionGuard:
     # --- requests and safe points ----------------------------------------------------------
     def request(self, reason: str) -> None:
         """Raise the flag from code (spot watchers, schedulers); any thread may call it."""
-        self._note(str(reason), None, time.monotonic())
+        self.note_request(str(reason), None, time.monotonic())
         _signals.poke()
 
     def checkpoint_if_preempted(self) -> None:
@@ -366,7 +382,7 @@ class PreemptionGuard:
             )
             self._run_hooks()
             self._wait_for_saves()
-            self._run_flushes(self._deadline_of())
+            self.run_flushes(self._deadline_of())
             if self.late_signals > late:
                 logger.info(
                     "%d more signal(s) arrived during shutdown; ignored", self.late_signals - late
@@ -402,7 +418,10 @@ class PreemptionGuard:
         if _inflight.pending():
             _inflight.wait_all(self._deadline_of() - self._flush_reserve_s)
 
-    def _run_flushes(self, hard: float) -> None:
+    def run_flushes(self, hard: float) -> None:
+        """Run the flush callables, each given the seconds left before `hard` (a monotonic
+        time); skips those whose turn comes too late. Called at the safe point, and by the
+        watchdog."""
         for fn, takes_remaining in self._flushes:
             left = hard - time.monotonic()
             if left <= 0:
@@ -428,7 +447,7 @@ class PreemptionGuard:
                 "handlers only there. Enter it in the main thread and poll `guard.preempted` "
                 "(or `current_guard()`) from worker threads."
             )
-        if self._phase != "new":
+        if self.phase != "new":
             raise ConfigurationError("a PreemptionGuard can be entered only once")
         _signals.push(self)  # before the handlers: a signal in between must find this guard
         for signum in self._signals:
@@ -463,99 +482,3 @@ class PreemptionGuard:
 
 
 # --- snapshot glue ---------------------------------------------------------------------------
-
-Extra = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
-# What a snapshot holds: nested mappings, lists and tuples of arrays (numpy, torch, JAX, ...), or
-# an object with state_dict(); no static type covers that (see resumable.snapshot).
-Graph: TypeAlias = Any
-
-
-class _SnapshotHook:
-    """Zero-argument callable saving one snapshot per call (see make_preempt_snapshot_hook)."""
-
-    def __init__(
-        self,
-        graph: Graph,
-        url: str,
-        extra: Extra,
-        storage_options: Mapping[str, Any] | None,
-        keep: int | None,
-    ) -> None:
-        from .snapshot import display_url
-
-        self.graph = graph
-        self.url = url
-        self.extra = extra
-        self.storage_options = storage_options
-        self.keep = keep
-        self.saves = 0
-        self._display = display_url(url)
-
-    def __call__(self) -> None:
-        from .snapshot import save_state_with_manifest
-
-        extra = self.extra() if callable(self.extra) else self.extra
-        t0 = time.monotonic()
-        report = save_state_with_manifest(
-            self.graph,
-            self.url,
-            extra=extra,
-            storage_options=self.storage_options,
-            keep=self.keep,
-        )
-        self.saves += 1
-        logger.info(
-            "snapshot saved to %s (%d arrays, %.1f MB) in %.2f s",
-            self._display,
-            len(report.arrays),
-            report.array_bytes / 1e6,
-            time.monotonic() - t0,
-        )
-
-    def __repr__(self) -> str:
-        return f"<snapshot hook -> {self._display}>"
-
-
-def make_preempt_snapshot_hook(
-    graph: Graph,
-    url: str,
-    extra: Extra = None,
-    storage_options: Mapping[str, Any] | None = None,
-    keep: int | None = None,
-) -> Callable[[], None]:
-    """A zero-argument callable that saves one snapshot of `graph` to `url` per call.
-
-    `extra` is a JSON dict, or a callable returning one evaluated at each save (so it can report
-    the current step). The same hook serves as the guard's preemption hook and for periodic
-    snapshots; exiting is the guard's job. A background save to the same `url` still in flight
-    is waited for first (one save per target at a time), so the newest state always wins.
-    """
-    if extra is not None and not callable(extra) and not isinstance(extra, Mapping):
-        raise ConfigurationError("extra must be None, a mapping, or a callable returning one")
-    return _SnapshotHook(graph, url, extra, storage_options, keep)
-
-
-def resume_from_url(
-    graph: Graph,
-    url: str | None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> dict[str, Any] | None:
-    """Load `graph` from the snapshot at `url` and return its `extra`; None for a fresh start.
-
-    None or "" means no resume source; a source that does not exist is a fresh start too (both
-    logged). An unreachable source raises `SourceUnreachableError` and a damaged or mismatched
-    snapshot raises: neither is ever taken for a fresh start.
-    """
-    from .errors import ObjectNotFoundError
-    from .snapshot import display_url, download_and_load_state
-
-    if not url:
-        logger.info("no resume source given: starting fresh")
-        return None
-    try:
-        extra = download_and_load_state(graph, url, storage_options=storage_options)
-    except ObjectNotFoundError:
-        logger.warning("resume source %s does not exist: starting fresh", display_url(url))
-        return None
-    logger.info("resumed from %s (extra=%s)", display_url(url), extra)
-    return extra

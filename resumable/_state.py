@@ -29,9 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import decode
+from ._codec import decode
+from ._journal import Record
 from .errors import IntegrityError
-from .journal import Record
 
 MAX_ATTEMPT = 1 << 31
 

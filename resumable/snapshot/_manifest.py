@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from . import codec, signing
+from .. import _codec as codec
+from .. import _signing as signing
+from .._codec import loads
+from ..errors import IntegrityError
 from ._npz import ArrayRecord, NpzReader, descr_from_json
-from .codec import loads
-from .errors import IntegrityError
 
 FORMAT = "resumable.snapshot"
 SCHEMA_VERSION = 2  # 2: records carry "path" (and "dtype_name"); "extra" is codec-encoded
@@ -72,7 +73,7 @@ def now_iso() -> str:
 
 def manifest_bytes(records: list[ArrayRecord], extra: Any, created: str) -> bytes:
     """The manifest member's bytes (compact ASCII JSON); `extra` as `codec.encode` made it."""
-    from . import __version__
+    from .. import __version__
 
     manifest = {
         "format": FORMAT,

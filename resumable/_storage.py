@@ -1,6 +1,6 @@
 """Where checkpoints live: a local directory or any fsspec URL, behind one small `Store` API.
 
-Local writes are durable atomic replaces (`durable.py`); remote writes are single PUTs or
+Local writes are durable atomic replaces (`_durable.py`); remote writes are single PUTs or
 multipart uploads, so an object appears complete or not at all. The point of this module is
 telling failures apart: a *missing* resume source means a fresh start, an *unreachable* one
 must be an error (silently redoing a week of work is the worst outcome). Transient failures
@@ -39,7 +39,8 @@ import fsspec.utils
 import tenacity
 from fsspec.spec import AbstractBufferedFile
 
-from . import _cas, durable
+from . import _cas
+from . import _durable as durable
 from ._fetch import Deadline, RemoteReader, read_all
 from ._storage_errors import (
     Guarded,

@@ -8,9 +8,8 @@ that keeps the Python-level handler from running. `LOCK` orders the phase change
 main thread (safe point reached: "shutdown") and the watchdog (deadline reached: "watchdog");
 it is never taken inside a signal handler.
 
-Guards provide: ``_signals`` (signal numbers), ``_trigger`` (None until requested),
-``_note(reason, signum, t, handler=...)``, ``_deadline_of()``, ``_flush_reserve_s``,
-``_exit_code``, ``_phase`` and ``_run_flushes(hard_deadline)``.
+The plumbing talks to a guard only through the public names of the `Guard` protocol
+(`PreemptionGuard` provides them); it never imports the guard's module at run time.
 """
 
 from __future__ import annotations
@@ -24,22 +23,55 @@ import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn, Protocol
 
-from . import _inflight
+from .. import _inflight
 
-if TYPE_CHECKING:
-    from .preempt import PreemptionGuard
-
-logger = logging.getLogger("resumable.preempt")
+logger = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.25
 LOCK = threading.Lock()
-_active: tuple[PreemptionGuard, ...] = ()  # outermost first; replaced whole, never mutated
+
+
+class Guard(Protocol):
+    """What the plumbing needs of a guard."""
+
+    phase: str  # new -> active -> (shutdown | watchdog) -> closed; changed under LOCK
+
+    @property
+    def signals(self) -> frozenset[int]: ...  # the signal numbers it listens to
+
+    @property
+    def preempted(self) -> bool: ...  # requested (a deadline runs)
+
+    @property
+    def deadline(self) -> float | None: ...  # monotonic time the process ends by, once requested
+
+    @property
+    def flush_reserve_s(self) -> float: ...  # the watchdog flushes this long before `deadline`
+
+    @property
+    def exit_code(self) -> int: ...
+
+    def note_request(
+        self, reason: str | None, signum: int | None, now: float, *, handler: bool = False
+    ) -> None: ...  # inside a signal handler too: attribute assignments only
+
+    def run_flushes(self, hard: float) -> None: ...
+
+
+def _deadline(guard: Guard) -> float:
+    """The deadline of a guard known to be preempted (a request is never withdrawn)."""
+    deadline = guard.deadline
+    assert deadline is not None
+    return deadline
+
+
+_active: tuple[Guard, ...] = ()  # outermost first; replaced whole, never mutated
 _monitor: _Monitor | None = None
 
 
-def active() -> tuple[PreemptionGuard, ...]:
+def active() -> tuple[Guard, ...]:
     """The active guards, outermost first."""
     return _active
 
@@ -48,16 +80,16 @@ def on_signal(signum: int, frame: object) -> None:
     """The installed handler: raise the flag of each active guard listening to `signum`."""
     now = time.monotonic()
     for guard in _active:
-        if signum in guard._signals:
-            guard._note(None, signum, now, handler=True)
+        if signum in guard.signals:
+            guard.note_request(None, signum, now, handler=True)
 
 
-def push(guard: PreemptionGuard) -> None:
+def push(guard: Guard) -> None:
     """Make `guard` the innermost active guard (starting the watchdog if needed)."""
     global _active, _monitor
     with LOCK:
         _active = (*_active, guard)
-        guard._phase = "active"
+        guard.phase = "active"
         start = _monitor is None
         if start:
             _monitor = _Monitor()
@@ -65,13 +97,13 @@ def push(guard: PreemptionGuard) -> None:
         _monitor.start()
 
 
-def pop(guard: PreemptionGuard) -> bool:
+def pop(guard: Guard) -> bool:
     """Deactivate `guard`; False (and nothing changed) if the watchdog already fired for it."""
     global _active
     with LOCK:
-        if guard._phase == "watchdog":
+        if guard.phase == "watchdog":
             return False
-        guard._phase = "closed"
+        guard.phase = "closed"
         _active = tuple(g for g in _active if g is not guard)
     return True
 
@@ -87,13 +119,13 @@ def stop_if_idle() -> None:
         monitor.stop()
 
 
-def begin_shutdown(guard: PreemptionGuard) -> bool:
+def begin_shutdown(guard: Guard) -> bool:
     """The main thread reached a safe point; False if the watchdog already took over."""
     with LOCK:
-        if guard._phase == "watchdog":
+        if guard.phase == "watchdog":
             return False
-        if guard._phase != "closed":
-            guard._phase = "shutdown"
+        if guard.phase != "closed":
+            guard.phase = "shutdown"
     return True
 
 
@@ -163,18 +195,18 @@ class _Monitor:
         now = time.monotonic()
         for signum in set(data) - {0}:
             for guard in _active:
-                if signum in guard._signals:
-                    guard._note(None, signum, now)  # the handler, when it runs, counts it
+                if signum in guard.signals:
+                    guard.note_request(None, signum, now)  # the handler, when it runs, counts it
 
     def _run(self) -> None:
         while not self._stopping:
-            triggered = [g for g in _active if g._trigger is not None]
+            triggered = [g for g in _active if g.preempted]
             if not triggered:
                 self._drain(IDLE_POLL_S)
                 continue
-            first = min(triggered, key=lambda g: g._deadline_of())
-            hard = first._deadline_of()
-            fire_at = min(g._deadline_of() - g._flush_reserve_s for g in triggered)
+            first = min(triggered, key=_deadline)
+            hard = _deadline(first)
+            fire_at = min(_deadline(g) - g.flush_reserve_s for g in triggered)
             now = time.monotonic()
             if now < fire_at:
                 self._drain(min(fire_at - now, IDLE_POLL_S))
@@ -183,21 +215,21 @@ class _Monitor:
                 if self._stopping:
                     return
                 guards = _active
-                shutting_down = any(g._phase == "shutdown" for g in guards)
+                shutting_down = any(g.phase == "shutdown" for g in guards)
                 if not shutting_down:
                     for g in guards:
-                        g._phase = "watchdog"
+                        g.phase = "watchdog"
             if not shutting_down:
-                _watchdog_exit(guards, hard, first._exit_code)
+                _watchdog_exit(guards, hard, first.exit_code)
             # The main thread reached a safe point and runs its hooks: it gets until the hard
             # deadline, then the process ends (a save still in progress is discarded whole).
             if now < hard:
                 self._drain(min(hard - now, IDLE_POLL_S))
-            elif any(g._phase == "shutdown" for g in _active):
-                os._exit(first._exit_code)  # no logging here: a stuck handler could block it
+            elif any(g.phase == "shutdown" for g in _active):
+                os._exit(first.exit_code)  # no logging here: a stuck handler could block it
 
 
-def _watchdog_exit(guards: tuple[PreemptionGuard, ...], hard: float, code: int) -> NoReturn:
+def _watchdog_exit(guards: tuple[Guard, ...], hard: float, code: int) -> NoReturn:
     """Run every active guard's flushes (innermost first) within the deadline, then exit."""
 
     def run() -> None:
@@ -211,7 +243,7 @@ def _watchdog_exit(guards: tuple[PreemptionGuard, ...], hard: float, code: int) 
         if _inflight.pending():  # consistent copies being written: worth finishing
             _inflight.wait_all(time.monotonic() + (hard - time.monotonic()) / 2)
         for guard in reversed(guards):
-            guard._run_flushes(hard)
+            guard.run_flushes(hard)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()

@@ -10,7 +10,7 @@ One record per line::
 the active segment an edited, removed, reordered or re-hashed record is detected, not only a
 damaged byte. A sealed segment is vouched for as a whole by its SHA-256 in the manifest (its
 lines are not re-hashed on load); someone who rewrites a segment *and* the manifest's entries
-can forge a consistent checkpoint: that is authenticity, which signing (signing.py) provides.
+can forge a consistent checkpoint: that is authenticity, which signing (_signing.py) provides.
 The small header is parsed at load; the payload (a result's value, for instance) is verified by
 the hash then but only decoded when it is used, which keeps resuming a large sweep fast. The
 only damage forgiven is a torn tail of the active segment, what a crash or power cut in the
@@ -36,8 +36,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import limits
-from .codec import loads
+from . import _limits as limits
+from ._codec import loads
 from .errors import IntegrityError
 
 _HASH_LEN = 64

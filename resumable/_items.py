@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import TAG, canonical_json, check_key, encode, sha256_hex
+from ._codec import TAG, canonical_json, check_key, encode, sha256_hex
 from .errors import DuplicateKeyError, InvalidKeyError, UnknownItemError, UnsupportedValueError
 
 MAX_PARAMS_BYTES = 64 * 1024  # larger items are remembered by fingerprint only
@@ -183,7 +183,7 @@ class ItemSet:
         return sha256_hex(keys + b"\0exact\0" + canonical_json(encoded))
 
     def record_payload(self, prev_identity: str | None, prev_count: int | None) -> dict[str, Any]:
-        """The payload of the items record for this list (see state.py): only the new entries
+        """The payload of the items record for this list (see _state.py): only the new entries
         when the previous list (`prev_identity`, `prev_count` entries) is a prefix of it."""
         n = len(self.keys)
         if (

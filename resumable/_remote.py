@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, Loaded, load
-from .durable import create_durable_file, fsync_dir, make_dirs, remove_tree, rename_durably
+from ._checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, Loaded, load
+from ._durable import create_durable_file, fsync_dir, make_dirs, remove_tree, rename_durably
+from ._manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, Manifest, parse_manifest
+from ._storage import Store, redact
 from .errors import IntegrityError, ObjectNotFoundError, StorageError
-from .manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, Manifest, parse_manifest
-from .storage import Store, redact
 
-log = logging.getLogger("resumable.remote")
+log = logging.getLogger(__name__)
 
 STALE_AFTER_S = 30.0  # leftovers of killed downloads are removed once this old (gc_delay_s)
 

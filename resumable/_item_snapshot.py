@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import durable
+from . import _durable as durable
 from .errors import (
     ConfigurationError,
     IntegrityError,
@@ -58,10 +58,10 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .storage import Store
+    from ._storage import Store
     from .sweep import ResumableSweep
 
-log = logging.getLogger("resumable.sweep")
+log = logging.getLogger(__name__)
 
 ITEMS_DIR = "items"
 INDEX_NAME = "interrupted.json"
@@ -140,7 +140,7 @@ class ItemSnapshots:
     def _remote(self, base: str | None, name: str) -> str | None:
         if not base:
             return None
-        from .remote import source_store
+        from ._remote import source_store
 
         return source_store(base, self._sweep.storage_options).url(f"{ITEMS_DIR}/{name}")
 

@@ -15,19 +15,17 @@ import logging
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from .preempt import PreemptionGuard
+    from ._guard import PreemptionGuard
 
 __all__ = ["AwsSpotWatcher", "AzureScheduledEventsWatcher", "GcpPreemptionWatcher", "SpotWatcher"]
 
-logger = logging.getLogger("resumable.preempt")
+logger = logging.getLogger(__name__)
 
 
 class SpotWatcher:
@@ -56,6 +54,8 @@ class SpotWatcher:
         self.notice: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        import urllib.request  # here, not at module top: import resumable.preempt stays light
+
         # Metadata endpoints are link-local: never send these requests through a proxy.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -93,6 +93,9 @@ class SpotWatcher:
 
     def _http(self, method: str, path: str, headers: Mapping[str, str]) -> tuple[int, bytes]:
         """(status, body) of one request; HTTP errors are statuses, network errors raise."""
+        import urllib.error
+        import urllib.request
+
         req = urllib.request.Request(
             self.endpoint + path, method=method, headers=dict(headers), data=None
         )

@@ -3,7 +3,7 @@
 Layout (beside the user's ``checkpoint_path``, e.g. ``data/exp.h5`` -> ``data/exp.h5.resumable/``)::
 
     manifest.json          sealed segments (size, SHA-256, seq range) and the active one
-    segments/seg-00000001.jsonl ...   append-only journal segments (see journal.py)
+    segments/seg-00000001.jsonl ...   append-only journal segments (see _journal.py)
     torn/                  torn tails cut off the active segment at an open (kept, never used)
 
 and beside it ``data/exp.h5.resumable.lock``: one writer at a time (a POSIX lock, released by the
@@ -35,8 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import durable, limits
-from .durable import atomic_write_bytes, create_durable_file, fsync_file, make_dirs
+from . import _durable as durable
+from . import _limits as limits
+from ._durable import atomic_write_bytes, create_durable_file, fsync_file, make_dirs
+from ._journal import ParsedSegment, Record, encode_record, parse_sealed_segment, parse_segment
+from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, check_name, parse_manifest
+from ._state import State
 from .errors import (
     CheckpointClosedError,
     CheckpointLockedError,
@@ -44,22 +48,13 @@ from .errors import (
     ForeignProcessError,
     IntegrityError,
 )
-from .journal import ParsedSegment, Record, encode_record, parse_sealed_segment, parse_segment
-from .manifest import (
-    MANIFEST_NAME,
-    Manifest,
-    SegmentInfo,
-    check_name,
-    parse_manifest,
-)
-from .state import State
 
 PROGRESS_SUFFIX = ".resumable"
 SEGMENTS_DIR = "segments"
 TORN_DIR = "torn"  # torn tails cut off the active segment, kept for inspection
 LOCK_SUFFIX = ".lock"
 DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
-log = logging.getLogger("resumable.checkpoint")
+log = logging.getLogger(__name__)
 _INDEX_RE = re.compile(r"seg-(\d{8})")
 
 

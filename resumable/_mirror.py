@@ -1,0 +1,614 @@
+"""The mirror: a background uploader that keeps a verifiable copy of the checkpoint remote.
+
+Local disk stays the source of truth and `record()` never waits on the network. A thread
+follows the journal: sealed segments are uploaded once, as immutable objects under the same
+names; the active segment's new records go up as immutable *chunks* (named by their sequence
+range and hash), and when that segment is sealed its chunks, plus one for the records after
+them, stand for it remotely (its records are not sent twice); then the manifest naming all of
+them, with sizes and SHA-256s, is replaced.
+Objects first, manifest last: a reader at any instant sees the previous state or the new one.
+
+Cost per record does not grow with the sweep: each upload sends the records since the last
+one, plus a manifest of one entry per sealed segment (each ~4 MiB of records) and at most
+`max_chunks` chunk entries; chunks are compacted into one when they pile up, and superseded
+objects are deleted after `gc_delay_s`. Writes to the manifest are coalesced to one per
+`interval_s` (GCS allows about one write per second to one object name).
+
+The manifest is replaced by compare-and-swap (`Store.write_if`): only if it is still the
+version this mirror last wrote or read. At first contact the mirror reads what is there and
+checks that it is a prefix of its own history (a shorter or divergent history never overwrites
+a longer one); from then on a second writer (a zombie launch thought dead, or a relaunch) that
+replaced the manifest makes this mirror's next swap fail: it stops with HistoryConflictError
+and leaves the other's history untouched. Where the back end has no conditional write,
+mirroring needs `MirrorOptions.allow_unconditional` (then a race is detected, not prevented).
+
+Superseded objects are deleted `gc_delay_s` after the first manifest not naming them went up,
+never sooner (close() included). Objects no manifest names, left by killed launches, are
+collected by a later launch once they have been unnamed for `gc_delay_s` and are that old.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ._checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, CheckpointWriter, WriterView, hash_at
+from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, parse_manifest
+from ._storage import Store, redact
+from .errors import (
+    ConfigurationError,
+    HistoryConflictError,
+    IntegrityError,
+    ObjectChangedError,
+    ObjectNotFoundError,
+    ResumableError,
+    SourceUnreachableError,
+    StorageError,
+)
+
+log = logging.getLogger(__name__)
+_MAX_SEALED_PARTS = 4  # a sealed segment stands as at most this many parts remotely
+
+
+# How long flush() and close() wait for the mirror by default (close: at the end of a `with`
+# block and at interpreter exit). Records that do not reach it in time stay in the local
+# checkpoint: the next launch on this machine uploads them, a launch elsewhere redoes them.
+DEFAULT_FLUSH_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class MirrorOptions:
+    """How the mirror paces itself."""
+
+    interval_s: float = 1.0  # at most one manifest write per interval (flush skips the wait)
+    max_chunks: int = 8  # chunks of the active segment before they are compacted into one
+    gc_delay_s: float = 30.0  # superseded objects are deleted this long after
+    flush_timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S  # default bound for flush() and close()
+    max_backoff_s: float = 30.0  # pause between attempts while the remote is down
+    # Mirror to a place without conditional writes (e.g. sftp://, a FUSE mount without locks):
+    # a second writer is then detected at the next upload, not prevented (see the README).
+    allow_unconditional: bool = False
+
+
+class Mirror:
+    """Uploads a checkpoint writer's journal to a Store; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        writer: CheckpointWriter,
+        *,
+        options: MirrorOptions | None = None,
+        known: tuple[bytes, Manifest] | None = None,
+        owner: str = "",
+        signing_key: bytes | None = None,
+    ) -> None:
+        options = options or MirrorOptions()
+        check_mirror_place(store, options)
+        if not store.supports_cas:
+            log.warning(
+                "mirroring to %s without conditional writes (allow_unconditional): a second "
+                "writer is detected at the next upload, not prevented",
+                store.display,
+            )
+        self.store = store
+        self.signing_key = signing_key
+        self.writer = writer
+        self.options = options
+        self.owner = owner
+        self._segdir: Path = writer.segdir
+        self._cond = threading.Condition()
+        self._busy = threading.Lock()  # the thread's sync/collect vs close()'s final collect
+        self._wake = threading.Event()
+        self._stop = False
+        self._flush_wanted = 0  # seq a flush is waiting for
+        self._checked = False  # the remote manifest's version is known (read or written)
+        self._version: str | None = None  # that version (None: there is no manifest)
+        self._pending: bytes | None = None  # a manifest whose write failed, yet may have landed
+        self._uploaded: dict[str, str] = {}  # object name -> sha256, known to be remote
+        self._chunks: list[SegmentInfo] = []
+        self._chunk_segment: str | None = None
+        # sealed segment -> the chunks (and final rest) standing for it remotely: records
+        # that went up as chunks are not sent again when their segment is sealed
+        self._sealed_parts: dict[str, list[SegmentInfo]] = {}
+        # superseded object -> when a manifest not naming it was written (None: not yet)
+        self._garbage: dict[str, float | None] = {}
+        self._generation = 0
+        self._written = False  # superseded objects are collected only after our own manifest
+        self._scanned = False  # looked for orphans (parts no manifest names) once
+        self.remote_seq = 0
+        self.last_upload: float | None = None
+        self.last_error: str | None = None
+        self.failed: ResumableError | None = None
+        self.state = "idle"
+        self.uploads = 0
+        self.requests = 0
+        self.bytes_sent = 0
+        if known is not None:
+            self._adopt(*known)
+        self._thread = threading.Thread(target=self._run, name="resumable-mirror", daemon=True)
+        self._thread.start()
+
+    # -- called from the sweep's thread ----------------------------------------------------------
+
+    def notify(self) -> None:
+        """A record was made durable; the thread uploads it within about `interval_s`."""
+        self._wake.set()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Bring the mirror up to date now; raises if it cannot within `timeout` seconds."""
+        target = self.writer.view().last_seq
+        timeout = self.options.flush_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._flush_wanted = max(self._flush_wanted, target)
+            self._wake.set()
+            self._cond.notify_all()  # cut a coalescing pause short
+            while self.remote_seq < target and self.failed is None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    break
+                self._cond.wait(min(left, 0.5))
+            if self.failed is not None:
+                raise self.failed
+            if self.remote_seq < target:
+                raise SourceUnreachableError(
+                    f"mirror {self.store.display} is {target - self.remote_seq} record(s) behind "
+                    f"after {timeout:g} s (last error: {self.last_error or 'none'}); the "
+                    "local checkpoint has everything and the mirror catches up on the next run"
+                )
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, delete superseded objects, and stop the thread; raises like flush(), also
+        when the mirror had already stopped on an error (a job must not end "successfully"
+        with a mirror that is behind)."""
+        try:
+            if self.failed is None:
+                self.flush(timeout)
+                with self._busy:
+                    # one more look: a second writer may have replaced the manifest after our
+                    # last write; then this run's records are not in the mirror, say so
+                    self._check_unchanged()
+                    # only what is due: a replacement reading our previous manifest during
+                    # this shutdown still finds its parts; a later launch collects the rest
+                    self._collect()
+        finally:
+            with self._cond:
+                self._stop = True
+                self._wake.set()
+                self._cond.notify_all()
+            self._thread.join(timeout=5.0)
+        if self.failed is not None:
+            raise self.failed
+
+    def status(self) -> dict[str, Any]:
+        seq = self.writer.view().last_seq
+        now = time.time()
+        return {
+            "url": self.store.display,
+            "state": self.state,
+            "remote_records": self.remote_seq,
+            "lag_records": max(0, seq - self.remote_seq),
+            "last_upload": self.last_upload,
+            "last_upload_age_s": None if self.last_upload is None else now - self.last_upload,
+            "last_error": self.last_error,
+            "uploads": self.uploads,
+            "requests": self.requests,
+            "bytes_sent": self.bytes_sent,
+        }
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        failures = 0
+        last_write = float("-inf")  # not 0.0: the monotonic clock may start near zero
+        while True:
+            wait = None
+            if failures:
+                wait = min(self.options.max_backoff_s, 0.5 * 2 ** min(failures, 30))
+            elif self._garbage:
+                wait = self.options.gc_delay_s
+            self._wake.wait(wait)
+            with self._cond:
+                if self._stop:
+                    return
+                flushing = self._flush_wanted > self.remote_seq
+            behind = self.writer.view().last_seq > self.remote_seq
+            if behind and not flushing and not failures:  # (gc alone does not wait)
+                # coalesce: at most one manifest write per interval; a flush or close (not a
+                # record) cuts the pause short, so it must be a wait on the condition
+                until = last_write + self.options.interval_s
+                with self._cond:
+                    while not self._stop and self._flush_wanted <= self.remote_seq:
+                        pause = until - time.monotonic()
+                        if pause <= 0:
+                            break
+                        self._cond.wait(pause)
+                    if self._stop:
+                        return
+            self._wake.clear()
+            try:
+                with self._busy:
+                    if self._sync():
+                        last_write = time.monotonic()
+                    self._collect()
+                failures = 0
+                self.state = "ok"
+            except SourceUnreachableError as exc:
+                failures += 1
+                self.state = "retrying"
+                if self.last_error is None or failures == 1:
+                    log.warning("mirror %s unreachable, will retry: %s", self.store.display, exc)
+                self.last_error = str(exc)
+            except ResumableError as exc:
+                self._fail(exc)
+                return
+            except Exception as exc:  # a bug or an unexpected library error: never silent
+                self._fail(StorageError(f"mirror {self.store.display} failed: {exc!r}"))
+                log.exception("mirror %s stopped", self.store.display)
+                return
+            with self._cond:
+                self._cond.notify_all()
+
+    def _fail(self, exc: ResumableError) -> None:
+        log.error("mirror %s stopped: %s", self.store.display, exc)
+        with self._cond:
+            self.failed = exc
+            self.last_error = str(exc)
+            self.state = "failed"
+            self._cond.notify_all()
+
+    def _sync(self) -> bool:
+        """Upload what is new and write a manifest; False if there was nothing to do."""
+        view = self.writer.view()
+        if not self._checked:
+            self._check_remote(view)
+        if view.last_seq == self.remote_seq and self._generation:
+            return False
+        if self._version is None:
+            # Nothing there yet: claim the place with an empty manifest before any object goes
+            # up, so that objects without a manifest can only mean damage (see _remote.py).
+            self._write_manifest(view, [], 0)
+        parts: list[SegmentInfo] = []
+        for seg in view.manifest.segments:
+            if seg.name == self._chunk_segment and self._chunks:
+                # sealed since the last sync, most of its records already up as chunks: send
+                # only the rest, and name those chunks in place of the segment
+                finished = self._finish_chunks(seg)
+                if finished is not None:
+                    self._sealed_parts[seg.name] = finished
+                    self._chunks = []
+            known = self._sealed_parts.get(seg.name)
+            if known is not None:
+                parts.extend(known)
+                continue
+            part = _remote_part(seg)
+            if self._uploaded.get(part.name) != part.sha256:
+                self._put_file(seg, part.name)
+            parts.append(part)
+        if self._chunk_segment is not None and self._chunk_segment != view.active:
+            self._retire(self._chunks)  # that segment is sealed now and uploaded whole
+            self._chunks = []
+        self._chunk_segment = view.active
+        if view.active_records:
+            self._put_chunk(view)
+            parts.extend(self._chunks)
+        self._write_manifest(view, parts, view.last_seq)
+        if not self._scanned:
+            self._scanned = True
+            self._find_orphans({p.name for p in parts})
+        return True
+
+    def _write_manifest(self, view: WriterView, parts: list[SegmentInfo], seq: int) -> None:
+        manifest = Manifest(
+            sweep=view.manifest.sweep,
+            sweep_id=view.manifest.sweep_id,
+            created=view.manifest.created,
+            segments=tuple(parts),
+            active=None,
+            generation=self._generation + 1,
+            extra={"writer": self.owner} if self.owner else {},
+        )
+        data = manifest.to_bytes(self.signing_key)
+        # Compare-and-swap: replaced only if still the version we last wrote or read. (A PUT
+        # whose response was lost may have landed: write_if recognises these bytes, and if
+        # it gives up, the next attempt recognises them as `_pending`.)
+        self._resolve_pending()
+        self._pending = data
+        try:
+            version = self._request(
+                lambda: self.store.write_if(MANIFEST_NAME, data, version=self._version),
+                len(data),
+            )
+        except ObjectChangedError:
+            raise self._conflict() from None
+        self._pending = None
+        self._version = version
+        self._generation = manifest.generation
+        self._written = True
+        named = {p.name for p in parts}
+        now = time.monotonic()
+        for name, since in list(self._garbage.items()):
+            if name in named:
+                del self._garbage[name]
+            elif since is None:  # superseded as of now: readers get gc_delay_s from here
+                self._garbage[name] = now
+        with self._cond:
+            self.remote_seq = seq
+            self.last_upload = time.time()
+            self.uploads += 1
+            self._cond.notify_all()  # a waiting flush() returns now, not at its next poll
+
+    def _put_file(self, seg: SegmentInfo, remote_name: str) -> None:
+        with open(self._segdir / seg.name, "rb") as fh:
+            data = fh.read(seg.size + 1)
+        if len(data) != seg.size or hashlib.sha256(data).hexdigest() != seg.sha256:
+            raise IntegrityError(
+                f"{self._segdir / seg.name}: local sealed segment no longer matches its "
+                "manifest entry; refusing to mirror it"
+            )
+        name = f"{SEGMENTS_DIR}/{remote_name}"
+        self._request(lambda: self.store.write_bytes(name, data, create_only=True), len(data))
+        self._uploaded[remote_name] = seg.sha256
+
+    def _finish_chunks(self, seg: SegmentInfo) -> list[SegmentInfo] | None:
+        """The remote parts of a just-sealed segment whose first records went up as chunks:
+        those chunks, plus one more for the records after them (None: they do not match the
+        sealed bytes, so the segment goes up whole as before)."""
+        with open(self._segdir / seg.name, "rb") as fh:
+            data = fh.read(seg.size + 1)
+        if len(data) != seg.size or hashlib.sha256(data).hexdigest() != seg.sha256:
+            raise IntegrityError(
+                f"{self._segdir / seg.name}: local sealed segment no longer matches its "
+                "manifest entry; refusing to mirror it"
+            )
+        if len(self._chunks) >= _MAX_SEALED_PARTS:
+            # each part costs a manifest entry in every later upload: many small chunks cost
+            # more over a long sweep than sending the segment once more
+            return None
+        pos, first = 0, seg.first_seq
+        for chunk in self._chunks:
+            piece = data[pos : pos + chunk.size]
+            if chunk.first_seq != first or hashlib.sha256(piece).hexdigest() != chunk.sha256:
+                return None
+            pos += chunk.size
+            first += chunk.records
+        parts = list(self._chunks)
+        if pos < seg.size:
+            rest = data[pos:]
+            records = seg.last_seq - first + 1
+            if rest.count(b"\n") != records:
+                return None
+            digest = hashlib.sha256(rest).hexdigest()
+            info = SegmentInfo(
+                name=f"{seg.name}.{first:010d}-{seg.last_seq:010d}.{digest[:16]}",
+                size=len(rest),
+                sha256=digest,
+                records=records,
+                first_seq=first,
+                last_seq=seg.last_seq,
+                last_hash=seg.last_hash,
+            )
+            name = f"{SEGMENTS_DIR}/{info.name}"
+            self._request(lambda: self.store.write_bytes(name, rest, create_only=True), len(rest))
+            self._uploaded[info.name] = digest
+            parts.append(info)
+        elif first != seg.last_seq + 1:
+            return None
+        return parts
+
+    def _put_chunk(self, view: WriterView) -> None:
+        covered = sum(c.size for c in self._chunks)
+        active = view.active
+        if active is None or view.active_size <= covered:  # no active segment: nothing new
+            return
+        if len(self._chunks) >= self.options.max_chunks:
+            # Compact the shortest tail of chunks that, merged with the new bytes, is no larger
+            # than the chunk before it (all of them if there is none): chunk sizes stay
+            # non-increasing, so a byte is re-sent a few times per segment, not once per
+            # `max_chunks` uploads as when merging everything from the start.
+            new = view.active_size - covered
+            keep, tail = 0, new
+            for i in range(len(self._chunks) - 1, 0, -1):
+                tail += self._chunks[i].size
+                if tail <= self._chunks[i - 1].size:
+                    keep = i
+                    break
+            self._retire(self._chunks[keep:])
+            self._chunks = self._chunks[:keep]
+            covered = sum(c.size for c in self._chunks)
+        first = view.manifest.sealed_records + 1 + sum(c.records for c in self._chunks)
+        fd = os.open(self._segdir / active, os.O_RDONLY)
+        try:
+            data = os.pread(fd, view.active_size - covered, covered)
+        finally:
+            os.close(fd)
+        records = view.last_seq - first + 1
+        if len(data) != view.active_size - covered or data.count(b"\n") != records:
+            raise IntegrityError(
+                f"{self._segdir / active}: expected {records} records in bytes "
+                f"{covered}..{view.active_size}, found otherwise"
+            )
+        digest = hashlib.sha256(data).hexdigest()
+        info = SegmentInfo(
+            name=f"{active}.{first:010d}-{view.last_seq:010d}.{digest[:16]}",
+            size=len(data),
+            sha256=digest,
+            records=records,
+            first_seq=first,
+            last_seq=view.last_seq,
+            last_hash=view.last_hash,
+        )
+        name = f"{SEGMENTS_DIR}/{info.name}"
+        self._request(lambda: self.store.write_bytes(name, data, create_only=True), len(data))
+        self._uploaded[info.name] = digest
+        self._chunks.append(info)
+
+    def _request(self, fn: Any, nbytes: int = 0) -> Any:
+        self.requests += 1
+        self.bytes_sent += nbytes
+        return fn()
+
+    # -- safety checks ---------------------------------------------------------------------------
+
+    def _adopt(self, data: bytes, manifest: Manifest) -> None:
+        """What the remote holds (read at open, or now): its parts exist and need no upload."""
+        self._generation = manifest.generation
+        self.remote_seq = manifest.sealed_records
+        for seg in manifest.segments:
+            self._uploaded[seg.name] = seg.sha256
+            self._garbage.setdefault(seg.name, None)  # unless our manifests name it again
+
+    def _read_versioned(self) -> tuple[bytes, str] | None:
+        self.requests += 1
+        try:
+            return self.store.read_versioned(MANIFEST_NAME, max_bytes=MAX_MANIFEST_READ)
+        except ObjectNotFoundError:
+            return None
+
+    def _check_remote(self, view: WriterView) -> None:
+        """First contact: the remote must be empty or a prefix of this history; its version
+        is what our first swap is conditioned on."""
+        found = self._read_versioned()
+        if found is None:
+            # (parts without a manifest are damage: remote.read_manifest refused them at open)
+            self._version, self._checked = None, True
+            return
+        data, version = found
+        remote = parse_manifest(data, source=redact(self.store.url(MANIFEST_NAME)))
+        check_extends(view, self._segdir, remote, self.store.display)
+        self._adopt(data, remote)
+        self._version, self._checked = version, True
+
+    def _check_unchanged(self) -> None:
+        """The manifest must still be the version this mirror last wrote or read."""
+        found = self._read_versioned()
+        if found is not None and self._pending is not None and found[0] == self._pending:
+            self._version, self._pending = found[1], None  # our write landed after all
+        if (None if found is None else found[1]) != self._version:
+            raise self._conflict()
+
+    def _resolve_pending(self) -> None:
+        """A manifest write failed (unreachable): if it landed all the same, it is ours."""
+        if self._pending is None:
+            return
+        found = self._read_versioned()
+        if found is not None and found[0] == self._pending:
+            self._version = found[1]
+        self._pending = None
+
+    def _conflict(self) -> HistoryConflictError:
+        return HistoryConflictError(
+            f"the manifest at {self.store.display} was replaced by another writer (another "
+            "launch of this sweep, or a different sweep, is mirroring to the same place) since "
+            "this launch last wrote it; this launch stops mirroring and leaves it untouched. "
+            "Stop the other writer, or mirror to another snapshot_dir"
+        )
+
+    # -- garbage -------------------------------------------------------------------------------
+
+    def _retire(self, parts: list[SegmentInfo]) -> None:
+        for p in parts:
+            self._garbage.setdefault(p.name, None)  # the clock starts with the next manifest
+
+    def _find_orphans(self, named: set[str]) -> None:
+        """Once per launch, after our first manifest: parts no manifest of ours names, left by
+        killed launches (uploaded, never named; or superseded, never deleted), become garbage
+        with the usual delay from now, if they are at least `gc_delay_s` old already. Whatever
+        a published manifest could still name was superseded no later than the manifest we
+        replaced, which was there before now; a part younger than the delay may be another
+        launch's upload in flight."""
+        self.requests += 1
+        try:
+            listing = self.store.list_dir(SEGMENTS_DIR)
+        except ResumableError as exc:
+            log.debug("could not list %s for orphans: %s", self.store.display, exc)
+            return
+        now, wall = time.monotonic(), time.time()
+        for name, mtime in listing.items():
+            if name in named or name in self._garbage or mtime is None:
+                continue
+            if wall - mtime >= self.options.gc_delay_s:
+                self._garbage[name] = now
+
+    def _collect(self) -> None:
+        """Delete superseded objects that no manifest we wrote names any more."""
+        if not self._garbage or not self._written:
+            return
+        view = self.writer.view()
+        live = {_remote_part(s).name for s in view.manifest.segments}
+        live |= {c.name for c in self._chunks}
+        live |= {p.name for parts in self._sealed_parts.values() for p in parts}
+        now = time.monotonic()
+        due = []
+        for name, since in list(self._garbage.items()):
+            if name in live:
+                del self._garbage[name]
+            # never one a manifest still names (since is None: not superseded remotely yet)
+            elif since is not None and now - since >= self.options.gc_delay_s:
+                due.append(name)
+        if not due:
+            return
+        # A second writer that adopted the same objects may name them in its manifest: delete
+        # only while the manifest there is still ours.
+        self._check_unchanged()
+        for name in due:
+            try:
+                self._request(lambda n=name: self.store.delete(f"{SEGMENTS_DIR}/{n}"))
+            except ResumableError as exc:
+                log.debug("could not delete superseded %s: %s", name, exc)
+                continue
+            del self._garbage[name]
+            self._uploaded.pop(name, None)
+
+
+def check_mirror_place(store: Store, options: MirrorOptions | None) -> None:
+    """Refuse a place without conditional writes unless the options accept the risk."""
+    if not store.supports_cas and not (options and options.allow_unconditional):
+        raise ConfigurationError(
+            f"{store.display} offers no conditional write, so a second writer (a zombie "
+            "launch) could overwrite this sweep's mirror unnoticed; mirror to a local "
+            "directory, s3://, gs:// or az://, or accept the risk with "
+            "MirrorOptions(allow_unconditional=True)"
+        )
+
+
+def _remote_part(seg: SegmentInfo) -> SegmentInfo:
+    """A sealed segment's entry in the mirror: stored under a content-addressed name.
+
+    Segment names are reused by other histories of the sweep: a launch killed after uploading
+    `seg-00000007.jsonl` but before its manifest named it leaves that object behind, and the
+    relaunch (resumed from the older manifest) writes a different `seg-00000007.jsonl` of its
+    own. With the SHA-256 in the name, equal names mean equal bytes, so the create-only upload
+    either finds its own bytes (success) or nothing. A name that already ends in its digest (a
+    chunk, or a segment downloaded from a mirror) is kept: names do not grow across relaunches.
+    """
+    tag = "." + seg.sha256[:16]
+    return seg if seg.name.endswith(tag) else replace(seg, name=seg.name + tag)
+
+
+def check_extends(view: WriterView, segdir: Path, remote: Manifest, where: str) -> None:
+    """Raise unless the remote history `remote` is a prefix of the local one in `view`."""
+    if remote.sweep != view.manifest.sweep:
+        raise HistoryConflictError(
+            f"{where} holds a checkpoint of sweep {remote.sweep!r}, not "
+            f"{view.manifest.sweep!r}; refusing to overwrite it"
+        )
+    seq = remote.sealed_records
+    if remote.sweep_id != view.manifest.sweep_id or seq > view.last_seq:
+        raise HistoryConflictError(
+            f"{where} holds a {'longer' if seq > view.last_seq else 'different'} history of "
+            f"sweep {remote.sweep!r} ({seq} records; this run has {view.last_seq}); refusing to "
+            "overwrite it with this one. Resume from it (resume_from=...) or mirror elsewhere"
+        )
+    if hash_at(view, segdir, seq) != remote.last_hash:
+        raise HistoryConflictError(
+            f"{where} holds a history of sweep {remote.sweep!r} that diverges from this one at or "
+            f"before record {seq}; refusing to overwrite it"
+        )
