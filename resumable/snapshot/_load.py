@@ -164,10 +164,16 @@ def verify_snapshot(
     with a signing key set, on an unsigned or wrongly signed snapshot.
     """
     with opened(url, storage_options, tmp_dir) as (fh, where):
-        reader = _reader(fh, where)
-        report = parse_manifest(reader, signing.resolve_key(signing_key))
-        with reader:
-            for rec in report.arrays:
-                reader.verify_member(rec)
-            reader.check_hashes()
+        return verify_open(fh, where, signing_key=signing_key)
+
+
+def verify_open(fh: Any, where: str, *, signing_key: str | bytes | None = None) -> SnapshotReport:
+    """`verify_snapshot` of a snapshot already open as the seekable binary file `fh`
+    (`where` names it in messages)."""
+    reader = _reader(fh, where)
+    report = parse_manifest(reader, signing.resolve_key(signing_key))
+    with reader:
+        for rec in report.arrays:
+            reader.verify_member(rec)
+        reader.check_hashes()
     return report
