@@ -103,6 +103,24 @@ def descr_from_json(descr: Any) -> np.dtype:
 
 
 @dataclass(frozen=True)
+class IntKey:
+    """An int key of a mapping in a graph path (plain ints in a path index lists and tuples).
+
+    Optimizer ``state_dict()``s key their per-parameter state by int (``state[0]``); keeping
+    such a key apart from a list index and from the string ``"0"`` lets it load back as an
+    int into a mapping. In the manifest it is ``{"int": 0}``."""
+
+    key: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"int": self.key}
+
+
+def path_to_json(path: tuple[str | int | IntKey, ...]) -> list[Any]:
+    return [p.to_json() if isinstance(p, IntKey) else p for p in path]
+
+
+@dataclass(frozen=True)
 class ArrayRecord:
     """One array of a snapshot, as its manifest describes it."""
 
@@ -114,8 +132,9 @@ class ArrayRecord:
     nbytes: int  # array data bytes
     size: int  # bytes of the whole .npy member (header + data)
     sha256: str  # of the whole .npy member
-    path: tuple[str | int, ...] | None = None  # place in a nested graph (schema 2)
+    path: tuple[str | int | IntKey, ...] | None = None  # place in a nested graph (schema 2)
     dtype_name: str | None = None  # an ml_dtypes dtype stored as raw V<n> bytes ("bfloat16")
+    kind: str | None = None  # what the leaf was (torch, int, none, ...): see snapshot._graph
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -129,9 +148,11 @@ class ArrayRecord:
             "sha256": self.sha256,
         }
         if self.path is not None:
-            out["path"] = list(self.path)
+            out["path"] = path_to_json(self.path)
         if self.dtype_name is not None:
             out["dtype_name"] = self.dtype_name
+        if self.kind is not None:
+            out["kind"] = self.kind
         return out
 
 
@@ -353,8 +374,9 @@ class NpzStreamWriter:
         member: str,
         name: str,
         arr: np.ndarray,
-        path: tuple[str | int, ...] | None = None,
+        path: tuple[str | int | IntKey, ...] | None = None,
         dtype_name: str | None = None,
+        kind: str | None = None,
     ) -> Callable[[], ArrayRecord]:
         """Stream `arr` as member `member`; returns a function giving its manifest record
         (it waits for the array's hash).
@@ -395,7 +417,7 @@ class NpzStreamWriter:
                 done.result()
             digest = h.hexdigest()
             return ArrayRecord(
-                name, member, descr, shape, fortran, nbytes, size, digest, path, dtype_name
+                name, member, descr, shape, fortran, nbytes, size, digest, path, dtype_name, kind
             )
 
         return record

@@ -222,7 +222,7 @@ def test_object_arrays_refused_with_nothing_written(tmp_path: Path) -> None:
 
 def test_bad_graphs_and_options(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedValueError, match="strings"):
-        save_state_with_manifest({1: np.zeros(1)}, tmp_path / "s.npz")
+        save_state_with_manifest({1.5: np.zeros(1)}, tmp_path / "s.npz")  # ints are keys too
     with pytest.raises(UnsupportedValueError):
         save_state_with_manifest([np.zeros(1)], tmp_path / "s.npz")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
