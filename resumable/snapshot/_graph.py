@@ -6,7 +6,11 @@ PyTorch tensors, JAX arrays, anything with ``__dlpack__`` or ``__array__``, nump
 Python scalars. Each leaf has a *path* (mapping keys and list/tuple indices from the root) and a
 stable *name*: the key itself for a top-level leaf (so a flat graph keeps the names it always
 had), else the path's parts joined by ``/``, each part escaped as in JSON Pointer (``~`` as
-``~0``, ``/`` as ``~1``).
+``~0``, ``/`` as ``~1``). Mapping keys are strings or ints: an int key (``state[0]`` of a
+torch.optim ``state_dict()``) is its own kind of path part (`IntKey`), named ``~i0`` (a string
+never escapes to that), so it stays apart from the string ``"0"`` and from list index 0, and
+loads back as an int. ``None`` leaves (``foreach=None`` in optimizer param groups) are saved as
+empty arrays of kind ``none`` and load back as ``None``.
 
 Saving sees each leaf as a numpy array without a copy where the library allows (a CPU tensor's
 ``.numpy()``, ``np.from_dlpack``, ``np.asarray``); dtypes numpy lacks (``bfloat16`` and the
@@ -21,7 +25,9 @@ Loading restores into the graph as it is now (the current leaf's kind wins):
   scalars; any other ``__array__`` type becomes a numpy array. A replaced leaf inside a tuple
   rebuilds the tuple in its parent; inside an immutable mapping (or as the root) it is refused;
 - a ``state_dict()`` object receives ``load_state_dict(d)`` with ``d`` shaped like its
-  ``state_dict()``, each value of the same kind as there.
+  ``state_dict()``, each value of the same kind as there; saved leaves its state lacks (a fresh
+  optimizer has no per-parameter state yet) are added to ``d`` as the kind they were saved as
+  (the manifest records each leaf's kind).
 Everything is converted before the first write, so a failing conversion leaves the graph as it
 was; the writes themselves are plain copies and assignments.
 """
