@@ -50,7 +50,8 @@ COPY_CHUNK = 8 << 20  # plain file-to-file copies
 MAX_NPY_HEADER_BYTES = 64 << 10
 _WORKERS = max(1, min(2, os.cpu_count() or 1))
 _INLINE_BELOW = 1 << 20  # arrays smaller than this are hashed on the calling thread
-_RING = 4  # private slice buffers of a save (hash of one overlaps the write of the next)
+_RING = 8  # private slice buffers of a save (hash of some overlaps the write of others)
+_BATCH = 4  # slices hashed per helper task (fewer thread handoffs)
 _PREADV = getattr(os, "preadv", None)
 _NPY_MAGIC = b"\x93NUMPY"
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
@@ -201,6 +202,11 @@ class _Tasks:
         self._pending.clear()
 
 
+def _update_all(h: Any, bufs: list[memoryview]) -> None:
+    for buf in bufs:
+        h.update(buf)
+
+
 class _HashPipe:
     """Copy slices into private buffers; write them here, hash them on a helper thread.
 
@@ -226,6 +232,8 @@ class _HashPipe:
         (a future for the last hash or None, the CRC)."""
         parallel = self._pool is not None and len(data) >= _INLINE_BELOW
         last: Future[Any] | None = None
+        group: list[memoryview] = []
+        slots: list[int] = []
         for start in range(0, len(data), CHUNK):
             n = min(CHUNK, len(data) - start)
             i = self._next
@@ -233,15 +241,22 @@ class _HashPipe:
             busy = self._busy[i]
             if busy is not None:
                 busy.result()
+                self._busy[i] = None
             buf = self._ring[i][:n]
             buf[:] = data[start : start + n]
-            if parallel:
-                last = self._busy[i] = self._pool.submit(h.update, buf)  # type: ignore[union-attr]
-            else:
-                h.update(buf)
             crc = _crc32(buf, crc)
             write(buf)
             wb.wrote(n)
+            if not parallel:
+                h.update(buf)
+                continue
+            group.append(buf)
+            slots.append(i)
+            if len(group) == _BATCH or start + n == len(data):
+                last = self._pool.submit(_update_all, h, group)  # type: ignore[union-attr]
+                for slot in slots:
+                    self._busy[slot] = last
+                group, slots = [], []
         return last, crc
 
     def close(self) -> None:
