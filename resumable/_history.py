@@ -197,6 +197,8 @@ def _replay(tl: Timeline, state: State, detail: bool) -> None:
             return
         block = results[pos:end]
         pos = end
+        # result records always carry a key (State.results is keyed by it); Record.key is
+        # optional for the other record types
         replay.results([r.key for r in block])  # type: ignore[misc]
         idx = current.index if current is not None else -1
         if current is not None:
@@ -266,7 +268,7 @@ def _replay(tl: Timeline, state: State, detail: bool) -> None:
     _outcomes(tl)
 
 
-def _seq(x: Any) -> int:
+def _seq(x: Record | Finished) -> int:
     return x.seq
 
 

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from numpy.lib import format as npformat
@@ -137,7 +137,7 @@ class ArrayRecord:
     nbytes: int  # array data bytes
     size: int  # bytes of the whole .npy member (header + data)
     sha256: str  # of the whole .npy member
-    path: tuple[str | int | IntKey, ...] | None = None  # place in a nested graph (schema 2)
+    path: tuple[str | int | IntKey, ...]  # place in a nested graph (schema 1 files: (name,))
     dtype_name: str | None = None  # an ml_dtypes dtype stored as raw V<n> bytes ("bfloat16")
     kind: str | None = None  # what the leaf was (torch, int, none, ...): see snapshot._graph
 
@@ -510,7 +510,7 @@ class NpzStreamWriter:
         member: str,
         name: str,
         arr: np.ndarray,
-        path: tuple[str | int | IntKey, ...] | None = None,
+        path: tuple[str | int | IntKey, ...],
         dtype_name: str | None = None,
         kind: str | None = None,
     ) -> Callable[[], ArrayRecord]:
@@ -684,7 +684,7 @@ class NpzReader:
         return start, info.file_size
 
     def _read_exact(self, n: int, what: str) -> bytes:
-        data = self._fh.read(n)
+        data: bytes = self._fh.read(n)
         if len(data) != n:
             raise IntegrityError(f"{self.where}: {what}: expected {n} bytes, found {len(data)}")
         return data
@@ -819,16 +819,17 @@ class NpzReader:
         """The array of `rec` in a new buffer, filled by a queued read: use it only after
         `check_hashes()` returned."""
         h, dtype, offset = self._start(rec)
-        order = "F" if rec.fortran_order else "C"
+        order: Literal["F", "C"] = "F" if rec.fortran_order else "C"
         if rec.nbytes == 0:
             self._queued.append((rec, h, self._tasks.submit(True, int)))
             try:
-                return np.ndarray(rec.shape, dtype=dtype, order=order)
+                empty: np.ndarray = np.ndarray(rec.shape, dtype=dtype, order=order)
+                return empty
             except (ValueError, TypeError, MemoryError) as exc:
                 raise IntegrityError(f"{self.where}: array {rec.name!r}: {exc}") from exc
         raw = np.empty(rec.nbytes, dtype=np.uint8)
         inline = rec.nbytes < _INLINE_BELOW
-        fut = self._tasks.submit(inline, self._fill, rec, h, offset, memoryview(raw))
+        fut = self._tasks.submit(inline, self._fill, rec, h, offset, raw.data)
         self._queued.append((rec, h, fut))
         return raw.view(dtype).reshape(rec.shape, order=order)
 

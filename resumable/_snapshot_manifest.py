@@ -142,8 +142,8 @@ def parse_manifest(reader: NpzReader, signing_key: bytes | None = None) -> Snaps
         raise _bad(where, "manifest lists an array path twice")
     known = set(paths)
     for path in paths:  # an array cannot also be a container of others
-        for cut in range(1, len(path or ())):
-            if path[:cut] in known:  # type: ignore[index]
+        for cut in range(1, len(path)):
+            if path[:cut] in known:
                 raise _bad(where, f"array path {list(path)!r:.200} lies inside another array")
     unknown = set(reader.infos) - set(members) - {MANIFEST_MEMBER, SIGNATURE_MEMBER}
     if unknown:
@@ -181,7 +181,9 @@ def _check_signature(reader: NpzReader, manifest_bytes: bytes, key: bytes | None
     return signing.state(key, manifest_bytes, sig)
 
 
-def _parse_path(where: str, name: str, entry: dict[str, Any], version: int) -> tuple[Any, ...]:
+def _parse_path(
+    where: str, name: str, entry: dict[str, Any], version: int
+) -> tuple[str | int, ...]:
     if version < 2:
         return (name,)
     path = entry.get("path")

@@ -58,6 +58,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .storage import Store
     from .sweep import ResumableSweep
 
 log = logging.getLogger("resumable.sweep")
@@ -383,7 +384,7 @@ def verify_items(store: Any, signing_key: str | bytes | None = None) -> list[tup
 # --- store helpers -----------------------------------------------------------------------------
 
 
-def _split(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+def _split(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Store, str]:
     from .snapshot._location import locate
 
     loc = locate(url, storage_options)

@@ -182,7 +182,7 @@ class ItemSet:
             encoded = [self._fp(i)[0] for i in range(n)]
         return sha256_hex(keys + b"\0exact\0" + canonical_json(encoded))
 
-    def record_payload(self, prev_identity: str | None, prev_count: int | None) -> dict:
+    def record_payload(self, prev_identity: str | None, prev_count: int | None) -> dict[str, Any]:
         """The payload of the items record for this list (see state.py): only the new entries
         when the previous list (`prev_identity`, `prev_count` entries) is a prefix of it."""
         n = len(self.keys)

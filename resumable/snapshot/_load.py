@@ -77,7 +77,7 @@ def _check_against(
             f"snapshot {report.url} does not match the state it is loaded into "
             f"({len(diffs)} difference(s)):\n  " + "\n  ".join(diffs)
         )
-        err.differences = diffs  # type: ignore[attr-defined]
+        err.differences = diffs
         raise err
 
 
