@@ -74,7 +74,7 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
     fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 _SYNC_FILE_RANGE = _load_sync_file_range()
@@ -530,7 +530,7 @@ class NpzStreamWriter:
             flat = (arr if arr.flags.c_contiguous else arr.T).reshape(-1).view(np.uint8)
             h = hashlib.sha256(header)
             zout.write(header)
-            done, crc = self._pipe.stream(memoryview(flat), h, _crc32(header), zout.write, self._wb)
+            done, crc = self._pipe.stream(flat.data, h, _crc32(header), zout.write, self._wb)
             size = len(header) + flat.nbytes
         else:  # non-contiguous, or a .npy 3.0 header: numpy's chunked writer (it hands
             # over private bytes copies, hashed, CRC'd and written as they are)

@@ -181,15 +181,13 @@ def _check_signature(reader: NpzReader, manifest_bytes: bytes, key: bytes | None
     return signing.state(key, manifest_bytes, sig)
 
 
-def _parse_path(
-    where: str, name: str, entry: dict[str, Any], version: int
-) -> tuple[str | int, ...]:
+def _parse_path(where: str, name: str, entry: dict[str, Any], version: int) -> tuple[Any, ...]:
     if version < 2:
         return (name,)
     path = entry.get("path")
     ok = isinstance(path, list) and 0 < len(path) <= 64
     parts: list[Any] = []
-    for p in path if ok else ():
+    for p in path if isinstance(path, list) and ok else ():
         if isinstance(p, str) or (isinstance(p, int) and not isinstance(p, bool) and p >= 0):
             parts.append(p)  # a mapping key, or a list/tuple index
         elif isinstance(p, dict) and set(p) == {"int"} and _is_int_key(p["int"]):

@@ -432,7 +432,7 @@ def _is_leaf_seq(node: Any) -> bool:
     return not (type(node) in (list, tuple) or hasattr(node, "_make"))
 
 
-def nest(flat: Mapping[Path, Any]) -> dict[str, Any]:
+def nest(flat: Mapping[Path, Any]) -> dict[str | int, Any]:
     """Rebuild a tree from leaves by path: str and int-key parts make dicts, list/tuple index
     parts make lists."""
     root: dict[Any, Any] = {}
@@ -487,9 +487,8 @@ def _from_saved(arr: np.ndarray, kind: str | None, path: Path) -> Any:
     if kind == "npscalar":
         return arr[()]
     if kind == "torch":
-        torch = sys.modules.get("torch")
-        if torch is None:
-            import torch  # the state_dict object is a torch one: torch is installed
+        import torch  # the state_dict object is a torch one: torch is installed
+
         dname = ml_dtype_name(arr.dtype)
         if dname is not None:
             carrier = np.int16 if arr.dtype.itemsize == 2 else np.int8

@@ -157,7 +157,7 @@ def read_snapshot(
     return {rec.name: by_path[rec.path] for rec in report.arrays}, report
 
 
-def nest_arrays(arrays: Mapping[str, np.ndarray], report: SnapshotReport) -> dict[str, Any]:
+def nest_arrays(arrays: Mapping[str, np.ndarray], report: SnapshotReport) -> dict[str | int, Any]:
     """The arrays of `read_snapshot` in the structure they were saved in (dicts and lists)."""
     return _graph.nest({rec.path: arrays[rec.name] for rec in report.arrays})
 
