@@ -331,6 +331,56 @@ class ItemSnapshot:
         self._owner._sweep.checkpoint_if_preempted()
 
 
+# --- verify ------------------------------------------------------------------------------------
+
+
+def verify_items(store: Any, signing_key: str | bytes | None = None) -> list[tuple[str, str]]:
+    """(where, what) for every item snapshot under ``items/`` of the progress at `store` (a
+    `storage.Store`) that does not verify completely, or that holds another item than its name
+    says; [] when all are intact (or there are none). Each is checked like any snapshot
+    (`resumable.snapshot.verify_snapshot`: structure, manifest, every hash, the signature with
+    a key); a remote one is streamed to a temporary file first."""
+    import shutil
+    import tempfile
+
+    from .snapshot._load import verify_open
+
+    where_dir = f"{store.display.rstrip('/')}/{ITEMS_DIR}"
+    try:
+        names = sorted(
+            n for n in store.list_dir(ITEMS_DIR) if n.endswith(".npz") and not n.startswith(".")
+        )
+    except StorageError as exc:
+        if str(store.root).split("://", 1)[0].lower() in ("http", "https"):
+            return []  # no listing there: item snapshots cannot be found, nor checked
+        return [(where_dir, f"cannot list the item snapshots: {exc}")]
+    problems: list[tuple[str, str]] = []
+    for name in names:
+        where = f"{where_dir}/{name}"
+        try:
+            if store.is_local:
+                with open(store.local_path / ITEMS_DIR / name, "rb", buffering=0) as fh:
+                    report = verify_open(fh, where, signing_key=signing_key)
+            else:
+                with tempfile.TemporaryFile(prefix=".resumable-item-") as tmp:
+                    with store.open_read(f"{ITEMS_DIR}/{name}") as src:
+                        shutil.copyfileobj(src, tmp, 8 << 20)
+                    tmp.flush()
+                    report = verify_open(tmp, where, signing_key=signing_key)
+        except FileNotFoundError:
+            continue  # deleted meanwhile (its item was recorded)
+        except ObjectNotFoundError:
+            continue
+        except (ResumableError, OSError) as exc:
+            problems.append((where, str(exc)))
+            continue
+        meta = report.extra.get("item")
+        key = meta.get("key") if isinstance(meta, dict) else None
+        if not isinstance(key, str) or f"{item_id(key)}.npz" != name:
+            problems.append((where, f"holds the state of another item ({key!r:.200})"))
+    return problems
+
+
 # --- store helpers -----------------------------------------------------------------------------
 
 

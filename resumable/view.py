@@ -374,9 +374,12 @@ def _verify(
                     return [orphans]
                 raise CheckpointNotFoundError(f"no checkpoint at {root.display}") from None
             stores = shard_stores(root, body["shards"], storage_options)
+    from ._item_snapshot import verify_items
+
     problems: list[Problem] = []
     for store in stores:
         problems.extend(_verify_one(store, shard_optional=len(stores) > 1, key=key))
+        problems.extend(Problem(where, what) for where, what in verify_items(store, key))
     return problems
 
 

@@ -17,8 +17,12 @@ Then, once with a --term-mb state (default 1 GB): SIGTERM -> exit 75 of a child 
 durable snapshot at its safe point (PreemptionGuard + make_preempt_snapshot_hook), vs a child
 doing a bare `np.savez` + fsync then exit. And keep=3 on a local S3 server (moto_server in its
 own process): bytes this process sends per save (/proc/self/io wchar), vs one snapshot's size.
-Files are in the page cache when read (the same for all sides). The machine is shared and
-noisy: compare the ratios within one run, not absolute times across runs.
+Fairness: every side writes the same arrays and fsyncs once (ours also fsyncs the directory),
+each replacing its own file of the same size from the previous run (so each pays for freeing
+the old blocks: np.savez and h5py by truncating, ours at the rename). Before each timed read its
+file is read once in full (warm page cache for every side, whatever the shared machine evicted
+meanwhile). The order of the sides alternates from run to run so drift hits all. The machine is
+shared and noisy: compare the ratios within one run, not absolute times across runs.
 """
 
 from __future__ import annotations
@@ -123,6 +127,14 @@ def background(graph: dict[str, np.ndarray], path: Path, futs: list[object]) -> 
     futs.append(save_state_with_manifest(graph, path, background=True))
 
 
+def warm(path: Path) -> None:
+    """Read `path` once in full, so a timed read finds it in the page cache."""
+    buf = bytearray(8 * MB)
+    with open(path, "rb", buffering=0) as fh:
+        while fh.readinto(buf):
+            pass
+
+
 def drop_cache_free(paths: list[Path]) -> None:
     for p in paths:
         p.unlink(missing_ok=True)
@@ -138,13 +150,23 @@ def one_size(total: int, n: int, workdir: Path, runs: int) -> None:
     h5(graph, hdf)
     keys = ("save", "np.savez", "h5py", "read", "load", "np.load", "bg-block", "np.copy")
     t: dict[str, list[float]] = {k: [] for k in keys}
-    for _ in range(runs):
-        t["save"].append(timed(lambda: save_state_with_manifest(graph, ours)))
-        t["np.savez"].append(timed(lambda: savez(graph, bare)))
-        t["h5py"].append(timed(lambda: h5(graph, hdf)))
-        t["read"].append(timed(lambda: read_snapshot(ours)))
-        t["load"].append(timed(lambda: download_and_load_state(target, ours)))
-        t["np.load"].append(timed(lambda: np_load(bare)))
+    writes: list[tuple[str, Callable[[], object]]] = [
+        ("save", lambda: save_state_with_manifest(graph, ours)),
+        ("np.savez", lambda: savez(graph, bare)),
+        ("h5py", lambda: h5(graph, hdf)),
+    ]
+    reads: list[tuple[str, Path, Callable[[], object]]] = [
+        ("read", ours, lambda: read_snapshot(ours)),
+        ("load", ours, lambda: download_and_load_state(target, ours)),
+        ("np.load", bare, lambda: np_load(bare)),
+    ]
+    for run in range(runs):
+        flip = run % 2 == 1  # alternate the order of the sides
+        for key, fn in writes[::-1] if flip else writes:
+            t[key].append(timed(fn))
+        for key, path, fn in reads[::-1] if flip else reads:
+            warm(path)
+            t[key].append(timed(fn))
         futs: list[object] = []
         t["bg-block"].append(timed(lambda futs=futs: background(graph, bg, futs)))
         futs[0].result()  # type: ignore[attr-defined]

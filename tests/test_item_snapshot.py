@@ -116,3 +116,38 @@ def test_mirror_failing_keeps_the_local_save(tmp_path: Path) -> None:
     target = {"u": np.zeros(2)}
     assert sw.item_snapshot({"id": 0}).restore(target) == {"step": 5} and target["u"].all()
     sw.close()
+
+
+def test_verify_checks_item_snapshots_and_names_a_damaged_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resumable.cli import main
+    from resumable.view import verify
+
+    mirror = tmp_path / "bucket"
+    sw = _sweep(tmp_path, mirror)
+    sw.record({"id": 2}, 2.0)
+    for i in (0, 1):
+        sw.item_snapshot({"id": i}).save({"u": np.arange(1000.0) * i}, {"step": i})
+    sw.close()
+    ckpt = str(tmp_path / "m" / "s.h5")
+    assert verify(ckpt) == [] and verify(str(mirror)) == []
+
+    damaged = sw.progress_dir / "items" / f"{item_id('1')}.npz"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 3] ^= 0x01  # inside the array's data: only its SHA-256 can tell
+    damaged.write_bytes(bytes(data))
+    problems = verify(ckpt)
+    assert [p.where for p in problems] == [str(damaged)]
+    assert "damaged" in problems[0].what and "sha256" in problems[0].what
+    assert verify(str(mirror)) == []  # the mirror's copy is intact
+
+    assert main(["verify", ckpt]) == 1
+    out = capsys.readouterr().out
+    assert "1 problem(s)" in out and damaged.name in out
+
+    # a snapshot filed under another item's name is a problem too
+    intact = sw.progress_dir / "items" / f"{item_id('0')}.npz"
+    (mirror / "items" / f"{item_id('1')}.npz").write_bytes(intact.read_bytes())
+    (found,) = verify(str(mirror))
+    assert found.where.endswith(f"items/{item_id('1')}.npz") and "another item" in found.what

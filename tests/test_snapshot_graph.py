@@ -208,8 +208,9 @@ def test_immutable_containers_and_collisions(tmp_path: Path) -> None:
         download_and_load_state(target, url)
     with pytest.raises(UnsupportedValueError, match="share the name"):
         save_state_with_manifest({"a/b": np.zeros(1), "a": {"b": np.zeros(1)}}, tmp_path / "x")
-    with pytest.raises(UnsupportedValueError, match="keys must be strings"):
-        save_state_with_manifest({"a": {1: np.zeros(1)}}, tmp_path / "x")
+    for bad_key in (1.5, (1, 2), True):
+        with pytest.raises(UnsupportedValueError, match="keys must be strings or ints"):
+            save_state_with_manifest({"a": {bad_key: np.zeros(1)}}, tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
@@ -264,3 +265,37 @@ def test_forged_paths_and_dtype_names_refused(tmp_path: Path) -> None:
     bad_name = forge(lambda arrays: arrays[0].update(dtype_name="finfo"))
     with pytest.raises(IntegrityError):
         read_snapshot(bad_name)
+
+
+def test_int_keys_stay_ints_apart_from_str_keys_and_list_indices(tmp_path: Path) -> None:
+    """Int mapping keys (optimizer state) load back as ints, under names distinct from the
+    string "0" and from list index 0; None leaves load back as None."""
+    url = tmp_path / "snap.npz"
+    graph: dict[str, Any] = {
+        "d": {0: np.arange(3.0), "0": np.ones(2), -7: {"x": np.int64(5)}},
+        "l": [np.zeros(1), None],
+        "n": None,
+    }
+    report = save_state_with_manifest(graph, url)
+    assert [r.name for r in report.arrays] == ["d/~i0", "d/0", "d/~i-7/x", "l/0", "l/1", "n"]
+    arrays, rep = read_snapshot(url)
+    nested = nest_arrays(arrays, rep)
+    assert list(nested["d"]) == [0, "0", -7] and isinstance(nested["l"], list)
+    assert (nested["d"][0] == np.arange(3.0)).all() and (nested["d"]["0"] == 1).all()
+
+    target: dict[str, Any] = {
+        "d": {0: np.zeros(3), "0": np.zeros(2), -7: {"x": np.int64(0)}},
+        "l": [np.ones(1), None],
+        "n": None,
+    }
+    held = target["d"][0]
+    download_and_load_state(target, url)
+    assert target["d"][0] is held and (held == np.arange(3.0)).all()
+    assert (target["d"]["0"] == 1).all() and target["d"][-7]["x"] == 5
+    assert target["l"][1] is None and target["n"] is None and (target["l"][0] == 0).all()
+
+    with pytest.raises(SnapshotMismatchError) as err:  # int 0 and str "0" are not the same
+        download_and_load_state({"d": {"0": np.zeros(3), 0: np.zeros(2)}, "l": [], "n": None}, url)
+    assert "'d/~i-7/x'" in str(err.value)
+    with pytest.raises(SnapshotMismatchError, match="'n': shape"):  # None is not an array
+        download_and_load_state({**target, "n": np.zeros(1)}, url)

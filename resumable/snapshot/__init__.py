@@ -24,7 +24,9 @@ Manifest (JSON, schema 2)
     ``format`` ("resumable.snapshot"), ``schema_version``, ``library_version``,
     ``numpy_version``, ``created`` (UTC ISO 8601), ``extra`` (the caller's dict, encoded by the
     lossless codec of results, so numpy scalars and arrays come back as they were), and
-    ``arrays``: for each, ``name``, ``path`` (keys and indices from the root), ``member``,
+    ``arrays``: for each, ``name``, ``path`` (keys and indices from the root; an int key of a
+    mapping, as in optimizer state, is ``{"int": n}``), ``kind`` (what the leaf was: ``numpy``,
+    ``torch``, ``int``, ``none``...; how a leaf a ``state_dict()`` lacks is rebuilt), ``member``,
     ``dtype`` (numpy descr from `numpy.lib.format.dtype_to_descr`; ``V<n>`` plus ``dtype_name``
     for ml_dtypes types), ``shape``, ``fortran_order``, ``nbytes`` (data), ``size`` (whole
     member) and ``sha256`` (of the whole ``.npy`` member, header included, so
@@ -34,12 +36,15 @@ Manifest (JSON, schema 2)
 Saving (`_save`) streams every array straight into the archive, each slice copied once into a
 private buffer that is hashed, CRC'd and written, so the file always verifies even if another
 thread changes the arrays meanwhile; atomic and durable (`_location`); the previous snapshot
-stays valid until the new one is complete. ``background=True`` returns a Future once a
+stays valid until the new one is complete. Locally the disk starts writing each completed 32
+MiB while the save goes on (``sync_file_range``), so the final fsync has little left to wait
+for. ``background=True`` returns a Future once a
 consistent in-memory copy is taken (`_background`); `PreemptionGuard` waits for it.
 
 Loading (`_load`) verifies everything before the graph is touched (all or nothing), then writes
 into writable numpy arrays and tensors in place and replaces immutable leaves by new ones of the
-same kind.
+same kind. A ``state_dict()`` object gets the saved leaves its current state lacks too (a fresh
+optimizer loads the state of a trained one).
 
 Signing: an HMAC over the manifest bytes lives in a ``__resumable_signature__`` member, checked
 in `_manifest._check_signature`; a reader refuses any member it does not know, so a

@@ -6,7 +6,11 @@ PyTorch tensors, JAX arrays, anything with ``__dlpack__`` or ``__array__``, nump
 Python scalars. Each leaf has a *path* (mapping keys and list/tuple indices from the root) and a
 stable *name*: the key itself for a top-level leaf (so a flat graph keeps the names it always
 had), else the path's parts joined by ``/``, each part escaped as in JSON Pointer (``~`` as
-``~0``, ``/`` as ``~1``).
+``~0``, ``/`` as ``~1``). Mapping keys are strings or ints: an int key (``state[0]`` of a
+torch.optim ``state_dict()``) is its own kind of path part (`IntKey`), named ``~i0`` (a string
+never escapes to that), so it stays apart from the string ``"0"`` and from list index 0, and
+loads back as an int. ``None`` leaves (``foreach=None`` in optimizer param groups) are saved as
+empty arrays of kind ``none`` and load back as ``None``.
 
 Saving sees each leaf as a numpy array without a copy where the library allows (a CPU tensor's
 ``.numpy()``, ``np.from_dlpack``, ``np.asarray``); dtypes numpy lacks (``bfloat16`` and the
@@ -21,7 +25,9 @@ Loading restores into the graph as it is now (the current leaf's kind wins):
   scalars; any other ``__array__`` type becomes a numpy array. A replaced leaf inside a tuple
   rebuilds the tuple in its parent; inside an immutable mapping (or as the root) it is refused;
 - a ``state_dict()`` object receives ``load_state_dict(d)`` with ``d`` shaped like its
-  ``state_dict()``, each value of the same kind as there.
+  ``state_dict()``, each value of the same kind as there; saved leaves its state lacks (a fresh
+  optimizer has no per-parameter state yet) are added to ``d`` as the kind they were saved as
+  (the manifest records each leaf's kind).
 Everything is converted before the first write, so a failing conversion leaves the graph as it
 was; the writes themselves are plain copies and assignments.
 """
@@ -39,9 +45,9 @@ import numpy as np
 from numpy.lib import format as npformat
 
 from ..errors import UnsupportedValueError
-from ._npz import normalize_descr
+from ._npz import IntKey, normalize_descr
 
-Path = tuple[str | int, ...]
+Path = tuple[str | int | IntKey, ...]
 MAX_DEPTH = 64
 _ML_DTYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _PY_SCALARS = (bool, int, float, complex, str)
@@ -57,8 +63,26 @@ class Leaf:
     kind: str  # numpy | npscalar | py | torch | jax | other
 
 
-def _escape(part: str | int) -> str:
+def _escape(part: str | int | IntKey) -> str:
+    if isinstance(part, IntKey):
+        return f"~i{part.key}"  # "~" is always escaped in strings: never a string key's name
     return str(part).replace("~", "~0").replace("/", "~1")
+
+
+def _part(key: Any, path: Path) -> str | IntKey:
+    """The path part of a mapping key: strings as they are, ints (optimizer state) as IntKey."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, int) and not isinstance(key, bool):
+        return IntKey(int(key))
+    raise UnsupportedValueError(
+        f"graph keys must be strings or ints, found {key!r:.80} at {name_of(path) or 'root'}"
+    )
+
+
+def _key(part: str | int | IntKey) -> str | int:
+    """The mapping key or list index a path part stands for."""
+    return part.key if isinstance(part, IntKey) else part
 
 
 def name_of(path: Path) -> str:
@@ -90,6 +114,8 @@ def _is_jax(value: Any) -> bool:
 
 
 def kind_of(value: Any) -> str:
+    if value is None:
+        return "none"
     if isinstance(value, np.ndarray):
         return "numpy"
     if isinstance(value, np.generic):
@@ -131,11 +157,7 @@ def walk(graph: Any, max_leaves: int) -> list[Leaf]:
             node = state_of(node)
         if isinstance(node, Mapping):
             for key, value in node.items():
-                if not isinstance(key, str):
-                    raise UnsupportedValueError(
-                        f"graph keys must be strings, found {key!r} at {name_of(path) or 'root'}"
-                    )
-                visit(value, (*path, key))
+                visit(value, (*path, _part(key, path)))
             return
         if not path:
             raise UnsupportedValueError(f"graph must be a mapping, found {type(node).__name__}")
@@ -219,6 +241,8 @@ def as_numpy(leaf: Leaf) -> np.ndarray:
         raise UnsupportedValueError(
             f"array {name!r} is a masked array; save its data and mask as two arrays"
         )
+    if leaf.kind == "none":  # saved as an empty array of kind "none": loads back as None
+        return np.empty(0, dtype=np.uint8)
     if leaf.kind == "torch":
         arr = _torch_numpy(name, value)
     elif leaf.kind in ("numpy", "npscalar", "py", "jax"):
@@ -234,6 +258,11 @@ def as_numpy(leaf: Leaf) -> np.ndarray:
     if arr.dtype.hasobject:
         raise _object_error(name, arr.dtype)
     return arr
+
+
+def saved_kind(leaf: Leaf) -> str:
+    """What the manifest records of a leaf's kind (a Python scalar by its type)."""
+    return type(leaf.value).__name__ if leaf.kind == "py" else leaf.kind
 
 
 def ml_dtype_name(dtype: np.dtype) -> str | None:
@@ -282,6 +311,8 @@ def logical(arr: np.ndarray, dname: str | None, name: str) -> np.ndarray:
 def _new_value(leaf: Leaf, arr: np.ndarray) -> Any:
     """A new value of the leaf's kind holding `arr` (for leaves that are replaced)."""
     value = leaf.value
+    if leaf.kind == "none":
+        return None
     if leaf.kind == "jax":
         import jax
 
@@ -308,26 +339,44 @@ def _torch_from(arr: np.ndarray, like: Any) -> Any:
     return t.to(like.device)
 
 
-def plan(graph: Any, loaded: Mapping[Path, np.ndarray]) -> list[Callable[[], None]]:
+def plan(
+    graph: Any, loaded: Mapping[Path, np.ndarray], kinds: Mapping[Path, str | None] | None = None
+) -> list[Callable[[], None]]:
     """The writes that restore `loaded` (by path) into `graph`, all values converted already.
 
-    Raises (with the graph untouched) where a leaf can be neither filled nor replaced.
+    Inside a ``state_dict()`` object, leaves of the snapshot its current state lacks (a fresh
+    optimizer has no per-parameter state yet) are added to the dict `load_state_dict` gets,
+    rebuilt as the kind they were saved as (`kinds`, by path). Raises (with the graph
+    untouched) where a leaf can be neither filled nor replaced.
     """
     writes: list[Callable[[], None]] = []
+    used: set[Path] = set()
+
+    def stateful_state(node: Any, path: Path) -> Any:
+        new_state = rebuild(state_of(node), path)
+        for p, arr in loaded.items():  # in saved order: containers fill in their own order
+            if p[: len(path)] == path and p not in used:
+                _insert(new_state, p, len(path), _from_saved(arr, (kinds or {}).get(p), p))
+        return new_state
 
     def restore(node: Any, path: Path) -> Any:
         """The value that must stand at `path` afterwards (`node` itself if kept)."""
         if path and _stateful(node):
-            new_state = rebuild(state_of(node), path)
+            new_state = stateful_state(node, path)
             writes.append(functools.partial(node.load_state_dict, new_state))
             return node
         if isinstance(node, Mapping):
-            changed = {k: v2 for k, v in node.items() if (v2 := restore(v, (*path, k))) is not v}
+            changed = {
+                k: v2
+                for k, v in node.items()
+                if (v2 := restore(v, (*path, _part(k, path)))) is not v
+            }
             if changed:
                 if not isinstance(node, MutableMapping):
                     raise UnsupportedValueError(
                         f"cannot load into {name_of(path) or 'the graph'}: an immutable "
-                        f"{type(node).__name__} holding immutable arrays ({sorted(changed)[:3]})"
+                        f"{type(node).__name__} holding immutable arrays "
+                        f"({sorted(map(repr, changed))[:3]})"
                     )
                 for k, v in changed.items():
                     writes.append(functools.partial(node.__setitem__, k, v))
@@ -347,11 +396,12 @@ def plan(graph: Any, loaded: Mapping[Path, np.ndarray]) -> list[Callable[[], Non
     def rebuild(node: Any, path: Path) -> Any:
         """A copy of a state_dict's structure with every leaf restored (for load_state_dict)."""
         if isinstance(node, Mapping):
-            return {k: rebuild(v, (*path, k)) for k, v in node.items()}
+            return {k: rebuild(v, (*path, _part(k, path))) for k, v in node.items()}
         if isinstance(node, (list, tuple)) and not _is_leaf_seq(node):
             items = [rebuild(v, (*path, i)) for i, v in enumerate(node)]
             return items if isinstance(node, list) else type(node)(items)
         leaf = Leaf(path, name_of(path), node, kind_of(node))
+        used.add(path)
         return _new_value(leaf, loaded[path])
 
     def leaf_value(leaf: Leaf) -> Any:
@@ -372,7 +422,7 @@ def plan(graph: Any, loaded: Mapping[Path, np.ndarray]) -> list[Callable[[], Non
         return _new_value(leaf, arr)
 
     if _stateful(graph):
-        new_state = rebuild(state_of(graph), ())
+        new_state = stateful_state(graph, ())
         return [lambda: graph.load_state_dict(new_state)]
     restore(graph, ())
     return writes
@@ -382,8 +432,9 @@ def _is_leaf_seq(node: Any) -> bool:
     return not (type(node) in (list, tuple) or hasattr(node, "_make"))
 
 
-def nest(flat: Mapping[Path, Any]) -> dict[str, Any]:
-    """Rebuild a tree from leaves by path: str parts make dicts, int parts make lists."""
+def nest(flat: Mapping[Path, Any]) -> dict[str | int, Any]:
+    """Rebuild a tree from leaves by path: str and int-key parts make dicts, list/tuple index
+    parts make lists."""
     root: dict[Any, Any] = {}
     for path, value in flat.items():
         node = root
@@ -395,8 +446,86 @@ def nest(flat: Mapping[Path, Any]) -> dict[str, Any]:
         if not isinstance(node, dict):
             return node
         items = {k: listify(v) for k, v in node.items()}
-        if items and set(items) == set(range(len(items))):
+        if items and set(items) == set(range(len(items))):  # plain ints: list indices
             return [items[i] for i in range(len(items))]
-        return items
+        return {_key(k): v for k, v in items.items()}
 
-    return {k: listify(v) for k, v in root.items()}  # str keys at the top: always a dict
+    return {_key(k): listify(v) for k, v in root.items()}  # the top: always a dict
+
+
+def stateful_paths(graph: Any) -> list[Path]:
+    """The paths of the ``state_dict()`` objects in `graph` (``()`` for the graph itself)."""
+    out: list[Path] = []
+
+    def visit(node: Any, path: Path) -> None:
+        if len(path) > MAX_DEPTH:
+            return
+        if _stateful(node):
+            out.append(path)
+            return  # leaves below are added to its load_state_dict dict as needed
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                visit(value, (*path, _part(key, path)))
+        elif type(node) in (list, tuple) or (isinstance(node, tuple) and hasattr(node, "_make")):
+            for i, value in enumerate(node):
+                visit(value, (*path, i))
+
+    visit(graph, ())
+    return out
+
+
+def _from_saved(arr: np.ndarray, kind: str | None, path: Path) -> Any:
+    """A new value for a saved leaf the current graph lacks, of the kind it was saved as."""
+    if kind == "none":
+        return None
+    if kind in ("bool", "int", "float", "complex", "str"):
+        if arr.shape != ():
+            raise UnsupportedValueError(f"{name_of(path)!r}: a {kind} saved with shape {arr.shape}")
+        return {"bool": bool, "int": int, "float": float, "complex": complex, "str": str}[kind](
+            arr[()].item()
+        )
+    if kind == "npscalar":
+        return arr[()]
+    if kind == "torch":
+        import torch  # the state_dict object is a torch one: torch is installed
+
+        dname = ml_dtype_name(arr.dtype)
+        if dname is not None:
+            carrier = np.int16 if arr.dtype.itemsize == 2 else np.int8
+            t = torch.from_numpy(np.array(arr).view(carrier))
+            return t.view(getattr(torch, dname))
+        return torch.from_numpy(np.array(arr))
+    if kind == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(arr)
+    return np.array(arr, copy=True)
+
+
+def _insert(state: Any, path: Path, start: int, value: Any) -> None:
+    """Put `value` at `path[start:]` into the plain dicts and lists of `state` (from rebuild)."""
+    node = state
+    for i in range(start, len(path)):
+        part, last = path[i], i == len(path) - 1
+        if isinstance(part, int):  # a list index
+            if not isinstance(node, list) or part > len(node):
+                raise UnsupportedValueError(
+                    f"cannot add the saved {name_of(path)!r} to the state being loaded: "
+                    f"{name_of(path[:i]) or 'its parent'} is not a list of at least {part} items"
+                )
+            if part == len(node):
+                node.append(value if last else ([] if isinstance(path[i + 1], int) else {}))
+            elif last:
+                node[part] = value
+            node = node[part]
+        else:
+            if not isinstance(node, dict):
+                raise UnsupportedValueError(
+                    f"cannot add the saved {name_of(path)!r} to the state being loaded: "
+                    f"{name_of(path[:i]) or 'its parent'} is not a mapping"
+                )
+            key = _key(part)
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, [] if isinstance(path[i + 1], int) else {})

@@ -43,13 +43,23 @@ def _describe_dtype(descr: Any, dname: str | None) -> str:
         return repr(descr)
 
 
-def _check_against(report: SnapshotReport, leaves: list[_graph.Leaf]) -> None:
-    """SnapshotMismatchError listing every path/shape/dtype difference from the live graph."""
+def _check_against(
+    report: SnapshotReport, leaves: list[_graph.Leaf], stateful: list[Any] | None = None
+) -> None:
+    """SnapshotMismatchError listing every path/shape/dtype difference from the live graph.
+
+    Saved leaves below a ``state_dict()`` object (paths in `stateful`) that its state lacks
+    are no difference: they are added to the dict its ``load_state_dict`` gets."""
     current = {leaf.path: leaf for leaf in leaves}
     saved = {r.path: r for r in report.arrays}
+    roots = stateful or []
     diffs = [f"missing from the snapshot: {leaf.name!r}" for p, leaf in current.items()
              if p not in saved]  # fmt: skip
-    diffs += [f"not in the current state: {r.name!r}" for p, r in saved.items() if p not in current]
+    diffs += [
+        f"not in the current state: {r.name!r}"
+        for p, r in saved.items()
+        if p not in current and not any(p[: len(root)] == root for root in roots)
+    ]
     for path, rec in saved.items():
         leaf = current.get(path)
         if leaf is None:
@@ -119,9 +129,10 @@ def download_and_load_state(
     with opened(url, storage_options, tmp_dir) as (fh, where):
         reader = _reader(fh, where)
         report = parse_manifest(reader, signing.resolve_key(signing_key))
-        _check_against(report, leaves)
+        _check_against(report, leaves, _graph.stateful_paths(graph))
         arrays = _read_all(reader, report)
-    writes = _graph.plan(graph, arrays)  # every conversion done: nothing below can fail halfway
+    kinds = {rec.path: rec.kind for rec in report.arrays}
+    writes = _graph.plan(graph, arrays, kinds)  # every conversion done: nothing below can fail
     for write in writes:
         write()
     logger.debug("loaded %d arrays from %s", len(arrays), report.url)
@@ -146,7 +157,7 @@ def read_snapshot(
     return {rec.name: by_path[rec.path] for rec in report.arrays}, report
 
 
-def nest_arrays(arrays: Mapping[str, np.ndarray], report: SnapshotReport) -> dict[str, Any]:
+def nest_arrays(arrays: Mapping[str, np.ndarray], report: SnapshotReport) -> dict[str | int, Any]:
     """The arrays of `read_snapshot` in the structure they were saved in (dicts and lists)."""
     return _graph.nest({rec.path: arrays[rec.name] for rec in report.arrays})
 
@@ -164,10 +175,16 @@ def verify_snapshot(
     with a signing key set, on an unsigned or wrongly signed snapshot.
     """
     with opened(url, storage_options, tmp_dir) as (fh, where):
-        reader = _reader(fh, where)
-        report = parse_manifest(reader, signing.resolve_key(signing_key))
-        with reader:
-            for rec in report.arrays:
-                reader.verify_member(rec)
-            reader.check_hashes()
+        return verify_open(fh, where, signing_key=signing_key)
+
+
+def verify_open(fh: Any, where: str, *, signing_key: str | bytes | None = None) -> SnapshotReport:
+    """`verify_snapshot` of a snapshot already open as the seekable binary file `fh`
+    (`where` names it in messages)."""
+    reader = _reader(fh, where)
+    report = parse_manifest(reader, signing.resolve_key(signing_key))
+    with reader:
+        for rec in report.arrays:
+            reader.verify_member(rec)
+        reader.check_hashes()
     return report

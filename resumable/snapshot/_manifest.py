@@ -20,13 +20,18 @@ from .. import _codec as codec
 from .. import _signing as signing
 from .._codec import loads
 from ..errors import IntegrityError
-from ._npz import ArrayRecord, NpzReader, descr_from_json
+from ._npz import ArrayRecord, IntKey, NpzReader, descr_from_json
 
 FORMAT = "resumable.snapshot"
 SCHEMA_VERSION = 2  # 2: records carry "path" (and "dtype_name"); "extra" is codec-encoded
 MANIFEST_MEMBER = "__resumable_manifest__.json"
 SIGNATURE_MEMBER = "__resumable_signature__"  # HMAC-SHA256 of the manifest member's bytes
 MAX_ARRAYS = 100_000
+# what a leaf was when saved (records' optional "kind"): how a leaf the graph being loaded
+# lacks is rebuilt inside a state_dict() object (a fresh optimizer has no state yet)
+LEAF_KINDS = frozenset(
+    {"numpy", "npscalar", "torch", "jax", "other", "none", "bool", "int", "float", "complex", "str"}
+)
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_DIR_BYTES = 64 << 20
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -177,22 +182,26 @@ def _check_signature(reader: NpzReader, manifest_bytes: bytes, key: bytes | None
     return signing.state(key, manifest_bytes, sig)
 
 
-def _parse_path(
-    where: str, name: str, entry: dict[str, Any], version: int
-) -> tuple[str | int, ...]:
+def _parse_path(where: str, name: str, entry: dict[str, Any], version: int) -> tuple[Any, ...]:
     if version < 2:
         return (name,)
     path = entry.get("path")
-    if not (
-        isinstance(path, list)
-        and 0 < len(path) <= 64
-        and all(
-            isinstance(p, str) or (isinstance(p, int) and not isinstance(p, bool) and p >= 0)
-            for p in path
-        )
-    ):
+    ok = isinstance(path, list) and 0 < len(path) <= 64
+    parts: list[Any] = []
+    for p in path if isinstance(path, list) and ok else ():
+        if isinstance(p, str) or (isinstance(p, int) and not isinstance(p, bool) and p >= 0):
+            parts.append(p)  # a mapping key, or a list/tuple index
+        elif isinstance(p, dict) and set(p) == {"int"} and _is_int_key(p["int"]):
+            parts.append(IntKey(p["int"]))  # an int key of a mapping
+        else:
+            ok = False
+    if not ok:
         raise _bad(where, f"array {name!r}: malformed path {json.dumps(path)[:200]}")
-    return tuple(path)
+    return tuple(parts)
+
+
+def _is_int_key(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 1 << 63
 
 
 def _parse_record(where: str, index: int, entry: Any, version: int = SCHEMA_VERSION) -> ArrayRecord:
@@ -245,6 +254,9 @@ def _parse_record(where: str, index: int, entry: Any, version: int = SCHEMA_VERS
         and dtype.names is None
     ):
         raise _bad(where, f"array {name!r}: malformed dtype_name {dtype_name!r:.60}")
+    kind = entry.get("kind")
+    if kind is not None and kind not in LEAF_KINDS:
+        raise _bad(where, f"array {name!r}: unknown kind {kind!r:.60}")
     return ArrayRecord(
-        name, member, descr, tuple(shape), fortran, nbytes, size, digest, path, dtype_name
+        name, member, descr, tuple(shape), fortran, nbytes, size, digest, path, dtype_name, kind
     )

@@ -5,7 +5,12 @@ header from numpy's own header writer, then the array's memory in 1 MiB slices (
 chunked writer for non-contiguous arrays). Each slice is first copied into one of a few private
 buffers, and the SHA-256 (on a helper thread; hashlib releases the GIL), the zip CRC and the
 file write all read that copy: a save hashes exactly the bytes it writes, even while another
-thread changes the array, and hashing overlaps the CRC and write on a second core.
+thread changes the array, and hashing overlaps the CRC and write on a second core. The zip
+structure is written here (`_ZipOut`: local header, data, data descriptor; central directory
+last, as `zipfile` writes to a stream), not by `zipfile`, so the CRC is computed once, on the
+same private copy, with ISA-L's crc32 where `isal` is installed (several times faster than
+zlib's). Locally, the disk starts writing each completed range while the save goes on
+(`_Writeback`).
 
 Reading trusts nothing: the end-of-central-directory record is bounded before zipfile parses
 the directory, every member must be STORED and unencrypted and lie inside the file, the local
@@ -19,7 +24,8 @@ slice by one task, arrays in parallel; digests are compared before anything is r
 from __future__ import annotations
 
 import ast
-import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
@@ -44,7 +50,8 @@ COPY_CHUNK = 8 << 20  # plain file-to-file copies
 MAX_NPY_HEADER_BYTES = 64 << 10
 _WORKERS = max(1, min(2, os.cpu_count() or 1))
 _INLINE_BELOW = 1 << 20  # arrays smaller than this are hashed on the calling thread
-_RING = 4  # private slice buffers of a save (hash of one overlaps the write of the next)
+_RING = 8  # private slice buffers of a save (hash of some overlaps the write of others)
+_BATCH = 4  # slices hashed per helper task (fewer thread handoffs)
 _PREADV = getattr(os, "preadv", None)
 _NPY_MAGIC = b"\x93NUMPY"
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
@@ -52,6 +59,25 @@ _EOCD = struct.Struct("<4s4H2LH")
 _ZIP64_LOCATOR = struct.Struct("<4sLQL")
 _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
 _FIXED_DATE = (1980, 1, 1, 0, 0, 0)
+WRITEBACK_EVERY = 32 << 20  # start the disk writing each completed range of this many bytes
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux sync_file_range(2) through ctypes (which releases the GIL), or None elsewhere."""
+    if not hasattr(os, "O_DIRECT"):  # not Linux
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
 
 
 def normalize_descr(descr: Any) -> Any:
@@ -82,6 +108,24 @@ def descr_from_json(descr: Any) -> np.dtype:
 
 
 @dataclass(frozen=True)
+class IntKey:
+    """An int key of a mapping in a graph path (plain ints in a path index lists and tuples).
+
+    Optimizer ``state_dict()``s key their per-parameter state by int (``state[0]``); keeping
+    such a key apart from a list index and from the string ``"0"`` lets it load back as an
+    int into a mapping. In the manifest it is ``{"int": 0}``."""
+
+    key: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"int": self.key}
+
+
+def path_to_json(path: tuple[str | int | IntKey, ...]) -> list[Any]:
+    return [p.to_json() if isinstance(p, IntKey) else p for p in path]
+
+
+@dataclass(frozen=True)
 class ArrayRecord:
     """One array of a snapshot, as its manifest describes it."""
 
@@ -93,8 +137,9 @@ class ArrayRecord:
     nbytes: int  # array data bytes
     size: int  # bytes of the whole .npy member (header + data)
     sha256: str  # of the whole .npy member
-    path: tuple[str | int, ...]  # place in a nested graph (schema 1 files: (name,))
+    path: tuple[str | int | IntKey, ...]  # place in a nested graph (schema 1 files: (name,))
     dtype_name: str | None = None  # an ml_dtypes dtype stored as raw V<n> bytes ("bfloat16")
+    kind: str | None = None  # what the leaf was (torch, int, none, ...): see snapshot._graph
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -108,9 +153,11 @@ class ArrayRecord:
             "sha256": self.sha256,
         }
         if self.path is not None:
-            out["path"] = list(self.path)
+            out["path"] = path_to_json(self.path)
         if self.dtype_name is not None:
             out["dtype_name"] = self.dtype_name
+        if self.kind is not None:
+            out["kind"] = self.kind
         return out
 
 
@@ -155,6 +202,11 @@ class _Tasks:
         self._pending.clear()
 
 
+def _update_all(h: Any, bufs: list[memoryview]) -> None:
+    for buf in bufs:
+        h.update(buf)
+
+
 class _HashPipe:
     """Copy slices into private buffers; write them here, hash them on a helper thread.
 
@@ -173,10 +225,15 @@ class _HashPipe:
         self._busy: list[Future[Any] | None] = [None] * _RING
         self._next = 0
 
-    def stream(self, data: memoryview, h: Any, write: Callable[[Any], Any]) -> Future[Any] | None:
-        """Write and hash `data` slice by slice; returns a future for the last hash (or None)."""
+    def stream(
+        self, data: memoryview, h: Any, crc: int, write: Callable[[Any], Any], wb: _Writeback
+    ) -> tuple[Future[Any] | None, int]:
+        """Write, CRC and hash `data` slice by slice, CRC continuing from `crc`; returns
+        (a future for the last hash or None, the CRC)."""
         parallel = self._pool is not None and len(data) >= _INLINE_BELOW
         last: Future[Any] | None = None
+        group: list[memoryview] = []
+        slots: list[int] = []
         for start in range(0, len(data), CHUNK):
             n = min(CHUNK, len(data) - start)
             i = self._next
@@ -184,14 +241,23 @@ class _HashPipe:
             busy = self._busy[i]
             if busy is not None:
                 busy.result()
+                self._busy[i] = None
             buf = self._ring[i][:n]
             buf[:] = data[start : start + n]
-            if parallel:
-                last = self._busy[i] = self._pool.submit(h.update, buf)  # type: ignore[union-attr]
-            else:
-                h.update(buf)
+            crc = _crc32(buf, crc)
             write(buf)
-        return last
+            wb.wrote(n)
+            if not parallel:
+                h.update(buf)
+                continue
+            group.append(buf)
+            slots.append(i)
+            if len(group) == _BATCH or start + n == len(data):
+                last = self._pool.submit(_update_all, h, group)  # type: ignore[union-attr]
+                for slot in slots:
+                    self._busy[slot] = last
+                group, slots = [], []
+        return last, crc
 
     def close(self) -> None:
         for fut in self._busy:
@@ -202,42 +268,210 @@ class _HashPipe:
             self._pool = None
 
 
-class _HashingSink:
-    """File-like for numpy's own writer: hashes (inline) and counts what goes to the member."""
+class _Writeback:
+    """Starts the disk writing each completed range of a local file while the save goes on.
+
+    Without it the kernel writes a freshly written file back only at the final fsync (or when
+    dirty pages pile up), so the disk idles while the save computes, then the CPU idles while
+    the disk catches up. ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on each completed
+    `WRITEBACK_EVERY` bytes only *starts* writeback and guarantees nothing: durability still
+    comes from the fsync of `durable.atomic_writer`, which then finds little left to write. The
+    call can block while the device queue is full, so it runs on a helper thread (ctypes
+    releases the GIL) and the save goes on meanwhile; a range completed while the previous call
+    still runs joins the next call. A no-op where the call is unavailable or fails (other
+    systems, no descriptor).
+    """
 
     def __init__(self, out: Any) -> None:
-        self._out, self.count, self.hash = out, 0, hashlib.sha256()
+        self._out = out
+        self._fd = -1
+        self._done = 0
+        if _SYNC_FILE_RANGE is not None and out is not None:
+            try:
+                self._fd = out.fileno()
+                self._done = out.tell()
+            except (AttributeError, OSError, ValueError):
+                self._fd = -1
+        self._pending = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._busy: Future[int] | None = None
+
+    def wrote(self, n: int) -> None:
+        if self._fd < 0:
+            return
+        self._pending += n
+        if self._pending < WRITEBACK_EVERY or (self._busy is not None and not self._busy.done()):
+            return
+        if self._busy is not None and self._busy.result() != 0:
+            self._fd = -1  # e.g. ESPIPE, EINVAL: leave it all to the final fsync
+            return
+        self._pending = 0
+        self._out.flush()
+        end = self._out.tell()
+        if end <= self._done:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="resumable-writeback")
+        self._busy = self._pool.submit(
+            _SYNC_FILE_RANGE,  # type: ignore[arg-type]
+            self._fd,
+            self._done,
+            end - self._done,
+            _SYNC_FILE_RANGE_WRITE,
+        )
+        self._done = end
+
+    def close(self) -> None:
+        """Wait for the call in flight (the descriptor is closed after the save)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+class _HashingSink:
+    """File-like for numpy's own writer: hashes (inline), CRCs and counts what goes out."""
+
+    def __init__(self, zout: _ZipOut) -> None:
+        self._zout, self.count, self.hash, self.crc = zout, 0, hashlib.sha256(), 0
 
     def write(self, data: Any) -> int:
         n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
         self.hash.update(data)
-        self._out.write(data)
+        self.crc = _crc32(data, self.crc)
+        self._zout.write(data)
         self.count += n
         return n
 
 
-class _Unseekable:
-    """Presents a write stream as non-seekable, so zipfile streams (data descriptors)."""
+def _load_crc32() -> Callable[..., int]:
+    """zlib.crc32, or the same CRC from ISA-L (`isal`, several times faster) where installed."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return zlib.crc32
+    probe = b"resumable" * 1000
+    return isal_zlib.crc32 if isal_zlib.crc32(probe) == zlib.crc32(probe) else zlib.crc32
 
-    def __init__(self, out: Any) -> None:
-        self._out, self._pos = out, 0
 
-    def write(self, data: Any) -> int:
-        n = self._out.write(data)
-        n = memoryview(data).nbytes if n is None else n
-        self._pos += n
-        return n
+_crc32 = _load_crc32()
+_ZIP_VERSION = 45  # zip64
+_ZIP_FLAGS = 0x08  # sizes and CRC in a data descriptor after the data
+_DOS_DATE = (1 << 5) | 1  # 1980-01-01 (_FIXED_DATE), time 00:00:00
+_DATA_DESCRIPTOR = struct.Struct("<4sLQQ")
+_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
+_ZIP64_LOCAL_EXTRA = struct.Struct("<HHQQ")
+_ZIP64_CENTRAL_EXTRA = struct.Struct("<HH3Q")
+_U32 = 0xFFFFFFFF
 
-    def tell(self) -> int:
-        return self._pos
 
-    def seek(self, *args: Any) -> int:
-        raise OSError("stream is not seekable")
+class _ZipOut:
+    """A streaming writer of uncompressed zip64 archives, the layout `zipfile` writes to a
+    non-seekable stream: each member is a local header, the data and a data descriptor (CRC
+    and sizes), and the central directory plus zip64 end records come last. It writes straight
+    to the file (no seeking, no second pass), and the caller computes each member's CRC on the
+    very buffers it writes (`zipfile` would compute it again, with the slower zlib).
+    """
 
-    def seekable(self) -> bool:
-        return False
+    def __init__(self, out: Any, start: int) -> None:
+        self._out = out
+        self.pos = start
+        self._entries: list[tuple[bytes, int, int, int]] = []  # name, CRC, size, offset
+        self._member: tuple[bytes, int] | None = None
 
-    def flush(self) -> None:
+    def write(self, data: Any) -> None:
+        self._out.write(data)
+        self.pos += len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+
+    def begin(self, member: str) -> None:
+        name = member.encode("ascii")
+        local = _LOCAL_HEADER.pack(
+            b"PK\x03\x04",
+            _ZIP_VERSION,
+            0,
+            _ZIP_FLAGS,
+            zipfile.ZIP_STORED,
+            0,
+            _DOS_DATE,
+            0,
+            _U32,
+            _U32,
+            len(name),
+            _ZIP64_LOCAL_EXTRA.size,
+        )
+        self._member = (name, self.pos)
+        self.write(local + name + _ZIP64_LOCAL_EXTRA.pack(1, 16, 0, 0))
+
+    def end(self, crc: int, size: int) -> None:
+        assert self._member is not None
+        name, offset = self._member
+        self._member = None
+        self.write(_DATA_DESCRIPTOR.pack(b"PK\x07\x08", crc, size, size))
+        self._entries.append((name, crc, size, offset))
+
+    def add(self, member: str, data: bytes) -> None:
+        self.begin(member)
+        self.write(data)
+        self.end(zlib.crc32(data), len(data))
+
+    def close(self) -> None:
+        """Write the central directory and the end records."""
+        cd_start = self.pos
+        parts = []
+        for name, crc, size, offset in self._entries:
+            parts.append(
+                _CENTRAL.pack(
+                    b"PK\x01\x02",
+                    _ZIP_VERSION,
+                    3,
+                    _ZIP_VERSION,
+                    0,
+                    _ZIP_FLAGS,
+                    zipfile.ZIP_STORED,
+                    0,
+                    _DOS_DATE,
+                    crc,
+                    _U32,
+                    _U32,
+                    len(name),
+                    _ZIP64_CENTRAL_EXTRA.size,
+                    0,
+                    0,
+                    0,
+                    0o600 << 16,
+                    _U32,
+                )
+                + name
+                + _ZIP64_CENTRAL_EXTRA.pack(1, 24, size, size, offset)
+            )
+        cd = b"".join(parts)
+        n = len(self._entries)
+        eocd64_at = cd_start + len(cd)
+        tail = (
+            _ZIP64_EOCD.pack(
+                b"PK\x06\x06",
+                _ZIP64_EOCD.size - 12,
+                _ZIP_VERSION,
+                _ZIP_VERSION,
+                0,
+                0,
+                n,
+                n,
+                len(cd),
+                cd_start,
+            )
+            + _ZIP64_LOCATOR.pack(b"PK\x06\x07", 0, eocd64_at, 1)
+            + _EOCD.pack(
+                b"PK\x05\x06",
+                0,
+                0,
+                min(n, 0xFFFF),
+                min(n, 0xFFFF),
+                min(len(cd), _U32),
+                min(cd_start, _U32),
+                0,
+            )
+        )
+        self.write(cd + tail)
         self._out.flush()
 
 
@@ -266,24 +500,19 @@ class NpzStreamWriter:
     """Writes a ZIP_STORED, zip64 .npz to `out`, one member at a time; see module docstring."""
 
     def __init__(self, out: BinaryIO, *, seekable: bool) -> None:
-        target: Any = out if seekable else _Unseekable(out)
-        self._zf = zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True)
+        start = out.tell() if seekable else 0
+        self._zout = _ZipOut(out, start)
         self._pipe = _HashPipe(_WORKERS > 1)
-        self._target = target
-
-    def _info(self, member: str) -> zipfile.ZipInfo:
-        info = zipfile.ZipInfo(member, date_time=_FIXED_DATE)
-        info.compress_type = zipfile.ZIP_STORED
-        info.external_attr = 0o600 << 16
-        return info
+        self._wb = _Writeback(out if seekable else None)
 
     def add_array(
         self,
         member: str,
         name: str,
         arr: np.ndarray,
-        path: tuple[str | int, ...],
+        path: tuple[str | int | IntKey, ...],
         dtype_name: str | None = None,
+        kind: str | None = None,
     ) -> Callable[[], ArrayRecord]:
         """Stream `arr` as member `member`; returns a function giving its manifest record
         (it waits for the array's hash).
@@ -295,20 +524,22 @@ class NpzStreamWriter:
         """
         header = _npy_header(arr)
         contiguous = arr.flags.c_contiguous or arr.flags.f_contiguous
-        with self._zf.open(self._info(member), "w", force_zip64=True) as raw:
-            if header is not None and contiguous and arr.dtype.itemsize > 0:
-                flat = (arr if arr.flags.c_contiguous else arr.T).reshape(-1).view(np.uint8)
-                h = hashlib.sha256(header)
-                raw.write(header)
-                done = self._pipe.stream(flat.data, h, raw.write)
-                size = len(header) + flat.nbytes
-            else:  # non-contiguous, or a .npy 3.0 header: numpy's chunked writer (it hands
-                # over private bytes copies, hashed and written as they are)
-                sink = _HashingSink(raw)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    npformat.write_array(sink, arr, allow_pickle=False)
-                h, size, done = sink.hash, sink.count, None
+        zout = self._zout
+        zout.begin(member)
+        if header is not None and contiguous and arr.dtype.itemsize > 0:
+            flat = (arr if arr.flags.c_contiguous else arr.T).reshape(-1).view(np.uint8)
+            h = hashlib.sha256(header)
+            zout.write(header)
+            done, crc = self._pipe.stream(flat.data, h, _crc32(header), zout.write, self._wb)
+            size = len(header) + flat.nbytes
+        else:  # non-contiguous, or a .npy 3.0 header: numpy's chunked writer (it hands
+            # over private bytes copies, hashed, CRC'd and written as they are)
+            sink = _HashingSink(zout)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                npformat.write_array(sink, arr, allow_pickle=False)
+            h, size, done, crc = sink.hash, sink.count, None, sink.crc
+        zout.end(crc, size)
         header_size = size - arr.nbytes
         if header_size > MAX_NPY_HEADER_BYTES:
             raise UnsupportedValueError(
@@ -324,27 +555,27 @@ class NpzStreamWriter:
                 done.result()
             digest = h.hexdigest()
             return ArrayRecord(
-                name, member, descr, shape, fortran, nbytes, size, digest, path, dtype_name
+                name, member, descr, shape, fortran, nbytes, size, digest, path, dtype_name, kind
             )
 
         return record
 
     def add_bytes(self, member: str, data: bytes) -> None:
-        self._zf.writestr(self._info(member), data)
+        self._zout.add(member, data)
 
     def close(self) -> int:
         """Write the central directory; returns the archive size in bytes."""
         try:
-            self._zf.close()
+            self._zout.close()
         finally:
             self._pipe.close()
-        return int(self._target.tell())
+            self._wb.close()
+        return self._zout.pos
 
     def abort(self) -> None:
         """Give up after an error (the caller discards the output)."""
-        with contextlib.suppress(Exception):
-            self._zf.close()
         self._pipe.close()
+        self._wb.close()
 
 
 # --- reading -----------------------------------------------------------------------------------

@@ -77,9 +77,9 @@ def _write_snapshot(
         for index, item in enumerate(planned):
             arr, dname = item.array()
             leaf = item.leaf
-            pending.append(
-                writer.add_array(MEMBER_FMT.format(index), leaf.name, arr, leaf.path, dname)
-            )
+            member = MEMBER_FMT.format(index)
+            kind = _graph.saved_kind(leaf)
+            pending.append(writer.add_array(member, leaf.name, arr, leaf.path, dname, kind))
             del arr  # a converted copy (e.g. of a device tensor) lives on only until written
         records = [record() for record in pending]
         created = now_iso()
