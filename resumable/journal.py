@@ -91,6 +91,10 @@ class Record:
         return f"Record(seq={self.seq}, type={self.type!r}, key={self.key!r})"
 
 
+_KIND_BYTES = {k: k.encode("ascii") for k in _TYPES}
+_json_string = json.encoder.encode_basestring  # the C escaper when available; as _dumps(str)
+
+
 def encode_record(
     prev_hash: str,
     seq: int,
@@ -98,19 +102,32 @@ def encode_record(
     key: str | None,
     t: float,
     fp: str | None,
-    payload: dict[str, Any],
+    payload: dict[str, Any] | bytes,
 ) -> tuple[bytes, str, bytes]:
-    """(line bytes, record hash, payload bytes) of a new record."""
-    if kind not in _TYPES:
+    """(line bytes, record hash, payload bytes) of a new record.
+
+    `payload` is the record's JSON object, or its bytes already encoded (compact, UTF-8, no
+    NaN: what `_dumps` makes; the sweep's hot path builds a result's payload from the value's
+    JSON and a per-sweep suffix). The record hashes its line once, from one buffer."""
+    kind_b = _KIND_BYTES.get(kind)
+    if kind_b is None:
         raise ValueError(f"unknown record type {kind!r}")
-    what = f"the {kind} record" + (f" of item {key!r:.100}" if key is not None else "")
-    if key is not None:
-        limits.check_key(key, what)
-    header = b"%d %s %r %s " % (seq, kind.encode(), t, (fp or "-").encode()) + _dumps(key)
-    body = _dumps(payload)
-    limits.check_record(_HASH_LEN + 2 + len(header) + len(body), what)
-    digest = hashlib.sha256(prev_hash.encode("ascii") + b"\n" + header + b"\t" + body).hexdigest()
-    return digest.encode("ascii") + b" " + header + b"\t" + body + b"\n", digest, body
+    if key is None:
+        key_b = b"null"
+    else:
+        if len(key) > limits.MAX_KEY_CHARS:
+            limits.check_key(key, _what(kind, key))
+        key_b = _json_string(key).encode("utf-8")
+    body = payload if type(payload) is bytes else _dumps(payload)
+    rest = b"%d %s %r %s %s\t%s" % (seq, kind_b, t, fp.encode() if fp else b"-", key_b, body)
+    if _HASH_LEN + 1 + len(rest) > limits.MAX_RECORD_BYTES:
+        limits.check_record(_HASH_LEN + 1 + len(rest), _what(kind, key))
+    digest = hashlib.sha256(b"%s\n%s" % (prev_hash.encode("ascii"), rest)).hexdigest()
+    return b"%s %s\n" % (digest.encode("ascii"), rest), digest, body
+
+
+def _what(kind: str, key: str | None) -> str:
+    return f"the {kind} record" + (f" of item {key!r:.100}" if key is not None else "")
 
 
 @dataclass
