@@ -44,7 +44,14 @@ from .errors import (
     ForeignProcessError,
     IntegrityError,
 )
-from .journal import ParsedSegment, Record, encode_record, parse_sealed_segment, parse_segment
+from .journal import (
+    ParsedSegment,
+    Record,
+    dumps,
+    encode_line,
+    parse_sealed_segment,
+    parse_segment,
+)
 from .manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -359,9 +366,19 @@ _HELD_LOCKS: set[str] = set()
 _HELD_GUARD = threading.Lock()
 
 
+_pid = os.getpid()
+
+
+def process_id() -> int:
+    """os.getpid(), kept up to date at every fork (a system call per record would cost more
+    than the rest of the owner check)."""
+    return _pid
+
+
 def _forget_locks_after_fork() -> None:
     """A forked child holds none of its parent's POSIX locks (they are per process)."""
-    global _HELD_GUARD
+    global _HELD_GUARD, _pid
+    _pid = os.getpid()
     _HELD_GUARD = threading.Lock()  # another thread may have held it at the fork
     _HELD_LOCKS.clear()
 
@@ -512,6 +529,7 @@ class CheckpointWriter:
         self._active_size = loaded.active_size
         self._active_records = loaded.active_records
         self._broken: str | None = None
+        self._last_us = 0  # the time of the last group written, in microseconds
         self._mutex = threading.Lock()
         self.owner_pid = os.getpid()  # a forked child inherits this object but may not append
         if self.manifest.active is None:
@@ -632,18 +650,22 @@ class CheckpointWriter:
         against the limits, before the write), and rolled first when a record would take it
         past `limits.MAX_SEGMENT_BYTES`. If this raises, none of the records of the chunk
         being written was acknowledged and the writer records nothing more."""
-        if os.getpid() != self.owner_pid:  # before the mutex: a parent's thread may hold it
+        if _pid != self.owner_pid:  # before the mutex: a parent's thread may hold it
             raise foreign_process_error(f"checkpoint {self.dir}", self.owner_pid)
         with self._mutex:
             if self._broken is not None:
                 raise CheckpointClosedError(
                     f"checkpoint {self.dir} can no longer record: {self._broken}"
                 )
-            t = time.time()  # one time per group (a torn group is recognised by it)
+            # One time per group, in whole microseconds (written as such: no float repr) and
+            # later than the previous group's: a torn group is recognised by its single time.
+            us = max(time.time_ns() // 1000, self._last_us + 1)
+            self._last_us = us
+            t, t_b = us / 1_000_000, b"%d.%06d" % divmod(us, 1_000_000)  # float(t_b) == t exactly
             out: list[Record] = []
             pos, n = 0, len(entries)
             while pos < n:
-                pos = self._write_chunk(entries, pos, t, out)
+                pos = self._write_chunk(entries, pos, t, t_b, out)
             return out
 
     def _write_chunk(
@@ -651,6 +673,7 @@ class CheckpointWriter:
         entries: list[tuple[str, dict[str, Any] | bytes, str | None, str | None]],
         pos: int,
         t: float,
+        t_b: bytes,
         out: list[Record],
     ) -> int:
         """Encode entries from `pos` on, up to the one that fills the active segment (or the
@@ -663,7 +686,8 @@ class CheckpointWriter:
         n = len(entries)
         while pos < n:
             kind, payload, key, fp = entries[pos]
-            line, digest, body = encode_record(prev, seq + 1, kind, key, t, fp, payload)
+            body = payload if type(payload) is bytes else dumps(payload)
+            line, digest = encode_line(prev, seq + 1, kind, key, t_b, fp, body)
             if size and size + len(line) > cap:
                 if lines:
                     break  # write what we have; the next chunk rolls first

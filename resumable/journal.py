@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import limits
-from .codec import loads
+from .codec import compact_json, loads
 from .errors import IntegrityError
 
 _HASH_LEN = 64
@@ -45,12 +45,7 @@ MAX_TIME = 1e10  # seconds since the epoch (year 2286): later record times are d
 _TYPES = frozenset({"launch", "items", "result", "failure", "retry", "invalidate", "meta"})
 
 
-# json.dumps with options builds a new encoder per call: one made once gives the same bytes
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-
-
-def _dumps(obj: Any) -> bytes:
-    return _ENCODE(obj).encode("utf-8")
+dumps = compact_json  # a payload's bytes: compact JSON, UTF-8, no NaN
 
 
 class Record:
@@ -92,7 +87,7 @@ class Record:
 
 
 _KIND_BYTES = {k: k.encode("ascii") for k in _TYPES}
-_json_string = json.encoder.encode_basestring  # the C escaper when available; as _dumps(str)
+_json_string = json.encoder.encode_basestring  # the C escaper when available; as dumps(str)
 
 
 def encode_record(
@@ -107,8 +102,19 @@ def encode_record(
     """(line bytes, record hash, payload bytes) of a new record.
 
     `payload` is the record's JSON object, or its bytes already encoded (compact, UTF-8, no
-    NaN: what `_dumps` makes; the sweep's hot path builds a result's payload from the value's
-    JSON and a per-sweep suffix). The record hashes its line once, from one buffer."""
+    NaN: what `dumps` makes; the sweep's hot path builds a result's payload from the value's
+    JSON and a per-sweep suffix)."""
+    body = payload if type(payload) is bytes else dumps(payload)
+    line, digest = encode_line(prev_hash, seq, kind, key, b"%r" % t, fp, body)
+    return line, digest, body
+
+
+def encode_line(
+    prev_hash: str, seq: int, kind: str, key: str | None, t: bytes, fp: str | None, body: bytes
+) -> tuple[bytes, str]:
+    """(line bytes, record hash) of a record whose time (`t`: repr of the float, as bytes,
+    made once for a group) and payload are already encoded. Refuses what the loader would:
+    an unknown type, a key or a line past the limits (LimitExceededError)."""
     kind_b = _KIND_BYTES.get(kind)
     if kind_b is None:
         raise ValueError(f"unknown record type {kind!r}")
@@ -118,12 +124,11 @@ def encode_record(
         if len(key) > limits.MAX_KEY_CHARS:
             limits.check_key(key, _what(kind, key))
         key_b = _json_string(key).encode("utf-8")
-    body = payload if type(payload) is bytes else _dumps(payload)
-    rest = b"%d %s %r %s %s\t%s" % (seq, kind_b, t, fp.encode() if fp else b"-", key_b, body)
+    rest = b"%d %s %s %s %s\t%s" % (seq, kind_b, t, fp.encode() if fp else b"-", key_b, body)
     if _HASH_LEN + 1 + len(rest) > limits.MAX_RECORD_BYTES:
         limits.check_record(_HASH_LEN + 1 + len(rest), _what(kind, key))
-    digest = hashlib.sha256(b"%s\n%s" % (prev_hash.encode("ascii"), rest)).hexdigest()
-    return b"%s %s\n" % (digest.encode("ascii"), rest), digest, body
+    digest = hashlib.sha256(prev_hash.encode("ascii") + b"\n" + rest).hexdigest()
+    return digest.encode("ascii") + b" " + rest + b"\n", digest
 
 
 def _what(kind: str, key: str | None) -> str:
