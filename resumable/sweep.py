@@ -543,7 +543,9 @@ class ResumableSweep:
 
     def seed(self, item: Any) -> int:
         """A stable 63-bit seed derived from the item's key (same on every rerun and machine)."""
-        key = self._items.key_of(item)
+        return self._seed_of_key(self._items.key_of(item))
+
+    def _seed_of_key(self, key: str) -> int:
         digest = hashlib.sha256(b"resumable-seed\0" + key.encode("utf-8")).digest()
         return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
