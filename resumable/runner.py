@@ -420,6 +420,8 @@ class _Run:
                 if self.stopping:
                     raise self.too_many_failures()  # the handler below commits what is done
             self._commit()
+            if self.stopping:  # the last group held the failure too many (an unstorable result)
+                raise self.too_many_failures()
         except BaseException:  # Ctrl-C, or Preempted raised inside fn: the results so far are
             self._commit()  # good, keep them (a failing commit has emptied the group first)
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import gc
 import hashlib
 import logging
 import math
@@ -248,7 +249,8 @@ class ResumableSweep:
         if key in self._state.results:
             self._check_not_done(key, "each item is recorded once")
         # outside the lock: CPU (the value's JSON, the item's fingerprint)
-        body = self._result_payload(key, result, self._duration(key, duration))
+        measured = duration is None  # from when `pending` yielded it, if it did
+        body = self._result_payload(key, result, self._duration(key, duration), measured)
         fp = self._items.fingerprint(key, cache=False)
         with self._lock:
             if key in self._state.results:
@@ -275,10 +277,14 @@ class ResumableSweep:
             return key
         return items.key_of(item)
 
-    def _result_payload(self, key: str, result: Any, duration: float | None) -> bytes:
+    def _result_payload(
+        self, key: str, result: Any, duration: float | None, measured: bool = False
+    ) -> bytes:
         """The payload of a result record, as `journal.dumps` would make it from
         {"value": encode(result), "duration": duration, "launch": launch_id}: the value's JSON
-        between a fixed prefix and the sweep's fixed suffix (the reports read it from the end)."""
+        between a fixed prefix and the sweep's fixed suffix (the reports read it from the end).
+        A `measured` duration is written to the microsecond (a float's shortest repr costs as
+        much as the rest of the payload); one given by the user exactly."""
         try:
             value = encode_json(result, what="")
         except UnsupportedValueError:  # again, for the message naming the item
@@ -286,7 +292,11 @@ class ResumableSweep:
         return (
             b'{"value":'
             + value
-            + (b',"duration":null' if duration is None else b',"duration":%r' % duration)
+            + (
+                b',"duration":null'
+                if duration is None
+                else (b',"duration":%.6f' if measured else b',"duration":%r') % duration
+            )
             + self._result_tail
         )
 
@@ -347,21 +357,39 @@ class ResumableSweep:
             self._yielded_ids.pop(id(item), None)
         return rows
 
-    def _prepare_results(self, rows: list[tuple[str, Any, float | None]]) -> int:
+    def _prepare_results(
+        self, rows: list[tuple[str, Any, float | None]], measured: bool = False
+    ) -> int:
         """Record (key, result, duration) rows of known, distinct keys with one fdatasync;
-        everything is encoded (outside the lock) before anything is written. The keys'
-        durations from `pending` are dropped. Returns the count."""
+        everything is encoded (outside the lock) before anything is written. A duration not
+        given is measured from when `pending` yielded the item (`measured`: all were measured
+        by the caller). Returns the count.
+
+        The garbage collector is paused meanwhile (as while a checkpoint is replayed): a group
+        makes thousands of small acyclic objects, and the collections they would set off
+        traverse every object of the process (the items, the results so far) again and again."""
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._commit_rows(rows, measured)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _commit_rows(self, rows: list[tuple[str, Any, float | None]], measure: bool) -> int:
         entries = []
         fingerprint = self._items.fingerprint
         yielded = self._yielded
+        payload = self._result_payload
         for key, result, duration in rows:
             started = yielded.pop(key, None)
+            measured = measure or (duration is None and started is not None)
             if duration is None and started is not None:
                 duration = time.monotonic() - started
             entries.append(
                 (
                     "result",
-                    self._result_payload(key, result, duration),
+                    payload(key, result, duration, measured),
                     key,
                     fingerprint(key, cache=False),
                 )
@@ -380,9 +408,10 @@ class ResumableSweep:
 
     def _record_results(self, rows: list[tuple[str, Any, float | None]]) -> int:
         """`record_many` for `sweep.run`: (key, result, duration) of items it took from
-        `_pending_keyed` (distinct keys of the sweep's items, so not looked up again)."""
+        `_pending_keyed` (distinct keys of the sweep's items, so not looked up again), with
+        the durations it measured."""
         self._check_owner()
-        return self._prepare_results(rows)
+        return self._prepare_results(rows, measured=True)
 
     def _check_not_done(self, key: str, why: str) -> None:
         if key in self._state.results:
