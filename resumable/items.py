@@ -80,6 +80,13 @@ def fingerprint_of(item: Any) -> tuple[Any, bytes] | None:
     return enc, _CANONICAL(enc).encode("utf-8")
 
 
+def item_fingerprint(item: Any) -> str | None:
+    """An item's fingerprint (`ItemSet.fingerprint`), computed wherever the item is (a pool's
+    worker, from its copy of the item); None if the item is not JSON-like."""
+    fp = fingerprint_of(item)
+    return None if fp is None else hashlib.sha256(fp[1]).hexdigest()[:FP_LEN]
+
+
 def default_key(item: Any) -> str:
     """The default key: a stable hash of the item's canonical JSON."""
     fp = fingerprint_of(item)
@@ -165,8 +172,7 @@ class ItemSet:
         cached = self._fps.get(idx)
         if cached is not None or cache:
             return (cached or self._fp(idx))[0]
-        fp = fingerprint_of(self.items[idx])
-        return None if fp is None else hashlib.sha256(fp[1]).hexdigest()[:FP_LEN]
+        return item_fingerprint(self.items[idx])
 
     def identity(self, upto: int | None = None) -> str:
         """One SHA-256 over all keys and items (the first `upto` of them): equal iff the item

@@ -65,8 +65,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from tqdm import tqdm
 
+from . import __version__
 from .errors import ConfigurationError, RunError, TooManyFailuresError, UnsupportedValueError
+from .items import item_fingerprint
 from .preempt import Preempted, PreemptionGuard
+from .sweep import encode_result
 
 if TYPE_CHECKING:
     from .sweep import ResumableSweep
@@ -131,9 +134,27 @@ def process_pool(max_workers: int | None = None) -> cf.ProcessPoolExecutor:
     return cf.ProcessPoolExecutor(max_workers, mp_context=ctx, initializer=worker_initializer)
 
 
-def run_batch(fn: Callable[..., Any], batch: list[tuple[Any, int | None]]) -> list[Outcome]:
-    """Runs in the worker: one outcome per (item, seed); an exception fails only its item."""
-    return [run_one(fn, item, seed) for item, seed in batch]
+def run_batch(
+    fn: Callable[..., Any],
+    batch: list[tuple[Any, int | None]],
+    encode: tuple[str, bool] | None = None,
+) -> list[Outcome]:
+    """Runs in the worker: one outcome per (item, seed); an exception fails only its item.
+
+    `encode`: (the owner's library version, whether to compute fingerprints). When this worker
+    runs the same version, results go back encoded (`sweep.encode_result`: JSON bytes, and the
+    item's fingerprint taken before `fn` could change the item), which takes that work off
+    the owner, the one process that records. Another version sends results as they are."""
+    if encode is None or encode[0] != __version__:
+        return [run_one(fn, item, seed) for item, seed in batch]
+    fps = [item_fingerprint(item) for item, _ in batch] if encode[1] else None
+    out = []
+    for i, (item, seed) in enumerate(batch):
+        ok, value, tb, seconds = run_one(fn, item, seed)
+        if ok:
+            value = encode_result(item, value, False if fps is None else fps[i])
+        out.append((ok, value, tb, seconds))
+    return out
 
 
 def run_one(fn: Callable[..., Any], item: Any, seed: int | None) -> Outcome:
@@ -440,6 +461,12 @@ class _Run:
             else _TASK_S["dask" if client is not None else "other"]
         )
         self.cap = max(1, limit // (2 * workers)) if limit else _MAX_BATCH
+        # workers of a process pool (this machine's install) send results back encoded
+        self.encode = (
+            (__version__, self.sweep._worker_fingerprints())
+            if isinstance(executor, cf.ProcessPoolExecutor)
+            else None
+        )
         self.deferring = True
         _check_sendable(self.fn, executor, client)
         try:
@@ -516,7 +543,7 @@ class _Run:
         task_key = f"resumable-{self.token}-{next(self.counter)}"
         extra = {"key": task_key} if self.client is not None else {}  # to find it on the workers
         pairs = [(item, None if seed_of is None else seed_of(k)) for k, item in batch]
-        fut = self.executor.submit(run_batch, self.fn, pairs, **extra)
+        fut = self.executor.submit(run_batch, self.fn, pairs, self.encode, **extra)
         self.inflight[fut] = _Task(batch, time.monotonic(), task_key)
         self.outstanding += len(batch)
         self.peak = max(self.peak, self.outstanding)

@@ -22,7 +22,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from . import limits, signing
 from ._opening import open_sweep
@@ -41,7 +41,7 @@ from .errors import (
     ResumableError,
     UnsupportedValueError,
 )
-from .items import ItemSet
+from .items import ItemSet, item_fingerprint
 from .journal import Record
 from .mirror import Mirror, MirrorOptions
 from .preempt import Preempted, PreemptionGuard, current_guard, resolve_grace_s
@@ -59,6 +59,28 @@ OnChange = Literal["error", "rerun", "keep"]
 MAX_TRACEBACK_CHARS = 32_000
 ENV_RESUME_FROM = "SWEEP_RESUME_FROM"
 ENV_SNAPSHOT_DIR = "SWEEP_SNAPSHOT_DIR"
+
+
+class EncodedResult(NamedTuple):
+    """A result encoded where it was computed (`encode_result`, in a pool's worker), so that
+    the owner only frames it: its JSON (`codec.encode_json`) and, when asked for, its item's
+    fingerprint (computed from the worker's copy of the item before `fn` ran)."""
+
+    json: bytes
+    fp: str | None
+    has_fp: bool
+
+
+def encode_result(item: Any, result: Any, fp: bool | str | None) -> Any:
+    """`result` as an EncodedResult, or as it is if the codec refuses it (its owner then records
+    why). `fp`: the item's fingerprint (computed before `fn` ran), or False for none."""
+    try:
+        value = encode_json(result, what="")
+    except UnsupportedValueError:
+        return result
+    if fp is False:
+        return EncodedResult(value, None, False)
+    return EncodedResult(value, fp if fp is not True else item_fingerprint(item), True)
 
 
 class ResumableSweep:
@@ -285,10 +307,13 @@ class ResumableSweep:
         between a fixed prefix and the sweep's fixed suffix (the reports read it from the end).
         A `measured` duration is written to the microsecond (a float's shortest repr costs as
         much as the rest of the payload); one given by the user exactly."""
-        try:
-            value = encode_json(result, what="")
-        except UnsupportedValueError:  # again, for the message naming the item
-            value = encode_json(result, what=f"the result of item {key!r}")
+        if type(result) is EncodedResult:
+            value = result.json
+        else:
+            try:
+                value = encode_json(result, what="")
+            except UnsupportedValueError:  # again, for the message naming the item
+                value = encode_json(result, what=f"the result of item {key!r}")
         return (
             b'{"value":'
             + value
@@ -386,14 +411,11 @@ class ResumableSweep:
             measured = measure or (duration is None and started is not None)
             if duration is None and started is not None:
                 duration = time.monotonic() - started
-            entries.append(
-                (
-                    "result",
-                    payload(key, result, duration, measured),
-                    key,
-                    fingerprint(key, cache=False),
-                )
-            )
+            if type(result) is EncodedResult and result.has_fp:
+                fp = result.fp
+            else:
+                fp = fingerprint(key, cache=False)
+            entries.append(("result", payload(key, result, duration, measured), key, fp))
         if not entries:
             return 0
         with self._lock:
@@ -406,10 +428,16 @@ class ResumableSweep:
             self._append_many(entries)
         return len(entries)
 
+    def _worker_fingerprints(self) -> bool:
+        """Whether `encode_result` should compute the items' fingerprints (not with the
+        default keys: the key is the fingerprint)."""
+        return self._items.key_fn is not None
+
     def _record_results(self, rows: list[tuple[str, Any, float | None]]) -> int:
         """`record_many` for `sweep.run`: (key, result, duration) of items it took from
         `_pending_keyed` (distinct keys of the sweep's items, so not looked up again), with
-        the durations it measured."""
+        the durations it measured; a result may come as an `EncodedResult` (see
+        `_worker_fingerprints`)."""
         self._check_owner()
         return self._prepare_results(rows, measured=True)
 
