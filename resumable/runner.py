@@ -543,7 +543,8 @@ class _Run:
         task_key = f"resumable-{self.token}-{next(self.counter)}"
         extra = {"key": task_key} if self.client is not None else {}  # to find it on the workers
         pairs = [(item, None if seed_of is None else seed_of(k)) for k, item in batch]
-        fut = self.executor.submit(run_batch, self.fn, pairs, self.encode, **extra)
+        args = (self.fn, pairs) if self.encode is None else (self.fn, pairs, self.encode)
+        fut = self.executor.submit(run_batch, *args, **extra)
         self.inflight[fut] = _Task(batch, time.monotonic(), task_key)
         self.outstanding += len(batch)
         self.peak = max(self.peak, self.outstanding)
