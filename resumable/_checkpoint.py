@@ -38,7 +38,14 @@ from typing import Any
 from . import _durable as durable
 from . import _limits as limits
 from ._durable import atomic_write_bytes, create_durable_file, fsync_file, make_dirs
-from ._journal import ParsedSegment, Record, encode_record, parse_sealed_segment, parse_segment
+from ._journal import (
+    ParsedSegment,
+    Record,
+    dumps,
+    encode_line,
+    parse_sealed_segment,
+    parse_segment,
+)
 from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, check_name, parse_manifest
 from ._state import State
 from .errors import (
@@ -354,9 +361,19 @@ _HELD_LOCKS: set[str] = set()
 _HELD_GUARD = threading.Lock()
 
 
+_pid = os.getpid()
+
+
+def process_id() -> int:
+    """os.getpid(), kept up to date at every fork (a system call per record would cost more
+    than the rest of the owner check)."""
+    return _pid
+
+
 def _forget_locks_after_fork() -> None:
     """A forked child holds none of its parent's POSIX locks (they are per process)."""
-    global _HELD_GUARD
+    global _HELD_GUARD, _pid
+    _pid = os.getpid()
     _HELD_GUARD = threading.Lock()  # another thread may have held it at the fork
     _HELD_LOCKS.clear()
 
@@ -507,6 +524,7 @@ class CheckpointWriter:
         self._active_size = loaded.active_size
         self._active_records = loaded.active_records
         self._broken: str | None = None
+        self._last_us = 0  # the time of the last group written, in microseconds
         self._mutex = threading.Lock()
         self.owner_pid = os.getpid()  # a forked child inherits this object but may not append
         if self.manifest.active is None:
@@ -518,6 +536,7 @@ class CheckpointWriter:
             limits.check_manifest(len(data), len(self.manifest.segments), f"checkpoint {self.dir}")
             atomic_write_bytes(self.dir / MANIFEST_NAME, data)
         self._active_path = self.segdir / check_name(self.manifest.active)
+        self._active_str = str(self._active_path)  # named in records and errors
         try:
             if loaded.torn_bytes:
                 self._drop_torn_tail()
@@ -605,135 +624,113 @@ class CheckpointWriter:
     def append(
         self,
         kind: str,
-        payload: dict[str, Any],
+        payload: dict[str, Any] | bytes,
         *,
         key: str | None = None,
         fp: str | None = None,
     ) -> Record:
-        """Durably append one record; when this returns it survives SIGKILL and power loss."""
-        if os.getpid() != self.owner_pid:  # before the mutex: a parent's thread may hold it
-            raise foreign_process_error(f"checkpoint {self.dir}", self.owner_pid)
-        with self._mutex:
-            if self._broken is not None:
-                raise CheckpointClosedError(
-                    f"checkpoint {self.dir} can no longer record: {self._broken}"
-                )
-            seq = self.last_seq + 1
-            t = time.time()
-            line, digest, body = encode_record(self.last_hash, seq, kind, key, t, fp, payload)
-            if self._active_size and self._active_size + len(line) > limits.MAX_SEGMENT_BYTES:
-                self._roll()  # first: no segment may grow past what the loader reads
-            before = self._active_size
-            hasher = self._active_hash.copy()
-            hasher.update(line)
-            plan = None
-            if before + len(line) >= self.segment_bytes:  # this record fills the segment:
-                # the manifest that seals it is built (and checked against the limits) first
-                plan = self._plan_seal(
-                    before + len(line), hasher, self._active_records + 1, seq, digest
-                )
-            try:
-                _write_all(self._fd, line)
-                fsync_file(self._fd, str(self._active_path))
-            except OSError as exc:
-                self._fail(f"{type(exc).__name__}: {exc}", truncate_to=before)
-                if isinstance(exc, CheckpointWriteError):
-                    raise
-                raise CheckpointWriteError(
-                    exc.errno, f"recording to {self._active_path} failed: {exc.strerror or exc}"
-                ) from exc
-            except BaseException as exc:  # Ctrl-C (or a SystemExit) between write and bookkeeping
-                self._fail(
-                    f"interrupted while recording ({type(exc).__name__}); reopen the sweep",
-                    truncate_to=before,
-                )
-                raise
-            # From here on nothing can fail: plain assignments only.
-            self._active_hash = hasher
-            self._active_size = before + len(line)
-            self._active_records += 1
-            self.last_seq = seq
-            self.last_hash = digest
-            record = Record(seq, kind, key, t, fp, body, str(self._active_path))
-            if plan is not None:
-                self._seal(plan)
-            return record
+        """Durably append one record; when this returns it survives SIGKILL and power loss.
+
+        `append_many` of one entry: the same rules, write and failure handling. `payload` is
+        the record's JSON object or its encoded bytes (see `journal.encode_record`)."""
+        return self.append_many([(kind, payload, key, fp)])[0]
 
     def append_many(
-        self, entries: list[tuple[str, dict[str, Any], str | None, str | None]]
+        self, entries: list[tuple[str, dict[str, Any] | bytes, str | None, str | None]]
     ) -> list[Record]:
         """Durably append (kind, payload, key, fp) records with one write and one fdatasync
         (one per segment when they fill it); when this returns all of them survive SIGKILL and
-        power loss. Group commit: the cost of the fdatasync is shared by the whole group. The
-        segment rules are `append`'s: a segment is sealed once it reaches `segment_bytes`
-        (its manifest planned, and checked against the limits, before the write), and rolled
-        first when a record would take it past `limits.MAX_SEGMENT_BYTES`."""
-        if os.getpid() != self.owner_pid:  # before the mutex: a parent's thread may hold it
+        power loss. Group commit: the cost of the fdatasync is shared by the whole group. A
+        segment is sealed once it reaches `segment_bytes` (its manifest planned, and checked
+        against the limits, before the write), and rolled first when a record would take it
+        past `limits.MAX_SEGMENT_BYTES`. If this raises, none of the records of the chunk
+        being written was acknowledged and the writer records nothing more."""
+        if _pid != self.owner_pid:  # before the mutex: a parent's thread may hold it
             raise foreign_process_error(f"checkpoint {self.dir}", self.owner_pid)
-        out: list[Record] = []
         with self._mutex:
             if self._broken is not None:
                 raise CheckpointClosedError(
                     f"checkpoint {self.dir} can no longer record: {self._broken}"
                 )
-            t = time.time()
-            pos = 0
-            while pos < len(entries):
-                # one chunk: up to the record that fills the active segment, or the end
-                lines: list[bytes] = []
-                heads: list[tuple[int, str, str | None, str | None, bytes]] = []
-                seq, prev, size = self.last_seq, self.last_hash, self._active_size
-                hasher = self._active_hash.copy()
-                while pos < len(entries):
-                    kind, payload, key, fp = entries[pos]
-                    line, digest, body = encode_record(prev, seq + 1, kind, key, t, fp, payload)
-                    if size and size + len(line) > limits.MAX_SEGMENT_BYTES:
-                        if lines:
-                            break  # write what we have; the next chunk rolls first
-                        self._roll()  # first: no segment grows past what the loader reads
-                        size, hasher = 0, hashlib.sha256()
-                    seq, prev = seq + 1, digest
-                    lines.append(line)
-                    heads.append((seq, kind, key, fp, body))
-                    hasher.update(line)
-                    size += len(line)
-                    pos += 1
-                    if size >= self.segment_bytes:
-                        break
-                plan = None
-                if size >= self.segment_bytes:  # the manifest sealing it is checked first
-                    plan = self._plan_seal(
-                        size, hasher, self._active_records + len(lines), seq, prev
-                    )
-                before = self._active_size
-                try:
-                    _write_all(self._fd, b"".join(lines))
-                    fsync_file(self._fd, str(self._active_path))
-                except OSError as exc:
-                    self._fail(f"{type(exc).__name__}: {exc}", truncate_to=before)
-                    if isinstance(exc, CheckpointWriteError):
-                        raise
-                    raise CheckpointWriteError(
-                        exc.errno,
-                        f"recording to {self._active_path} failed: {exc.strerror or exc}",
-                    ) from exc
-                except BaseException as exc:  # Ctrl-C (or SystemExit) mid-write
-                    self._fail(
-                        f"interrupted while recording ({type(exc).__name__}); reopen the sweep",
-                        truncate_to=before,
-                    )
-                    raise
-                # From here on nothing can fail: plain assignments only.
-                self._active_hash = hasher
-                self._active_size = size
-                self._active_records += len(lines)
-                self.last_seq = seq
-                self.last_hash = prev
-                source = str(self._active_path)
-                out.extend(Record(s, k, key, t, fp, body, source) for s, k, key, fp, body in heads)
-                if plan is not None:
-                    self._seal(plan)
-        return out
+            # One time per group, in whole microseconds (written as such: no float repr) and
+            # later than the previous group's: a torn group is recognised by its single time.
+            us = max(time.time_ns() // 1000, self._last_us + 1)
+            self._last_us = us
+            t, t_b = us / 1_000_000, b"%d.%06d" % divmod(us, 1_000_000)  # float(t_b) == t exactly
+            out: list[Record] = []
+            pos, n = 0, len(entries)
+            while pos < n:
+                pos = self._write_chunk(entries, pos, t, t_b, out)
+            return out
+
+    def _write_chunk(
+        self,
+        entries: list[tuple[str, dict[str, Any] | bytes, str | None, str | None]],
+        pos: int,
+        t: float,
+        t_b: bytes,
+        out: list[Record],
+    ) -> int:
+        """Encode entries from `pos` on, up to the one that fills the active segment (or the
+        end), write them with one write() and one fdatasync, and add their records to `out`;
+        returns the position after them. Under the mutex."""
+        lines: list[bytes] = []
+        recs: list[Record] = []
+        seq, prev, size = self.last_seq, self.last_hash, self._active_size
+        source, cap, fill = self._active_str, limits.MAX_SEGMENT_BYTES, self.segment_bytes
+        n = len(entries)
+        while pos < n:
+            kind, payload, key, fp = entries[pos]
+            body = payload if type(payload) is bytes else dumps(payload)
+            line, digest = encode_line(prev, seq + 1, kind, key, t_b, fp, body)
+            if size and size + len(line) > cap:
+                if lines:
+                    break  # write what we have; the next chunk rolls first
+                self._roll()  # first: no segment grows past what the loader reads
+                size, source = 0, self._active_str
+            seq, prev = seq + 1, digest
+            lines.append(line)
+            recs.append(Record(seq, kind, key, t, fp, body, source))
+            size += len(line)
+            pos += 1
+            if size >= fill:
+                break
+        data = b"".join(lines)  # one line: the line itself, not a copy
+        hasher = plan = None
+        if size >= fill:  # this chunk fills the segment: the manifest sealing it is checked first
+            hasher = self._active_hash.copy()
+            hasher.update(data)
+            plan = self._plan_seal(size, hasher, self._active_records + len(lines), seq, prev)
+        before = self._active_size
+        try:
+            _write_all(self._fd, data)
+            fsync_file(self._fd, source)
+        except OSError as exc:
+            self._fail(f"{type(exc).__name__}: {exc}", truncate_to=before)
+            if isinstance(exc, CheckpointWriteError):
+                raise
+            raise CheckpointWriteError(
+                exc.errno, f"recording to {source} failed: {exc.strerror or exc}"
+            ) from exc
+        except BaseException as exc:  # Ctrl-C (or a SystemExit) between write and bookkeeping
+            self._fail(
+                f"interrupted while recording ({type(exc).__name__}); reopen the sweep",
+                truncate_to=before,
+            )
+            raise
+        # From here on nothing can fail: bookkeeping only.
+        if hasher is None:
+            self._active_hash.update(data)
+        else:
+            self._active_hash = hasher
+        self._active_size = size
+        self._active_records += len(lines)
+        self.last_seq = seq
+        self.last_hash = prev
+        out += recs
+        if plan is not None:
+            self._seal(plan)
+        return pos
 
     def _roll(self) -> None:
         """Seal the active segment as it stands now (before a record that would not fit)."""
@@ -788,6 +785,7 @@ class CheckpointWriter:
         durable.ops.close(self._fd)
         self.manifest = manifest
         self._active_path = new_path
+        self._active_str = str(new_path)
         self._fd = durable.ops.open(new_path, os.O_WRONLY | os.O_APPEND)
         self._active_hash = hashlib.sha256()
         self._active_size = 0
@@ -833,6 +831,8 @@ class CheckpointWriter:
 
 def _write_all(fd: int, data: bytes) -> None:
     write = durable.ops.write
-    view = memoryview(data)
-    while view:
-        view = view[write(fd, view) :]
+    done = write(fd, data)
+    if done < len(data):  # rare: a short write; go on from where it stopped
+        view = memoryview(data)[done:]
+        while view:
+            view = view[write(fd, view) :]

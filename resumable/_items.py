@@ -80,6 +80,13 @@ def fingerprint_of(item: Any) -> tuple[Any, bytes] | None:
     return enc, _CANONICAL(enc).encode("utf-8")
 
 
+def item_fingerprint(item: Any) -> str | None:
+    """An item's fingerprint (`ItemSet.fingerprint`), computed wherever the item is (a pool's
+    worker, from its copy of the item); None if the item is not JSON-like."""
+    fp = fingerprint_of(item)
+    return None if fp is None else hashlib.sha256(fp[1]).hexdigest()[:FP_LEN]
+
+
 def default_key(item: Any) -> str:
     """The default key: a stable hash of the item's canonical JSON."""
     fp = fingerprint_of(item)
@@ -155,8 +162,17 @@ class ItemSet:
             self._fps[idx] = cached
         return cached
 
-    def fingerprint(self, key: str) -> str | None:
-        return self._fp(self.index[key])[0]
+    def fingerprint(self, key: str, *, cache: bool = True) -> str | None:
+        """The fingerprint of the item under `key` (None if it is not JSON-like). With the
+        default keys it is the key itself: both are the first 32 hex digits of the SHA-256 of
+        the item's canonical JSON. `cache=False` keeps no copy (recording asks once per item)."""
+        if self.key_fn is None and _DEFAULT_KEY_LEN == FP_LEN:
+            return key
+        idx = self.index[key]
+        cached = self._fps.get(idx)
+        if cached is not None or cache:
+            return (cached or self._fp(idx))[0]
+        return item_fingerprint(self.items[idx])
 
     def identity(self, upto: int | None = None) -> str:
         """One SHA-256 over all keys and items (the first `upto` of them): equal iff the item

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _limits as limits
-from ._codec import loads
+from ._codec import compact_json, loads
 from .errors import IntegrityError
 
 _HASH_LEN = 64
@@ -45,12 +45,7 @@ MAX_TIME = 1e10  # seconds since the epoch (year 2286): later record times are d
 _TYPES = frozenset({"launch", "items", "result", "failure", "retry", "invalidate", "meta"})
 
 
-# json.dumps with options builds a new encoder per call: one made once gives the same bytes
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-
-
-def _dumps(obj: Any) -> bytes:
-    return _ENCODE(obj).encode("utf-8")
+dumps = compact_json  # a payload's bytes: compact JSON, UTF-8, no NaN
 
 
 class Record:
@@ -91,6 +86,10 @@ class Record:
         return f"Record(seq={self.seq}, type={self.type!r}, key={self.key!r})"
 
 
+_KIND_BYTES = {k: k.encode("ascii") for k in _TYPES}
+_json_string = json.encoder.encode_basestring  # the C escaper when available; as dumps(str)
+
+
 def encode_record(
     prev_hash: str,
     seq: int,
@@ -98,19 +97,42 @@ def encode_record(
     key: str | None,
     t: float,
     fp: str | None,
-    payload: dict[str, Any],
+    payload: dict[str, Any] | bytes,
 ) -> tuple[bytes, str, bytes]:
-    """(line bytes, record hash, payload bytes) of a new record."""
-    if kind not in _TYPES:
+    """(line bytes, record hash, payload bytes) of a new record.
+
+    `payload` is the record's JSON object, or its bytes already encoded (compact, UTF-8, no
+    NaN: what `dumps` makes; the sweep's hot path builds a result's payload from the value's
+    JSON and a per-sweep suffix)."""
+    body = payload if type(payload) is bytes else dumps(payload)
+    line, digest = encode_line(prev_hash, seq, kind, key, b"%r" % t, fp, body)
+    return line, digest, body
+
+
+def encode_line(
+    prev_hash: str, seq: int, kind: str, key: str | None, t: bytes, fp: str | None, body: bytes
+) -> tuple[bytes, str]:
+    """(line bytes, record hash) of a record whose time (`t`: repr of the float, as bytes,
+    made once for a group) and payload are already encoded. Refuses what the loader would:
+    an unknown type, a key or a line past the limits (LimitExceededError)."""
+    kind_b = _KIND_BYTES.get(kind)
+    if kind_b is None:
         raise ValueError(f"unknown record type {kind!r}")
-    what = f"the {kind} record" + (f" of item {key!r:.100}" if key is not None else "")
-    if key is not None:
-        limits.check_key(key, what)
-    header = b"%d %s %r %s " % (seq, kind.encode(), t, (fp or "-").encode()) + _dumps(key)
-    body = _dumps(payload)
-    limits.check_record(_HASH_LEN + 2 + len(header) + len(body), what)
-    digest = hashlib.sha256(prev_hash.encode("ascii") + b"\n" + header + b"\t" + body).hexdigest()
-    return digest.encode("ascii") + b" " + header + b"\t" + body + b"\n", digest, body
+    if key is None:
+        key_b = b"null"
+    else:
+        if len(key) > limits.MAX_KEY_CHARS:
+            limits.check_key(key, _what(kind, key))
+        key_b = _json_string(key).encode("utf-8")
+    rest = b"%d %s %s %s %s\t%s" % (seq, kind_b, t, fp.encode() if fp else b"-", key_b, body)
+    if _HASH_LEN + 1 + len(rest) > limits.MAX_RECORD_BYTES:
+        limits.check_record(_HASH_LEN + 1 + len(rest), _what(kind, key))
+    digest = hashlib.sha256(prev_hash.encode("ascii") + b"\n" + rest).hexdigest()
+    return digest.encode("ascii") + b" " + rest + b"\n", digest
+
+
+def _what(kind: str, key: str | None) -> str:
+    return f"the {kind} record" + (f" of item {key!r:.100}" if key is not None else "")
 
 
 @dataclass
