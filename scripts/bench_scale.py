@@ -265,7 +265,7 @@ def _writer_rate(n: int, where: Path, mode: str) -> dict[str, Any]:
     """CheckpointWriter alone, a result's payload already encoded: `append` one by one
     ("writer"), `append_many` of one entry ("writer_many1", what `append` is), or of 256."""
     from resumable._checkpoint import CheckpointWriter
-    from resumable.manifest import Manifest
+    from resumable._manifest import Manifest
 
     writer = CheckpointWriter.create(
         where / "w.resumable", Manifest(sweep="w", sweep_id="0" * 32, created=time.time())
