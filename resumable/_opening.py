@@ -95,7 +95,7 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
         identity = sweep._items.identity()
         changed = (
             _changed_keys(sweep, loaded)
-            if loaded is not None and identity != loaded.state.items_sha256
+            if loaded is not None and not sweep._items.matches(loaded.state.items_sha256)
             else []
         )
         if changed and sweep.on_change == "error":

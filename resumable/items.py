@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import marshal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from .errors import DuplicateKeyError, InvalidKeyError, UnknownItemError, Unsupp
 
 MAX_PARAMS_BYTES = 64 * 1024  # larger items are remembered by fingerprint only
 _DEFAULT_KEY_LEN = 32
+IDENTITY_PREFIX = "2:"  # identities of the marshal form; older checkpoints hold bare hex
 FP_LEN = 32  # hex characters of SHA-256 kept as an item's fingerprint (128 bits)
 _MAX_PLAIN_INT_BITS = 10_000  # codec tags longer ints; such items take the codec's path
 # codec.canonical_json's exact output, from one encoder made once (json.dumps with options
@@ -100,6 +102,7 @@ class ItemSet:
     index: dict[str, int]
     key_fn: Callable[[Any], Any] | None
     _fps: dict[int, tuple[str | None, Any]] = field(default_factory=dict, repr=False)
+    _legacy: dict[int, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, items: Iterable[Any], key_fn: Callable[[Any], Any] | None) -> ItemSet:
@@ -159,28 +162,67 @@ class ItemSet:
         return self._fp(self.index[key])[0]
 
     def identity(self, upto: int | None = None) -> str:
-        """One SHA-256 over all keys and items (the first `upto` of them): equal iff the item
-        list is unchanged.
+        """One SHA-256 over all keys and items (the first `upto` of them), versioned
+        (``IDENTITY_PREFIX``): equal identities mean an unchanged item list.
 
-        Fast path for plain JSON items: `json.dumps` (with NaN refused) proves every value is a
-        builtin JSON type or a subclass, and `repr` then tells tuples from lists and int keys
-        from str keys, which JSON alone would merge. Other items take the exact, slower path
-        through the codec. Either way a change of any item changes the identity.
+        Fast path: `marshal` (format 2: no references, no interning flags, floats as their 8
+        bytes) encodes the keys and items in one C pass. It accepts only exact builtin types
+        (dict, list, tuple, str, int, float, bool, None, ...: a subclass is refused), which
+        it tells apart, except objects exposing a buffer (numpy arrays and scalars), which it
+        writes as plain bytes; so the encoding must read back equal to the items, which a
+        numpy value (read back as bytes) or a NaN never does. Other items take the exact,
+        slower path through the codec. Equal lists written in another dict order (or holding
+        sets) may get another identity: that costs a re-check at the open, never a missed
+        change.
         """
         n = len(self.items) if upto is None else upto
         items = self.items if n == len(self.items) else self.items[:n]
-        keys = canonical_json(self.keys if n == len(self.keys) else self.keys[:n])
+        keys = self.keys if n == len(self.keys) else self.keys[:n]
         try:
-            as_json = json.dumps(items, sort_keys=True, allow_nan=False, ensure_ascii=False)
-            text = "fast\0" + as_json + "\0" + repr(items)
-            return sha256_hex(keys + b"\0" + text.encode("utf-8", "surrogatepass"))
-        except (TypeError, ValueError, RecursionError):
+            blob = marshal.dumps((keys, items), 2)
+            if marshal.loads(blob) == (keys, items):
+                return IDENTITY_PREFIX + sha256_hex(b"marshal2\0" + blob)
+        except (ValueError, TypeError, RecursionError, EOFError):
             pass
         try:
             encoded: Any = encode(items, what="items")
         except UnsupportedValueError:
             encoded = [self._fp(i)[0] for i in range(n)]
-        return sha256_hex(keys + b"\0exact\0" + canonical_json(encoded))
+        return IDENTITY_PREFIX + sha256_hex(
+            canonical_json(keys) + b"\0exact\0" + canonical_json(encoded)
+        )
+
+    def matches(self, recorded: str | None, upto: int | None = None) -> bool:
+        """Whether `recorded` (an identity read from a checkpoint) is this list's (its first
+        `upto` items'): in the current form, or in the unversioned form of checkpoints written
+        before it (computed only for those, once per `upto`)."""
+        if recorded is None:
+            return False
+        if recorded.startswith(IDENTITY_PREFIX):
+            return recorded == self.identity(upto)
+        return recorded == self.legacy_identity(upto)
+
+    def legacy_identity(self, upto: int | None = None) -> str:
+        """The unversioned identity that checkpoints written before `IDENTITY_PREFIX` recorded
+        (json.dumps and repr of the items): kept so that they reopen as unchanged."""
+        n = len(self.items) if upto is None else upto
+        cached = self._legacy.get(n)
+        if cached is not None:
+            return cached
+        items = self.items if n == len(self.items) else self.items[:n]
+        keys = canonical_json(self.keys if n == len(self.keys) else self.keys[:n])
+        try:
+            as_json = json.dumps(items, sort_keys=True, allow_nan=False, ensure_ascii=False)
+            text = "fast\0" + as_json + "\0" + repr(items)
+            out = sha256_hex(keys + b"\0" + text.encode("utf-8", "surrogatepass"))
+        except (TypeError, ValueError, RecursionError):
+            try:
+                encoded: Any = encode(items, what="items")
+            except UnsupportedValueError:
+                encoded = [self._fp(i)[0] for i in range(n)]
+            out = sha256_hex(keys + b"\0exact\0" + canonical_json(encoded))
+        self._legacy[n] = out
+        return out
 
     def record_payload(self, prev_identity: str | None, prev_count: int | None) -> dict:
         """The payload of the items record for this list (see state.py): only the new entries
@@ -189,9 +231,11 @@ class ItemSet:
         if (
             prev_identity is not None
             and prev_count is not None
-            and 0 < prev_count < n
-            and self.identity(upto=prev_count) == prev_identity
+            and 0 < prev_count <= n
+            and self.matches(prev_identity, upto=prev_count)
         ):
+            # (prev_count == n: a list recorded under the legacy identity, unchanged: a record
+            # of no new entries moves it to the current identity in O(1) bytes)
             return {
                 "base": prev_identity,
                 "base_n": prev_count,
