@@ -103,6 +103,7 @@ class ItemSet:
     key_fn: Callable[[Any], Any] | None
     _fps: dict[int, tuple[str | None, Any]] = field(default_factory=dict, repr=False)
     _legacy: dict[int, str] = field(default_factory=dict, repr=False)
+    _identity: dict[int, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, items: Iterable[Any], key_fn: Callable[[Any], Any] | None) -> ItemSet:
@@ -111,8 +112,11 @@ class ItemSet:
                 f"items must be an iterable of work items, not a {type(items).__name__}"
             )
         materialised = list(items)
-        keys = [key_fn_or_default(key_fn, item) for item in materialised]
-        index: dict[str, int] = {}
+        keys = _keys_of(materialised, key_fn)
+        index = dict(zip(keys, range(len(keys)), strict=True))  # C speed; the last of equals
+        if len(index) == len(keys):
+            return cls(materialised, keys, index, key_fn)
+        index = {}
         duplicates: list[str] = []
         for i, key in enumerate(keys):
             first = index.setdefault(key, i)
@@ -176,6 +180,12 @@ class ItemSet:
         change.
         """
         n = len(self.items) if upto is None else upto
+        cached = self._identity.get(n)
+        if cached is None:
+            cached = self._identity[n] = self._compute_identity(n)
+        return cached
+
+    def _compute_identity(self, n: int) -> str:
         items = self.items if n == len(self.items) else self.items[:n]
         keys = self.keys if n == len(self.keys) else self.keys[:n]
         try:
@@ -260,6 +270,25 @@ class ItemSet:
                 del fps[i]
             out.append([k, *cached])
         return out
+
+
+def _keys_of(items: list[Any], key_fn: Callable[[Any], Any] | None) -> list[str]:
+    """Every item's key, checked as `key_fn_or_default` checks one (in bulk: a million keys
+    are one type census and one encode, not a million calls; the first bad key is then found
+    and reported one by one)."""
+    if key_fn is None:
+        return [default_key(item) for item in items]
+    keys = list(map(key_fn, items))
+    ok = set(map(type, keys)) <= {str}
+    if ok:
+        try:
+            "".join(keys).encode("utf-8")  # a lone surrogate anywhere fails it
+        except UnicodeEncodeError:
+            ok = False
+    if not ok:
+        for item, key in zip(items, keys, strict=True):
+            check_key(key, item)
+    return keys
 
 
 def key_fn_or_default(key_fn: Callable[[Any], Any] | None, item: Any) -> str:
