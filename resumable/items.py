@@ -23,6 +23,7 @@ from .errors import DuplicateKeyError, InvalidKeyError, UnknownItemError, Unsupp
 
 MAX_PARAMS_BYTES = 64 * 1024  # larger items are remembered by fingerprint only
 _DEFAULT_KEY_LEN = 32
+_IDENTITY_CHUNK = 4096  # items per marshal call in the identity (part of its definition)
 IDENTITY_PREFIX = "2:"  # identities of the marshal form; older checkpoints hold bare hex
 FP_LEN = 32  # hex characters of SHA-256 kept as an item's fingerprint (128 bits)
 _MAX_PLAIN_INT_BITS = 10_000  # codec tags longer ints; such items take the codec's path
@@ -170,7 +171,7 @@ class ItemSet:
         (``IDENTITY_PREFIX``): equal identities mean an unchanged item list.
 
         Fast path: `marshal` (format 2: no references, no interning flags, floats as their 8
-        bytes) encodes the keys and items in one C pass. It accepts only exact builtin types
+        bytes) encodes the keys and items in C, 4096 at a time. It accepts only exact builtin types
         (dict, list, tuple, str, int, float, bool, None, ...: a subclass is refused), which
         it tells apart, except objects exposing a buffer (numpy arrays and scalars), which it
         writes as plain bytes; so the encoding must read back equal to the items, which a
@@ -189,9 +190,14 @@ class ItemSet:
         items = self.items if n == len(self.items) else self.items[:n]
         keys = self.keys if n == len(self.keys) else self.keys[:n]
         try:
-            blob = marshal.dumps((keys, items), 2)
-            if marshal.loads(blob) == (keys, items):
-                return IDENTITY_PREFIX + sha256_hex(b"marshal2\0" + blob)
+            digest = hashlib.sha256(b"marshal2\0")
+            for at in range(0, n, _IDENTITY_CHUNK):  # chunks: no copy of the whole list
+                part = (keys[at : at + _IDENTITY_CHUNK], items[at : at + _IDENTITY_CHUNK])
+                blob = marshal.dumps(part, 2)
+                if marshal.loads(blob) != part:
+                    raise ValueError("does not read back equal")
+                digest.update(blob)
+            return IDENTITY_PREFIX + digest.hexdigest()
         except (ValueError, TypeError, RecursionError, EOFError):
             pass
         try:

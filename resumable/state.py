@@ -292,6 +292,27 @@ class State:
         if old is not None:
             self.superseded.append(old)
 
+    def keys_all_current(self) -> bool:
+        """Whether every key with a result or failure is in the current item list, known
+        without decoding any listing: that list grew by appends only from the journal's first
+        items record, and nothing was recorded before that record (a sweep refuses results of
+        items not in its list). `status` then needs counts, not the keys."""
+        items = [r for r in self.events if r.type == "items"]
+        if not items or items[-1] is not self.items_record or self.items_count is None:
+            return False
+        # (the first items record holds a whole list: an append would have no base)
+        if not all(map(_is_append, items[1:])):
+            return False
+        return items[0].seq < self._first_finished_seq()
+
+    def _first_finished_seq(self) -> int:
+        firsts = [r.seq for r in self.failure_records.values()]
+        firsts += [r.seq for r in self.superseded]
+        if self.results:
+            seqs, _ = self.results.seqs_and_times()
+            firsts.append(int(seqs.min()))
+        return min(firsts, default=self.last_seq + 1)
+
     def items_listing(self) -> list[list[Any]]:
         """The items as last recorded at an open: [[key, fingerprint, params], ...].
 
@@ -345,6 +366,12 @@ class State:
                 )
             items = items + _entries(body["append"], part)
         return items
+
+
+def _is_append(rec: Record) -> bool:
+    """Whether an items record only appends to an earlier list (a small look at its payload:
+    an append's payload starts with its base; a whole list's with "items")."""
+    return rec.payload[:8] == b'{"base":'
 
 
 def _entries(items: Any, rec: Record) -> list[list[Any]]:
