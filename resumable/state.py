@@ -308,9 +308,9 @@ class State:
     def _first_finished_seq(self) -> int:
         firsts = [r.seq for r in self.failure_records.values()]
         firsts += [r.seq for r in self.superseded]
-        if self.results:
-            seqs, _ = self.results.seqs_and_times()
-            firsts.append(int(seqs.min()))
+        if self.results:  # the first in record order (replayed in ascending seq) is the least
+            key = next(iter(self.results))
+            firsts.append(self.results[key].seq)
         return min(firsts, default=self.last_seq + 1)
 
     def items_listing(self) -> list[list[Any]]:
