@@ -49,8 +49,10 @@ from .errors import (
 )
 from .journal import (
     LazyRecord,
+    LineSource,
     ParsedSegment,
     Record,
+    SealedScan,
     encode_record,
     header_record,
     parse_sealed_segment,
@@ -322,15 +324,68 @@ def _replay_scanned(
     scan = scan_sealed(data, first_seq=seg.first_seq, records=seg.records)
     if scan is None:
         return False
+    return _apply_scan(state, data, scan, seg.first_seq, index, source, parts)
+
+
+class _HeldLines:
+    """Record lines of the active segment's verified bytes, held in memory (for LazyRecord)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def line(self, segment: int, offset: int) -> bytes:
+        return self.data[offset : self.data.index(b"\n", offset)]
+
+
+def _replay_active_scanned(
+    state: State, data: bytes, first_seq: int, prev_hash: str, source: str
+) -> str | None:
+    """Replay a whole, undamaged active segment from its vectorised scan, every line's hash
+    chained to the one before as `parse_segment` checks it; the last hash, or None (nothing
+    applied) when anything is unusual, a torn tail included: `parse_segment` then decides."""
+    if not data.endswith(b"\n"):
+        return None
+    records = data.count(b"\n")
+    scan = scan_sealed(data, first_seq=first_seq, records=records)
+    if scan is None:
+        return None
+    prev = prev_hash.encode("ascii")
+    view = memoryview(data)
+    sha = hashlib.sha256
+    for start, end in zip(scan.starts.tolist(), scan.ends.tolist(), strict=True):
+        h = sha(prev)
+        h.update(b"\n")
+        h.update(view[start + 65 : end])
+        claimed = data[start : start + 64]
+        if h.hexdigest().encode("ascii") != claimed:
+            return None
+        prev = claimed
+    if not _apply_scan(state, data, scan, first_seq, -1, source, _HeldLines(data)):
+        return None
+    return prev.decode("ascii")
+
+
+def _apply_scan(
+    state: State,
+    data: bytes,
+    scan: SealedScan,
+    first_seq: int,
+    index: int,
+    source: str,
+    parts: LineSource,
+) -> bool:
+    """Apply a scanned segment's records in order: runs of results in bulk, the others one
+    by one (each header checked first: False, nothing applied, if one is malformed)."""
+    records = len(scan.starts)
     result_lines = scan.result_lines
-    others = np.setdiff1d(np.arange(seg.records), result_lines, assume_unique=True)
+    others = np.setdiff1d(np.arange(records), result_lines, assume_unique=True)
     # check the other lines first: any oddity and the slow path says what it is
     recs: list[Record] = []
     for i in others.tolist():
         start, tab, end = int(scan.starts[i]), int(scan.tabs[i]), int(scan.ends[i])
         try:
             rec = header_record(
-                data[start + 65 : tab], b"", seq=seg.first_seq + i, source=source, offset=start
+                data[start + 65 : tab], b"", seq=first_seq + i, source=source, offset=start
             )
         except IntegrityError:
             return False
@@ -342,7 +397,7 @@ def _replay_scanned(
             rec.payload = data[tab + 1 : end]
         recs.append(rec)
     starts = scan.starts[result_lines]
-    seqs = result_lines.astype(np.int64) + seg.first_seq
+    seqs = result_lines.astype(np.int64) + first_seq
     at = 0
     for i, rec in zip(others.tolist(), recs, strict=True):
         upto = int(np.searchsorted(result_lines, i))
@@ -409,10 +464,24 @@ def _replay(
         active = active()
     if active is not None:
         assert manifest.active is not None
+        source = f"{location}/{SEGMENTS_DIR}/{manifest.active}"
+        first_seq = manifest.sealed_records + 1
+        last = (
+            _replay_active_scanned(state, active, first_seq, prev, source)
+            if parts is not None and active
+            else None
+        )
+        if last is not None:
+            loaded.active_size = len(active)
+            loaded.active_hash.update(active)
+            loaded.active_records = active.count(b"\n")
+            loaded.active_bytes = active
+            state.last_hash = last
+            return loaded
         parsed: ParsedSegment = parse_segment(
             active,
-            source=f"{location}/{SEGMENTS_DIR}/{manifest.active}",
-            first_seq=manifest.sealed_records + 1,
+            source=source,
+            first_seq=first_seq,
             prev_hash=prev,
             allow_torn_tail=True,
         )

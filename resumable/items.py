@@ -11,6 +11,8 @@ launch (one hash over the whole list tells) needs none of them, which keeps resu
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import marshal
@@ -32,6 +34,20 @@ _MAX_PLAIN_INT_BITS = 10_000  # codec tags longer ints; such items take the code
 _CANONICAL = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 ).encode
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Any:
+    """The cyclic garbage collector paused: building a million keys (or reading back a
+    million items' encoding) makes millions of containers and no cycles, and each of its
+    full passes would walk every one of them (and the user's items) again."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _no_default(obj: Any) -> Any:
@@ -112,9 +128,10 @@ class ItemSet:
             raise InvalidKeyError(
                 f"items must be an iterable of work items, not a {type(items).__name__}"
             )
-        materialised = list(items)
-        keys = _keys_of(materialised, key_fn)
-        index = dict(zip(keys, range(len(keys)), strict=True))  # C speed; the last of equals
+        with _gc_paused():
+            materialised = list(items)
+            keys = _keys_of(materialised, key_fn)
+            index = dict(zip(keys, range(len(keys)), strict=True))  # C speed; the last of equals
         if len(index) == len(keys):
             return cls(materialised, keys, index, key_fn)
         index = {}
@@ -183,7 +200,8 @@ class ItemSet:
         n = len(self.items) if upto is None else upto
         cached = self._identity.get(n)
         if cached is None:
-            cached = self._identity[n] = self._compute_identity(n)
+            with _gc_paused():
+                cached = self._identity[n] = self._compute_identity(n)
         return cached
 
     def _compute_identity(self, n: int) -> str:
