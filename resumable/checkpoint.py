@@ -316,6 +316,11 @@ def load_records(
             gc.enable()
 
 
+# segments of fewer records replay record by record: numpy's fixed cost per call would
+# outweigh what it saves there
+_SCAN_MIN_RECORDS = 256
+
+
 def _replay_scanned(
     state: State, data: bytes, index: int, seg: SegmentInfo, source: str, parts: SealedParts
 ) -> bool:
@@ -444,7 +449,11 @@ def _replay(
                 f"{source}: ends in a record {tail[:16]!r}..., the manifest records "
                 f"{seg.records} records ending in {seg.last_hash[:16]!r}..."
             )
-        if parts is not None and _replay_scanned(state, data, index, seg, source, parts):
+        if (
+            parts is not None
+            and seg.records >= _SCAN_MIN_RECORDS
+            and _replay_scanned(state, data, index, seg, source, parts)
+        ):
             prev = seg.last_hash
             continue
         records = parse_sealed_segment(
@@ -468,7 +477,7 @@ def _replay(
         first_seq = manifest.sealed_records + 1
         last = (
             _replay_active_scanned(state, active, first_seq, prev, source)
-            if parts is not None and active
+            if parts is not None and active.count(b"\n") >= _SCAN_MIN_RECORDS
             else None
         )
         if last is not None:

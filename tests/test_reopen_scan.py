@@ -20,6 +20,14 @@ from resumable.view import open_view
 FP = "0123456789abcdef" * 2
 
 
+@pytest.fixture(autouse=True)
+def _scan_small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The histories here have small segments (many of them): scan those too."""
+    import resumable.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "_SCAN_MIN_RECORDS", 1)
+
+
 def _segment(specs: list[tuple[str, str | None, dict]], first_seq: int = 1) -> bytes:
     out, prev = [], ""
     for i, (kind, key, payload) in enumerate(specs):
