@@ -27,11 +27,16 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import durable
+
+if TYPE_CHECKING:
+    from ._fetch import Deadline
+
+T = TypeVar("T")
 
 LOCK_WAIT_S = 30.0  # how long a local writer waits for another's lock before giving up
 
@@ -125,7 +130,9 @@ def local_write_if(path: Path, data: bytes, version: str | None) -> str:
 _memory_lock = threading.Lock()
 
 
-def memory_read(fs: Any, url: str, limit: int, deadline: Any = None) -> tuple[bytes, str]:
+def memory_read(
+    fs: Any, url: str, limit: int, deadline: Deadline | None = None
+) -> tuple[bytes, str]:
     with _memory_lock:
         data = fs.cat_file(url)
     return data[:limit], content_version(data)
@@ -143,13 +150,21 @@ def memory_write_if(fs: Any, url: str, data: bytes, version: str | None) -> str:
     return content_version(data)
 
 
+def _on_loop(fs: Any, make: Callable[[], Awaitable[T]], deadline: Deadline | None = None) -> T:
+    """Run the coroutine `make()` on the filesystem's event loop (under `deadline` if given)."""
+    from fsspec.asyn import sync
+
+    if deadline is not None:
+        return deadline.run(fs.loop, make)
+    result: T = sync(fs.loop, make)
+    return result
+
+
 # -- S3 -------------------------------------------------------------------------------------------
 
 
-def s3_read(fs: Any, url: str, limit: int, deadline: Any = None) -> tuple[bytes, str]:
+def s3_read(fs: Any, url: str, limit: int, deadline: Deadline | None = None) -> tuple[bytes, str]:
     """One GET: the body (at most `limit` bytes) and the ETag of the same object version."""
-    from fsspec.asyn import sync
-
     bucket, key, _ = fs.split_path(url)
 
     async def get() -> tuple[bytes, str]:
@@ -168,22 +183,21 @@ def s3_read(fs: Any, url: str, limit: int, deadline: Any = None) -> tuple[bytes,
             resp["Body"].close()
         return body[:limit], resp["ETag"]
 
-    return deadline.run(fs.loop, get) if deadline is not None else sync(fs.loop, get)
+    return _on_loop(fs, get, deadline)
 
 
 def s3_write_if(fs: Any, url: str, data: bytes, version: str | None) -> str:
     match = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
     out = fs.pipe_file(url, data, **match)
-    return out["ETag"]
+    etag: str = out["ETag"]
+    return etag
 
 
 # -- GCS ------------------------------------------------------------------------------------------
 
 
-def gcs_read(fs: Any, url: str, limit: int, deadline: Any = None) -> tuple[bytes, str]:
+def gcs_read(fs: Any, url: str, limit: int, deadline: Deadline | None = None) -> tuple[bytes, str]:
     """The object's generation, then its bytes pinned to that generation."""
-    from fsspec.asyn import sync
-
     bucket, key, _ = fs.split_path(url)
 
     async def get() -> tuple[bytes, str]:
@@ -195,12 +209,10 @@ def gcs_read(fs: Any, url: str, limit: int, deadline: Any = None) -> tuple[bytes
         )
         return body[:limit], generation
 
-    return deadline.run(fs.loop, get) if deadline is not None else sync(fs.loop, get)
+    return _on_loop(fs, get, deadline)
 
 
 def gcs_write_if(fs: Any, url: str, data: bytes, version: str | None) -> str:
-    from fsspec.asyn import sync
-
     bucket, key, _ = fs.split_path(url)
 
     async def put() -> str:
@@ -216,7 +228,7 @@ def gcs_write_if(fs: Any, url: str, data: bytes, version: str | None) -> str:
         )
         return str(out["generation"])
 
-    return sync(fs.loop, put)
+    return _on_loop(fs, put)
 
 
 # -- Azure Blob -----------------------------------------------------------------------------------
@@ -227,21 +239,18 @@ def _az_blob(fs: Any, url: str) -> Any:
     return fs.service_client.get_blob_client(container, blob)
 
 
-def az_read(fs: Any, url: str, limit: int, deadline: Any = None) -> tuple[bytes, str]:
-    from fsspec.asyn import sync
-
+def az_read(fs: Any, url: str, limit: int, deadline: Deadline | None = None) -> tuple[bytes, str]:
     async def get() -> tuple[bytes, str]:
         async with _az_blob(fs, url) as bc:
             stream = await bc.download_blob(offset=0, length=limit if limit > 0 else None)
             body = await stream.readall()
             return body[:limit], stream.properties.etag
 
-    return deadline.run(fs.loop, get) if deadline is not None else sync(fs.loop, get)
+    return _on_loop(fs, get, deadline)
 
 
 def az_write_if(fs: Any, url: str, data: bytes, version: str | None) -> str:
     from azure.core import MatchConditions
-    from fsspec.asyn import sync
 
     async def put() -> str:
         async with _az_blob(fs, url) as bc:
@@ -254,9 +263,10 @@ def az_write_if(fs: Any, url: str, data: bytes, version: str | None) -> str:
                     etag=version,
                     match_condition=MatchConditions.IfNotModified,
                 )
-            return out["etag"]
+            etag: str = out["etag"]
+            return etag
 
-    return sync(fs.loop, put)
+    return _on_loop(fs, put)
 
 
 _BACKENDS: dict[str, tuple[Callable[..., tuple[bytes, str]], Callable[..., str]]] = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import io
 import time
 from collections.abc import Awaitable, Callable
@@ -137,7 +138,7 @@ class RemoteReader:
         if size == 0 or self._eof:
             return b""
         if self._http:  # not retried: the stream cannot be replayed from the middle
-            data = self._run(lambda: self._f.read(size))
+            data: bytes = self._run(lambda: self._f.read(size))
             if not data:
                 self._eof = True
             self._pos += len(data)
@@ -150,7 +151,7 @@ class RemoteReader:
                 if self._size is not None and self._pos >= self._size:
                     break
                 start = self._pos
-                block = self._call(lambda s=start: self._range(s))
+                block = self._call(functools.partial(self._range, start))
                 self._deadline.received += len(block)
                 self._buf_start, self._buf = start, block
                 if not block:
@@ -171,7 +172,8 @@ class RemoteReader:
             if start >= end:
                 return b""
         try:
-            return self._run(lambda: self._fs._cat_file(self._url, start=start, end=end))
+            data: bytes = self._run(lambda: self._fs._cat_file(self._url, start=start, end=end))
+            return data
         except Exception as exc:
             if is_end_of_object(exc):
                 return b""

@@ -282,7 +282,7 @@ def _replay(tl: Timeline, state: State, detail: bool) -> None:
     _outcomes(tl)
 
 
-def _seq(x: Any) -> int:
+def _seq(x: Record | Finished) -> int:
     return x.seq
 
 

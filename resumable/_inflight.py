@@ -13,21 +13,23 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
+from typing import Any
 
 logger = logging.getLogger("resumable.preempt")
 
 _LOCK = threading.Lock()
-_pending: dict[Future[object], str] = {}
+# Any: only completion matters here, whatever the futures' results are
+_pending: dict[Future[Any], str] = {}
 
 
-def track(fut: Future[object], what: str) -> None:
+def track(fut: Future[Any], what: str) -> None:
     """Register `fut` until it is done."""
     with _LOCK:
         _pending[fut] = what
     fut.add_done_callback(_forget)
 
 
-def _forget(fut: Future[object]) -> None:
+def _forget(fut: Future[Any]) -> None:
     with _LOCK:
         _pending.pop(fut, None)
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from numpy.lib import format as npformat
@@ -93,7 +93,7 @@ class ArrayRecord:
     nbytes: int  # array data bytes
     size: int  # bytes of the whole .npy member (header + data)
     sha256: str  # of the whole .npy member
-    path: tuple[str | int, ...] | None = None  # place in a nested graph (schema 2)
+    path: tuple[str | int, ...]  # place in a nested graph (schema 1 files: (name,))
     dtype_name: str | None = None  # an ml_dtypes dtype stored as raw V<n> bytes ("bfloat16")
 
     def to_json(self) -> dict[str, Any]:
@@ -282,7 +282,7 @@ class NpzStreamWriter:
         member: str,
         name: str,
         arr: np.ndarray,
-        path: tuple[str | int, ...] | None = None,
+        path: tuple[str | int, ...],
         dtype_name: str | None = None,
     ) -> Callable[[], ArrayRecord]:
         """Stream `arr` as member `member`; returns a function giving its manifest record
@@ -300,7 +300,7 @@ class NpzStreamWriter:
                 flat = (arr if arr.flags.c_contiguous else arr.T).reshape(-1).view(np.uint8)
                 h = hashlib.sha256(header)
                 raw.write(header)
-                done = self._pipe.stream(memoryview(flat), h, raw.write)
+                done = self._pipe.stream(flat.data, h, raw.write)
                 size = len(header) + flat.nbytes
             else:  # non-contiguous, or a .npy 3.0 header: numpy's chunked writer (it hands
                 # over private bytes copies, hashed and written as they are)
@@ -453,7 +453,7 @@ class NpzReader:
         return start, info.file_size
 
     def _read_exact(self, n: int, what: str) -> bytes:
-        data = self._fh.read(n)
+        data: bytes = self._fh.read(n)
         if len(data) != n:
             raise IntegrityError(f"{self.where}: {what}: expected {n} bytes, found {len(data)}")
         return data
@@ -588,16 +588,17 @@ class NpzReader:
         """The array of `rec` in a new buffer, filled by a queued read: use it only after
         `check_hashes()` returned."""
         h, dtype, offset = self._start(rec)
-        order = "F" if rec.fortran_order else "C"
+        order: Literal["F", "C"] = "F" if rec.fortran_order else "C"
         if rec.nbytes == 0:
             self._queued.append((rec, h, self._tasks.submit(True, int)))
             try:
-                return np.ndarray(rec.shape, dtype=dtype, order=order)
+                empty: np.ndarray = np.ndarray(rec.shape, dtype=dtype, order=order)
+                return empty
             except (ValueError, TypeError, MemoryError) as exc:
                 raise IntegrityError(f"{self.where}: array {rec.name!r}: {exc}") from exc
         raw = np.empty(rec.nbytes, dtype=np.uint8)
         inline = rec.nbytes < _INLINE_BELOW
-        fut = self._tasks.submit(inline, self._fill, rec, h, offset, memoryview(raw))
+        fut = self._tasks.submit(inline, self._fill, rec, h, offset, raw.data)
         self._queued.append((rec, h, fut))
         return raw.view(dtype).reshape(rec.shape, order=order)
 

@@ -40,6 +40,7 @@ from .state import State
 from .storage import Store
 
 if TYPE_CHECKING:
+    from .checkpoint import DirLock
     from .sweep import ResumableSweep
 
 log = logging.getLogger("resumable.sweep")
@@ -87,7 +88,8 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
         signing_key=key,
         unsharded=sweep.shard is None,
     )
-    loaded, lock = opened.loaded, opened.lock
+    loaded = opened.loaded
+    lock: DirLock | None = opened.lock  # None once handed to the writer
     try:
         if resume == "must" and loaded is None:
             where = f"{sweep.progress_dir}" + (f" or {source.display}" if source else "")
@@ -119,7 +121,11 @@ def open_sweep(sweep: ResumableSweep, resume: str, segment_bytes: int) -> None:
             sweep._state = State()
         else:
             sweep._writer = CheckpointWriter(
-                sweep.progress_dir, loaded, lock, segment_bytes=segment_bytes, signing_key=key
+                sweep.progress_dir,
+                loaded,
+                opened.lock,
+                segment_bytes=segment_bytes,
+                signing_key=key,
             )
             lock = None
             sweep._state = loaded.state

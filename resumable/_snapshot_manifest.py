@@ -137,8 +137,8 @@ def parse_manifest(reader: NpzReader, signing_key: bytes | None = None) -> Snaps
         raise _bad(where, "manifest lists an array path twice")
     known = set(paths)
     for path in paths:  # an array cannot also be a container of others
-        for cut in range(1, len(path or ())):
-            if path[:cut] in known:  # type: ignore[index]
+        for cut in range(1, len(path)):
+            if path[:cut] in known:
                 raise _bad(where, f"array path {list(path)!r:.200} lies inside another array")
     unknown = set(reader.infos) - set(members) - {MANIFEST_MEMBER, SIGNATURE_MEMBER}
     if unknown:
@@ -176,19 +176,20 @@ def _check_signature(reader: NpzReader, manifest_bytes: bytes, key: bytes | None
     return signing.state(key, manifest_bytes, sig)
 
 
-def _parse_path(where: str, name: str, entry: dict[str, Any], version: int) -> tuple[Any, ...]:
+def _parse_path(
+    where: str, name: str, entry: dict[str, Any], version: int
+) -> tuple[str | int, ...]:
     if version < 2:
         return (name,)
     path = entry.get("path")
-    ok = (
+    if not (
         isinstance(path, list)
         and 0 < len(path) <= 64
         and all(
             isinstance(p, str) or (isinstance(p, int) and not isinstance(p, bool) and p >= 0)
             for p in path
         )
-    )
-    if not ok:
+    ):
         raise _bad(where, f"array {name!r}: malformed path {json.dumps(path)[:200]}")
     return tuple(path)
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import CheckpointNotFoundError, IntegrityError, ResumableError
 from .item_snapshot import repeatedly_interrupted
 from .storage import redact
+
+if TYPE_CHECKING:
+    from .view import CheckpointView, MergedView, Problem
 
 # -- formatting helpers ---------------------------------------------------------------------------
 
@@ -79,7 +82,7 @@ def rate_text(rate: float | None) -> str:
 # -- status -----------------------------------------------------------------------------------
 
 
-def open_checked(target: str) -> Any:
+def open_checked(target: str) -> CheckpointView | MergedView:
     from .view import open_view, verify
 
     try:
@@ -91,7 +94,7 @@ def open_checked(target: str) -> Any:
         raise
 
 
-def problems_after_open(target: str) -> list[Any]:
+def problems_after_open(target: str) -> list[Problem]:
     """What `verify` would add after `open_checked(target)` succeeded: opening checked every
     hash already, so only a signing key (the manifest's signature) asks for the second pass."""
     from . import signing
@@ -132,7 +135,7 @@ def gather_status(target: str, mirror_url: str | None = None) -> dict[str, Any]:
     return out
 
 
-def mirror_lag(view: Any, mirror_url: str, now: float) -> dict[str, Any]:
+def mirror_lag(view: CheckpointView | MergedView, mirror_url: str, now: float) -> dict[str, Any]:
     """Records in the local checkpoint vs in its mirror, and the age of the mirror's manifest."""
     from .remote import read_manifest, source_store
     from .shards import shard_dir_name

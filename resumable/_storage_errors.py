@@ -38,7 +38,7 @@ from .errors import (
 try:
     from fsspec.exceptions import FSTimeoutError
 except ImportError:  # pragma: no cover
-    FSTimeoutError = ()  # type: ignore[assignment,misc]
+    FSTimeoutError = ()
 
 
 def _botocore() -> Any:
@@ -126,7 +126,8 @@ def http_status(exc: BaseException) -> int | None:
     aiohttp = _aiohttp()
     for e in chain(exc):
         if aiohttp is not None and isinstance(e, aiohttp.ClientResponseError):
-            return e.status
+            response_status: int = e.status
+            return response_status
         _code, status = aws_code(e)
         if status is not None:
             return status
@@ -217,7 +218,7 @@ def describe(exc: BaseException) -> str:
 def chain_is_clean(exc: BaseException) -> bool:
     """True if no message in the chain changes under `redact` (safe to attach as __cause__);
     suppressed contexts count too: they stay reachable as attributes."""
-    todo, seen = [exc], set()
+    todo, seen = [exc], set[int]()
     while todo and len(seen) < 64:
         e = todo.pop()
         if id(e) in seen:
@@ -290,13 +291,16 @@ class Guarded:
         raise_clean(err, cause)
 
     def read(self, size: int = -1) -> bytes:
-        return self._call("read", size)
+        data: bytes = self._call("read", size)
+        return data
 
     def readinto(self, b: Any) -> int:
-        return self._call("readinto", b)
+        n: int = self._call("readinto", b)
+        return n
 
     def write(self, data: Any) -> int:
-        return self._call("write", data)
+        n: int = self._call("write", data)
+        return n
 
     def flush(self) -> None:
         self._call("flush")

@@ -277,7 +277,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise MissingExtraError(
             f"resumable report needs matplotlib ({exc}); install it with: "
-            "pip install 'resumable[report]'"
+            "pip install 'resumable-sweeps[report]'"
         ) from None
     out = Path(args.output).expanduser()
     if not out.absolute().parent.is_dir():
@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a self-contained HTML report (needs matplotlib)",
         description="One HTML page: summary, completed items over time across launches, "
         "interruptions and time lost, item durations, failures by type. Needs the optional "
-        "extra: pip install 'resumable[report]'.",
+        "extra: pip install 'resumable-sweeps[report]'.",
     )
     p.add_argument("target", metavar="PATH_OR_URL", help=target_help)
     p.add_argument("-o", "--output", required=True, metavar="REPORT.html", help="file to write")

@@ -7,6 +7,8 @@ cannot be stored is a `TypeError`, a missing checkpoint a `FileNotFoundError`, .
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class ResumableError(Exception):
     """Root of every error raised by resumable."""
@@ -85,7 +87,12 @@ class HistoryConflictError(ResumableError):
 
 
 class SnapshotMismatchError(ResumableError, ValueError):
-    """A snapshot's arrays (names, shapes, dtypes) do not match the state it is loaded into."""
+    """A snapshot's arrays (names, shapes, dtypes) do not match the state it is loaded into;
+    `differences` lists each mismatch."""
+
+    def __init__(self, message: str, differences: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.differences: list[str] = list(differences)
 
 
 class ConfigurationError(ResumableError, ValueError):

@@ -179,7 +179,10 @@ def _set_text(attrs: Any, name: str, s: str) -> None:
 def _get_text(attrs: Any, name: str) -> str:
     value = _as_str(attrs[name])
     if _as_str(attrs.get(name + "_format", "")) == "json":
-        return json.loads(value)
+        text = json.loads(value)
+        if type(text) is not str:  # a damaged or foreign file: never a key of another type
+            raise ValueError(f"attribute {name!r} holds JSON {value[:80]!r}, not a string")
+        return text
     return value
 
 

@@ -58,6 +58,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .storage import Store
     from .sweep import ResumableSweep
 
 log = logging.getLogger("resumable.sweep")
@@ -333,7 +334,7 @@ class ItemSnapshot:
 # --- store helpers -----------------------------------------------------------------------------
 
 
-def _split(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+def _split(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Store, str]:
     from .snapshot._location import locate
 
     loc = locate(url, storage_options)

@@ -258,7 +258,7 @@ class ItemSet:
         self._legacy[n] = out
         return out
 
-    def record_payload(self, prev_identity: str | None, prev_count: int | None) -> dict:
+    def record_payload(self, prev_identity: str | None, prev_count: int | None) -> dict[str, Any]:
         """The payload of the items record for this list (see state.py): only the new entries
         when the previous list (`prev_identity`, `prev_count` entries) is a prefix of it."""
         n = len(self.keys)

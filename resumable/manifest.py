@@ -164,7 +164,7 @@ def check_name(name: Any, what: str = "segment name") -> str:
 
 def _hex(v: Any, what: str, allow_empty: bool = False) -> str:
     if allow_empty and v == "":
-        return v
+        return ""
     if type(v) is not str or not _HEX64_RE.match(v):
         raise IntegrityError(f"{what} must be a SHA-256 hex digest, found {v!r}")
     return v

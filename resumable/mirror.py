@@ -405,7 +405,8 @@ class Mirror:
 
     def _put_chunk(self, view: WriterView) -> None:
         covered = sum(c.size for c in self._chunks)
-        if view.active_size <= covered:
+        active = view.active
+        if active is None or view.active_size <= covered:  # no active segment: nothing new
             return
         if len(self._chunks) >= self.options.max_chunks:
             # Compact the shortest tail of chunks that, merged with the new bytes, is no larger
@@ -423,7 +424,7 @@ class Mirror:
             self._chunks = self._chunks[:keep]
             covered = sum(c.size for c in self._chunks)
         first = view.manifest.sealed_records + 1 + sum(c.records for c in self._chunks)
-        fd = os.open(self._segdir / view.active, os.O_RDONLY)
+        fd = os.open(self._segdir / active, os.O_RDONLY)
         try:
             data = os.pread(fd, view.active_size - covered, covered)
         finally:
@@ -431,12 +432,12 @@ class Mirror:
         records = view.last_seq - first + 1
         if len(data) != view.active_size - covered or data.count(b"\n") != records:
             raise IntegrityError(
-                f"{self._segdir / view.active}: expected {records} records in bytes "
+                f"{self._segdir / active}: expected {records} records in bytes "
                 f"{covered}..{view.active_size}, found otherwise"
             )
         digest = hashlib.sha256(data).hexdigest()
         info = SegmentInfo(
-            name=f"{view.active}.{first:010d}-{view.last_seq:010d}.{digest[:16]}",
+            name=f"{active}.{first:010d}-{view.last_seq:010d}.{digest[:16]}",
             size=len(data),
             sha256=digest,
             records=records,

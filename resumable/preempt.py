@@ -76,14 +76,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 from . import _inflight, _signals
 from ._spot import AwsSpotWatcher, AzureScheduledEventsWatcher, GcpPreemptionWatcher, SpotWatcher
 from .errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from .snapshot import Graph
 
 __all__ = [
     "DEFAULT_GRACE_S",
@@ -468,6 +465,9 @@ class PreemptionGuard:
 # --- snapshot glue ---------------------------------------------------------------------------
 
 Extra = Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None
+# What a snapshot holds: nested mappings, lists and tuples of arrays (numpy, torch, JAX, ...), or
+# an object with state_dict(); no static type covers that (see resumable.snapshot).
+Graph: TypeAlias = Any
 
 
 class _SnapshotHook:

@@ -9,7 +9,7 @@ Ray retries a task whose worker or node died (`max_retries`, 3 by default): the 
 only the retried task's result, so each item is still recorded exactly once. Cancelling a
 future cancels its Ray task (best effort: a task already running finishes unless `force`).
 
-Needs the `ray` extra: ``pip install 'resumable[ray]'``. Connects to the cluster that
+Needs the `ray` extra: ``pip install 'resumable-sweeps[ray]'``. Connects to the cluster that
 `ray.init` (or the `address` given here, e.g. ``"auto"`` or ``"127.0.0.1:6379"``) names.
 """
 
@@ -31,7 +31,7 @@ def _ray() -> Any:
         import ray
     except ImportError as exc:
         raise ConfigurationError(
-            f"RayExecutor needs ray ({exc}); install it with: pip install 'resumable[ray]'"
+            f"RayExecutor needs ray ({exc}); install it with: pip install 'resumable-sweeps[ray]'"
         ) from None
     return ray
 
@@ -41,7 +41,7 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any])
     return fn(*args, **kwargs)
 
 
-class _RayFuture(cf.Future):  # type: ignore[type-arg]
+class _RayFuture(cf.Future[Any]):  # Any: the user's function's result
     """A future whose `cancel()` also cancels the Ray task behind it."""
 
     def __init__(self, ref: Any) -> None:
@@ -90,7 +90,7 @@ class RayExecutor(cf.Executor):
             return 1
         return max(1, int(cpus // max(self._num_cpus, 1e-9)))
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:  # type: ignore[type-arg]
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot submit after shutdown")
@@ -98,7 +98,7 @@ class RayExecutor(cf.Executor):
         out = _RayFuture(ref)
         inner = ref.future()
 
-        def settle(done: cf.Future) -> None:  # type: ignore[type-arg]
+        def settle(done: cf.Future[Any]) -> None:
             if not out.set_running_or_notify_cancel():
                 return
             exc = done.exception()
@@ -148,7 +148,8 @@ def _unwrap(exc: BaseException) -> BaseException:
     as_instance = getattr(exc, "as_instanceof_cause", None)
     if callable(as_instance):
         try:
-            return as_instance()
+            original: BaseException = as_instance()
+            return original
         except Exception:
             return exc
     return exc

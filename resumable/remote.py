@@ -14,6 +14,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from .checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, Loaded, load_from
 from .durable import create_durable_file, fsync_dir, make_dirs, remove_tree, rename_durably
@@ -26,7 +27,7 @@ log = logging.getLogger("resumable.remote")
 STALE_AFTER_S = 30.0  # leftovers of killed downloads are removed once this old (gc_delay_s)
 
 
-def source_store(url: str, storage_options: dict | None = None) -> Store:
+def source_store(url: str, storage_options: dict[str, Any] | None = None) -> Store:
     """The Store of a resume source: a mirror directory, or the manifest file inside it."""
     path, sep, query = url.partition("?")
     trimmed = path.rstrip("/")

@@ -7,7 +7,7 @@ slowest items; failures by error type (table and bar chart); shards; verificatio
 
 Plots are drawn with matplotlib's Agg canvas (no pyplot, no global backend change) and embedded
 as base64 PNG ``<img>`` tags, so the page is one file that opens anywhere. matplotlib is an
-optional extra (``pip install 'resumable[report]'``); `require_matplotlib` raises ImportError
+optional extra (``pip install 'resumable-sweeps[report]'``); `require_matplotlib` raises ImportError
 without it. Every user-provided string (keys, messages, names, hosts) is HTML-escaped.
 """
 
@@ -195,9 +195,12 @@ def plot_progress(tls: list[Timeline]) -> bytes:
                 *_dates([launch.last_t, nxt.t]), color=_LOST, alpha=0.15, label=once("time lost")
             )
     tz = _dt.datetime.now().astimezone().tzinfo
-    locator = mdates.AutoDateLocator(tz=tz)
+    # matplotlib leaves these two constructors unannotated
+    locator = mdates.AutoDateLocator(tz=tz)  # type: ignore[no-untyped-call]
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=tz))
+    ax.xaxis.set_major_formatter(
+        mdates.ConciseDateFormatter(locator, tz=tz)  # type: ignore[no-untyped-call]
+    )
     ax.set_ylabel("completed items")
     ax.set_title("Completed items over time")
     ax.grid(alpha=0.3)
@@ -375,7 +378,8 @@ def render(view: Any, *, location: str, problems: list[Any]) -> str:
             ("mean", statistics.fmean(qs)),
         ]
         sec.append(_table([k for k, _ in stats], [[_e(span(v)) for _, v in stats]], "stats"))
-        slow = sorted((f for f in finished if f.duration is not None), key=lambda f: -f.duration)
+        timed = [(f.duration, f) for f in finished if f.duration is not None]
+        slow = [f for _, f in sorted(timed, key=lambda pair: -pair[0])]
         rows = [
             [_key(f.key), _e(span(f.duration)), "result" if f.ok else _e(f.error_type or "")]
             for f in slow[:10]

@@ -131,7 +131,7 @@ def _decide(
     remote = read_manifest(source, signing_key) if source is not None else None
     if remote is None and source is not None and unsharded:
         _refuse_descriptor(source)
-    if remote is not None:
+    if remote is not None and source is not None:  # (a remote manifest implies a source)
         check_name(remote[1], name, source.display)
     elif source is not None:
         log.debug("resume source %s holds no checkpoint of %r", source.display, name)
@@ -139,7 +139,7 @@ def _decide(
 
     how = "local" if local is not None else "fresh"
     adoption = None
-    if remote is not None:
+    if remote is not None and source is not None:
         data, manifest = remote
         if local is not None and manifest.sweep_id != local.manifest.sweep_id:
             raise _diverged(source, manifest, local)  # another sweep under the same name
@@ -157,7 +157,7 @@ def _decide(
                 progress_dir, lock, source, data, manifest, local, signing_key
             )
             how = "remote" if taken else how
-    if mirror_known is not None:
+    if mirror_known is not None and mirror is not None:  # (mirror_known implies a mirror)
         if local is None:
             raise HistoryConflictError(
                 f"snapshot_dir {mirror.display} already holds {mirror_known[1].sealed_records} "

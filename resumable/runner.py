@@ -124,7 +124,7 @@ def process_pool(max_workers: int | None = None) -> cf.ProcessPoolExecutor:
     ``__main__`` (no file to re-import, so functions defined there resolve in workers)."""
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     if main_file and "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
+        ctx: multiprocessing.context.BaseContext = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["__main__", __name__])  # workers fork with us imported
     else:
         ctx = multiprocessing.get_context()
@@ -163,7 +163,7 @@ def _dask_client(executor: Any) -> Any:
 def _worker_count(executor: Any, client: Any) -> int:
     if client is not None:
         with contextlib.suppress(Exception):
-            return max(1, sum(client.nthreads().values()))
+            return max(1, int(sum(client.nthreads().values())))
     n = getattr(executor, "_max_workers", None)
     return n if isinstance(n, int) and n > 0 else 2 * (os.cpu_count() or 1)
 
@@ -656,7 +656,8 @@ def run_sweep(
                     run.run_pool(executor, client, workers, max_in_flight)
                 graceful = True
             except (Preempted, KeyboardInterrupt, TooManyFailuresError) as exc:
-                exc.summary = run.summary(skipped, t0, workers)  # type: ignore[attr-defined]
+                # the summary rides to the caller on the exception (none of the three declares it)
+                exc.summary = run.summary(skipped, t0, workers)  # type: ignore[union-attr]
                 raise
     finally:
         bar.close()

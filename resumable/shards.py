@@ -22,6 +22,7 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .codec import canonical_json, loads, sha256_hex
@@ -139,9 +140,11 @@ def descriptor_bytes(name: str, count: int) -> bytes:
     return json.dumps(body, indent=1, sort_keys=True).encode() + b"\n"
 
 
-def parse_descriptor(data: bytes, where: str) -> dict:
+def parse_descriptor(data: bytes, where: str) -> dict[str, Any]:
     try:
         body = loads(data)
+        if not isinstance(body, dict):
+            raise ValueError("not a JSON object")
         claimed = body.pop("sha256")
         if body.get("format") != DESCRIPTOR_FORMAT or body.get("schema") != 1:
             raise ValueError(f"format {body.get('format')!r} schema {body.get('schema')!r}")
@@ -156,7 +159,7 @@ def parse_descriptor(data: bytes, where: str) -> dict:
     return body
 
 
-def check_descriptor(body: dict, name: str, count: int, where: str) -> None:
+def check_descriptor(body: dict[str, Any], name: str, count: int, where: str) -> None:
     if body["sweep"] != name:
         raise ConfigurationError(
             f"{where} describes sweep {body['sweep']!r}, not {name!r}; use another location"
@@ -191,7 +194,7 @@ def ensure_local_descriptor(root: Path, name: str, count: int) -> None:
     check_descriptor(parse_descriptor(data, str(path)), name, count, str(path))
 
 
-def read_descriptor(store: Store) -> dict | None:
+def read_descriptor(store: Store) -> dict[str, Any] | None:
     """The descriptor at a mirror root, or None if there is none."""
     try:
         data = store.read_bytes(DESCRIPTOR_NAME, max_bytes=64 * 1024)

@@ -320,7 +320,11 @@ class Store:
             fs._request = types.MethodType(unretried, fs)
         retry_policy = getattr(getattr(fs, "service_client", None), "_config", None)
         retry_policy = getattr(retry_policy, "retry_policy", None)
-        if self._protocol in ("az", "abfs", "abfss") and hasattr(retry_policy, "total_retries"):
+        if (
+            self._protocol in ("az", "abfs", "abfss")
+            and retry_policy is not None
+            and hasattr(retry_policy, "total_retries")
+        ):
             # the Azure SDK retries 3 times, 15 s apart and more: ours owns retries (and the
             # policy object is shared by every blob client this filesystem makes)
             retry_policy.total_retries = 0
@@ -451,7 +455,8 @@ class Store:
             with fs.open(url, "rb", block_size=0) as f:
                 return _read_bounded(f, limit)
         try:
-            return fs.cat_file(url, start=0, end=limit)  # one ranged GET
+            data: bytes = fs.cat_file(url, start=0, end=limit)  # one ranged GET
+            return data
         except Exception as exc:
             if find_code(exc, "InvalidRange"):  # a range from 0 is unsatisfiable only if empty
                 return b""
@@ -665,7 +670,7 @@ class Store:
         self._check_writable(url)
         if self._protocol not in _STREAMING_WRITE:  # e.g. memory://: spool, then one put
             with tempfile.TemporaryFile() as spool:
-                yield spool  # type: ignore[misc]
+                yield spool
                 self._run("write", url, lambda: self._put_spool(spool, url))
             return
         # no request yet: S3 uploads parts as the buffer fills and completes on close
@@ -676,6 +681,8 @@ class Store:
             retry=False,
         )
         try:
+            # Guarded forwards the rest of the file API through __getattr__: a BinaryIO in
+            # behaviour, not in its declared type
             yield Guarded(f, "write", redact(url))  # type: ignore[misc]
             self._run("finish writing", url, f.close, retry=False)
         except BaseException:
@@ -694,11 +701,11 @@ class Store:
         if self.is_local:
             path = self._path(name)
             try:
-                f = open(path, "rb")  # noqa: SIM115 - closed by the with below
+                local = open(path, "rb")  # noqa: SIM115 - closed by the with below
             except OSError as exc:
                 raise _local_error(exc, "read", path) from exc
-            with f:
-                yield f
+            with local:
+                yield local
             return
         fs = self._fs()
         if getattr(fs, "async_impl", False):
@@ -716,6 +723,7 @@ class Store:
         else:
             f = self._run("open", url, lambda: self._fs().open(url, "rb"))
         try:
+            # Guarded: a BinaryIO in behaviour (see open_write), not in its declared type
             yield Guarded(f, "read", redact(url))  # type: ignore[misc]
         finally:
             with contextlib.suppress(Exception):

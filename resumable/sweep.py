@@ -47,6 +47,7 @@ from .shards import (
     shard_dir_name,
     shard_of,
 )
+from .state import State
 from .status import SweepStatus
 from .storage import join
 
@@ -73,6 +74,8 @@ class ResumableSweep:
     """
 
     _meta_seen: Any = None  # a copy of `meta` as last saved (see _save_meta)
+    _state: State  # the replayed journal; set by open_sweep, like _persisted_meta
+    _persisted_meta: bytes  # canonical JSON of the meta last recorded
 
     def __init__(
         self,
@@ -305,7 +308,7 @@ class ResumableSweep:
         with self._lock:
             for key, _, _ in prepared:
                 self._check_not_done(key, "each item is recorded once")
-            entries = [
+            entries: list[tuple[str, dict[str, Any], str | None, str | None]] = [
                 (
                     "result",
                     {

@@ -63,7 +63,7 @@ class CheckpointView:
     def shard(self) -> tuple[int, int] | None:
         raw = self.loaded.manifest.extra.get("shard")
         if isinstance(raw, list) and len(raw) == 2:
-            return tuple(raw)  # type: ignore[return-value]
+            return tuple(raw)
         # sweeps do not record it in the manifest: the shard directory's name says it
         match = SHARD_DIR_RE.match(self.location.rstrip("/").rsplit("/", 1)[-1])
         return (int(match[1]), int(match[2])) if match else None
@@ -165,7 +165,9 @@ def _local_candidates(path: Path) -> list[Path]:
     return [path, Path(str(path) + PROGRESS_SUFFIX)]
 
 
-def open_view(path_or_url: str, storage_options: dict | None = None) -> CheckpointView | MergedView:
+def open_view(
+    path_or_url: str, storage_options: dict[str, Any] | None = None
+) -> CheckpointView | MergedView:
     """Open and verify a sweep's progress for reading (see the module docstring)."""
     if not is_url(path_or_url):
         for cand in _local_candidates(Path(path_or_url).expanduser()):
@@ -174,8 +176,8 @@ def open_view(path_or_url: str, storage_options: dict | None = None) -> Checkpoi
                 assert loaded is not None
                 return CheckpointView(str(cand), loaded, files=cand)
             if (cand / DESCRIPTOR_NAME).is_file():
-                body = parse_descriptor((cand / DESCRIPTOR_NAME).read_bytes(), str(cand))
-                return _merged(Store(str(cand)), body, storage_options)
+                descriptor = parse_descriptor((cand / DESCRIPTOR_NAME).read_bytes(), str(cand))
+                return _merged(Store(str(cand)), descriptor, storage_options)
             if (cand / SEGMENTS_DIR).is_dir():
                 load(cand)  # records without a manifest are damage (IntegrityError), not absence
         raise CheckpointNotFoundError(
@@ -218,7 +220,9 @@ def _remote_view(store: Store) -> CheckpointView | None:
     return CheckpointView(store.display, loaded, files=path, _keep=tmp, store=store)
 
 
-def shard_stores(root: Store, count: int, storage_options: dict | None = None) -> list[Store]:
+def shard_stores(
+    root: Store, count: int, storage_options: dict[str, Any] | None = None
+) -> list[Store]:
     """The Store of every shard of a sharded sweep whose root (descriptor place) is `root`."""
     names = [shard_dir_name(index, count) for index in range(count)]
     if root.is_local:
@@ -227,7 +231,9 @@ def shard_stores(root: Store, count: int, storage_options: dict | None = None) -
     return [Store(f"{root.root.rstrip('/')}/{name}", storage_options) for name in names]
 
 
-def _merged(root: Store, body: dict, storage_options: dict | None) -> MergedView:
+def _merged(
+    root: Store, body: dict[str, Any], storage_options: dict[str, Any] | None
+) -> MergedView:
     merged = MergedView(location=root.display, name=body["sweep"], count=body["shards"])
     for sub in shard_stores(root, body["shards"], storage_options):
         merged.shards.append(_remote_view(sub))
@@ -245,7 +251,7 @@ class Problem:
 
 def verify(
     path_or_url: str,
-    storage_options: dict | None = None,
+    storage_options: dict[str, Any] | None = None,
     signing_key: str | bytes | None = None,
     mirror: str | None = None,
 ) -> list[Problem]:
@@ -263,7 +269,9 @@ def verify(
 
 
 def compare_with_mirror(
-    view: CheckpointView | MergedView, mirror_url: str, storage_options: dict | None = None
+    view: CheckpointView | MergedView,
+    mirror_url: str,
+    storage_options: dict[str, Any] | None = None,
 ) -> list[Problem]:
     """Problems of a checkpoint against its mirror: records the mirror holds that the
     checkpoint lacks (deleted, or dropped as a torn tail), another sweep's or a diverging
@@ -333,7 +341,7 @@ def _missing_text(store: Store, remote: Any, have: int) -> str:
 
 
 def _verify(
-    path_or_url: str, storage_options: dict | None, signing_key: str | bytes | None
+    path_or_url: str, storage_options: dict[str, Any] | None, signing_key: str | bytes | None
 ) -> list[Problem]:
     key = signing.resolve_key(signing_key)
     stores: list[Store]
@@ -345,10 +353,10 @@ def _verify(
                 break
             if (cand / DESCRIPTOR_NAME).is_file():
                 try:
-                    body = parse_descriptor((cand / DESCRIPTOR_NAME).read_bytes(), str(cand))
+                    descriptor = parse_descriptor((cand / DESCRIPTOR_NAME).read_bytes(), str(cand))
                 except IntegrityError as exc:
                     return [Problem(str(cand / DESCRIPTOR_NAME), str(exc))]
-                stores = shard_stores(Store(str(cand)), body["shards"])
+                stores = shard_stores(Store(str(cand)), descriptor["shards"])
                 break
         if not stores:
             for cand in _local_candidates(Path(path_or_url).expanduser()):

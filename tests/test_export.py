@@ -174,6 +174,18 @@ def test_h5_round_trip_every_value_dtype_and_shape(tmp_path: Path) -> None:
         assert json.loads(nul.attrs["resumable_key"]) == "a\x00b"
 
 
+def test_a_json_flagged_key_that_is_not_a_string_is_refused(tmp_path: Path) -> None:
+    # found by mypy: read_h5 returned whatever JSON a "json"-flagged key attribute held (here
+    # an int), so a damaged file gave rows whose key was not a str
+    path = tmp_path / "out.h5"
+    write_h5([("a\x00b", {"n": 1}, 1.5)], path, sweep="s")
+    assert read_h5(path)[1][0][0] == "a\x00b"
+    with h5py.File(path, "r+") as f:
+        f["items"][h5_name("a\x00b")].attrs["resumable_key"] = "17"
+    with pytest.raises(ValueError, match=r"resumable_key.*not a string"):
+        read_h5(path)
+
+
 def test_hostile_keys_through_a_real_sweep_and_the_cli(tmp_path: Path) -> None:
     items = [{"k": k, "n": i} for i, k in enumerate(HOSTILE_KEYS)]
     ckpt = tmp_path / "run" / "exp.h5"

@@ -266,7 +266,7 @@ def test_missing_matplotlib_is_a_clear_message(preempted_twice: Path, tmp_path: 
     )
     assert res.returncode == 2, res.stderr
     assert res.stdout == ""
-    assert "pip install 'resumable[report]'" in res.stderr
+    assert "pip install 'resumable-sweeps[report]'" in res.stderr
     assert res.stderr.startswith("resumable: error: resumable report needs matplotlib")
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not out.exists()

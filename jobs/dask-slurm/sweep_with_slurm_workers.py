@@ -2,7 +2,7 @@
 """A resumable sweep whose owner runs on a stable node and whose Dask workers are SLURM jobs
 on preemptible capacity (dask-jobqueue's SLURMCluster).
 
-    pip install "resumable[dask-slurm]"   # dask[distributed] + dask-jobqueue
+    pip install "resumable-sweeps[dask-slurm]"   # dask[distributed] + dask-jobqueue
     python jobs/dask-slurm/sweep_with_slurm_workers.py --queue low --workers 4 \
         --out /project/me/sweeps/ising.h5
 

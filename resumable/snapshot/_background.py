@@ -60,7 +60,7 @@ def submit(key: str, prepare: Callable[[], None], work: Callable[[], T], what: s
         prepare()
         outer: Future[T] = Future()
         outer.set_running_or_notify_cancel()
-        _inflight.track(outer, what)  # type: ignore[arg-type]
+        _inflight.track(outer, what)
 
         def run() -> None:
             try:

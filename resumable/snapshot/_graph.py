@@ -28,6 +28,7 @@ was; the writes themselves are plain copies and assignments.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
@@ -183,9 +184,11 @@ def _torch_numpy(name: str, t: Any) -> np.ndarray:
     if dname in _TORCH_ML_DTYPES:
         ml = _ml_dtype(_TORCH_ML_DTYPES[dname], name)
         carrier = torch.int16 if t.element_size() == 2 else torch.int8
-        return t.view(carrier).numpy().view(ml)
+        as_ml: np.ndarray = t.view(carrier).numpy().view(ml)
+        return as_ml
     try:
-        return t.numpy()
+        arr: np.ndarray = t.numpy()
+        return arr
     except (TypeError, RuntimeError) as exc:
         raise UnsupportedValueError(
             f"array {name!r}: torch dtype {t.dtype} has no numpy equivalent ({exc})"
@@ -316,7 +319,7 @@ def plan(graph: Any, loaded: Mapping[Path, np.ndarray]) -> list[Callable[[], Non
         """The value that must stand at `path` afterwards (`node` itself if kept)."""
         if path and _stateful(node):
             new_state = rebuild(state_of(node), path)
-            writes.append(lambda n=node, s=new_state: n.load_state_dict(s))
+            writes.append(functools.partial(node.load_state_dict, new_state))
             return node
         if isinstance(node, Mapping):
             changed = {k: v2 for k, v in node.items() if (v2 := restore(v, (*path, k))) is not v}
@@ -327,7 +330,7 @@ def plan(graph: Any, loaded: Mapping[Path, np.ndarray]) -> list[Callable[[], Non
                         f"{type(node).__name__} holding immutable arrays ({sorted(changed)[:3]})"
                     )
                 for k, v in changed.items():
-                    writes.append(lambda n=node, k=k, v=v: n.__setitem__(k, v))
+                    writes.append(functools.partial(node.__setitem__, k, v))
             return node
         if isinstance(node, (list, tuple)) and path and not _is_leaf_seq(node):
             new = [restore(v, (*path, i)) for i, v in enumerate(node)]
@@ -336,7 +339,7 @@ def plan(graph: Any, loaded: Mapping[Path, np.ndarray]) -> list[Callable[[], Non
             if isinstance(node, list):
                 for i, (a, b) in enumerate(zip(new, node, strict=True)):
                     if a is not b:
-                        writes.append(lambda n=node, i=i, v=a: n.__setitem__(i, v))
+                        writes.append(functools.partial(node.__setitem__, i, a))
                 return node
             return node._make(new) if hasattr(node, "_make") else type(node)(new)
         return leaf_value(Leaf(path, name_of(path), node, kind_of(node)))
@@ -355,7 +358,7 @@ def plan(graph: Any, loaded: Mapping[Path, np.ndarray]) -> list[Callable[[], Non
         arr = loaded[leaf.path]
         value = leaf.value
         if leaf.kind == "numpy" and value.flags.writeable and type(value) is not np.ma.MaskedArray:
-            writes.append(lambda v=value, a=arr: np.copyto(v, a, casting="no"))
+            writes.append(functools.partial(np.copyto, value, arr, casting="no"))
             return value
         if leaf.kind == "torch":
             src = _torch_from(arr, value)
@@ -396,4 +399,4 @@ def nest(flat: Mapping[Path, Any]) -> dict[str, Any]:
             return [items[i] for i in range(len(items))]
         return items
 
-    return listify(root)
+    return {k: listify(v) for k, v in root.items()}  # str keys at the top: always a dict

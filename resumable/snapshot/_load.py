@@ -67,7 +67,7 @@ def _check_against(report: SnapshotReport, leaves: list[_graph.Leaf]) -> None:
             f"snapshot {report.url} does not match the state it is loaded into "
             f"({len(diffs)} difference(s)):\n  " + "\n  ".join(diffs)
         )
-        err.differences = diffs  # type: ignore[attr-defined]
+        err.differences = diffs
         raise err
 
 

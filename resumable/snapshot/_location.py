@@ -19,12 +19,15 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from .. import durable
 from .._npz import COPY_CHUNK
 from ..errors import ConfigurationError, ObjectNotFoundError, StorageError
+
+if TYPE_CHECKING:
+    from ..storage import Store
 
 T = TypeVar("T")
 
@@ -38,7 +41,7 @@ def display_url(url: str | os.PathLike[str]) -> str:
 
 @dataclass(frozen=True)
 class Location:
-    store: Any  # storage.Store rooted at the parent
+    store: Store  # rooted at the parent
     name: str
     local_path: Path | None
     display: str
@@ -51,7 +54,7 @@ class Location:
         return self.store.url(self.name)
 
 
-def _store(root: str, storage_options: Mapping[str, Any] | None) -> Any:
+def _store(root: str, storage_options: Mapping[str, Any] | None) -> Store:
     """A Store for `root` (cheap: storage shares filesystem clients between Stores)."""
     from ..storage import Store
 
@@ -71,6 +74,7 @@ def locate(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | Non
         if not path.name or raw.endswith(("/", os.sep)):
             raise ConfigurationError(f"snapshot path must name a file: {display}")
         store = _store(str(path.parent), storage_options)
+        assert store.local_path is not None  # the Store of a local directory
         return Location(store, path.name, store.local_path / path.name, display)
     scheme = raw.split("://", 1)[0]
     try:
@@ -87,7 +91,7 @@ def locate(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | Non
         f"#{parts.fragment}" if parts.fragment else ""
     )
     store = _store(root, storage_options)
-    local = store.local_path / name if store.is_local else None
+    local = store.local_path / name if store.local_path is not None else None
     return Location(store, name, local, display)
 
 
@@ -180,10 +184,10 @@ def opened(
         except OSError as exc:
             raise StorageError(f"cannot read snapshot {loc.display}: {exc.strerror}") from exc
         with fh:
-            yield fh, loc.display  # type: ignore[misc]
+            yield fh, loc.display
         return
     with tempfile.TemporaryFile(dir=tmp_dir, prefix=".resumable-snapshot-") as tmp:
         with loc.store.open_read(loc.name) as src:
             shutil.copyfileobj(src, tmp, COPY_CHUNK)
         tmp.flush()
-        yield tmp, loc.display  # type: ignore[misc]
+        yield tmp, loc.display

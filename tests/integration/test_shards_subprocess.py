@@ -26,6 +26,7 @@ N_ITEMS = 60
 COUNT = 3
 ITEM_S = 0.05
 VICTIM = 1
+VICTIM_ITEM_S = 0.3
 
 
 def _env(kind: str, index: int) -> dict[str, str]:
@@ -106,7 +107,12 @@ def test_sharded_job_array_with_a_killed_task_equals_the_serial_run(
     root = f"{s3_bucket}/sweeps/exp"
     procs = {}
     for index in range(COUNT):
-        procs[index] = _start(tmp_path / f"node{index}" / "exp.h5", root, _env(kind, index))
+        # the victim is slower (6 s for its 20 items), so that polling its mirror on a loaded
+        # machine cannot take longer than the victim needs to finish
+        seconds = VICTIM_ITEM_S if index == VICTIM else ITEM_S
+        procs[index] = _start(
+            tmp_path / f"node{index}" / "exp.h5", root, _env(kind, index), seconds
+        )
     for index, proc in procs.items():
         assert _ready_line(proc).startswith(f"ready {index} {COUNT} fresh")
 

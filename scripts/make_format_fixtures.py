@@ -1,0 +1,302 @@
+"""Write this version's on-disk formats as small fixtures, for the format-compatibility suite.
+
+Every later version must open, verify and load what an earlier one wrote (or migrate it, with a
+test). This script writes, under ``tests/fixtures/format/<version>/``:
+
+    plain/sweep.h5.resumable/         a checkpoint: sealed segments + an active one, results
+                                      (arrays, numpy scalars, tuples, NaN), a failure, meta
+    sharded/sweep.h5.resumable/       a 2-shard sweep: sweep.json + shard-000I-of-0002/
+    signed/sweep.h5.resumable/        a checkpoint signed with SIGNING_KEY (HMAC-SHA256)
+    mirrored/local/sweep.h5.resumable/  a checkpoint and its mirror (a local directory),
+    mirrored/mirror/                    as a bucket would hold it
+    inflight/sweep.h5.resumable/      a sweep preempted with an item in flight: that item's
+    inflight/sweep.h5.resumable/items/  snapshot (mid-item state) and the interruption index
+    snapshots/flat.npz                a graph-state snapshot: dtypes, Fortran order, 0-d
+    snapshots/nested.npz              nested dicts, lists and tuples of arrays
+    snapshots/signed.npz              a signed snapshot
+    expected.json + expected.npz      what every fixture holds, in a plain encoding of its own
+                                      (JSON with tagged tuples, floats and numpy scalars; arrays
+                                      in a plain ``np.savez`` file), independent of resumable's
+                                      codec, so the test compares against the truth and not
+                                      against a decoder it is testing
+
+Run once per release whose format changed (``python scripts/make_format_fixtures.py``); it
+refuses to overwrite an existing version's directory (``--force`` to rebuild the current one
+while it is unreleased). Lock files and other by-products that are not part of the format are
+left out. Keep the fixtures small (kilobytes): they are committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import resumable  # noqa: E402
+from resumable import ResumableSweep  # noqa: E402
+from resumable.mirror import MirrorOptions  # noqa: E402
+from resumable.snapshot import save_state_with_manifest  # noqa: E402
+
+SIGNING_KEY = "format-fixture-key"  # not a secret: it signs test fixtures
+FAILED_KEY = "p05"
+SEGMENT_BYTES = 1500  # small segments: the plain checkpoint has sealed ones and an active one
+N_ITEMS = 10
+SHARDS = 2
+
+
+def items() -> list[dict[str, Any]]:
+    return [{"label": f"p{i:02d}", "T": 1.5 + 0.25 * i, "L": 4 + i % 3} for i in range(N_ITEMS)]
+
+
+def key(item: dict[str, Any]) -> str:
+    return str(item["label"])
+
+
+def result_of(item: dict[str, Any]) -> Any:
+    """A result exercising what the codec stores: arrays of several dtypes, numpy scalars,
+    tuples, nested lists and dicts, NaN and infinities, None, bools, unicode."""
+    i = int(item["label"][1:])
+    rng = np.random.default_rng(i)
+    out: dict[str, Any] = {
+        "energy": float(rng.normal()),
+        "m": rng.normal(size=3).astype(np.float32),
+        "counts": np.arange(i, i + 4, dtype=np.int64).reshape(2, 2),
+        "flags": np.array([True, False, i % 2 == 0]),
+        "steps": np.int64(1000 * i),
+        "t": np.float32(0.5 * i),
+        "pair": (i, "x"),
+        "nested": {"list": [1, 2.5, None, "ü"], "ok": True},
+    }
+    if i == 3:
+        out["special"] = [math.nan, math.inf, -math.inf, np.float64(math.nan)]
+        out["z"] = np.array([1 + 2j, -0.5j], dtype=np.complex128)
+    return out
+
+
+def flat_graph() -> dict[str, Any]:
+    rng = np.random.default_rng(42)
+    return {
+        "u": rng.normal(size=(4, 5)),
+        "i32": np.arange(6, dtype=np.int32),
+        "c64": (rng.normal(size=3) + 1j * rng.normal(size=3)).astype(np.complex64),
+        "mask": np.array([[True, False], [False, True]]),
+        "fortran": np.asfortranarray(rng.normal(size=(3, 2)).astype(np.float32)),
+        "scalar0d": np.array(2.5),
+        "u8": np.arange(5, dtype=np.uint8),
+    }
+
+
+def nested_graph() -> dict[str, Any]:
+    rng = np.random.default_rng(7)
+    return {
+        "nodes": {
+            f"n{k}": {"u": rng.normal(size=4), "v": np.full(2, k, np.int16)} for k in range(3)
+        },
+        "edges": [np.array([0, 1], np.int64), np.array([1, 2], np.int64)],
+        "pair": (np.zeros(2, np.float16), np.ones((1, 2), np.float64)),
+    }
+
+
+INFLIGHT_AT = 3  # the inflight fixture: items before it done, this one in flight
+INFLIGHT_EXTRA = {"step": 5, "t": np.float64(0.25)}
+SNAP_EXTRA = {"step": 7, "t": np.float64(0.125), "hist": np.arange(3), "tag": ("a", 1)}
+
+
+# -- the plain encoding of expected.json --------------------------------------------------------
+
+
+def plain(value: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
+    """`value` as JSON with tags; arrays go into `arrays` under a name derived from `where`."""
+    if isinstance(value, np.ndarray):
+        arrays[where] = value
+        return {"ndarray": where}
+    if isinstance(value, np.generic):
+        return {"scalar": value.dtype.str, "repr": repr(value.item())}
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return {"float": repr(value)}
+    if isinstance(value, tuple):
+        return {"tuple": [plain(v, arrays, f"{where}/{i}") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [plain(v, arrays, f"{where}/{i}") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {"dict": {k: plain(v, arrays, f"{where}/{k}") for k, v in value.items()}}
+    raise TypeError(f"no plain encoding for {type(value).__name__} at {where}")
+
+
+# -- writers ------------------------------------------------------------------------------------
+
+
+def run_sweep(checkpoint: Path, **options: Any) -> None:
+    """Record every item but FAILED_KEY (a failure), with meta, in two launches."""
+    todo = items()
+    with ResumableSweep(
+        todo,
+        key=key,
+        checkpoint_path=checkpoint,
+        segment_bytes=SEGMENT_BYTES,
+        meta={"code_version": "fixture", "n": np.int64(N_ITEMS)},
+        handle_signals=False,
+        **options,
+    ) as sweep:
+        for n, item in enumerate(sweep.pending):
+            if n == N_ITEMS // 2:
+                break  # the first launch stops half-way
+            record(sweep, item)
+    with ResumableSweep(
+        todo,
+        key=key,
+        checkpoint_path=checkpoint,
+        segment_bytes=SEGMENT_BYTES,
+        handle_signals=False,
+        **options,
+    ) as sweep:
+        for item in sweep.pending:
+            record(sweep, item)
+
+
+def record(sweep: ResumableSweep, item: dict[str, Any]) -> None:
+    if key(item) == FAILED_KEY:
+        try:
+            raise ValueError(f"fixture failure of {key(item)}")
+        except ValueError as exc:
+            sweep.record_failure(item, exc)
+    else:
+        sweep.record(item, result_of(item), duration=0.01)
+
+
+def write_inflight(checkpoint: Path) -> None:
+    """Items recorded up to INFLIGHT_AT; that one saved mid-run (as SIGTERM would) and left."""
+    with ResumableSweep(items(), key=key, checkpoint_path=checkpoint, handle_signals=False) as sw:
+        for n, item in enumerate(sw.pending):
+            if n < INFLIGHT_AT:
+                sw.record(item, result_of(item))
+                continue
+            snap = sw.item_snapshot(item)
+            snap.bind(flat_graph(), extra=lambda: dict(INFLIGHT_EXTRA))
+            snap.save(preempted=True)  # what the guard's hook does at a safe point
+            break
+
+
+def drop_byproducts(root: Path) -> None:
+    """Lock files and caches are not part of the format (and must not be needed to read it)."""
+    for path in sorted(root.rglob("*"), reverse=True):
+        if path.name.endswith((".lock", ".cas-lock")) or path.name == "__pycache__":
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+def write(out: Path) -> dict[str, Any]:
+    fixtures: dict[str, Any] = {}
+    run_sweep(out / "plain" / "sweep.h5")
+    fixtures["plain"] = {"kind": "checkpoint", "path": "plain/sweep.h5"}
+    for index in range(SHARDS):
+        run_sweep(out / "sharded" / "sweep.h5", shard=(index, SHARDS))
+    fixtures["sharded"] = {"kind": "checkpoint", "path": "sharded/sweep.h5", "shards": SHARDS}
+    run_sweep(out / "signed" / "sweep.h5", signing_key=SIGNING_KEY)
+    fixtures["signed"] = {"kind": "checkpoint", "path": "signed/sweep.h5", "signed": True}
+    run_sweep(
+        out / "mirrored" / "local" / "sweep.h5",
+        snapshot_dir=str(out / "mirrored" / "mirror"),
+        resume_from="",
+        mirror_options=MirrorOptions(gc_delay_s=0.0),
+    )
+    fixtures["mirrored"] = {
+        "kind": "checkpoint",
+        "path": "mirrored/local/sweep.h5",
+        "mirror": "mirrored/mirror",
+    }
+    write_inflight(out / "inflight" / "sweep.h5")
+    fixtures["inflight"] = {
+        "kind": "inflight",
+        "path": "inflight/sweep.h5",
+        "done": [key(it) for it in items()[:INFLIGHT_AT]],
+        "in_flight": key(items()[INFLIGHT_AT]),
+        "graph": "flat",
+        "extra": "inflight_extra",
+    }
+    snaps = out / "snapshots"
+    snaps.mkdir()
+    save_state_with_manifest(flat_graph(), snaps / "flat.npz", extra=SNAP_EXTRA)
+    save_state_with_manifest(nested_graph(), snaps / "nested.npz", extra=SNAP_EXTRA)
+    save_state_with_manifest(
+        flat_graph(), snaps / "signed.npz", extra=SNAP_EXTRA, signing_key=SIGNING_KEY
+    )
+    fixtures["snapshot-flat"] = {"kind": "snapshot", "path": "snapshots/flat.npz", "graph": "flat"}
+    fixtures["snapshot-nested"] = {
+        "kind": "snapshot",
+        "path": "snapshots/nested.npz",
+        "graph": "nested",
+    }
+    fixtures["snapshot-signed"] = {
+        "kind": "snapshot",
+        "path": "snapshots/signed.npz",
+        "graph": "flat",
+        "signed": True,
+    }
+    drop_byproducts(out)
+    return fixtures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", default=resumable.__version__, help="fixture directory name")
+    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "format")
+    parser.add_argument("--force", action="store_true", help="replace an existing directory")
+    args = parser.parse_args(argv)
+    dest = args.out / args.version
+    if dest.exists() and not args.force:
+        parser.error(f"{dest} exists: fixtures of a released version are never rewritten")
+    with tempfile.TemporaryDirectory(prefix="format-fixtures-") as tmp:
+        out = Path(tmp) / args.version
+        out.mkdir()
+        fixtures = write(out)
+        arrays: dict[str, np.ndarray] = {}
+        expected = {
+            "library_version": resumable.__version__,
+            "numpy_version": np.__version__,
+            "signing_key": SIGNING_KEY,
+            "fixtures": fixtures,
+            "items": plain(items(), arrays, "items"),
+            "key_field": "label",
+            "failed": [FAILED_KEY],
+            "meta": plain({"code_version": "fixture", "n": np.int64(N_ITEMS)}, arrays, "meta"),
+            "results": {
+                key(it): plain(result_of(it), arrays, f"results/{key(it)}")
+                for it in items()
+                if key(it) != FAILED_KEY
+            },
+            "graphs": {
+                "flat": plain(flat_graph(), arrays, "graphs/flat"),
+                "nested": plain(nested_graph(), arrays, "graphs/nested"),
+            },
+            "snapshot_extra": plain(SNAP_EXTRA, arrays, "snapshot_extra"),
+            "inflight_extra": plain(INFLIGHT_EXTRA, arrays, "inflight_extra"),
+        }
+        (out / "expected.json").write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
+        np.savez(out / "expected.npz", **arrays)
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(out, dest)
+    total = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    files = sum(1 for p in dest.rglob("*") if p.is_file())
+    print(f"wrote {files} files, {total / 1024:.1f} KiB, to {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
