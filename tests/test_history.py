@@ -161,7 +161,7 @@ def test_timeline_equals_a_naive_replay_of_every_record(tmp_path: Path, seed: in
     assert [(f.seq, f.key, f.ok) for f in timeline(view).finished] == finished
 
 
-def test_timeline_needs_no_second_read_of_the_journal(tmp_path: Path) -> None:
+def test_timeline_needs_no_second_read_of_the_journal(tmp_path: Path, monkeypatch) -> None:
     """The timeline comes from the state that opening replayed (the old code re-read the
     journal, and fell back to an approximation when it could not). Payloads of sealed records
     (items listings, durations) are read back lazily, verified again: files gone by then are
@@ -175,6 +175,9 @@ def test_timeline_needs_no_second_read_of_the_journal(tmp_path: Path) -> None:
     assert [(x.results, x.failures, x.pending_at_end) for x in tl.launches] == [
         (x["results"], x["failures"], x["pending"]) for x in expected
     ]
+    import resumable.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "_SCAN_MIN_RECORDS", 1)  # lazy records even here
     view = open_view(str(path))
     shutil.rmtree(progress_dir_for(path))
     with pytest.raises(IntegrityError, match="missing since the checkpoint was opened"):
