@@ -136,13 +136,13 @@ class LazyRecord(Record):
     def _line(self) -> bytes:
         return self._src.line(self._seg, self._off)
 
-    @property  # type: ignore[override]
-    def payload(self) -> bytes:
+    @property
+    def payload(self) -> bytes:  # type: ignore[override]
         line = self._line()
         return line[line.index(b"\t") + 1 :]
 
-    @property  # type: ignore[override]
-    def fp(self) -> str | None:
+    @property
+    def fp(self) -> str | None:  # type: ignore[override]
         if self._fp is _UNSET:
             line = self._line()
             fp = line[_HASH_LEN + 1 : line.index(b"\t")].split(b" ", 4)[3]
@@ -416,7 +416,8 @@ def _gather(arr: np.ndarray, begin: np.ndarray, end: np.ndarray) -> bytes:
     lengths = end - begin
     total = int(lengths.sum())
     shift = np.repeat(begin - (np.cumsum(lengths) - lengths), lengths)
-    return arr[np.arange(total, dtype=np.int64) + shift].tobytes()
+    out: bytes = arr[np.arange(total, dtype=np.int64) + shift].tobytes()
+    return out
 
 
 def scan_sealed(data: bytes, *, first_seq: int, records: int) -> SealedScan | None:

@@ -94,11 +94,11 @@ class ResultMap(dict):  # type: ignore[type-arg]
     def __getitem__(self, key: str) -> Record:
         return self._record(key, dict.__getitem__(self, key))
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         value = dict.get(self, key, _MISSING)
         return default if value is _MISSING else self._record(key, value)
 
-    def pop(self, key: str, *default: Any) -> Any:  # type: ignore[override]
+    def pop(self, key: str, *default: Any) -> Any:
         value = dict.pop(self, key, _MISSING)
         if value is _MISSING:
             if default:
@@ -114,13 +114,13 @@ class ResultMap(dict):  # type: ignore[type-arg]
         record = self._record
         return ((k, record(k, v)) for k, v in dict.items(self))
 
-    def copy(self) -> dict[str, Record]:  # type: ignore[override]
+    def copy(self) -> dict[str, Record]:
         return dict(self.items())
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, dict) and dict(self.items()) == dict(other.items())
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
     def seqs_and_times(self) -> tuple[np.ndarray, np.ndarray]:
         """Sequence numbers and times of the results, in the map's order, without making a
