@@ -316,8 +316,8 @@ class _Run:
         self.recording = True
         try:
             try:
-                # keys from sweep._pending_keyed: the sweep's own, each once
-                self.sweep._record_results([(k, value, sec) for k, _, value, sec in group])
+                # keys from sweep.pending_with_keys: the sweep's own, each once
+                self.sweep.record_by_key([(k, value, sec) for k, _, value, sec in group])
                 self.done += len(group)
             except UnsupportedValueError:  # nothing was written: find the culprit(s) one by one
                 for key, item, value, seconds in group:
@@ -422,8 +422,8 @@ class _Run:
     # -- in-process ---------------------------------------------------------------------
     def run_inline(self) -> None:
         # (key, item); its own safe point raises Preempted between items
-        pending = self.sweep._pending_keyed()
-        fn, seed_of = self.fn, self.sweep._seed_of_key
+        pending = self.sweep.pending_with_keys()
+        fn, seed_of = self.fn, self.sweep.seed_of_key
         try:
             while True:
                 if self.group and (self._preempting() or self.sigint or self._commit_due()):
@@ -454,7 +454,7 @@ class _Run:
     # -- executors ----------------------------------------------------------------------
     def run_pool(self, executor: Any, client: Any, workers: int, limit: int | None) -> None:
         self.executor, self.client, self.workers, self.limit = executor, client, workers, limit
-        self.pending = self.sweep._pending_keyed()  # (key, item)
+        self.pending = self.sweep.pending_with_keys()  # (key, item)
         self.exhausted = False
         self.token, self.counter = uuid.uuid4().hex[:12], itertools.count()
         target = getattr(executor, "task_target_s", None)  # e.g. RayExecutor's
@@ -466,7 +466,7 @@ class _Run:
         self.cap = max(1, limit // (2 * workers)) if limit else _MAX_BATCH
         # workers of a process pool (this machine's install) send results back encoded
         self.encode = (
-            (__version__, self.sweep._worker_fingerprints())
+            (__version__, self.sweep.fingerprints_in_workers())
             if isinstance(executor, cf.ProcessPoolExecutor)
             else None
         )
@@ -542,7 +542,7 @@ class _Run:
                 self._submit(batch)
 
     def _submit(self, batch: list[tuple[str, Any]]) -> None:
-        seed_of = self.sweep._seed_of_key if self.wants_seed else None
+        seed_of = self.sweep.seed_of_key if self.wants_seed else None
         task_key = f"resumable-{self.token}-{next(self.counter)}"
         extra = {"key": task_key} if self.client is not None else {}  # to find it on the workers
         pairs = [(item, None if seed_of is None else seed_of(k)) for k, item in batch]

@@ -454,16 +454,17 @@ class ResumableSweep:
             self._append_many(entries)
         return len(entries)
 
-    def _worker_fingerprints(self) -> bool:
+    def fingerprints_in_workers(self) -> bool:
         """Whether `encode_result` should compute the items' fingerprints (not with the
         default keys: the key is the fingerprint)."""
         return self._items.key_fn is not None
 
-    def _record_results(self, rows: list[tuple[str, Any, float | None]]) -> int:
-        """`record_many` for `sweep.run`: (key, result, duration) of items it took from
-        `_pending_keyed` (distinct keys of the sweep's items, so not looked up again), with
+    def record_by_key(self, rows: list[tuple[str, Any, float | None]]) -> int:
+        """`record_many` for `sweep.run` and executors built on it (public so that the runner
+        needs no private access): (key, result, duration) of items it took from
+        `pending_with_keys` (distinct keys of the sweep's items, so not looked up again), with
         the durations it measured; a result may come as an `EncodedResult` (see
-        `_worker_fingerprints`)."""
+        `fingerprints_in_workers`)."""
         self._check_owner()
         return self._prepare_results(rows, measured=True)
 
@@ -533,11 +534,11 @@ class ResumableSweep:
 
     def _iter_pending(self) -> Iterator[Any]:
         ids = self._yielded_ids
-        for key, item in self._pending_keyed():
+        for key, item in self.pending_with_keys():
             ids[id(item)] = key
             yield item
 
-    def _pending_keyed(self) -> Iterator[tuple[str, Any]]:
+    def pending_with_keys(self) -> Iterator[tuple[str, Any]]:
         """(key, item) of unfinished items, in order, each once (what `pending` yields, for
         `sweep.run`, which records by key). Each yield is a safe point."""
         items = self._items
@@ -640,9 +641,11 @@ class ResumableSweep:
 
     def seed(self, item: Any) -> int:
         """A stable 63-bit seed derived from the item's key (same on every rerun and machine)."""
-        return self._seed_of_key(self._items.key_of(item))
+        return self.seed_of_key(self._items.key_of(item))
 
-    def _seed_of_key(self, key: str) -> int:
+    def seed_of_key(self, key: str) -> int:
+        """The seed `sweep.run` passes as `fn(item, seed=...)` to the item with this key: 63 bits
+        of SHA-256 of the key, the same on every launch and machine."""
         digest = hashlib.sha256(b"resumable-seed\0" + key.encode("utf-8")).digest()
         return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
