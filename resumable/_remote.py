@@ -42,19 +42,24 @@ def read_manifest(store: Store, signing_key: bytes | None = None) -> tuple[bytes
     Only a source that does not exist gives None; an unreachable, forbidden or damaged one
     raises (SourceUnreachableError, StorageError, IntegrityError). A missing manifest beside
     stored parts is damage, not a fresh start: a mirror writes its (empty) manifest before its
-    first part, so parts without one mean the manifest was deleted.
+    first part, so parts without one mean the manifest was deleted. Parts found after the
+    manifest was missing may be a first mirror's, whose manifest landed in between: the manifest
+    is read once more before that verdict.
     """
-    try:
-        data = store.read_bytes(MANIFEST_NAME, max_bytes=MAX_MANIFEST_READ)
-    except ObjectNotFoundError:
-        if _holds_parts(store):
-            parts = redact(store.url(SEGMENTS_DIR))
-            raise IntegrityError(
-                f"{redact(store.url(MANIFEST_NAME))} is missing but {parts} holds checkpoint "
-                "parts; refusing to start over (restore the manifest, or move the directory "
-                "away to start afresh)"
-            ) from None
-        return None
+    for second_look in (False, True):
+        try:
+            data = store.read_bytes(MANIFEST_NAME, max_bytes=MAX_MANIFEST_READ)
+            break
+        except ObjectNotFoundError:
+            if not _holds_parts(store):
+                return None
+            if second_look:
+                parts = redact(store.url(SEGMENTS_DIR))
+                raise IntegrityError(
+                    f"{redact(store.url(MANIFEST_NAME))} is missing but {parts} holds "
+                    "checkpoint parts; refusing to start over (restore the manifest, or move "
+                    "the directory away to start afresh)"
+                ) from None
     source = redact(store.url(MANIFEST_NAME))
     return data, parse_manifest(data, source=source, signing_key=signing_key)
 

@@ -137,6 +137,37 @@ def test_read_and_download_round_trip_every_kind_of_store(tmp_path: Path) -> Non
     assert os.listdir(tmp_path / "x") == []
 
 
+def test_a_manifest_landing_while_the_parts_are_listed_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader racing a first mirror: the manifest is not there yet, the mirror writes it and
+    uploads its first parts, then the reader lists the parts. That is the mirror's order (the
+    manifest first), not damage: the reader reads the manifest again and uses it. A manifest
+    still missing after that is damage."""
+    import resumable._remote as remote
+
+    mirror = tmp_path / "mirror"
+    _mirrored(tmp_path / "a" / "exp.h5", str(mirror), 12)
+    manifest = (mirror / MANIFEST_NAME).read_bytes()
+    (mirror / MANIFEST_NAME).unlink()
+    holds_parts = remote._holds_parts
+    landed = []
+
+    def parts_listed_after_the_manifest_landed(store: Store) -> bool:
+        if not landed:  # the mirror's manifest lands between the reader's two requests
+            (mirror / MANIFEST_NAME).write_bytes(manifest)
+            landed.append(True)
+        return holds_parts(store)
+
+    monkeypatch.setattr(remote, "_holds_parts", parts_listed_after_the_manifest_landed)
+    found = read_manifest(source_store(str(mirror)))
+    assert found is not None and found[0] == manifest
+    monkeypatch.setattr(remote, "_holds_parts", holds_parts)
+    (mirror / MANIFEST_NAME).unlink()
+    with pytest.raises(IntegrityError, match="is missing but .* holds checkpoint parts"):
+        read_manifest(source_store(str(mirror)))
+
+
 @pytest.mark.integration
 def test_s3_missing_key_is_none_missing_bucket_is_an_error(s3_bucket: str) -> None:
     assert read_manifest(Store(f"{s3_bucket}/sweeps/none")) is None
