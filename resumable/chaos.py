@@ -5,8 +5,10 @@ the launch's first new record, sends SIGTERM or SIGKILL at a random moment after
 and relaunches, until the command exits 0 on its own or the kill budget is spent (then one last
 uninterrupted run). ``{machine}`` in the command becomes a new empty directory per launch, as on
 a new spot instance: only the mirror carries the work over. After every launch the checkpoint is
-read: a record (key, launch, sequence) seen before and missing now is *lost*; a key completed
-twice without a rerun being asked for is *doubled*. At the end the checkpoint is verified.
+read through `open_view`, the verified reader `verify` and `status` use: a result record (key,
+launch, sequence) seen before and missing now is *lost*; a key completed twice without a rerun
+being asked for is damage that reader refuses (an `IntegrityError` naming the key, reported as a
+problem: the verdict fails). At the end the checkpoint is verified.
 `resumable chaos` is the command-line face of the same machinery.
 """
 
@@ -27,15 +29,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ._checkpoint import MAX_MANIFEST_READ, PROGRESS_SUFFIX, SEGMENTS_DIR
-from ._journal import Record, parse_segment
-from ._manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, parse_manifest
-from ._remote import source_store
-from ._storage import Store, is_url, redact
-from .errors import ConfigurationError, IntegrityError, ObjectNotFoundError, ResumableError
+from ._checkpoint import PROGRESS_SUFFIX, SEGMENTS_DIR
+from ._storage import is_url, redact
+from .errors import CheckpointNotFoundError, ConfigurationError, ResumableError
 from .preempt import PREEMPTED_EXIT_CODE
-from .shards import DESCRIPTOR_NAME, read_descriptor
-from .view import shard_stores, verify
+from .view import CheckpointView, MergedView, open_view, verify
 
 MACHINE = "{machine}"
 SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
@@ -83,7 +81,7 @@ class Launch:
     note: str
     new_records: int
     lost: int
-    doubled: int
+    doubled: int  # kept in the report's format; a key done twice is a reader error (note)
     time_lost_s: float
     wall_s: float
 
@@ -97,7 +95,7 @@ class ChaosReport:
     launches: list[Launch] = field(default_factory=list)
     records: int = 0
     lost: int = 0
-    doubled: int = 0
+    doubled: int = 0  # kept in the format; doubles are refused by the reader (problems)
     verified: bool = False
     problems: list[str] = field(default_factory=list)
     finished: bool = False
@@ -182,7 +180,7 @@ def _code_key(item: tuple[str, int]) -> int:
     return int(item[0])
 
 
-# -- reading a checkpoint's raw records -----------------------------------------------------------
+# -- reading the checkpoint after each launch -----------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -192,97 +190,42 @@ class Identity:
     seq: int
 
 
-def _stores(checkpoint: str, storage_options: dict[str, Any] | None) -> list[Store]:
-    """One Store per checkpoint (per shard, for a sharded sweep) behind `checkpoint`."""
-    if not is_url(checkpoint):
-        path = Path(checkpoint).expanduser()
-        for cand in (path, Path(str(path) + PROGRESS_SUFFIX)):
-            if (cand / MANIFEST_NAME).is_file():
-                return [Store(str(cand))]
-            if (cand / DESCRIPTOR_NAME).is_file():
-                root = Store(str(cand))
-                return _shard_stores(root, read_descriptor(root), storage_options)
-        return [Store(str(Path(str(path) + PROGRESS_SUFFIX)))]  # nothing yet
-    store = source_store(checkpoint, storage_options)
+def _views(checkpoint: str, storage_options: dict[str, Any] | None) -> list[CheckpointView]:
+    """Every checkpoint (every started shard) behind `checkpoint`, read and verified by
+    `open_view`, the reader `verify`, `status` and the views use; [] when there is none yet."""
     try:
-        store.read_bytes(MANIFEST_NAME, max_bytes=MAX_MANIFEST_READ)
-        return [store]
-    except ObjectNotFoundError:
-        pass
-    return _shard_stores(store, read_descriptor(store), storage_options)
-
-
-def _shard_stores(
-    root: Store, descriptor: dict[str, Any] | None, storage_options: dict[str, Any] | None
-) -> list[Store]:
-    """Every shard's Store under a sharded root, or the root itself when it is not sharded."""
-    if descriptor is None:
-        return [root]
-    return shard_stores(root, descriptor["shards"], storage_options)
-
-
-def read_records(store: Store) -> list[Record]:
-    """Every record of the checkpoint at `store`, in order, verified (no replay rules applied)."""
-    try:
-        mbytes = store.read_bytes(MANIFEST_NAME, max_bytes=MAX_MANIFEST_READ)
-    except ObjectNotFoundError:
+        view = open_view(checkpoint, storage_options)
+    except CheckpointNotFoundError:
         return []
-    manifest = parse_manifest(mbytes, source=redact(store.url(MANIFEST_NAME)))
-    records: list[Record] = []
-    prev = ""
-    for seg in manifest.segments:
-        name = f"{SEGMENTS_DIR}/{seg.name}"
-        data = store.read_bytes(name, max_bytes=seg.size)
-        where = redact(store.url(name))
-        if len(data) != seg.size:
-            raise IntegrityError(f"{where}: expected {seg.size} bytes, found {len(data)}")
-        parsed = parse_segment(
-            data, source=where, first_seq=seg.first_seq, prev_hash=prev, allow_torn_tail=False
-        )
-        if parsed.last_hash != seg.last_hash:
-            raise IntegrityError(f"{where}: does not end where the manifest says")
-        records.extend(parsed.records)
-        prev = seg.last_hash
-    if manifest.active is not None:
-        name = f"{SEGMENTS_DIR}/{manifest.active}"
-        data = store.read_bytes(name, max_bytes=MAX_SEGMENT_BYTES)
-        records.extend(
-            parse_segment(
-                data,
-                source=redact(store.url(name)),
-                first_seq=manifest.sealed_records + 1,
-                prev_hash=prev,
-                allow_torn_tail=True,
-            ).records
-        )
-    return records
+    if isinstance(view, MergedView):
+        return [shard for shard in view.shards if shard is not None]
+    return [view]
 
 
 @dataclass
 class Observation:
     identities: set[Identity]
-    doubled: list[str]
     by_launch: dict[str, list[float]]  # launch id -> times of its result records
 
 
 def observe(checkpoint: str, storage_options: dict[str, Any] | None = None) -> Observation:
-    """The result records now in the checkpoint (all shards), and keys completed twice."""
+    """The result records now in the checkpoint (all shards), including results a rerun voided.
+
+    A key completed twice without a rerun being asked for is damage the reader refuses: it
+    raises `IntegrityError` naming the key, as any other damage, and the launch is a failure.
+    """
     identities: set[Identity] = set()
-    doubled: list[str] = []
     by_launch: dict[str, list[float]] = {}
-    for store in _stores(checkpoint, storage_options):
-        done: set[str] = set()
-        for rec in read_records(store):
-            if rec.type == "result" and rec.key is not None:
-                launch = str(rec.body().get("launch", ""))
-                identities.add(Identity(rec.key, launch, rec.seq))
-                by_launch.setdefault(launch, []).append(rec.t)
-                if rec.key in done:
-                    doubled.append(rec.key)
-                done.add(rec.key)
-            elif rec.type == "invalidate":
-                done.difference_update(rec.body().get("keys", []))
-    return Observation(identities, doubled, by_launch)
+    for view in _views(checkpoint, storage_options):
+        state = view.loaded.state
+        voided = (rec for rec in state.superseded if rec.type == "result")
+        for rec in (*state.results.values(), *voided):
+            if rec.key is None:
+                continue
+            launch = str(rec.body().get("launch", ""))
+            identities.add(Identity(rec.key, launch, rec.seq))
+            by_launch.setdefault(launch, []).append(rec.t)
+    return Observation(identities, by_launch)
 
 
 # -- watching a launch for its first record --------------------------------------------------------
@@ -378,11 +321,9 @@ def run_chaos(
                 break
             lost = seen - obs.identities
             launch.lost = len(lost)
-            launch.doubled = len(obs.doubled)
             new = obs.identities - seen
             launch.new_records = len(new)
             report.lost += len(lost)
-            report.doubled = len(obs.doubled)
             if lost and launch.signal == "TERM" and launch.exit_code == 128 + signal.SIGTERM:
                 launch.expected = False
                 launch.note += "; killed by SIGTERM (no handler) and records were lost"

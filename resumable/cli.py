@@ -38,8 +38,8 @@ from ._status_text import (
 from ._storage import is_url, redact
 from ._version import __version__, install_hint
 from .errors import (
-    CheckpointLockedError,
     CheckpointNotFoundError,
+    ConfigurationError,
     IntegrityError,
     ObjectNotFoundError,
     ResumableError,
@@ -174,89 +174,24 @@ def _count_h5(path: Path) -> int:
 # -- retry-failed -----------------------------------------------------------------------------
 
 
-def progress_dirs(target: str) -> list[Path]:
-    """The local progress directories behind PATH (one, or one per started shard)."""
-    from ._checkpoint import PROGRESS_SUFFIX
-    from ._manifest import MANIFEST_NAME
-    from .shards import DESCRIPTOR_NAME, parse_descriptor, shard_dir_name
-
-    base = Path(target).expanduser()
-    for cand in (base, Path(str(base) + PROGRESS_SUFFIX)):
-        if (cand / MANIFEST_NAME).is_file():
-            return [cand]
-        if (cand / DESCRIPTOR_NAME).is_file():
-            body = parse_descriptor((cand / DESCRIPTOR_NAME).read_bytes(), str(cand))
-            dirs = [cand / shard_dir_name(i, body["shards"]) for i in range(body["shards"])]
-            return [d for d in dirs if (d / MANIFEST_NAME).is_file()]
-    raise CheckpointNotFoundError(
-        f"no checkpoint at {target} (looked for {MANIFEST_NAME} or {DESCRIPTOR_NAME} there and "
-        f"in {target}{PROGRESS_SUFFIX})"
-    )
-
-
 def cmd_retry_failed(args: argparse.Namespace) -> int:
-    from ._checkpoint import CheckpointWriter, DirLock, load
+    """`resumable retry-failed`: the library's `retry_failed`, printed."""
+    from .sweep import retry_failed
 
-    if is_url(args.target):
-        raise UsageError(
-            f"retry-failed changes a local checkpoint; {redact(args.target)} is a URL. Run it on "
-            "the machine that runs the sweep, on its checkpoint_path (the next launch mirrors "
-            "the change)"
-        )
-    dirs = progress_dirs(args.target)
-    locks: list[Any] = []
     try:
-        for d in dirs:  # every shard locked first: all or nothing
-            try:
-                locks.append(DirLock(d))
-            except CheckpointLockedError as exc:
-                raise CheckpointLockedError(
-                    f"{exc}. A sweep is running on this checkpoint: stop it first, or call "
-                    "sweep.retry_failures() inside it"
-                ) from None
-        plan = []
-        failed_all: set[str] = set()
-        name = ""
-        for d, lock in zip(dirs, locks, strict=True):
-            loaded = load(d)
-            assert loaded is not None
-            name = loaded.manifest.sweep
-            failures = loaded.state.failures
-            failed_all.update(failures)
-            keys = [
-                k
-                for k in failures
-                if (args.keys is None or k in args.keys)
-                and (args.error_type is None or failures[k].get("error_type") in args.error_type)
-            ]
-            plan.append((d, loaded, lock, keys))
-        marked = [k for *_, keys in plan for k in keys]
-        by_type: dict[str, int] = {}
-        for _d, loaded, _lock, keys in plan:
-            for k in keys:
-                t = str(loaded.state.failures[k].get("error_type"))
-                by_type[t] = by_type.get(t, 0) + 1
-        if args.keys is not None:
-            for k in args.keys:
-                if k not in failed_all:
-                    _print(f"resumable: not a failed item, skipped: {show(k)}", err=True)
-        if not args.dry_run:
-            for d, loaded, lock, keys in plan:
-                if not keys:
-                    continue
-                writer = CheckpointWriter(d, loaded, lock)
-                locks.remove(lock)  # the writer releases it on close
-                try:
-                    writer.append("retry", {"keys": keys, "reason": "cli"})
-                finally:
-                    writer.close()
-    finally:
-        for lock in locks:
-            lock.release()
-    kinds = ", ".join(f"{t}: {n}" for t, n in sorted(by_type.items(), key=lambda x: -x[1]))
+        outcome = retry_failed(
+            args.target, keys=args.keys, error_types=args.error_type, dry_run=args.dry_run
+        )
+    except ConfigurationError as exc:  # a URL: not something this command can change (exit 2)
+        raise UsageError(str(exc)) from None
+    for k in outcome.not_failed:
+        _print(f"resumable: not a failed item, skipped: {show(k)}", err=True)
+    by_type = sorted(outcome.by_type.items(), key=lambda x: -x[1])
+    kinds = ", ".join(f"{t}: {n}" for t, n in by_type)
+    marked = outcome.keys
     verb = "would mark" if args.dry_run else "marked"
     _print(
-        f"{verb} {len(marked)} failed item(s) of sweep {show(name)} for another attempt"
+        f"{verb} {len(marked)} failed item(s) of sweep {show(outcome.sweep)} for another attempt"
         + (f" ({kinds})" if kinds else "")
         + ("" if args.dry_run or not marked else "; the next launch runs them")
     )

@@ -3,7 +3,8 @@
 Sections: summary numbers; completed items over time across launches (each launch its own
 colour, interrupted launches marked, the time lost to them shaded); a table of launches; the
 distribution of item durations (the ``duration`` of result and failure records) with the
-slowest items; failures by error type (table and bar chart); shards; verification.
+slowest items; failures by error type (table and bar chart); shards; verification. `render`
+gathers the facts once (`_Facts`) and joins one function per section, in page order.
 
 Plots are drawn with matplotlib's Agg canvas (no pyplot, no global backend change) and embedded
 as base64 PNG ``<img>`` tags, so the page is one file that opens anywhere. matplotlib is an
@@ -21,17 +22,19 @@ import re
 import statistics
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ._durable import atomic_writer
-from ._history import Timeline, timelines
+from ._history import Finished, Launch, Timeline, timelines
 from ._item_snapshot import repeatedly_interrupted
 from ._journal import MAX_TIME
 from ._status_text import rate_text, span
 from ._storage import redact
 from ._version import __version__
 from .errors import IntegrityError
+from .status import SweepStatus
 
 _COLORS = [
     "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",
@@ -281,24 +284,83 @@ def _check_plausible(tl: Any) -> None:
             )
 
 
-def render(view: Any, *, location: str, problems: list[Any]) -> str:
-    from .view import MergedView
+@dataclass
+class _Facts:
+    """What every section draws from, gathered once from the view."""
 
+    view: Any
+    location: str
+    problems: list[Any]
+    now: float
+    status: SweepStatus
+    tls: list[Timeline]
+    finished: list[Finished]
+    ok_d: list[float]
+    fail_d: list[float]
+    launches: list[tuple[Timeline, Launch]]
+    interrupted: list[Launch]
+    lost: float
+
+
+def _gather(view: Any, location: str, problems: list[Any]) -> _Facts:
     now = time.time()
     status = view.status()
     tls = timelines(view)
     finished = [f for tl in tls for f in tl.finished]
     for tl in tls:
         _check_plausible(tl)
-    ok_d = [f.duration for f in finished if f.ok and f.duration is not None]
-    fail_d = [f.duration for f in finished if not f.ok and f.duration is not None]
     launches = [(tl, launch) for tl in tls for launch in tl.launches]
     interrupted = [launch for _, launch in launches if launch.outcome == "interrupted"]
-    lost = sum(launch.lost_s or 0.0 for launch in interrupted)
-    first = min((launch.t for _, launch in launches), default=None)
-    last = max([f.t for f in finished] + [launch.last_t for _, launch in launches], default=None)
-    pct = 100.0 * status.done / status.total if status.total else 0.0
+    return _Facts(
+        view=view,
+        location=location,
+        problems=problems,
+        now=now,
+        status=status,
+        tls=tls,
+        finished=finished,
+        ok_d=[f.duration for f in finished if f.ok and f.duration is not None],
+        fail_d=[f.duration for f in finished if not f.ok and f.duration is not None],
+        launches=launches,
+        interrupted=interrupted,
+        lost=sum(launch.lost_s or 0.0 for launch in interrupted),
+    )
 
+
+def render(view: Any, *, location: str, problems: list[Any]) -> str:
+    """The whole page: one function per section, in page order."""
+    facts = _gather(view, location, problems)
+    sections = (
+        _header,
+        _summary,
+        _progress_section,
+        _durations_section,
+        _failures_section,
+        _shards_section,
+        _verification_section,
+    )
+    parts = [html for html in (section(facts) for section in sections) if html]
+    title = f"resumable report: {view.name[:80]}"
+    return _PAGE.format(title=_e(title), style=_STYLE, body="\n".join(parts))
+
+
+def _header(facts: _Facts) -> str:
+    return (
+        f"<h1>Sweep {_key(facts.view.name, 200)}</h1>\n"
+        f'<p class="sub">{_e(redact(facts.location))} &middot; report generated '
+        f"{_e(_when(facts.now))} by resumable {_e(__version__)}</p>"
+    )
+
+
+def _summary(facts: _Facts) -> str:
+    status, launches, interrupted = facts.status, facts.launches, facts.interrupted
+    ok_d, fail_d = facts.ok_d, facts.fail_d
+    first = min((launch.t for _, launch in launches), default=None)
+    last = max(
+        [f.t for f in facts.finished] + [launch.last_t for _, launch in launches], default=None
+    )
+    pct = 100.0 * status.done / status.total if status.total else 0.0
+    problems = facts.problems
     cards = [
         ("items", f"{status.total}"),
         ("done", f"{status.done} ({pct:.1f}%)"),
@@ -307,8 +369,8 @@ def render(view: Any, *, location: str, problems: list[Any]) -> str:
         ("stale", f"{status.stale}"),
         ("launches", f"{len(launches)}"),
         ("interrupted", f"{len(interrupted)}"),
-        ("items interrupted 2+ times", f"{len(repeatedly_interrupted(view))}"),
-        ("time lost", span(lost) if interrupted else "none"),
+        ("items interrupted 2+ times", f"{len(repeatedly_interrupted(facts.view))}"),
+        ("time lost", span(facts.lost) if interrupted else "none"),
         ("wall time", span(last - first) if first and last else "-"),
         ("item time", span(sum(ok_d) + sum(fail_d)) if ok_d or fail_d else "-"),
         ("median item", span(statistics.median(ok_d)) if ok_d else "-"),
@@ -317,26 +379,25 @@ def render(view: Any, *, location: str, problems: list[Any]) -> str:
         ("last item", _when(status.last_finished)),
         ("verified", "yes" if not problems else f"NO ({len(problems)} problems)"),
     ]
-    parts = [
-        f"<h1>Sweep {_key(view.name, 200)}</h1>",
-        f'<p class="sub">{_e(redact(location))} &middot; report generated {_e(_when(now))} '
-        f"by resumable {_e(__version__)}</p>",
+    return (
         '<section id="summary"><h2>Summary</h2><div class="cards">'
         + "".join(
             f'<div class="card"><div class="v">{_e(v)}</div><div class="k">{_e(k)}</div></div>'
             for k, v in cards
         )
-        + "</div></section>",
-    ]
-    notes = [tl.note for tl in tls if tl.note]
-    # progress over time
+        + "</div></section>"
+    )
+
+
+def _progress_section(facts: _Facts) -> str:
+    tls, launches, interrupted = facts.tls, facts.launches, facts.interrupted
     sec = ['<section id="progress"><h2>Progress over time</h2>']
     if launches:
         sec.append(_img(plot_progress(tls), "completed items over time"))
         sec.append(
             f"<p>{len(launches)} launch(es); {len(interrupted)} interrupted before the sweep was "
             f"complete (preempted, killed or crashed: another launch followed while items were "
-            f"pending), losing {_e(span(lost))} between their last record and the next "
+            f"pending), losing {_e(span(facts.lost))} between their last record and the next "
             f"launch.</p>"
         )
         rows = []
@@ -362,10 +423,13 @@ def render(view: Any, *, location: str, problems: list[Any]) -> str:
         sec.append(_table([*head, "outcome", "time lost"], rows, "launches"))
     else:
         sec.append("<p>No launch recorded.</p>")
-    for note in notes:
+    for note in (tl.note for tl in tls if tl.note):
         sec.append(f'<p class="note">{_e(note)}</p>')
-    parts.append("".join(sec) + "</section>")
-    # durations
+    return "".join(sec) + "</section>"
+
+
+def _durations_section(facts: _Facts) -> str:
+    ok_d, fail_d = facts.ok_d, facts.fail_d
     sec = ['<section id="durations"><h2>Item durations</h2>']
     if ok_d or fail_d:
         sec.append(_img(plot_durations(ok_d, fail_d), "distribution of item durations"))
@@ -378,7 +442,7 @@ def render(view: Any, *, location: str, problems: list[Any]) -> str:
             ("mean", statistics.fmean(qs)),
         ]
         sec.append(_table([k for k, _ in stats], [[_e(span(v)) for _, v in stats]], "stats"))
-        timed = [(f.duration, f) for f in finished if f.duration is not None]
+        timed = [(f.duration, f) for f in facts.finished if f.duration is not None]
         slow = [f for _, f in sorted(timed, key=lambda pair: -pair[0])]
         rows = [
             [_key(f.key), _e(span(f.duration)), "result" if f.ok else _e(f.error_type or "")]
@@ -387,8 +451,11 @@ def render(view: Any, *, location: str, problems: list[Any]) -> str:
         sec.append("<h3>Slowest items</h3>" + _table(["key", "duration", "outcome"], rows))
     else:
         sec.append("<p>No durations recorded.</p>")
-    parts.append("".join(sec) + "</section>")
-    # failures
+    return "".join(sec) + "</section>"
+
+
+def _failures_section(facts: _Facts) -> str:
+    status = facts.status
     sec = ['<section id="failures"><h2>Failures</h2>']
     if status.failures:
         groups = [(g.error_type, g.count) for g in status.failures]
@@ -403,7 +470,7 @@ def render(view: Any, *, location: str, problems: list[Any]) -> str:
             for g in status.failures
         ]
         sec.append(_table(["error type", "items", "example key", "example message"], rows))
-        history = Counter(f.error_type for f in finished if not f.ok)
+        history = Counter(f.error_type for f in facts.finished if not f.ok)
         if sum(history.values()) != status.failed:
             sec.append(
                 f"<p>{sum(history.values())} failure record(s) in the journal in all "
@@ -411,39 +478,47 @@ def render(view: Any, *, location: str, problems: list[Any]) -> str:
             )
     else:
         sec.append("<p>No failed items.</p>")
-    parts.append("".join(sec) + "</section>")
-    # shards
-    if isinstance(view, MergedView) and status.shards:
-        rows = []
-        for s in status.shards:
-            if not s.get("started"):
-                rows.append([str(s["shard"]), "not started", "", "", "", ""])
-                continue
-            rows.append(
-                [
-                    str(s["shard"]),
-                    str(s["total"]),
-                    str(s["done"]),
-                    str(s["failed"]),
-                    str(s["pending"]),
-                    _e(_when(s["last_finished"])),
-                ]
-            )
-        parts.append(
-            '<section id="shards"><h2>Shards</h2>'
-            + _table(["shard", "items", "done", "failed", "pending", "last item"], rows)
-            + "</section>"
+    return "".join(sec) + "</section>"
+
+
+def _shards_section(facts: _Facts) -> str:
+    """Per-shard counts of a sharded sweep; nothing for an unsharded one."""
+    from .view import MergedView
+
+    status = facts.status
+    if not (isinstance(facts.view, MergedView) and status.shards):
+        return ""
+    rows = []
+    for s in status.shards:
+        if not s.get("started"):
+            rows.append([str(s["shard"]), "not started", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                str(s["shard"]),
+                str(s["total"]),
+                str(s["done"]),
+                str(s["failed"]),
+                str(s["pending"]),
+                _e(_when(s["last_finished"])),
+            ]
         )
-    # verification
+    return (
+        '<section id="shards"><h2>Shards</h2>'
+        + _table(["shard", "items", "done", "failed", "pending", "last item"], rows)
+        + "</section>"
+    )
+
+
+def _verification_section(facts: _Facts) -> str:
+    problems = facts.problems
     sec = ['<section id="verification"><h2>Verification</h2>']
     if problems:
         items = "".join(f"<li>{_e(redact(str(p)))}</li>" for p in problems)
         sec.append(f'<p class="bad">{len(problems)} problem(s):</p><ul>{items}</ul>')
     else:
         sec.append("<p>Every hash checked: the checkpoint is intact.</p>")
-    parts.append("".join(sec) + "</section>")
-    title = f"resumable report: {view.name[:80]}"
-    return _PAGE.format(title=_e(title), style=_STYLE, body="\n".join(parts))
+    return "".join(sec) + "</section>"
 
 
 _STYLE = """

@@ -38,6 +38,8 @@ from ._items import ItemSet, item_fingerprint
 from ._journal import Record
 from ._mirror import Mirror, MirrorOptions
 from ._opening import open_sweep
+from ._retry import RetryOutcome as RetryOutcome  # re-exported: resumable.sweep.RetryOutcome
+from ._retry import retry_failed as retry_failed  # re-exported: resumable.sweep.retry_failed
 from ._state import State
 from ._storage import join
 from .errors import (
