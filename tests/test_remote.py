@@ -164,7 +164,7 @@ def test_a_manifest_landing_while_the_parts_are_listed_is_read(
     assert found is not None and found[0] == manifest
     monkeypatch.setattr(remote, "_holds_parts", holds_parts)
     (mirror / MANIFEST_NAME).unlink()
-    with pytest.raises(IntegrityError, match="is missing but .* holds checkpoint parts"):
+    with pytest.raises(IntegrityError, match=r"is missing but .* holds checkpoint parts"):
         read_manifest(source_store(str(mirror)))
 
 
