@@ -10,6 +10,7 @@ goes further and reports every problem it finds instead of stopping at the first
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -166,9 +167,11 @@ def _local_candidates(path: Path) -> list[Path]:
 
 
 def open_view(
-    path_or_url: str, storage_options: dict[str, Any] | None = None
+    path_or_url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
 ) -> CheckpointView | MergedView:
-    """Open and verify a sweep's progress for reading (see the module docstring)."""
+    """Open and verify a sweep's progress for reading (see the module docstring); a path may
+    be a `str` or an `os.PathLike`."""
+    path_or_url = os.fspath(path_or_url)
     if not is_url(path_or_url):
         for cand in _local_candidates(Path(path_or_url).expanduser()):
             if (cand / MANIFEST_NAME).is_file():
@@ -250,7 +253,7 @@ class Problem:
 
 
 def verify(
-    path_or_url: str,
+    path_or_url: str | os.PathLike[str],
     storage_options: dict[str, Any] | None = None,
     signing_key: str | bytes | None = None,
     mirror: str | None = None,
@@ -262,6 +265,7 @@ def verify(
     compared with it (see `compare_with_mirror`): alone, a checkpoint cannot tell its last
     records deleted from a torn tail; its mirror can.
     """
+    path_or_url = os.fspath(path_or_url)
     problems = _verify(path_or_url, storage_options, signing_key)
     if mirror and not problems:
         problems = compare_with_mirror(open_view(path_or_url, storage_options), mirror)

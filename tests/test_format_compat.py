@@ -168,6 +168,8 @@ def test_checkpoint_verifies_and_reads(
     key = exp.raw["signing_key"] if spec.get("signed") else None
     path = str(root / spec["path"])
     assert verify(path, signing_key=key) == []
+    assert verify(Path(path), signing_key=key) == []  # a PathLike as well as a str
+    assert open_view(Path(path)).status().done == open_view(path).status().done
     places = [path]
     if "mirror" in spec:
         mirror = str(root / spec["mirror"])
