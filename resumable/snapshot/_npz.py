@@ -27,7 +27,6 @@ import ast
 import ctypes
 import ctypes.util
 import hashlib
-import json
 import os
 import struct
 import warnings
@@ -43,6 +42,7 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 from numpy.lib import format as npformat
 
+from .._codec import descr_to_json
 from ..errors import IntegrityError, UnsupportedValueError
 
 CHUNK = 1 << 20  # slices small enough to stay in cache between copy, CRC and hash
@@ -78,33 +78,6 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 
 _SYNC_FILE_RANGE = _load_sync_file_range()
-
-
-def normalize_descr(descr: Any) -> Any:
-    """A dtype descr as it reads back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(descr))
-
-
-def descr_from_json(descr: Any) -> np.dtype:
-    """The dtype of a JSON-normalized descr (lists back to the tuples numpy expects)."""
-
-    def fix(d: Any) -> Any:
-        if isinstance(d, str):
-            return d
-        if isinstance(d, list):
-            fields = []
-            for field in d:
-                if not isinstance(field, list) or len(field) not in (2, 3):
-                    raise TypeError(f"bad field {field!r}")
-                name = tuple(field[0]) if isinstance(field[0], list) else field[0]
-                item: tuple[Any, ...] = (name, fix(field[1]))
-                if len(field) == 3:
-                    item += (tuple(field[2]),)
-                fields.append(item)
-            return fields
-        raise TypeError(f"bad descr {d!r}")
-
-    return npformat.descr_to_dtype(fix(descr))
 
 
 @dataclass(frozen=True)
@@ -547,7 +520,7 @@ class NpzStreamWriter:
                 f"larger than the {MAX_NPY_HEADER_BYTES} bytes a snapshot reader accepts"
             )
         fortran = bool(arr.flags.f_contiguous and not arr.flags.c_contiguous)
-        descr = normalize_descr(npformat.dtype_to_descr(arr.dtype))
+        descr = descr_to_json(arr.dtype)
         shape, nbytes = tuple(int(n) for n in arr.shape), int(arr.nbytes)
 
         def record() -> ArrayRecord:
@@ -763,7 +736,7 @@ class NpzReader:
             if not isinstance(fortran, bool):
                 raise ValueError(f"bad fortran_order {fortran!r}")
             dtype = npformat.descr_to_dtype(d["descr"])
-            descr = normalize_descr(npformat.dtype_to_descr(dtype))
+            descr = descr_to_json(dtype)
         except Exception as exc:  # SyntaxError, ValueError, TypeError, RecursionError, ...
             raise IntegrityError(f"{self.where}: {what}: unreadable .npy header ({exc})") from exc
         return descr, shape, fortran, dtype
