@@ -175,15 +175,7 @@ def load_from(read: Reader, manifest_bytes: bytes, *, location: str) -> Loaded:
                     f"{where}: expected {seg.size} bytes as the manifest records, found more "
                     f"({exc})"
                 ) from None
-            if len(data) != seg.size:
-                raise IntegrityError(
-                    f"{where}: expected {seg.size} bytes as the manifest records, found {len(data)}"
-                )
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != seg.sha256:
-                raise IntegrityError(
-                    f"{where}: SHA-256 mismatch (manifest records {seg.sha256}, found {digest})"
-                )
+            seg.check(data, where)
             yield data
 
     def active() -> bytes | None:

@@ -46,6 +46,24 @@ class SegmentInfo:
     last_seq: int
     last_hash: str
 
+    def mismatch(self, data: bytes) -> str | None:
+        """How `data` differs from this part's recorded size and SHA-256 (None: it matches).
+
+        The one check of a part's bytes against the manifest, for every reader (local load,
+        download, verify, mirror); the SHA-256 is only computed when the size matches."""
+        if len(data) != self.size:
+            return f"expected {self.size} bytes, found {len(data)}"
+        digest = sha256_hex(data)
+        if digest != self.sha256:
+            return f"SHA-256 mismatch: expected {self.sha256}, found {digest}"
+        return None
+
+    def check(self, data: bytes, where: str) -> None:
+        """Raise `IntegrityError` naming `where` unless `data` is exactly this part."""
+        problem = self.mismatch(data)
+        if problem is not None:
+            raise IntegrityError(f"{where}: {problem}")
+
 
 @dataclass(frozen=True)
 class Manifest:

@@ -9,7 +9,6 @@ there; only then can it be installed (renamed into place). Nothing unverified is
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import shutil
@@ -106,12 +105,7 @@ def download(
                 raise IntegrityError(
                     f"{where}: larger than the {seg.size} bytes the manifest records"
                 ) from None
-            digest = hashlib.sha256(data).hexdigest()
-            if len(data) != seg.size or digest != seg.sha256:
-                raise IntegrityError(
-                    f"{where}: expected {seg.size} bytes with SHA-256 {seg.sha256}, found "
-                    f"{len(data)} bytes with SHA-256 {digest}"
-                )
+            seg.check(data, where)
             create_durable_file(segdir / seg.name, data)
         if manifest.active is not None:  # another machine's progress directory
             name = f"{SEGMENTS_DIR}/{manifest.active}"
