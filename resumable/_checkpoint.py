@@ -30,15 +30,30 @@ import re
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import _durable as durable
 from . import _limits as limits
 from ._durable import atomic_write_bytes, create_durable_file, fsync_file, make_dirs
-from ._journal import ParsedSegment, Record, encode_record, parse_sealed_segment, parse_segment
+from ._journal import (
+    LazyRecord,
+    LineSource,
+    ParsedSegment,
+    Record,
+    SealedScan,
+    dumps,
+    encode_line,
+    header_record,
+    parse_sealed_segment,
+    parse_segment,
+    scan_sealed,
+)
 from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, check_name, parse_manifest
 from ._state import State
 from .errors import (
@@ -106,6 +121,13 @@ class Loaded:
     active_records: int = 0
     active_bytes: bytes = field(default=b"", repr=False)  # the verified active records
     torn_bytes: int = 0
+    parts: SealedParts | None = field(default=None, repr=False)  # lazy records read from here
+
+    def relocate(self, progress_dir: Path) -> None:
+        """The checkpoint's files were moved to `progress_dir` (a download installed): lazy
+        records read (and verify) their segments there from now on."""
+        if self.parts is not None:
+            self.parts.relocate(_dir_reader(progress_dir), str(progress_dir))
 
     def view(self) -> WriterView:
         return WriterView(
@@ -132,6 +154,78 @@ Reader = Callable[[str, int], bytes]
 """Reads the object `name` (e.g. "segments/seg-00000001.jsonl") of at most `max_bytes`;
 raises FileNotFoundError (ObjectNotFoundError for a Store) when it does not exist."""
 
+
+def _dir_reader(progress_dir: Path) -> Reader:
+    def read(name: str, max_bytes: int) -> bytes:
+        return _read_file(progress_dir / name, max_bytes=max_bytes)
+
+    return read
+
+
+class SealedParts:
+    """A checkpoint's sealed segments, each read and checked against the manifest's size and
+    SHA-256 whenever it is read: at the load, and again when a lazy record (a result's
+    payload, say) is looked at later. A few recently used segments are kept (at most
+    `cache_bytes`), so reading results in record order reads each segment once."""
+
+    def __init__(
+        self, read: Reader, manifest: Manifest, location: str, cache_bytes: int = 64 << 20
+    ) -> None:
+        self._read = read
+        self.manifest = manifest
+        self.location = location
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache_bytes = cache_bytes
+        self._mutex = threading.Lock()
+
+    def relocate(self, read: Reader, location: str) -> None:
+        with self._mutex:
+            self._read = read
+            self.location = location
+            self._cache.clear()
+
+    def where(self, index: int) -> str:
+        return f"{self.location}/{SEGMENTS_DIR}/{self.manifest.segments[index].name}"
+
+    def verified(self, index: int, *, again: bool = False) -> bytes:
+        """The bytes of sealed segment `index`, checked (IntegrityError naming it if not)."""
+        seg = self.manifest.segments[index]
+        where = self.where(index)
+        since = " since the checkpoint was opened" if again else ""
+        try:
+            data = self._read(f"{SEGMENTS_DIR}/{seg.name}", seg.size)
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"{where}: sealed segment named by the manifest is missing{since} "
+                f"(expected {seg.size} bytes)"
+            ) from None
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"{where}: expected {seg.size} bytes as the manifest records, found more{since} "
+                f"({exc})"
+            ) from None
+        seg.check(data, where, since)
+        return data
+
+    def line(self, segment: int, offset: int) -> bytes:
+        """The record line at byte `offset` of sealed segment `segment` (read and verified
+        again unless cached)."""
+        with self._mutex:
+            data = self._cache.get(segment)
+            if data is None:
+                data = self.verified(segment, again=True)
+                self._cache[segment] = data
+                total = sum(map(len, self._cache.values()))
+                while len(self._cache) > 1 and total > self._cache_bytes:
+                    total -= len(self._cache.popitem(last=False)[1])
+            else:
+                self._cache.move_to_end(segment)
+        end = data.find(b"\n", offset)
+        if offset < 0 or end < 0 or (offset and data[offset - 1 : offset] != b"\n"):
+            raise IntegrityError(f"{self.where(segment)}: no record line at byte {offset}")
+        return data[offset:end]
+
+
 MAX_MANIFEST_READ = limits.MAX_MANIFEST_BYTES  # an alias for readers elsewhere
 
 
@@ -149,34 +243,25 @@ def load(progress_dir: Path) -> Loaded | None:
     return load_from(read, mbytes, location=str(progress_dir))
 
 
-def load_from(read: Reader, manifest_bytes: bytes, *, location: str) -> Loaded:
+def load_from(
+    read: Reader, manifest_bytes: bytes, *, location: str, reread: Reader | None = None
+) -> Loaded:
     """Verify a checkpoint given its manifest bytes, reading the parts it names with `read`.
 
     Sealed segments must match the manifest's size and SHA-256 exactly; the active segment (a
     local checkpoint's, or one fetched from another machine's progress directory) is verified
-    record by record and may end in a torn tail.
+    record by record and may end in a torn tail. Records of sealed segments looked at later
+    (results' payloads) are read again with `reread` (default: `read`) and verified again.
     """
     manifest = parse_manifest(manifest_bytes, source=f"{location}/{MANIFEST_NAME}")
+    parts = SealedParts(reread or read, manifest, location)
+    first = SealedParts(read, manifest, location)
 
     def sealed() -> Iterator[bytes]:
         """Each sealed segment read and checked just before it is replayed (one at a time in
         memory, not the whole journal)."""
-        for seg in manifest.segments:
-            where = f"{location}/{SEGMENTS_DIR}/{seg.name}"
-            try:
-                data = read(f"{SEGMENTS_DIR}/{seg.name}", seg.size)
-            except FileNotFoundError:
-                raise IntegrityError(
-                    f"{where}: sealed segment named by the manifest is missing "
-                    f"(expected {seg.size} bytes)"
-                ) from None
-            except IntegrityError as exc:
-                raise IntegrityError(
-                    f"{where}: expected {seg.size} bytes as the manifest records, found more "
-                    f"({exc})"
-                ) from None
-            seg.check(data, where)
-            yield data
+        for i in range(len(manifest.segments)):
+            yield first.verified(i)
 
     def active() -> bytes | None:
         if manifest.active is None:
@@ -189,7 +274,7 @@ def load_from(read: Reader, manifest_bytes: bytes, *, location: str) -> Loaded:
                 f"{where}: the active segment named by the manifest is missing"
             ) from None
 
-    return load_records(manifest, sealed(), active, location=location)
+    return load_records(manifest, sealed(), active, location=location, parts=parts)
 
 
 def load_records(
@@ -198,21 +283,139 @@ def load_records(
     active: bytes | Callable[[], bytes | None] | None,
     *,
     location: str,
+    parts: SealedParts | None = None,
 ) -> Loaded:
     """Replay verified sealed segment bytes and the active segment's bytes into a state.
 
     `sealed` may be a generator (each segment checked as it is read); `active` the bytes or
-    a function reading them once the sealed ones are replayed. The garbage collector is
+    a function reading them once the sealed ones are replayed. With `parts` (where the sealed
+    segments can be read again), results and items records of sealed segments are kept as
+    where they lie (see state.ResultMap), not as their bytes. The garbage collector is
     paused meanwhile: replay makes millions of objects and no cycles, and its passes cost
     about a quarter of a large reopen.
     """
     paused = gc.isenabled()
     gc.disable()
     try:
-        return _replay(manifest, sealed, active, location=location)
+        return _replay(manifest, sealed, active, location=location, parts=parts)
     finally:
         if paused:
             gc.enable()
+
+
+# segments of fewer records replay record by record: numpy's fixed cost per call would
+# outweigh what it saves there
+_SCAN_MIN_RECORDS = 256
+
+
+def _replay_scanned(
+    state: State, data: bytes, index: int, seg: SegmentInfo, source: str, parts: SealedParts
+) -> bool:
+    """Replay a sealed segment from its vectorised scan (results in bulk); False if the scan
+    finds it unusual (nothing applied then), to be replayed record by record instead."""
+    scan = scan_sealed(data, first_seq=seg.first_seq, records=seg.records)
+    if scan is None:
+        return False
+    return _apply_scan(state, data, scan, seg.first_seq, index, source, parts)
+
+
+class _HeldLines:
+    """Record lines of the active segment's verified bytes, held in memory (for LazyRecord)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def line(self, segment: int, offset: int) -> bytes:
+        return self.data[offset : self.data.index(b"\n", offset)]
+
+
+def _replay_active_scanned(
+    state: State, data: bytes, first_seq: int, prev_hash: str, source: str
+) -> str | None:
+    """Replay a whole, undamaged active segment from its vectorised scan, every line's hash
+    chained to the one before as `parse_segment` checks it; the last hash, or None (nothing
+    applied) when anything is unusual, a torn tail included: `parse_segment` then decides."""
+    if not data.endswith(b"\n"):
+        return None
+    records = data.count(b"\n")
+    scan = scan_sealed(data, first_seq=first_seq, records=records)
+    if scan is None:
+        return None
+    prev = prev_hash.encode("ascii")
+    view = memoryview(data)
+    sha = hashlib.sha256
+    for start, end in zip(scan.starts.tolist(), scan.ends.tolist(), strict=True):
+        h = sha(prev)
+        h.update(b"\n")
+        h.update(view[start + 65 : end])
+        claimed = data[start : start + 64]
+        if h.hexdigest().encode("ascii") != claimed:
+            return None
+        prev = claimed
+    if not _apply_scan(state, data, scan, first_seq, -1, source, _HeldLines(data)):
+        return None
+    return prev.decode("ascii")
+
+
+def _apply_scan(
+    state: State,
+    data: bytes,
+    scan: SealedScan,
+    first_seq: int,
+    index: int,
+    source: str,
+    parts: LineSource,
+) -> bool:
+    """Apply a scanned segment's records in order: runs of results in bulk, the others one
+    by one (each header checked first: False, nothing applied, if one is malformed)."""
+    records = len(scan.starts)
+    result_lines = scan.result_lines
+    others = np.setdiff1d(np.arange(records), result_lines, assume_unique=True)
+    # check the other lines first: any oddity and the slow path says what it is
+    recs: list[Record] = []
+    for i in others.tolist():
+        start, tab, end = int(scan.starts[i]), int(scan.tabs[i]), int(scan.ends[i])
+        try:
+            rec = header_record(
+                data[start + 65 : tab], b"", seq=first_seq + i, source=source, offset=start
+            )
+        except IntegrityError:
+            return False
+        if rec.type == "items":  # possibly large, decoded only when its listing is asked for
+            rec = LazyRecord(
+                rec.seq, rec.type, rec.key, rec.t, source, parts, index, start, fp=rec.fp
+            )
+        else:
+            rec.payload = data[tab + 1 : end]
+        recs.append(rec)
+    starts = scan.starts[result_lines]
+    seqs = result_lines.astype(np.int64) + first_seq
+    at = 0
+    for i, rec in zip(others.tolist(), recs, strict=True):
+        upto = int(np.searchsorted(result_lines, i))
+        if upto > at:
+            state.apply_results(
+                scan.keys[at:upto],
+                seqs[at:upto],
+                scan.times[at:upto],
+                starts[at:upto],
+                segment=index,
+                source=source,
+                lines=parts,
+            )
+            at = upto
+        state.apply(rec)
+    if at < len(result_lines):
+        state.apply_results(
+            scan.keys[at:],
+            seqs[at:],
+            scan.times[at:],
+            starts[at:],
+            segment=index,
+            source=source,
+            lines=parts,
+        )
+    return True
 
 
 def _replay(
@@ -221,15 +424,28 @@ def _replay(
     active: bytes | Callable[[], bytes | None] | None,
     *,
     location: str,
+    parts: SealedParts | None = None,
 ) -> Loaded:
     state = State()
     prev = ""
-    for data, seg in zip(sealed, manifest.segments, strict=True):
+    for index, (data, seg) in enumerate(zip(sealed, manifest.segments, strict=True)):
         source = f"{location}/{SEGMENTS_DIR}/{seg.name}"
+        tail = data[data.rfind(b"\n", 0, len(data) - 1) + 1 :][:64].decode("ascii", "replace")
+        if seg.records and tail != seg.last_hash:
+            raise IntegrityError(
+                f"{source}: ends in a record {tail[:16]!r}..., the manifest records "
+                f"{seg.records} records ending in {seg.last_hash[:16]!r}..."
+            )
+        if (
+            parts is not None
+            and seg.records >= _SCAN_MIN_RECORDS
+            and _replay_scanned(state, data, index, seg, source, parts)
+        ):
+            prev = seg.last_hash
+            continue
         records = parse_sealed_segment(
             data, source=source, first_seq=seg.first_seq, records=seg.records, prev_hash=prev
         )
-        tail = data[data.rfind(b"\n", 0, len(data) - 1) + 1 :][:64].decode("ascii", "replace")
         if len(records) != seg.records or (records and tail != seg.last_hash):
             raise IntegrityError(
                 f"{source}: holds {len(records)} records ending in {tail[:16]!r}..., the "
@@ -239,15 +455,29 @@ def _replay(
         for rec in records:
             apply(rec)
         prev = seg.last_hash
-    loaded = Loaded(manifest=manifest, state=state, active_hash=hashlib.sha256())
+    loaded = Loaded(manifest=manifest, state=state, active_hash=hashlib.sha256(), parts=parts)
     if callable(active):
         active = active()
     if active is not None:
         assert manifest.active is not None
+        source = f"{location}/{SEGMENTS_DIR}/{manifest.active}"
+        first_seq = manifest.sealed_records + 1
+        last = (
+            _replay_active_scanned(state, active, first_seq, prev, source)
+            if parts is not None and active.count(b"\n") >= _SCAN_MIN_RECORDS
+            else None
+        )
+        if last is not None:
+            loaded.active_size = len(active)
+            loaded.active_hash.update(active)
+            loaded.active_records = active.count(b"\n")
+            loaded.active_bytes = active
+            state.last_hash = last
+            return loaded
         parsed: ParsedSegment = parse_segment(
             active,
-            source=f"{location}/{SEGMENTS_DIR}/{manifest.active}",
-            first_seq=manifest.sealed_records + 1,
+            source=source,
+            first_seq=first_seq,
             prev_hash=prev,
             allow_torn_tail=True,
         )
@@ -346,9 +576,19 @@ _HELD_LOCKS: set[str] = set()
 _HELD_GUARD = threading.Lock()
 
 
+_pid = os.getpid()
+
+
+def process_id() -> int:
+    """os.getpid(), kept up to date at every fork (a system call per record would cost more
+    than the rest of the owner check)."""
+    return _pid
+
+
 def _forget_locks_after_fork() -> None:
     """A forked child holds none of its parent's POSIX locks (they are per process)."""
-    global _HELD_GUARD
+    global _HELD_GUARD, _pid
+    _pid = os.getpid()
     _HELD_GUARD = threading.Lock()  # another thread may have held it at the fork
     _HELD_LOCKS.clear()
 
@@ -499,6 +739,7 @@ class CheckpointWriter:
         self._active_size = loaded.active_size
         self._active_records = loaded.active_records
         self._broken: str | None = None
+        self._last_us = 0  # the time of the last group written, in microseconds
         self._mutex = threading.Lock()
         self.owner_pid = os.getpid()  # a forked child inherits this object but may not append
         if self.manifest.active is None:
@@ -510,6 +751,7 @@ class CheckpointWriter:
             limits.check_manifest(len(data), len(self.manifest.segments), f"checkpoint {self.dir}")
             atomic_write_bytes(self.dir / MANIFEST_NAME, data)
         self._active_path = self.segdir / check_name(self.manifest.active)
+        self._active_str = str(self._active_path)  # named in records and errors
         try:
             if loaded.torn_bytes:
                 self._drop_torn_tail()
@@ -597,135 +839,113 @@ class CheckpointWriter:
     def append(
         self,
         kind: str,
-        payload: dict[str, Any],
+        payload: dict[str, Any] | bytes,
         *,
         key: str | None = None,
         fp: str | None = None,
     ) -> Record:
-        """Durably append one record; when this returns it survives SIGKILL and power loss."""
-        if os.getpid() != self.owner_pid:  # before the mutex: a parent's thread may hold it
-            raise foreign_process_error(f"checkpoint {self.dir}", self.owner_pid)
-        with self._mutex:
-            if self._broken is not None:
-                raise CheckpointClosedError(
-                    f"checkpoint {self.dir} can no longer record: {self._broken}"
-                )
-            seq = self.last_seq + 1
-            t = time.time()
-            line, digest, body = encode_record(self.last_hash, seq, kind, key, t, fp, payload)
-            if self._active_size and self._active_size + len(line) > limits.MAX_SEGMENT_BYTES:
-                self._roll()  # first: no segment may grow past what the loader reads
-            before = self._active_size
-            hasher = self._active_hash.copy()
-            hasher.update(line)
-            plan = None
-            if before + len(line) >= self.segment_bytes:  # this record fills the segment:
-                # the manifest that seals it is built (and checked against the limits) first
-                plan = self._plan_seal(
-                    before + len(line), hasher, self._active_records + 1, seq, digest
-                )
-            try:
-                _write_all(self._fd, line)
-                fsync_file(self._fd, str(self._active_path))
-            except OSError as exc:
-                self._fail(f"{type(exc).__name__}: {exc}", truncate_to=before)
-                if isinstance(exc, CheckpointWriteError):
-                    raise
-                raise CheckpointWriteError(
-                    exc.errno, f"recording to {self._active_path} failed: {exc.strerror or exc}"
-                ) from exc
-            except BaseException as exc:  # Ctrl-C (or a SystemExit) between write and bookkeeping
-                self._fail(
-                    f"interrupted while recording ({type(exc).__name__}); reopen the sweep",
-                    truncate_to=before,
-                )
-                raise
-            # From here on nothing can fail: plain assignments only.
-            self._active_hash = hasher
-            self._active_size = before + len(line)
-            self._active_records += 1
-            self.last_seq = seq
-            self.last_hash = digest
-            record = Record(seq, kind, key, t, fp, body, str(self._active_path))
-            if plan is not None:
-                self._seal(plan)
-            return record
+        """Durably append one record; when this returns it survives SIGKILL and power loss.
+
+        `append_many` of one entry: the same rules, write and failure handling. `payload` is
+        the record's JSON object or its encoded bytes (see `journal.encode_record`)."""
+        return self.append_many([(kind, payload, key, fp)])[0]
 
     def append_many(
-        self, entries: list[tuple[str, dict[str, Any], str | None, str | None]]
+        self, entries: list[tuple[str, dict[str, Any] | bytes, str | None, str | None]]
     ) -> list[Record]:
         """Durably append (kind, payload, key, fp) records with one write and one fdatasync
         (one per segment when they fill it); when this returns all of them survive SIGKILL and
-        power loss. Group commit: the cost of the fdatasync is shared by the whole group. The
-        segment rules are `append`'s: a segment is sealed once it reaches `segment_bytes`
-        (its manifest planned, and checked against the limits, before the write), and rolled
-        first when a record would take it past `limits.MAX_SEGMENT_BYTES`."""
-        if os.getpid() != self.owner_pid:  # before the mutex: a parent's thread may hold it
+        power loss. Group commit: the cost of the fdatasync is shared by the whole group. A
+        segment is sealed once it reaches `segment_bytes` (its manifest planned, and checked
+        against the limits, before the write), and rolled first when a record would take it
+        past `limits.MAX_SEGMENT_BYTES`. If this raises, none of the records of the chunk
+        being written was acknowledged and the writer records nothing more."""
+        if _pid != self.owner_pid:  # before the mutex: a parent's thread may hold it
             raise foreign_process_error(f"checkpoint {self.dir}", self.owner_pid)
-        out: list[Record] = []
         with self._mutex:
             if self._broken is not None:
                 raise CheckpointClosedError(
                     f"checkpoint {self.dir} can no longer record: {self._broken}"
                 )
-            t = time.time()
-            pos = 0
-            while pos < len(entries):
-                # one chunk: up to the record that fills the active segment, or the end
-                lines: list[bytes] = []
-                heads: list[tuple[int, str, str | None, str | None, bytes]] = []
-                seq, prev, size = self.last_seq, self.last_hash, self._active_size
-                hasher = self._active_hash.copy()
-                while pos < len(entries):
-                    kind, payload, key, fp = entries[pos]
-                    line, digest, body = encode_record(prev, seq + 1, kind, key, t, fp, payload)
-                    if size and size + len(line) > limits.MAX_SEGMENT_BYTES:
-                        if lines:
-                            break  # write what we have; the next chunk rolls first
-                        self._roll()  # first: no segment grows past what the loader reads
-                        size, hasher = 0, hashlib.sha256()
-                    seq, prev = seq + 1, digest
-                    lines.append(line)
-                    heads.append((seq, kind, key, fp, body))
-                    hasher.update(line)
-                    size += len(line)
-                    pos += 1
-                    if size >= self.segment_bytes:
-                        break
-                plan = None
-                if size >= self.segment_bytes:  # the manifest sealing it is checked first
-                    plan = self._plan_seal(
-                        size, hasher, self._active_records + len(lines), seq, prev
-                    )
-                before = self._active_size
-                try:
-                    _write_all(self._fd, b"".join(lines))
-                    fsync_file(self._fd, str(self._active_path))
-                except OSError as exc:
-                    self._fail(f"{type(exc).__name__}: {exc}", truncate_to=before)
-                    if isinstance(exc, CheckpointWriteError):
-                        raise
-                    raise CheckpointWriteError(
-                        exc.errno,
-                        f"recording to {self._active_path} failed: {exc.strerror or exc}",
-                    ) from exc
-                except BaseException as exc:  # Ctrl-C (or SystemExit) mid-write
-                    self._fail(
-                        f"interrupted while recording ({type(exc).__name__}); reopen the sweep",
-                        truncate_to=before,
-                    )
-                    raise
-                # From here on nothing can fail: plain assignments only.
-                self._active_hash = hasher
-                self._active_size = size
-                self._active_records += len(lines)
-                self.last_seq = seq
-                self.last_hash = prev
-                source = str(self._active_path)
-                out.extend(Record(s, k, key, t, fp, body, source) for s, k, key, fp, body in heads)
-                if plan is not None:
-                    self._seal(plan)
-        return out
+            # One time per group, in whole microseconds (written as such: no float repr) and
+            # later than the previous group's: a torn group is recognised by its single time.
+            us = max(time.time_ns() // 1000, self._last_us + 1)
+            self._last_us = us
+            t, t_b = us / 1_000_000, b"%d.%06d" % divmod(us, 1_000_000)  # float(t_b) == t exactly
+            out: list[Record] = []
+            pos, n = 0, len(entries)
+            while pos < n:
+                pos = self._write_chunk(entries, pos, t, t_b, out)
+            return out
+
+    def _write_chunk(
+        self,
+        entries: list[tuple[str, dict[str, Any] | bytes, str | None, str | None]],
+        pos: int,
+        t: float,
+        t_b: bytes,
+        out: list[Record],
+    ) -> int:
+        """Encode entries from `pos` on, up to the one that fills the active segment (or the
+        end), write them with one write() and one fdatasync, and add their records to `out`;
+        returns the position after them. Under the mutex."""
+        lines: list[bytes] = []
+        recs: list[Record] = []
+        seq, prev, size = self.last_seq, self.last_hash, self._active_size
+        source, cap, fill = self._active_str, limits.MAX_SEGMENT_BYTES, self.segment_bytes
+        n = len(entries)
+        while pos < n:
+            kind, payload, key, fp = entries[pos]
+            body = payload if type(payload) is bytes else dumps(payload)
+            line, digest = encode_line(prev, seq + 1, kind, key, t_b, fp, body)
+            if size and size + len(line) > cap:
+                if lines:
+                    break  # write what we have; the next chunk rolls first
+                self._roll()  # first: no segment grows past what the loader reads
+                size, source = 0, self._active_str
+            seq, prev = seq + 1, digest
+            lines.append(line)
+            recs.append(Record(seq, kind, key, t, fp, body, source))
+            size += len(line)
+            pos += 1
+            if size >= fill:
+                break
+        data = b"".join(lines)  # one line: the line itself, not a copy
+        hasher = plan = None
+        if size >= fill:  # this chunk fills the segment: the manifest sealing it is checked first
+            hasher = self._active_hash.copy()
+            hasher.update(data)
+            plan = self._plan_seal(size, hasher, self._active_records + len(lines), seq, prev)
+        before = self._active_size
+        try:
+            _write_all(self._fd, data)
+            fsync_file(self._fd, source)
+        except OSError as exc:
+            self._fail(f"{type(exc).__name__}: {exc}", truncate_to=before)
+            if isinstance(exc, CheckpointWriteError):
+                raise
+            raise CheckpointWriteError(
+                exc.errno, f"recording to {source} failed: {exc.strerror or exc}"
+            ) from exc
+        except BaseException as exc:  # Ctrl-C (or a SystemExit) between write and bookkeeping
+            self._fail(
+                f"interrupted while recording ({type(exc).__name__}); reopen the sweep",
+                truncate_to=before,
+            )
+            raise
+        # From here on nothing can fail: bookkeeping only.
+        if hasher is None:
+            self._active_hash.update(data)
+        else:
+            self._active_hash = hasher
+        self._active_size = size
+        self._active_records += len(lines)
+        self.last_seq = seq
+        self.last_hash = prev
+        out += recs
+        if plan is not None:
+            self._seal(plan)
+        return pos
 
     def _roll(self) -> None:
         """Seal the active segment as it stands now (before a record that would not fit)."""
@@ -780,6 +1000,7 @@ class CheckpointWriter:
         durable.ops.close(self._fd)
         self.manifest = manifest
         self._active_path = new_path
+        self._active_str = str(new_path)
         self._fd = durable.ops.open(new_path, os.O_WRONLY | os.O_APPEND)
         self._active_hash = hashlib.sha256()
         self._active_size = 0
@@ -825,6 +1046,8 @@ class CheckpointWriter:
 
 def _write_all(fd: int, data: bytes) -> None:
     write = durable.ops.write
-    view = memoryview(data)
-    while view:
-        view = view[write(fd, view) :]
+    done = write(fd, data)
+    if done < len(data):  # rare: a short write; go on from where it stopped
+        view = memoryview(data)[done:]
+        while view:
+            view = view[write(fd, view) :]

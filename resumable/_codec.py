@@ -32,6 +32,75 @@ _MAX_PLAIN_INT_BITS = 10_000
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
+# json.dumps with options builds a new encoder per call: one made once gives the same bytes
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def compact_json(obj: Any) -> bytes:
+    """An already-encoded structure as stored: compact JSON, UTF-8, NaN refused."""
+    return _COMPACT(obj).encode("utf-8")
+
+
+def _not_json(obj: Any) -> Any:
+    raise TypeError(f"{type(obj).__name__} is not JSON")
+
+
+# CPython's C encoder with `compact_json`'s options, made once; no circular check (the values
+# given to it are checked to be acyclic, at most MAX_DEPTH deep, by `_plain` first)
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_PLAIN_ENCODE = (
+    _c_make_encoder(
+        None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    if _c_make_encoder is not None
+    else None
+)
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """Whether `encode` returns `value` as it is: dicts (str keys, no TAG key), lists, str,
+    int (up to _MAX_PLAIN_INT_BITS), float, bool and None, of exactly these types, at most
+    MAX_DEPTH deep. (Non-finite floats and invalid strings pass here: the JSON encoding
+    refuses them, and the caller falls back to `encode`.)"""
+    t = type(value)
+    if t is float or t is str or t is bool or value is None:
+        return True
+    if t is int:
+        bits: int = value.bit_length()
+        return bits <= _MAX_PLAIN_INT_BITS
+    if depth >= MAX_DEPTH:
+        return False
+    if t is dict:
+        if TAG in value:
+            return False
+        for k, v in value.items():
+            if type(k) is not str:
+                return False
+            tv = type(v)
+            if not (tv is float or tv is str or v is None or tv is bool or _plain(v, depth + 1)):
+                return False
+        return True
+    if t is list:
+        for v in value:
+            tv = type(v)
+            if not (tv is float or tv is str or v is None or tv is bool or _plain(v, depth + 1)):
+                return False
+        return True
+    return False
+
+
+def encode_json(value: Any, *, what: str = "result") -> bytes:
+    """`compact_json(encode(value))`, the same bytes, without copying a value that `encode`
+    would return unchanged (plain JSON values: the common result): it goes straight to the C
+    encoder. Raises UnsupportedValueError like `encode`."""
+    if _PLAIN_ENCODE is not None and _plain(value, 0):
+        try:
+            return "".join(_PLAIN_ENCODE(value, 0)).encode("utf-8")
+        except (ValueError, UnicodeEncodeError):
+            pass  # a non-finite float (tagged by encode), a lone surrogate (refused by it)
+    return _COMPACT(encode(value, what=what)).encode("utf-8")
+
+
 def _where(path: tuple[Any, ...]) -> str:
     if not path:
         return "the value itself"

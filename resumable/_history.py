@@ -15,11 +15,11 @@ which). The time lost to it runs from its last record to the next launch's start
 
 from __future__ import annotations
 
-import bisect
-import operator
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from ._journal import Record
 from ._state import State
@@ -128,8 +128,14 @@ class _Replay:
         self.failed: set[str] = set()
         self.keys: set[str] | None = None
         self.covered = 0
+        self.n_keys: int | None = None  # the list's length, when its keys are not needed
+
+    def count_only(self, n: int) -> None:
+        self.keys, self.n_keys = None, n
 
     def pending(self, n_items: int | None) -> int | None:
+        if self.n_keys is not None:  # every key done or failed is in the list
+            return self.n_keys - len(self.done) - len(self.failed)
         if self.keys is not None:
             return len(self.keys) - self.covered
         if n_items is None:
@@ -137,6 +143,7 @@ class _Replay:
         return max(0, n_items - len(self.done) - len(self.failed))
 
     def listing(self, rec: Record, state: State) -> None:
+        self.n_keys = None
         items = state.items_listing() if rec is state.items_record else state.listing_of(rec)
         self.keys = {e[0] for e in items if type(e) is list and e and type(e[0]) is str}
         self.covered = len(self.keys & self.done) + len(self.keys & self.failed)
@@ -172,11 +179,15 @@ class _Replay:
 def _replay(tl: Timeline, state: State, detail: bool) -> None:
     """Walk the journal's records in sequence order: the results (the bulk, already in order)
     in slices between the few other records (launches, failures, superseded records, events)."""
-    results = list(state.results.values())  # in record order: ascending seq
-    seqs = [r.seq for r in results]
-    if not all(map(operator.lt, seqs, seqs[1:])):  # never replayed that way; be sure anyway
-        results.sort(key=_seq)
-        seqs = [r.seq for r in results]
+    # results by key, sequence number and time (no Record per result unless `detail`)
+    rkeys = list(state.results)  # in record order: ascending seq
+    rseq, rtime = state.results.seqs_and_times()
+    if len(rseq) > 1 and not (rseq[1:] > rseq[:-1]).all():  # never replayed that way
+        order = np.argsort(rseq, kind="stable")
+        rseq, rtime = rseq[order], rtime[order]
+        rkeys = [rkeys[i] for i in order.tolist()]
+    seqs = rseq
+    all_current = state.keys_all_current()
     others: list[tuple[int, Any]] = [(body["seq"], body) for body in state.launches]
     others += [(r.seq, r) for r in state.failure_records.values()]
     others += [(r.seq, r) for r in state.superseded]
@@ -192,22 +203,22 @@ def _replay(tl: Timeline, state: State, detail: bool) -> None:
 
     def results_until(seq: int) -> None:
         nonlocal pos
-        end = bisect.bisect_left(seqs, seq, pos)
+        end = pos + int(np.searchsorted(seqs[pos:], seq, side="left"))
         if end == pos:
             return
-        block = results[pos:end]
-        pos = end
-        # result records always carry a key (State.results is keyed by it); Record.key is
-        # optional for the other record types
-        replay.results([r.key for r in block])  # type: ignore[misc]
+        begin, pos = pos, end
+        keys = rkeys[begin:end]
+        replay.results(keys)
         idx = current.index if current is not None else -1
         if current is not None:
-            current.results += len(block)
-            current.last_t = max(current.last_t, max(r.t for r in block))
+            current.results += end - begin
+            current.last_t = max(current.last_t, float(rtime[begin:end].max()))
         if detail:
+            records = state.results
             tl.finished.extend(
-                Finished(r.seq, r.t, r.key, True, idx, _duration(r, None))  # type: ignore[arg-type]
-                for r in block
+                Finished(r.seq, r.t, k, True, idx, _duration(r, None))
+                for k in keys
+                for r in (records[k],)
             )
 
     for seq, obj in others:
@@ -258,10 +269,13 @@ def _replay(tl: Timeline, state: State, detail: bool) -> None:
             keys = body.get("keys") or []
             replay.forget(replay.failed if kind == "retry" else replay.done, keys)
         elif kind == "items":
-            replay.listing(rec, state)
+            if all_current and current is not None and current.n_items is not None:
+                replay.count_only(current.n_items)  # no listing decoded (see keys_all_current)
+            else:
+                replay.listing(rec, state)
         elif kind == "meta" and current is not None:
             current.last_t = max(current.last_t, rec.t)
-    results_until(seqs[-1] + 1 if seqs else 0)
+    results_until(int(seqs[-1]) + 1 if len(seqs) else 0)
     close(current)
     if detail:
         tl.finished.sort(key=_seq)

@@ -34,10 +34,12 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
 
 from . import _limits as limits
-from ._codec import loads
+from ._codec import compact_json, loads
 from .errors import IntegrityError
 
 _HASH_LEN = 64
@@ -45,12 +47,7 @@ MAX_TIME = 1e10  # seconds since the epoch (year 2286): later record times are d
 _TYPES = frozenset({"launch", "items", "result", "failure", "retry", "invalidate", "meta"})
 
 
-# json.dumps with options builds a new encoder per call: one made once gives the same bytes
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-
-
-def _dumps(obj: Any) -> bytes:
-    return _ENCODE(obj).encode("utf-8")
+dumps = compact_json  # a payload's bytes: compact JSON, UTF-8, no NaN
 
 
 class Record:
@@ -91,6 +88,67 @@ class Record:
         return f"Record(seq={self.seq}, type={self.type!r}, key={self.key!r})"
 
 
+_KIND_BYTES = {k: k.encode("ascii") for k in _TYPES}
+_json_string = json.encoder.encode_basestring  # the C escaper when available; as dumps(str)
+
+
+class LineSource(Protocol):
+    """Gives back a record line of a sealed segment, its bytes checked again (see
+    checkpoint.SealedParts)."""
+
+    def line(self, segment: int, offset: int) -> bytes: ...
+
+
+_UNSET: Any = object()
+
+
+class LazyRecord(Record):
+    """A record of a sealed segment kept as where it lies, not as its bytes: its payload (and,
+    unless given, its fingerprint) are read back from the segment, checked against the
+    manifest's SHA-256 again, when first asked for. A reopened sweep of a million results
+    keeps a million of these only while they are looked at (see state.ResultMap)."""
+
+    __slots__ = ("_fp", "_off", "_seg", "_src")
+
+    def __init__(
+        self,
+        seq: int,
+        type: str,
+        key: str | None,
+        t: float,
+        source: str,
+        src: LineSource,
+        segment: int,
+        offset: int,
+        fp: str | None = _UNSET,
+    ) -> None:
+        self.seq = seq
+        self.type = type
+        self.key = key
+        self.t = t
+        self.source = source
+        self._src = src
+        self._seg = segment
+        self._off = offset
+        self._fp = fp
+
+    def _line(self) -> bytes:
+        return self._src.line(self._seg, self._off)
+
+    @property
+    def payload(self) -> bytes:  # type: ignore[override]
+        line = self._line()
+        return line[line.index(b"\t") + 1 :]
+
+    @property
+    def fp(self) -> str | None:  # type: ignore[override]
+        if self._fp is _UNSET:
+            line = self._line()
+            fp = line[_HASH_LEN + 1 : line.index(b"\t")].split(b" ", 4)[3]
+            self._fp = None if fp == b"-" else fp.decode("ascii")
+        return self._fp
+
+
 def encode_record(
     prev_hash: str,
     seq: int,
@@ -98,19 +156,42 @@ def encode_record(
     key: str | None,
     t: float,
     fp: str | None,
-    payload: dict[str, Any],
+    payload: dict[str, Any] | bytes,
 ) -> tuple[bytes, str, bytes]:
-    """(line bytes, record hash, payload bytes) of a new record."""
-    if kind not in _TYPES:
+    """(line bytes, record hash, payload bytes) of a new record.
+
+    `payload` is the record's JSON object, or its bytes already encoded (compact, UTF-8, no
+    NaN: what `dumps` makes; the sweep's hot path builds a result's payload from the value's
+    JSON and a per-sweep suffix)."""
+    body = payload if type(payload) is bytes else dumps(payload)
+    line, digest = encode_line(prev_hash, seq, kind, key, b"%r" % t, fp, body)
+    return line, digest, body
+
+
+def encode_line(
+    prev_hash: str, seq: int, kind: str, key: str | None, t: bytes, fp: str | None, body: bytes
+) -> tuple[bytes, str]:
+    """(line bytes, record hash) of a record whose time (`t`: repr of the float, as bytes,
+    made once for a group) and payload are already encoded. Refuses what the loader would:
+    an unknown type, a key or a line past the limits (LimitExceededError)."""
+    kind_b = _KIND_BYTES.get(kind)
+    if kind_b is None:
         raise ValueError(f"unknown record type {kind!r}")
-    what = f"the {kind} record" + (f" of item {key!r:.100}" if key is not None else "")
-    if key is not None:
-        limits.check_key(key, what)
-    header = b"%d %s %r %s " % (seq, kind.encode(), t, (fp or "-").encode()) + _dumps(key)
-    body = _dumps(payload)
-    limits.check_record(_HASH_LEN + 2 + len(header) + len(body), what)
-    digest = hashlib.sha256(prev_hash.encode("ascii") + b"\n" + header + b"\t" + body).hexdigest()
-    return digest.encode("ascii") + b" " + header + b"\t" + body + b"\n", digest, body
+    if key is None:
+        key_b = b"null"
+    else:
+        if len(key) > limits.MAX_KEY_CHARS:
+            limits.check_key(key, _what(kind, key))
+        key_b = _json_string(key).encode("utf-8")
+    rest = b"%d %s %s %s %s\t%s" % (seq, kind_b, t, fp.encode() if fp else b"-", key_b, body)
+    if _HASH_LEN + 1 + len(rest) > limits.MAX_RECORD_BYTES:
+        limits.check_record(_HASH_LEN + 1 + len(rest), _what(kind, key))
+    digest = hashlib.sha256(prev_hash.encode("ascii") + b"\n" + rest).hexdigest()
+    return digest.encode("ascii") + b" " + rest + b"\n", digest
+
+
+def _what(kind: str, key: str | None) -> str:
+    return f"the {kind} record" + (f" of item {key!r:.100}" if key is not None else "")
 
 
 @dataclass
@@ -335,11 +416,130 @@ def parse_sealed_segment(
     return out
 
 
+@dataclass
+class SealedScan:
+    """What replaying a sealed segment needs, found without a Python object per line: where
+    each line starts, which lines are results, and the results' keys and times."""
+
+    starts: np.ndarray  # byte offset of every line
+    ends: np.ndarray  # offset of every line's newline
+    tabs: np.ndarray  # offset of every line's tab
+    result_lines: np.ndarray  # indices of the result lines, ascending
+    keys: list[str]  # their keys, in order
+    times: np.ndarray  # their times (float64), in order
+
+
+_TIME_CHARS = np.zeros(256, bool)
+_TIME_CHARS[np.frombuffer(b"0123456789.eE+-", np.uint8)] = True
+
+
+def _gather(arr: np.ndarray, begin: np.ndarray, end: np.ndarray) -> bytes:
+    """The bytes of the ranges [begin, end) (non-empty), concatenated: O(bytes gathered)."""
+    lengths = end - begin
+    total = int(lengths.sum())
+    shift = np.repeat(begin - (np.cumsum(lengths) - lengths), lengths)
+    out: bytes = arr[np.arange(total, dtype=np.int64) + shift].tobytes()
+    return out
+
+
+def scan_sealed(data: bytes, *, first_seq: int, records: int) -> SealedScan | None:
+    """Vectorised reading of a sealed segment whose bytes matched the manifest's SHA-256.
+
+    Checks for every result line what `parse_sealed_segment` checks (the record shape,
+    sequence numbers running on from `first_seq`, plausible times, keys, sizes) with numpy over
+    the whole segment (one pass finds every newline, tab and space), and gets the keys out of
+    one decode and one split; the other lines (launches, failures, ...: few) the caller parses
+    one by one. None when anything is unusual (an escaped key, a control character, a line of
+    another shape...): the caller then takes `parse_sealed_segment`, which says precisely
+    what is wrong.
+    """
+    if records <= 0 or not data.endswith(b"\n"):
+        return None
+    arr = np.frombuffer(data, np.uint8)
+    special = np.flatnonzero(arr <= 32)  # JSON escapes control characters: \t \n and space
+    what = arr[special]
+    ends = special[what == 10]
+    tabs = special[what == 9]
+    spaces = special[what == 32]
+    if len(ends) != records or len(tabs) != records:
+        return None
+    if len(ends) + len(tabs) + len(spaces) != len(special):
+        return None
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    if not ((tabs > starts + _HASH_LEN + 8) & (tabs < ends)).all():
+        return None
+    if int((ends - starts).max()) > limits.MAX_RECORD_BYTES:
+        return None
+    # the header's spaces: after the hash, the sequence number, the type, the time, the fp
+    first = np.searchsorted(spaces, starts + _HASH_LEN)
+    if int(first[-1]) + 4 >= len(spaces):
+        return None
+    s0, s1, s2, s3, s4 = (spaces[first + i] for i in range(5))
+    if not ((s0 == starts + _HASH_LEN) & (s4 < tabs)).all():
+        return None
+    # sequence numbers: exactly first_seq, first_seq + 1, ... in decimal
+    if int((s1 - s0).max()) > 19:
+        return None
+    expected = " ".join(map(str, range(first_seq, first_seq + records))) + " "
+    if _gather(arr, s0 + 1, s1 + 1) != expected.encode("ascii"):
+        return None
+    # types of 1 to 12 letters; result lines in bulk, the (few) others one by one by the caller
+    klen = s2 - s1 - 1
+    if int(klen.min()) < 1 or int(klen.max()) > 12:
+        return None
+    rl = np.flatnonzero(klen == 6)
+    for j, c in enumerate(b"result"):
+        rl = rl[arr[s1[rl] + 1 + j] == c]
+    if len(rl) == 0:
+        return SealedScan(starts, ends, tabs, rl, [], np.zeros(0))
+    s2, s3, s4 = s2[rl], s3[rl], s4[rl]
+    # times: 1 to 40 characters of a float; fingerprints 1 to 80 (checked when read)
+    tlen, flen = s3 - s2 - 1, s4 - s3 - 1
+    if int(tlen.min()) < 1 or int(tlen.max()) > 40 or int(flen.min()) < 1 or flen.max() > 80:
+        return None
+    raw_t = _gather(arr, s2 + 1, s3 + 1)  # each time with the space after it
+    if int(_TIME_CHARS[np.frombuffer(raw_t, np.uint8)].sum()) != len(raw_t) - len(rl):
+        return None
+    try:
+        times = np.array(list(map(float, raw_t.split())), dtype=np.float64)
+    except ValueError:
+        return None
+    if len(times) != len(rl) or not ((times >= 0.0) & (times <= MAX_TIME)).all():
+        return None
+    # keys: quoted, no escapes, valid UTF-8: one decode and one split for all
+    kb, ke = s4 + 1, tabs[rl]
+    if (ke - kb < 2).any() or not ((arr[kb] == 34) & (arr[ke - 1] == 34)).all():
+        return None
+    raw = _gather(arr, kb + 1, ke)
+    if b"\\" in raw:
+        return None
+    try:
+        keys = raw.decode("utf-8").split('"')
+    except UnicodeDecodeError:
+        return None
+    keys.pop()  # after the last closing quote
+    if len(keys) != len(rl):
+        return None
+    if int((ke - kb).max()) - 2 > limits.MAX_KEY_CHARS and any(
+        len(k) > limits.MAX_KEY_CHARS for k in keys
+    ):
+        return None
+    return SealedScan(starts, ends, tabs, rl, keys, times)
+
+
 def check_time(t: float) -> float:
     """A record time: finite and within [0, MAX_TIME] (ValueError otherwise)."""
     if not 0.0 <= t <= MAX_TIME:  # also false for NaN
         raise ValueError(f"record time {t!r} is not a plausible time")
     return t
+
+
+def header_record(header: bytes, payload: bytes, *, seq: int, source: str, offset: int) -> Record:
+    """The Record of a line whose header (between hash and tab) is `header`, its hash already
+    vouched for; IntegrityError naming `source`, `seq` and `offset` if the header is bad."""
+    return _record(header, payload, seq=seq, source=source, offset=offset)
 
 
 def _record(header: bytes, payload: bytes, *, seq: int, source: str, offset: int) -> Record:

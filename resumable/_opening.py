@@ -144,7 +144,7 @@ def open_sweep(
         identity = items.identity()
         changed = (
             _changed_keys(items, loaded)
-            if loaded is not None and identity != loaded.state.items_sha256
+            if loaded is not None and not items.matches(loaded.state.items_sha256)
             else []
         )
         if changed and sweep.on_change == "error":

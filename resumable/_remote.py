@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, Loaded, load
+from ._checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, Loaded, load_from
 from ._durable import create_durable_file, fsync_dir, make_dirs, remove_tree, rename_durably
-from ._manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, Manifest, parse_manifest
+from ._manifest import MANIFEST_NAME, Manifest, parse_manifest
 from ._storage import Store, redact
 from .errors import IntegrityError, ObjectNotFoundError, StorageError
 
@@ -77,8 +77,11 @@ def download(
 ) -> tuple[Path, Loaded]:
     """Copy the checkpoint at `store` into a new directory beside `beside`, and verify it.
 
-    Each part is checked against the manifest's size and SHA-256 as it arrives, then the whole
-    copy is loaded (every record verified). The caller installs or discards the directory.
+    One pass: each part is checked against the manifest's size and SHA-256 as it arrives,
+    written (durably) into the copy and replayed (every record verified), one part in memory at
+    a time. The caller installs or discards the directory (`Loaded.relocate` after an
+    install). Records looked at later (results' payloads) read their part again from the copy,
+    or from `store` once the copy is gone.
 
     With `signing_key` (the manifest's signature already checked), every byte taken must be
     covered by that signature. A manifest signs its sealed parts by SHA-256, but not the
@@ -91,48 +94,62 @@ def download(
     tmp = beside.parent / f".{beside.name}.incoming-{secrets.token_hex(4)}"
     segdir = tmp / SEGMENTS_DIR
     make_dirs(segdir)
+    sizes = {f"{SEGMENTS_DIR}/{seg.name}": seg.size for seg in manifest.segments}
+
+    def fetch(name: str, max_bytes: int) -> bytes:
+        """A part from the store, kept in the copy (load_from checks it against the manifest)."""
+        where = redact(store.url(name))
+        sealed = name in sizes
+        try:
+            data = store.read_bytes(name, max_bytes=max_bytes)
+        except ObjectNotFoundError:
+            raise IntegrityError(
+                f"{where}: part named by the manifest is missing (expected {sizes[name]} bytes)"
+                if sealed
+                else f"{where}: the active segment named by the manifest is missing"
+            ) from None
+        except IntegrityError:
+            if not sealed:
+                raise
+            raise IntegrityError(
+                f"{where}: larger than the {sizes[name]} bytes the manifest records"
+            ) from None
+        if sealed and len(data) == sizes[name]:
+            pass
+        elif sealed:
+            raise IntegrityError(
+                f"{where}: expected {sizes[name]} bytes, found {len(data)}"  # as SegmentInfo.check
+            )
+        elif signing_key is not None and data:
+            raise IntegrityError(
+                f"{where}: the active segment holds {len(data)} bytes "
+                "not covered by the signature of the manifest naming it (a signature "
+                "covers sealed parts only), and a signing key is set: refusing to trust "
+                "them. Resume from the sweep's mirror (snapshot_dir), whose signed "
+                "manifest covers every part"
+            )
+        create_durable_file(tmp / name, data)
+        return data
+
+    def reread(name: str, max_bytes: int) -> bytes:
+        """Later reads: the copy while it exists, else the store."""
+        try:
+            return _read_local(tmp / name, max_bytes)
+        except FileNotFoundError:
+            return store.read_bytes(name, max_bytes=max_bytes)
+
     try:
-        for seg in manifest.segments:
-            name = f"{SEGMENTS_DIR}/{seg.name}"
-            where = redact(store.url(name))
-            try:
-                data = store.read_bytes(name, max_bytes=seg.size)
-            except ObjectNotFoundError:
-                raise IntegrityError(
-                    f"{where}: part named by the manifest is missing (expected {seg.size} bytes)"
-                ) from None
-            except IntegrityError:
-                raise IntegrityError(
-                    f"{where}: larger than the {seg.size} bytes the manifest records"
-                ) from None
-            seg.check(data, where)
-            create_durable_file(segdir / seg.name, data)
-        if manifest.active is not None:  # another machine's progress directory
-            name = f"{SEGMENTS_DIR}/{manifest.active}"
-            try:
-                data = store.read_bytes(name, max_bytes=MAX_SEGMENT_BYTES)
-            except ObjectNotFoundError:
-                raise IntegrityError(
-                    f"{redact(store.url(name))}: the active segment named by the manifest is "
-                    "missing"
-                ) from None
-            if signing_key is not None and data:
-                raise IntegrityError(
-                    f"{redact(store.url(name))}: the active segment holds {len(data)} bytes "
-                    "not covered by the signature of the manifest naming it (a signature "
-                    "covers sealed parts only), and a signing key is set: refusing to trust "
-                    "them. Resume from the sweep's mirror (snapshot_dir), whose signed "
-                    "manifest covers every part"
-                )
-            create_durable_file(segdir / manifest.active, data)
+        loaded = load_from(fetch, manifest_bytes, location=store.display, reread=reread)
         create_durable_file(tmp / MANIFEST_NAME, manifest_bytes)
-        loaded = load(tmp)
-        if loaded is None:  # pragma: no cover - the manifest was just written
-            raise IntegrityError(f"{tmp}: downloaded checkpoint vanished")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return tmp, loaded
+
+
+def _read_local(path: Path, max_bytes: int) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(max_bytes + 1)
 
 
 def collect_leftovers(beside: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:

@@ -262,8 +262,8 @@ def _take_remote(
     except BaseException:
         discard(tmp)
         raise
-    loaded = load(progress_dir)
-    assert loaded is not None
+    fetched.relocate(progress_dir)  # verified and replayed once, in download: not again
+    loaded = fetched
     if adoption is not None:
         assert local is not None
         log.warning(

@@ -26,21 +26,131 @@ with results.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ._codec import decode
-from ._journal import Record
+from ._journal import LazyRecord, LineSource, Record
 from .errors import IntegrityError
 
 MAX_ATTEMPT = 1 << 31
+
+
+class ResultMap(dict):  # type: ignore[type-arg]
+    """key -> its result `Record`, in record order; a dict, so `in`, `len` and iterating keys
+    run at C speed.
+
+    Results replayed in bulk from sealed segments (`add_rows`) are kept compactly: the dict
+    holds a row number, and columns (sequence number, time, line offset, per part of a
+    segment) hold the rest, about 24 bytes a result. Looking one up makes a `LazyRecord`,
+    whose payload is read back from its (re-verified) segment when asked for. Results
+    recorded since the open are plain Records.
+    """
+
+    __slots__ = ("_parts", "_rows", "_starts")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._starts: list[int] = []  # first row of each part
+        # per part: (seqs, times, line offsets, segment index, source, line source)
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, int, str, LineSource]] = []
+        self._rows = 0
+
+    def add_rows(
+        self,
+        keys: list[str],
+        seqs: np.ndarray,
+        times: np.ndarray,
+        offsets: np.ndarray,
+        *,
+        segment: int,
+        source: str,
+        lines: LineSource,
+    ) -> bool:
+        """Add results of keys none of which is here yet (False, and the map is unusable,
+        if one was)."""
+        first = self._rows
+        before = len(self)
+        self.update(zip(keys, range(first, first + len(keys)), strict=True))
+        self._starts.append(first)
+        self._parts.append((seqs, times, offsets, segment, source, lines))
+        self._rows = first + len(keys)
+        return len(self) == before + len(keys)
+
+    def _record(self, key: str, value: Any) -> Record:
+        if type(value) is not int:
+            return value  # type: ignore[no-any-return]
+        i = bisect.bisect_right(self._starts, value) - 1
+        seqs, times, offsets, segment, source, lines = self._parts[i]
+        j = value - self._starts[i]
+        return LazyRecord(
+            int(seqs[j]), "result", key, float(times[j]), source, lines, segment, int(offsets[j])
+        )
+
+    def __getitem__(self, key: str) -> Record:
+        return self._record(key, dict.__getitem__(self, key))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = dict.get(self, key, _MISSING)
+        return default if value is _MISSING else self._record(key, value)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        value = dict.pop(self, key, _MISSING)
+        if value is _MISSING:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        return self._record(key, value)
+
+    def values(self) -> Iterator[Record]:  # type: ignore[override]
+        record = self._record
+        return (record(k, v) for k, v in dict.items(self))
+
+    def items(self) -> Iterator[tuple[str, Record]]:  # type: ignore[override]
+        record = self._record
+        return ((k, record(k, v)) for k, v in dict.items(self))
+
+    def copy(self) -> dict[str, Record]:
+        return dict(self.items())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, dict) and dict(self.items()) == dict(other.items())
+
+    __hash__ = None
+
+    def seqs_and_times(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sequence numbers and times of the results, in the map's order, without making a
+        Record per result."""
+        values = list(dict.values(self))
+        if self._parts:
+            all_seqs = np.concatenate([p[0] for p in self._parts])
+            all_times = np.concatenate([p[1] for p in self._parts])
+        else:
+            all_seqs, all_times = np.zeros(0, np.int64), np.zeros(0)
+        rows = np.fromiter(
+            (v if type(v) is int else -1 for v in values), dtype=np.int64, count=len(values)
+        )
+        live = np.flatnonzero(rows < 0)
+        seqs = all_seqs[np.maximum(rows, 0)] if len(all_seqs) else np.zeros(len(rows), np.int64)
+        times = all_times[np.maximum(rows, 0)] if len(all_times) else np.zeros(len(rows))
+        for i in live:
+            seqs[i] = values[i].seq
+            times[i] = values[i].t
+        return seqs, times
+
+
+_MISSING: Any = object()
 
 
 @dataclass
 class State:
     """Replayed progress. `results` keeps record order (dict insertion order)."""
 
-    results: dict[str, Record] = field(default_factory=dict)
+    results: ResultMap = field(default_factory=ResultMap)
     failures: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> failure payload
     failure_records: dict[str, Record] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
@@ -79,6 +189,39 @@ class State:
                 f"{rec.source}: record {rec.seq} ({rec.type}) is malformed: {exc!r:.200}"
             ) from None
         self.last_seq = rec.seq
+
+    def apply_results(
+        self,
+        keys: list[str],
+        seqs: np.ndarray,
+        times: np.ndarray,
+        offsets: np.ndarray,
+        *,
+        segment: int,
+        source: str,
+        lines: LineSource,
+    ) -> None:
+        """Fold a run of result records (of a sealed segment, in order) into the state at
+        once: what `apply` does for each, without a Record per result."""
+        if not keys:
+            return
+        if self.failures:
+            hit = self.failures.keys() & set(keys)
+            for key in keys:
+                if key in hit:
+                    self._drop_failure(key)
+        if not self.results.add_rows(
+            keys, seqs, times, offsets, segment=segment, source=source, lines=lines
+        ):
+            seen: set[str] = set()
+            twice = next((k for k in keys if k in seen or seen.add(k)), None)  # type: ignore[func-returns-value]
+            what = f"key {twice!r}" if twice is not None else "a key"
+            raise IntegrityError(
+                f"{source}: records {int(seqs[0])}-{int(seqs[-1])}: {what} is recorded as "
+                "done twice"
+            )
+        self.last_finished = float(times[-1])
+        self.last_seq = int(seqs[-1])
 
     def _apply(self, rec: Record) -> None:
         kind = rec.type
@@ -149,6 +292,27 @@ class State:
         if old is not None:
             self.superseded.append(old)
 
+    def keys_all_current(self) -> bool:
+        """Whether every key with a result or failure is in the current item list, known
+        without decoding any listing: that list grew by appends only from the journal's first
+        items record, and nothing was recorded before that record (a sweep refuses results of
+        items not in its list). `status` then needs counts, not the keys."""
+        items = [r for r in self.events if r.type == "items"]
+        if not items or items[-1] is not self.items_record or self.items_count is None:
+            return False
+        # (the first items record holds a whole list: an append would have no base)
+        if not all(map(_is_append, items[1:])):
+            return False
+        return items[0].seq < self._first_finished_seq()
+
+    def _first_finished_seq(self) -> int:
+        firsts = [r.seq for r in self.failure_records.values()]
+        firsts += [r.seq for r in self.superseded]
+        if self.results:  # the first in record order (replayed in ascending seq) is the least
+            key = next(iter(self.results))
+            firsts.append(self.results[key].seq)
+        return min(firsts, default=self.last_seq + 1)
+
     def items_listing(self) -> list[list[Any]]:
         """The items as last recorded at an open: [[key, fingerprint, params], ...].
 
@@ -202,6 +366,12 @@ class State:
                 )
             items = items + _entries(body["append"], part)
         return items
+
+
+def _is_append(rec: Record) -> bool:
+    """Whether an items record only appends to an earlier list (a small look at its payload:
+    an append's payload starts with its base; a whole list's with "items")."""
+    return rec.payload[:8] == b'{"base":'
 
 
 def _entries(items: Any, rec: Record) -> list[list[Any]]:

@@ -65,8 +65,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from tqdm import tqdm
 
+from . import __version__
+from ._items import item_fingerprint
 from .errors import ConfigurationError, RunError, TooManyFailuresError, UnsupportedValueError
 from .preempt import Preempted, PreemptionGuard
+from .sweep import encode_result
 
 if TYPE_CHECKING:
     from .sweep import ResumableSweep
@@ -131,18 +134,38 @@ def process_pool(max_workers: int | None = None) -> cf.ProcessPoolExecutor:
     return cf.ProcessPoolExecutor(max_workers, mp_context=ctx, initializer=worker_initializer)
 
 
-def run_batch(fn: Callable[..., Any], batch: list[tuple[Any, int | None]]) -> list[Outcome]:
-    """Runs in the worker: one outcome per (item, seed); an exception fails only its item."""
-    out: list[Outcome] = []
-    for item, seed in batch:
-        t0 = time.perf_counter()
-        try:
-            value = fn(item) if seed is None else fn(item, seed=seed)
-        except Exception as exc:  # KeyboardInterrupt, SystemExit (Preempted): not failures
-            out.append((False, exc, traceback.format_exc(), time.perf_counter() - t0))
-        else:
-            out.append((True, value, None, time.perf_counter() - t0))
+def run_batch(
+    fn: Callable[..., Any],
+    batch: list[tuple[Any, int | None]],
+    encode: tuple[str, bool] | None = None,
+) -> list[Outcome]:
+    """Runs in the worker: one outcome per (item, seed); an exception fails only its item.
+
+    `encode`: (the owner's library version, whether to compute fingerprints). When this worker
+    runs the same version, results go back encoded (`sweep.encode_result`: JSON bytes, and the
+    item's fingerprint taken before `fn` could change the item), which takes that work off
+    the owner, the one process that records. Another version sends results as they are."""
+    if encode is None or encode[0] != __version__:
+        return [run_one(fn, item, seed) for item, seed in batch]
+    fps = [item_fingerprint(item) for item, _ in batch] if encode[1] else None
+    out = []
+    for i, (item, seed) in enumerate(batch):
+        ok, value, tb, seconds = run_one(fn, item, seed)
+        if ok:
+            value = encode_result(item, value, False if fps is None else fps[i])
+        out.append((ok, value, tb, seconds))
     return out
+
+
+def run_one(fn: Callable[..., Any], item: Any, seed: int | None) -> Outcome:
+    """The outcome of `fn` on one item; an exception (not KeyboardInterrupt or SystemExit,
+    such as Preempted) is a failure of the item."""
+    t0 = time.perf_counter()
+    try:
+        value = fn(item) if seed is None else fn(item, seed=seed)
+    except Exception as exc:
+        return (False, exc, traceback.format_exc(), time.perf_counter() - t0)
+    return (True, value, None, time.perf_counter() - t0)
 
 
 def _accepts_seed(fn: Callable[..., Any]) -> bool:
@@ -227,7 +250,7 @@ def _sigint_to(handler: Callable[[int, Any], None]) -> Iterator[None]:
 
 @dataclass
 class _Task:
-    items: list[Any]
+    items: list[tuple[str, Any]]  # (key, item)
     t0: float
     key: str
 
@@ -257,14 +280,16 @@ class _Run:
         self.inflight: dict[cf.Future[Any], _Task] = {}
         self.outstanding = self.peak = self.max_batch = 0
         self.item_s: float | None = None  # moving average of the items' compute time
-        self.singly: collections.deque[Any] = collections.deque()  # from batches that broke
+        # (key, item) of batches that broke, to be sent one by one
+        self.singly: collections.deque[tuple[str, Any]] = collections.deque()
         self.client: Any = None
-        self.group: list[tuple[Any, Any, float]] = []  # results awaiting their group commit
+        # (key, item, result, seconds) awaiting their group commit
+        self.group: list[tuple[str, Any, Any, float]] = []
         self.group_t0 = 0.0
         self.commit_s = 0.0  # how long the last group commit took
 
     # -- recording (parent only) ----------------------------------------------------------
-    def _outcome(self, item: Any, outcome: Outcome) -> None:
+    def _outcome(self, key: str, item: Any, outcome: Outcome) -> None:
         """A result joins the group that the next `_commit` makes durable; a failure is
         recorded at once (failures are rare, and say why an item will not be retried)."""
         ok, value, tb, seconds = outcome
@@ -272,12 +297,12 @@ class _Run:
         if ok:
             if not self.group:
                 self.group_t0 = time.monotonic()
-            self.group.append((item, value, seconds))
+            self.group.append((key, item, value, seconds))
             return
         if tb and value.__traceback__ is None:  # it came from another process
             value.__cause__ = RemoteTraceback(tb)
         self.recording = True
-        self._failure(item, value, seconds)
+        self._failure(key, item, value, seconds)
         self.recording = False
         self.bar.update(1)
 
@@ -291,18 +316,16 @@ class _Run:
         self.recording = True
         try:
             try:
-                self.sweep.record_many(
-                    [(item, value) for item, value, _ in group],
-                    durations=[seconds for _, _, seconds in group],
-                )
+                # keys from sweep._pending_keyed: the sweep's own, each once
+                self.sweep._record_results([(k, value, sec) for k, _, value, sec in group])
                 self.done += len(group)
             except UnsupportedValueError:  # nothing was written: find the culprit(s) one by one
-                for item, value, seconds in group:
+                for key, item, value, seconds in group:
                     try:
                         self.sweep.record(item, value, duration=seconds)
                         self.done += 1
                     except UnsupportedValueError as exc:  # record why instead
-                        self._failure(item, exc, seconds)
+                        self._failure(key, item, exc, seconds)
         finally:
             self.recording = False
         self.commit_s = time.monotonic() - t0
@@ -313,10 +336,10 @@ class _Run:
         fdatasync then costs at most about half the time), or when it is large."""
         return len(self.group) >= _MAX_GROUP or (time.monotonic() - self.group_t0 >= self.commit_s)
 
-    def _failure(self, item: Any, exc: BaseException, seconds: float) -> None:
+    def _failure(self, key: str, item: Any, exc: BaseException, seconds: float) -> None:
         self.sweep.record_failure(item, exc, duration=seconds)
         self.failed += 1
-        self.last_failure = f"item {self.sweep.key(item)!r:.200}: {type(exc).__name__}: {exc}"
+        self.last_failure = f"item {key!r:.200}: {type(exc).__name__}: {exc}"
         self.bar.set_postfix(failed=self.failed_before + self.failed, refresh=False)
         if not self.stopping and self._too_many_failures():
             self.stopping = True
@@ -371,12 +394,13 @@ class _Run:
             if isinstance(exc, _INFRA_ERRORS):
                 raise exc
         elif exc is None:
-            for item, outcome in zip(task.items, fut.result(), strict=True):
-                self._outcome(item, outcome)
+            for (key, item), outcome in zip(task.items, fut.result(), strict=True):
+                self._outcome(key, item, outcome)
         elif n > 1:  # e.g. one result did not pickle: find it, one by one
             self.singly.extend(task.items)
         else:
-            self._outcome(task.items[0], (False, exc, None, time.monotonic() - task.t0))
+            key, item = task.items[0]
+            self._outcome(key, item, (False, exc, None, time.monotonic() - task.t0))
 
     def _preempting(self) -> bool:
         return self.guard is not None and self.guard.preempted
@@ -397,27 +421,31 @@ class _Run:
 
     # -- in-process ---------------------------------------------------------------------
     def run_inline(self) -> None:
-        pending = iter(self.sweep.pending)  # its own safe point raises Preempted between items
+        # (key, item); its own safe point raises Preempted between items
+        pending = self.sweep._pending_keyed()
+        fn, seed_of = self.fn, self.sweep._seed_of_key
         try:
             while True:
                 if self.group and (self._preempting() or self.sigint or self._commit_due()):
                     self._commit()
                 try:
-                    item = next(pending)
+                    key, item = next(pending)
                 except StopIteration:
                     break
                 except Preempted as exc:
                     self.preempted = True
                     self._commit()
                     self._exit(exc)
-                seed = self.sweep.seed(item) if self.wants_seed else None
-                self._outcome(item, run_batch(self.fn, [(item, seed)])[0])
+                seed = seed_of(key) if self.wants_seed else None
+                self._outcome(key, item, run_one(fn, item, seed))
                 if self.sigint:
                     self._commit()
                 self._safe_point()
                 if self.stopping:
                     raise self.too_many_failures()  # the handler below commits what is done
             self._commit()
+            if self.stopping:  # the last group held the failure too many (an unstorable result)
+                raise self.too_many_failures()
         except BaseException:  # Ctrl-C, or Preempted raised inside fn: the results so far are
             self._commit()  # good, keep them (a failing commit has emptied the group first)
             raise
@@ -426,7 +454,7 @@ class _Run:
     # -- executors ----------------------------------------------------------------------
     def run_pool(self, executor: Any, client: Any, workers: int, limit: int | None) -> None:
         self.executor, self.client, self.workers, self.limit = executor, client, workers, limit
-        self.pending = iter(self.sweep.pending)
+        self.pending = self.sweep._pending_keyed()  # (key, item)
         self.exhausted = False
         self.token, self.counter = uuid.uuid4().hex[:12], itertools.count()
         target = getattr(executor, "task_target_s", None)  # e.g. RayExecutor's
@@ -436,6 +464,12 @@ class _Run:
             else _TASK_S["dask" if client is not None else "other"]
         )
         self.cap = max(1, limit // (2 * workers)) if limit else _MAX_BATCH
+        # workers of a process pool (this machine's install) send results back encoded
+        self.encode = (
+            (__version__, self.sweep._worker_fingerprints())
+            if isinstance(executor, cf.ProcessPoolExecutor)
+            else None
+        )
         self.deferring = True
         _check_sendable(self.fn, executor, client)
         try:
@@ -507,13 +541,14 @@ class _Run:
             if batch:
                 self._submit(batch)
 
-    def _submit(self, batch: list[Any]) -> None:
-        seeds = [self.sweep.seed(item) if self.wants_seed else None for item in batch]
-        key = f"resumable-{self.token}-{next(self.counter)}"
-        extra = {"key": key} if self.client is not None else {}  # to find it on the workers
-        pairs = list(zip(batch, seeds, strict=True))
-        fut = self.executor.submit(run_batch, self.fn, pairs, **extra)
-        self.inflight[fut] = _Task(batch, time.monotonic(), key)
+    def _submit(self, batch: list[tuple[str, Any]]) -> None:
+        seed_of = self.sweep._seed_of_key if self.wants_seed else None
+        task_key = f"resumable-{self.token}-{next(self.counter)}"
+        extra = {"key": task_key} if self.client is not None else {}  # to find it on the workers
+        pairs = [(item, None if seed_of is None else seed_of(k)) for k, item in batch]
+        args = (self.fn, pairs) if self.encode is None else (self.fn, pairs, self.encode)
+        fut = self.executor.submit(run_batch, *args, **extra)
+        self.inflight[fut] = _Task(batch, time.monotonic(), task_key)
         self.outstanding += len(batch)
         self.peak = max(self.peak, self.outstanding)
         self.max_batch = max(self.max_batch, len(batch))

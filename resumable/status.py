@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import bisect
-import operator
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
 
 from ._state import State
 
@@ -50,17 +51,24 @@ class SweepStatus:
         *,
         name: str,
         state: State,
-        keys: Collection[str],
+        keys: Collection[str] | None,
         location: str,
         launch_id: str | None = None,
         verified: bool | None = None,
         mirror: dict[str, Any] | None = None,
     ) -> SweepStatus:
-        current = keys if isinstance(keys, (set, frozenset)) else set(keys)
-        done = sum(map(current.__contains__, state.results))
-        failed_keys = [k for k in state.failures if k in current]
+        if keys is None:  # every recorded key is current (State.keys_all_current)
+            assert state.items_count is not None
+            total = state.items_count
+            done = len(state.results)
+            failed_keys = list(state.failures)
+        else:
+            current = keys if isinstance(keys, (set, frozenset)) else set(keys)
+            total = len(current)
+            done = sum(map(current.__contains__, state.results))
+            failed_keys = [k for k in state.failures if k in current]
         stale = (len(state.results) - done) + (len(state.failures) - len(failed_keys))
-        pending = len(current) - done - len(failed_keys)
+        pending = total - done - len(failed_keys)
         rate = _recent_rate(state)
         groups: Counter[str] = Counter()
         examples: dict[str, tuple[str, str]] = {}
@@ -74,7 +82,7 @@ class SweepStatus:
         return cls(
             name=name,
             location=location,
-            total=len(current),
+            total=total,
             done=done,
             failed=len(failed_keys),
             pending=pending,
@@ -102,31 +110,24 @@ def _recent_rate(state: State) -> float | None:
     """
     if not state.launches:
         return None
-    results = list(state.results.values())
-    rseq = [r.seq for r in results]
-    if not all(map(operator.lt, rseq, rseq[1:])):
-        results.sort(key=lambda r: r.seq)
-        rseq = [r.seq for r in results]
+    rseq, rtime = state.results.seqs_and_times()  # no Record per result
+    if len(rseq) > 1 and not (rseq[1:] > rseq[:-1]).all():
+        order = np.argsort(rseq, kind="stable")
+        rseq, rtime = rseq[order], rtime[order]
     failures = sorted(state.failure_records.values(), key=lambda r: r.seq)
     fseq = [r.seq for r in failures]
     rend, fend = len(rseq), len(fseq)
     for launch in reversed(state.launches):
-        rbegin = bisect.bisect_left(rseq, launch["seq"], 0, rend)
+        rbegin = int(np.searchsorted(rseq[:rend], launch["seq"], side="left"))
         fbegin = bisect.bisect_left(fseq, launch["seq"], 0, fend)
         count = (rend - rbegin) + (fend - fbegin)
         if count >= 2:
-            last = max(
-                (
-                    x
-                    for x in (
-                        results[rend - 1] if rend > rbegin else None,
-                        failures[fend - 1] if fend > fbegin else None,
-                    )
-                    if x is not None
-                ),
-                key=lambda r: r.seq,
-            )
-            span = last.t - float(launch["t"])
+            last: list[tuple[int, float]] = []
+            if rend > rbegin:
+                last.append((int(rseq[rend - 1]), float(rtime[rend - 1])))
+            if fend > fbegin:
+                last.append((failures[fend - 1].seq, failures[fend - 1].t))
+            span = max(last)[1] - float(launch["t"])
             return count / span if span > 0 else None
         rend, fend = rbegin, fbegin
     return None

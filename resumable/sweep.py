@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import gc
 import hashlib
 import logging
 import math
@@ -21,7 +22,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from . import _limits as limits
 from . import _signing as signing
@@ -29,10 +30,11 @@ from ._checkpoint import (
     DEFAULT_SEGMENT_BYTES,
     CheckpointWriter,
     foreign_process_error,
+    process_id,
     progress_dir_for,
 )
-from ._codec import canonical_json, decode, encode
-from ._items import ItemSet
+from ._codec import canonical_json, decode, encode, encode_json
+from ._items import ItemSet, item_fingerprint
 from ._journal import Record
 from ._mirror import Mirror, MirrorOptions
 from ._opening import open_sweep
@@ -43,6 +45,7 @@ from .errors import (
     CheckpointClosedError,
     ConfigurationError,
     ResumableError,
+    UnsupportedValueError,
 )
 from .preempt import Preempted, PreemptionGuard, current_guard, resolve_grace_s
 from .shards import (
@@ -58,6 +61,28 @@ OnChange = Literal["error", "rerun", "keep"]
 MAX_TRACEBACK_CHARS = 32_000
 ENV_RESUME_FROM = "SWEEP_RESUME_FROM"
 ENV_SNAPSHOT_DIR = "SWEEP_SNAPSHOT_DIR"
+
+
+class EncodedResult(NamedTuple):
+    """A result encoded where it was computed (`encode_result`, in a pool's worker), so that
+    the owner only frames it: its JSON (`codec.encode_json`) and, when asked for, its item's
+    fingerprint (computed from the worker's copy of the item before `fn` ran)."""
+
+    json: bytes
+    fp: str | None
+    has_fp: bool
+
+
+def encode_result(item: Any, result: Any, fp: bool | str | None) -> Any:
+    """`result` as an EncodedResult, or as it is if the codec refuses it (its owner then records
+    why). `fp`: the item's fingerprint (computed before `fn` ran), or False for none."""
+    try:
+        value = encode_json(result, what="")
+    except UnsupportedValueError:
+        return result
+    if fp is False:
+        return EncodedResult(value, None, False)
+    return EncodedResult(value, fp if fp is not True else item_fingerprint(item), True)
 
 
 class ResumableSweep:
@@ -151,8 +176,11 @@ class ResumableSweep:
             self.resume_from = join(self.resume_from, sub) if self.resume_from else None
             self.snapshot_dir = join(self.snapshot_dir, sub) if self.snapshot_dir else None
         self.launch_id = uuid.uuid4().hex[:12]
+        # every result payload ends so: {"value":...,"duration":...,"launch":"<id>"}
+        self._result_tail = b',"launch":"%s"}' % self.launch_id.encode("ascii")
         self.host = socket.gethostname()
-        self._yielded: dict[str, float] = {}
+        self._yielded: dict[str, float] = {}  # key -> when `pending` yielded it
+        self._yielded_ids: dict[int, str] = {}  # id(item) -> key, of items yielded (see _key_of)
         self._closed = False
         self._writer: CheckpointWriter | None = None
         self._mirror: Mirror | None = None
@@ -203,7 +231,7 @@ class ResumableSweep:
             return rec
 
     def _append_many(
-        self, entries: list[tuple[str, dict[str, Any], str | None, str | None]]
+        self, entries: list[tuple[str, dict[str, Any] | bytes, str | None, str | None]]
     ) -> list[Record]:
         self._check_owner()
         with self._lock:
@@ -220,7 +248,7 @@ class ResumableSweep:
     def _check_owner(self) -> None:
         """Only the process that opened the sweep records (checked before taking any lock: a
         forked child's copy of a lock may be held by a thread that does not exist there)."""
-        if os.getpid() != self._owner_pid:
+        if process_id() != self._owner_pid:
             raise foreign_process_error(
                 f"sweep {self.name!r} ({self.progress_dir})", self._owner_pid
             )
@@ -239,17 +267,22 @@ class ResumableSweep:
                 self._persisted_meta = blob
             self._meta_seen = copy.deepcopy(self.meta)
 
-    def _duration(self, key: str, duration: float | None) -> float | None:
-        if duration is not None and not (
-            isinstance(duration, (int, float)) and math.isfinite(duration) and duration >= 0
-        ):
+    def _checked_duration(self, key: str, duration: float | None) -> float | None:
+        """A duration given for `key`, checked (None: measure it from `pending`)."""
+        if duration is None:
+            return None
+        if not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration >= 0):
             raise ConfigurationError(
                 f"duration for item {key!r:.200} must be a finite number of seconds >= 0, "
                 f"found {duration!r}"
             )
+        return float(duration)
+
+    def _duration(self, key: str, duration: float | None) -> float | None:
+        duration = self._checked_duration(key, duration)
         started = self._yielded.pop(key, None)
         if duration is not None:
-            return float(duration)
+            return duration
         return None if started is None else time.monotonic() - started
 
     def record(self, item: Any, result: Any, *, duration: float | None = None) -> None:
@@ -259,25 +292,70 @@ class ResumableSweep:
         several threads recording one item exactly one succeeds and the others get
         `AlreadyRecordedError`.
         """
-        key = self._items.key_of(item)
+        key = self._key_of(item)
         self._check_owner()
-        self._check_not_done(key, "each item is recorded once")
-        value = encode(result, what=f"the result of item {key!r}")  # outside the lock: CPU
-        with self._lock:
+        if key in self._state.results:
             self._check_not_done(key, "each item is recorded once")
-            self._save_meta()
-            self._append(
-                "result",
-                {
-                    "value": value,
-                    "duration": self._duration(key, duration),
-                    "launch": self.launch_id,
-                },
-                key=key,
-                fp=self._items.fingerprint(key),
-            )
+        # outside the lock: CPU (the value's JSON, the item's fingerprint)
+        measured = duration is None  # from when `pending` yielded it, if it did
+        body = self._result_payload(key, result, self._duration(key, duration), measured)
+        fp = self._items.fingerprint(key, cache=False)
+        with self._lock:
+            if key in self._state.results:
+                self._check_not_done(key, "each item is recorded once")
+            if self._meta_may_have_changed():
+                self._save_meta()
+            writer = self._writer
+            if writer is None or self._closed:
+                raise CheckpointClosedError(f"sweep {self.name!r} is closed")
+            self._state.apply(writer.append("result", body, key=key, fp=fp))
+            if self._mirror is not None:
+                self._mirror.notify()
+        self._yielded_ids.pop(id(item), None)
         if self._item_snapshots is not None:
             self._item_snapshots.recorded(key)
+
+    def _key_of(self, item: Any) -> str:
+        """The key of one of the sweep's items. An item just yielded by `pending` is known by
+        its identity (the very object of the item list: its key was computed at the open),
+        without calling the key function or hashing it again."""
+        items = self._items
+        key = self._yielded_ids.get(id(item))
+        if key is not None and items.items[items.index[key]] is item:
+            return key
+        return items.key_of(item)
+
+    def _result_payload(
+        self, key: str, result: Any, duration: float | None, measured: bool = False
+    ) -> bytes:
+        """The payload of a result record, as `journal.dumps` would make it from
+        {"value": encode(result), "duration": duration, "launch": launch_id}: the value's JSON
+        between a fixed prefix and the sweep's fixed suffix (the reports read it from the end).
+        A `measured` duration is written to the microsecond (a float's shortest repr costs as
+        much as the rest of the payload); one given by the user exactly."""
+        if type(result) is EncodedResult:
+            value = result.json
+        else:
+            try:
+                value = encode_json(result, what="")
+            except UnsupportedValueError:  # again, for the message naming the item
+                value = encode_json(result, what=f"the result of item {key!r}")
+        return (
+            b'{"value":'
+            + value
+            + (
+                b',"duration":null'
+                if duration is None
+                else (b',"duration":%.6f' if measured else b',"duration":%r') % duration
+            )
+            + self._result_tail
+        )
+
+    def _meta_may_have_changed(self) -> bool:
+        """False when `meta` is, as when last saved, an empty dict (checked per record; the
+        full comparison is `_save_meta`'s)."""
+        meta, seen = self.meta, self._meta_seen
+        return not (type(meta) is dict and not meta and type(seen) is dict and not seen)
 
     def item_snapshot(self, item: Any) -> Any:
         """A handle to restore and save `item`'s state mid-run (`resumable._item_snapshot`)."""
@@ -316,7 +394,7 @@ class ResumableSweep:
         prepared: list[tuple[str, Any, float | None]] = []
         seen: set[str] = set()
         for (item, result), duration in zip(pairs, times, strict=True):
-            key = self._items.key_of(item)
+            key = self._key_of(item)
             if key in seen:
                 raise AlreadyRecordedError(
                     f"item {key!r} appears twice in one record_many call; each item is "
@@ -324,29 +402,70 @@ class ResumableSweep:
                 )
             seen.add(key)
             self._check_not_done(key, "each item is recorded once")
-            value = encode(result, what=f"the result of item {key!r}")  # outside the lock
-            prepared.append((key, value, duration))
-        if not prepared:
+            prepared.append((key, result, self._checked_duration(key, duration)))
+        rows = self._prepare_results(prepared)
+        for (item, _), _ in zip(pairs, times, strict=True):
+            self._yielded_ids.pop(id(item), None)
+        return rows
+
+    def _prepare_results(
+        self, rows: list[tuple[str, Any, float | None]], measured: bool = False
+    ) -> int:
+        """Record (key, result, duration) rows of known, distinct keys with one fdatasync;
+        everything is encoded (outside the lock) before anything is written. A duration not
+        given is measured from when `pending` yielded the item (`measured`: all were measured
+        by the caller). Returns the count.
+
+        The garbage collector is paused meanwhile (as while a checkpoint is replayed): a group
+        makes thousands of small acyclic objects, and the collections they would set off
+        traverse every object of the process (the items, the results so far) again and again."""
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._commit_rows(rows, measured)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _commit_rows(self, rows: list[tuple[str, Any, float | None]], measure: bool) -> int:
+        entries: list[tuple[str, dict[str, Any] | bytes, str | None, str | None]] = []
+        fingerprint = self._items.fingerprint
+        yielded = self._yielded
+        payload = self._result_payload
+        for key, result, duration in rows:
+            started = yielded.pop(key, None)
+            measured = measure or (duration is None and started is not None)
+            if duration is None and started is not None:
+                duration = time.monotonic() - started
+            if type(result) is EncodedResult and result.has_fp:
+                fp = result.fp
+            else:
+                fp = fingerprint(key, cache=False)
+            entries.append(("result", payload(key, result, duration, measured), key, fp))
+        if not entries:
             return 0
         with self._lock:
-            for key, _, _ in prepared:
-                self._check_not_done(key, "each item is recorded once")
-            entries: list[tuple[str, dict[str, Any], str | None, str | None]] = [
-                (
-                    "result",
-                    {
-                        "value": value,
-                        "duration": self._duration(key, duration),
-                        "launch": self.launch_id,
-                    },
-                    key,
-                    self._items.fingerprint(key),
-                )
-                for key, value, duration in prepared
-            ]
-            self._save_meta()
+            results = self._state.results
+            for row in rows:
+                if row[0] in results:
+                    self._check_not_done(row[0], "each item is recorded once")
+            if self._meta_may_have_changed():
+                self._save_meta()
             self._append_many(entries)
-        return len(prepared)
+        return len(entries)
+
+    def _worker_fingerprints(self) -> bool:
+        """Whether `encode_result` should compute the items' fingerprints (not with the
+        default keys: the key is the fingerprint)."""
+        return self._items.key_fn is not None
+
+    def _record_results(self, rows: list[tuple[str, Any, float | None]]) -> int:
+        """`record_many` for `sweep.run`: (key, result, duration) of items it took from
+        `_pending_keyed` (distinct keys of the sweep's items, so not looked up again), with
+        the durations it measured; a result may come as an `EncodedResult` (see
+        `_worker_fingerprints`)."""
+        self._check_owner()
+        return self._prepare_results(rows, measured=True)
 
     def _check_not_done(self, key: str, why: str) -> None:
         if key in self._state.results:
@@ -358,7 +477,7 @@ class ResumableSweep:
         self, item: Any, error: BaseException | str, *, duration: float | None = None
     ) -> None:
         """Record that `item` failed; a plain re-run skips it until retried on purpose."""
-        key = self._items.key_of(item)
+        key = self._key_of(item)
         self._check_owner()
         self._check_not_done(key, "it cannot be recorded as failed")
         if isinstance(error, BaseException):
@@ -382,8 +501,9 @@ class ResumableSweep:
                     "launch": self.launch_id,
                 },
                 key=key,
-                fp=self._items.fingerprint(key),
+                fp=self._items.fingerprint(key, cache=False),
             )
+        self._yielded_ids.pop(id(item), None)
 
     def retry_failures(self, keys: Iterable[str] | None = None) -> list[str]:
         """Durably mark failed items (all, or the given keys) as pending again."""
@@ -412,13 +532,24 @@ class ResumableSweep:
         return self._iter_pending()
 
     def _iter_pending(self) -> Iterator[Any]:
+        ids = self._yielded_ids
+        for key, item in self._pending_keyed():
+            ids[id(item)] = key
+            yield item
+
+    def _pending_keyed(self) -> Iterator[tuple[str, Any]]:
+        """(key, item) of unfinished items, in order, each once (what `pending` yields, for
+        `sweep.run`, which records by key). Each yield is a safe point."""
         items = self._items
+        state = self._state
+        yielded = self._yielded
+        monotonic = time.monotonic
         for key, item in zip(items.keys, items.items, strict=True):
-            if not self._is_pending(key):
+            if key in state.results or (not self.retry_failed and key in state.failures):
                 continue
             self.checkpoint_if_preempted()  # a safe point: nothing of ours is in flight
-            self._yielded[key] = time.monotonic()
-            yield item
+            yielded[key] = monotonic()
+            yield key, item
 
     @property
     def guard(self) -> PreemptionGuard | None:
@@ -509,7 +640,9 @@ class ResumableSweep:
 
     def seed(self, item: Any) -> int:
         """A stable 63-bit seed derived from the item's key (same on every rerun and machine)."""
-        key = self._items.key_of(item)
+        return self._seed_of_key(self._items.key_of(item))
+
+    def _seed_of_key(self, key: str) -> int:
         digest = hashlib.sha256(b"resumable-seed\0" + key.encode("utf-8")).digest()
         return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 

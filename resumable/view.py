@@ -99,10 +99,12 @@ class CheckpointView:
         yield from state.failure_records.values()
 
     def status(self) -> SweepStatus:
+        state = self.loaded.state
         return SweepStatus.from_state(
             name=self.name,
-            state=self.loaded.state,
-            keys=self.keys(),
+            state=state,
+            # counts suffice when every recorded key is current: no listing decoded
+            keys=None if state.keys_all_current() else self.keys(),
             location=self.location,
             verified=True,
         )
@@ -205,8 +207,9 @@ def _remote_view(store: Store) -> CheckpointView | None:
         data = store.read_bytes(MANIFEST_NAME, max_bytes=MAX_MANIFEST_READ)
     except ObjectNotFoundError:
         return None
-    # payloads live in memory (Record.payload); the verified copy stays for history readers
-    # and is removed when the view is garbage-collected (or at exit)
+    # the verified copy stays for history readers and for payloads read back lazily (each
+    # read checked against the manifest again), and is removed when the view is
+    # garbage-collected (or at exit)
     tmp = tempfile.TemporaryDirectory(prefix="resumable-view-")
     try:
         path, loaded = download(store, data, Path(tmp.name) / "checkpoint")

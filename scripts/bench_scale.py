@@ -21,7 +21,7 @@ building a million items takes seconds, not the hours of a durable loop; then th
 warm for every contender alike.
 
 Run: python scripts/bench_scale.py [--sizes 100000 1000000] [--rounds 3] [--rate-items 20000]
-     [--s3] [--ten-million]
+     [--s3] [--ten-million] [--rates-only]
 """
 
 from __future__ import annotations
@@ -229,6 +229,8 @@ def child_rate(n: int, root: Path, mode: str) -> dict[str, Any]:
                 db.execute("INSERT INTO results VALUES (?, ?)", (key(c), json.dumps(work(c))))
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             return {"per_s": n / wall, "cpu_us": 1e6 * cpu / n}
+        if mode.startswith("writer"):  # the checkpoint writer alone: append vs append_many
+            return _writer_rate(n, where, mode)
         from resumable import ResumableSweep
 
         its = items(n)
@@ -257,6 +259,33 @@ def child_rate(n: int, root: Path, mode: str) -> dict[str, Any]:
         return {"per_s": n / wall, "cpu_us": 1e6 * cpu / n}
     finally:
         shutil.rmtree(where, ignore_errors=True)
+
+
+def _writer_rate(n: int, where: Path, mode: str) -> dict[str, Any]:
+    """CheckpointWriter alone, a result's payload already encoded: `append` one by one
+    ("writer"), `append_many` of one entry ("writer_many1", what `append` is), or of 256."""
+    from resumable._checkpoint import CheckpointWriter
+    from resumable._manifest import Manifest
+
+    writer = CheckpointWriter.create(
+        where / "w.resumable", Manifest(sweep="w", sweep_id="0" * 32, created=time.time())
+    )
+    body = b'{"value":{"y":1.0},"duration":0.000012,"launch":"0123456789ab"}'
+    fp = "0123456789abcdef0123456789abcdef"
+    keys = [str(i) for i in range(n)]
+    c0, t0 = time.process_time(), time.perf_counter()
+    if mode == "writer":
+        for k in keys:
+            writer.append("result", body, key=k, fp=fp)
+    elif mode == "writer_many1":
+        for k in keys:
+            writer.append_many([("result", body, k, fp)])
+    else:
+        for start in range(0, n, 256):
+            writer.append_many([("result", body, k, fp) for k in keys[start : start + 256]])
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    writer.close()
+    return {"per_s": n / wall, "cpu_us": 1e6 * cpu / n}
 
 
 def child_s3(n: int, root: Path, url: str) -> dict[str, Any]:
@@ -408,7 +437,8 @@ def bench_rates(n: int, rounds: int, disk: Path) -> None:
     print("\n== CPU per record on tmpfs (/dev/shm) ==", flush=True)
     shm = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="bench-scale-cpu-"))
     try:
-        cpu_modes = ["floor1", "record", "record_many", "sqlite"]
+        cpu_modes = ["floor1", "writer", "writer_many1", "writer_many256", "record"]
+        cpu_modes += ["record_many", "sqlite"]
         cpu: dict[str, list[dict[str, Any]]] = {m: [] for m in cpu_modes}
         for _ in range(rounds):
             for m in cpu_modes:
@@ -417,6 +447,9 @@ def bench_rates(n: int, rounds: int, disk: Path) -> None:
         shutil.rmtree(shm, ignore_errors=True)
     for label, m in (
         ("bare append + fdatasync", "floor1"),
+        ("CheckpointWriter.append", "writer"),
+        ("CheckpointWriter.append_many(1 entry)", "writer_many1"),
+        ("CheckpointWriter.append_many(256)", "writer_many256"),
         ("record()", "record"),
         ("record_many(256 pairs), per record", "record_many"),
         ("SQLite WAL FULL, commit per item", "sqlite"),
@@ -463,13 +496,14 @@ def main() -> None:
     ap.add_argument("--s3", action="store_true", help="mirror/resume figures against moto S3")
     ap.add_argument("--s3-sizes", type=int, nargs="+", default=[10_000, 1_000_000])
     ap.add_argument("--skip-rates", action="store_true")
+    ap.add_argument("--rates-only", action="store_true", help="only the rate and CPU tables")
     ap.add_argument("--dir", default=None, help="a directory on disk (default: a temp dir)")
     args = ap.parse_args()
     sizes = args.sizes + ([10_000_000] if args.ten_million else [])
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-scale-") as tmp:
         disk = Path(tmp)
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, medians of {args.rounds}")
-        for n in sizes:
+        for n in [] if args.rates_only else sizes:
             bench_size(n, args.rounds, disk)
         if not args.skip_rates:
             bench_rates(args.rate_items, args.rounds, disk)

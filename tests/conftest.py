@@ -24,6 +24,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests check behaviour, never speed: on a loaded 2-core CI machine input generation and
+# single examples can be slow, so the timing health check and the per-example deadline are off
+# (the examples and their count stay as each test sets them).
+settings.register_profile("resumable", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("resumable")
 
 try:  # tests/ is not a package: pytest puts tests/ itself on sys.path for this conftest
     from fixtures.servers import (

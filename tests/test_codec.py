@@ -416,3 +416,60 @@ def _journal_bytes(ckpt) -> dict[str, bytes]:
         for p in sorted(pdir.rglob("*"))
         if p.is_file() and p.name != "LOCK"
     }
+
+
+def _random_value(rng, depth: int = 0):
+    """Plain JSON values mixed with everything `encode` tags or refuses."""
+    r = rng.random()
+    if depth > 4 or r < 0.5:
+        return rng.choice(
+            [
+                1.5,
+                -0.0,
+                math.nan,
+                -math.inf,
+                3,
+                True,
+                None,
+                'é\u2028\x00"\\',
+                "\ud800",
+                2**12_000,  # past the codec's plain int limit, within int->str's
+                10**30,
+                np.float64(2.0),
+                np.int32(3),
+                (1, "a"),
+                enum.IntEnum("E", "A").A,
+                object(),
+            ]
+        )
+    if r < 0.75:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    keys = ["a", "__t", "\ud800", 1, "b"]
+    return {rng.choice(keys): _random_value(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+def test_encode_json_is_compact_json_of_encode():
+    """The hot path's shortcut (plain values straight to the C encoder) writes the very bytes
+    of compact_json(encode(value)), and refuses what encode refuses, with its message."""
+    import random
+
+    from resumable._codec import compact_json, encode_json
+
+    rng = random.Random(14)
+    for _ in range(5000):
+        value = _random_value(rng)
+        try:
+            want = compact_json(encode(value, what="r"))
+        except UnsupportedValueError as exc:
+            with pytest.raises(UnsupportedValueError) as got:
+                encode_json(value, what="r")
+            assert str(got.value) == str(exc)
+        else:
+            assert encode_json(value, what="r") == want
+    deep: list = []
+    inner = deep
+    for _ in range(70):
+        inner.append([])
+        inner = inner[0]
+    with pytest.raises(UnsupportedValueError, match="nested deeper"):
+        encode_json(deep)

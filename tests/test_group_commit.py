@@ -150,3 +150,68 @@ def test_run_group_with_an_unstorable_result_records_the_rest(tmp_path: Path) ->
     state = open_view(str(path)).loaded.state
     assert sorted(state.failures, key=int) == [str(c) for c in bad]
     assert all(state.failures[str(c)]["error_type"] == "UnsupportedValueError" for c in bad)
+
+
+def test_group_times_are_whole_microseconds_one_per_group_and_increasing(tmp_path: Path) -> None:
+    """A group's records share one time, written as whole microseconds (no float repr) that
+    parse back to exactly the time kept in memory; each group's time is later than the last."""
+    path = tmp_path / "t.h5"
+    with ResumableSweep(range(60), key=key, checkpoint_path=path) as sweep:
+        for start in range(0, 60, 20):
+            sweep.record_many([(c, c) for c in range(start, start + 20)])
+        in_memory = {k: rec.t for k, rec in sweep._state.results.items()}
+    texts = {}
+    for seg in sorted((progress_dir_for(path) / "segments").iterdir()):
+        for line in seg.read_bytes().splitlines():
+            header = line.split(b"\t", 1)[0].split(b" ")
+            if header[2] == b"result":
+                texts[header[5].decode().strip('"')] = header[3]
+    assert len(texts) == 60
+    for k, text in texts.items():
+        whole, _, frac = text.partition(b".")
+        assert whole.isdigit() and len(frac) == 6 and frac.isdigit()
+        assert float(text) == in_memory[k]
+    groups = [{texts[str(c)] for c in range(s, s + 20)} for s in range(0, 60, 20)]
+    assert all(len(g) == 1 for g in groups)
+    times = [float(next(iter(g))) for g in groups]
+    assert times == sorted(times) and len(set(times)) == 3
+
+
+def mutating(item: dict[str, Any]) -> float:
+    item["x"] = -1.0  # changes the worker's copy of the item: its fingerprint is taken before
+    return item["i"] * 0.5
+
+
+def test_pool_workers_send_encoded_results_with_the_items_fingerprints(tmp_path: Path) -> None:
+    """Workers of a process pool return results encoded, with their items' fingerprints taken
+    before fn ran; the journal holds what a serial run records: same values, and fingerprints
+    that match the items (a reopen that checks them finds no change)."""
+    items = [{"i": i, "x": i * 0.25} for i in range(300)]
+    by_key = {"key": lambda c: f"k{c['i']}"}
+    with ResumableSweep(items, checkpoint_path=tmp_path / "p.h5", **by_key) as sweep:
+        summary = sweep.run(mutating, executor=2, progress=False)
+        assert summary.done == 300
+        pooled = {k: (r.fp, r.body()["value"]) for k, r in sweep._state.results.items()}
+    with ResumableSweep(items, checkpoint_path=tmp_path / "s.h5", **by_key) as sweep:
+        sweep.run(mutating, progress=False)  # in-process: fn changes the very items, so
+        serial = {k: r.body()["value"] for k, r in sweep._state.results.items()}
+    items = [{"i": i, "x": i * 0.25} for i in range(300)]  # (... a fresh, unchanged list)
+    with ResumableSweep(items, checkpoint_path=tmp_path / "p.h5", **by_key) as again:
+        assert again.status().done == 300  # on_change="error": every fingerprint matches
+        assert {k: fp for k, (fp, _) in pooled.items()} == {
+            k: again._items.fingerprint(k) for k in again._items.keys
+        }
+    assert {k: v for k, (_, v) in pooled.items()} == serial
+
+
+def test_a_worker_of_another_version_sends_results_as_they_are() -> None:
+    from resumable import __version__
+    from resumable.runner import run_batch
+    from resumable.sweep import EncodedResult
+
+    batch = [({"i": 1}, None), ({"i": 2}, None)]
+    same = run_batch(mutating, batch, (__version__, True))
+    assert [type(value) for _, value, _, _ in same] == [EncodedResult, EncodedResult]
+    assert same[0][1].json == b"0.5" and same[0][1].has_fp
+    other = run_batch(mutating, [({"i": 1}, None)], ("0.0.0-another", True))
+    assert other[0][:3] == (True, 0.5, None)

@@ -20,6 +20,7 @@ from resumable._checkpoint import SEGMENTS_DIR, progress_dir_for
 from resumable._history import timeline
 from resumable._journal import parse_segment
 from resumable._manifest import MANIFEST_NAME, parse_manifest
+from resumable.errors import IntegrityError
 from resumable.view import open_view
 
 
@@ -160,19 +161,27 @@ def test_timeline_equals_a_naive_replay_of_every_record(tmp_path: Path, seed: in
     assert [(f.seq, f.key, f.ok) for f in timeline(view).finished] == finished
 
 
-def test_timeline_needs_no_second_read_of_the_journal(tmp_path: Path) -> None:
-    """The timeline comes from the state that opening replayed: the files may be gone by then
-    (the old code re-read them, and fell back to an approximation when it could not)."""
+def test_timeline_needs_no_second_read_of_the_journal(tmp_path: Path, monkeypatch) -> None:
+    """The timeline comes from the state that opening replayed (the old code re-read the
+    journal, and fell back to an approximation when it could not). Payloads of sealed records
+    (items listings, durations) are read back lazily, verified again: files gone by then are
+    a clear IntegrityError, never an approximation."""
     path = tmp_path / "exp.h5"
     _random_history(path, seed=3)
     expected = _reference(_all_records(progress_dir_for(path)))
     view = open_view(str(path))
-    shutil.rmtree(progress_dir_for(path))
     tl = timeline(view)
     assert tl.exact and tl.note is None
     assert [(x.results, x.failures, x.pending_at_end) for x in tl.launches] == [
         (x["results"], x["failures"], x["pending"]) for x in expected
     ]
+    import resumable._checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "_SCAN_MIN_RECORDS", 1)  # lazy records even here
+    view = open_view(str(path))
+    shutil.rmtree(progress_dir_for(path))
+    with pytest.raises(IntegrityError, match="missing since the checkpoint was opened"):
+        timeline(view)
 
 
 def test_failures_retried_and_failed_again_are_each_in_the_timeline(tmp_path: Path) -> None:

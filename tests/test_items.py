@@ -98,3 +98,75 @@ def test_appending_items_writes_only_the_new_entries(tmp_path) -> None:
     tl = timeline(view)
     assert [x.n_items for x in tl.launches] == [2000, 2000, 2010, 2013, 2013]
     assert [x.pending_at_end for x in tl.launches] == [1995, 1990, 1995, 1993, 1989]
+
+
+def test_identity_tells_apart_what_marshal_would_merge() -> None:
+    import numpy as np
+
+    keyed = lambda its: ItemSet.build(its, lambda c: str(its.index(c)))  # noqa: E731
+    # numpy values read back from marshal as bytes: the exact path, which keeps dtype and shape
+    a = keyed([{"m": np.zeros((2, 3))}]).identity()
+    b = keyed([{"m": np.zeros((3, 2))}]).identity()
+    c = keyed([{"m": np.zeros(6, dtype=np.int64)}]).identity()
+    assert len({a, b, c}) == 3
+    assert keyed([{"x": np.float64(0.0)}]).identity() != keyed([{"x": np.int64(0)}]).identity()
+    assert keyed([[1, 2]]).identity() != keyed([(1, 2)]).identity()
+    assert keyed([{"x": 1}]).identity() != keyed([{"x": 1.0}]).identity()
+    assert keyed([{"x": True}]).identity() != keyed([{"x": 1}]).identity()
+    assert keyed([{"x": 0.0}]).identity() != keyed([{"x": -0.0}]).identity()
+    nan = keyed([{"x": math.nan}])
+    assert nan.identity() == keyed([{"x": math.nan}]).identity()  # the exact path, stable
+    same = [{"i": i, "x": i / 3} for i in range(100)]
+    one = ItemSet.build(same, lambda c: str(c["i"]))
+    two = ItemSet.build([dict(c) for c in same], lambda c: str(c["i"]))
+    assert one.identity() == two.identity() and one.identity().startswith("2:")
+    assert one.identity(upto=50) == ItemSet.build(same[:50], lambda c: str(c["i"])).identity()
+    renamed = ItemSet.build(same, lambda c: "k" + str(c["i"]))
+    assert renamed.identity() != one.identity()  # the keys count too
+
+
+def test_checkpoint_with_a_legacy_identity_reopens_unchanged(tmp_path, monkeypatch) -> None:
+    """A checkpoint written before the versioned identity (bare hex, json+repr form) reopens
+    as unchanged: no item re-checked, O(1) bytes written, and the next open is in the new form."""
+    from resumable import ResumableSweep
+    from resumable.view import open_view
+
+    path = tmp_path / "exp.h5"
+    items = [{"i": i, "pad": "p" * 50} for i in range(2000)]
+    key = lambda c: str(c["i"])  # noqa: E731
+    with monkeypatch.context() as m:
+        m.setattr(ItemSet, "identity", ItemSet.legacy_identity)
+        with ResumableSweep(items, key=key, checkpoint_path=path) as s:
+            s.record(items[0], 1)
+    state = open_view(str(path)).loaded.state
+    assert not state.items_sha256.startswith("2:")
+
+    def fingerprint_called(*a, **k):
+        raise AssertionError("an unchanged list needs no fingerprints")
+
+    before = _journal_bytes(path)
+    with monkeypatch.context() as m:
+        m.setattr(ItemSet, "fingerprint", fingerprint_called)
+        with ResumableSweep(items, key=key, checkpoint_path=path) as s:
+            assert s.result(items[0]) == 1
+    assert _journal_bytes(path) - before < 1500  # a launch and an empty items append
+    view = open_view(str(path))
+    assert view.loaded.state.items_sha256.startswith("2:")
+    assert view.items() == ItemSet.build(items, key).listing()
+    before = _journal_bytes(path)
+    with ResumableSweep(items, key=key, checkpoint_path=path):
+        pass
+    assert _journal_bytes(path) - before < 700  # just a launch record
+    # a changed list under a legacy identity is still caught
+    with monkeypatch.context() as m:
+        m.setattr(ItemSet, "identity", ItemSet.legacy_identity)
+        with ResumableSweep(items, key=key, checkpoint_path=tmp_path / "b.h5") as s:
+            s.record(items[0], 1)
+    import pytest
+
+    from resumable.errors import ItemsChangedError
+
+    with pytest.raises(ItemsChangedError):
+        ResumableSweep(
+            [dict(items[0], pad="x"), *items[1:]], key=key, checkpoint_path=tmp_path / "b.h5"
+        )

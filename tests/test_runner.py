@@ -497,3 +497,19 @@ def test_bad_max_failures_is_refused(tmp_path, bad):
         with pytest.raises(ConfigurationError):
             sweep.run(ident, max_failures=bad)
         assert sweep.status().done == 0
+
+
+def unstorable_last(item: int) -> object:
+    return object() if item == 2 else item
+
+
+def test_a_failure_too_many_found_by_the_last_group_commit_still_raises(tmp_path):
+    """An unstorable result is a failure found only when its group is committed: when that is
+    the run's last commit, the run still stops with TooManyFailuresError."""
+    with (
+        ResumableSweep([0, 1, 2], checkpoint_path=tmp_path / "a.h5") as sweep,
+        pytest.raises(TooManyFailuresError),
+    ):
+        sweep.run(unstorable_last, max_failures=0)
+    with ResumableSweep([0, 1, 2], checkpoint_path=tmp_path / "a.h5") as sweep:
+        assert (sweep.status().done, sweep.status().failed) == (2, 1)
