@@ -204,16 +204,7 @@ class SealedParts:
                 f"{where}: expected {seg.size} bytes as the manifest records, found more{since} "
                 f"({exc})"
             ) from None
-        if len(data) != seg.size:
-            raise IntegrityError(
-                f"{where}: expected {seg.size} bytes as the manifest records, found "
-                f"{len(data)}{since}"
-            )
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != seg.sha256:
-            raise IntegrityError(
-                f"{where}: SHA-256 mismatch{since} (manifest records {seg.sha256}, found {digest})"
-            )
+        seg.check(data, where, since)
         return data
 
     def line(self, segment: int, offset: int) -> bytes:

@@ -273,10 +273,27 @@ def _payload(obj: dict[str, Any], kind: type, field: str = "v") -> Any:
 
 
 def _dtype(descr: Any) -> np.dtype:
-    dtype = npformat.descr_to_dtype(_descr_from_json(descr))
+    dtype = descr_from_json(descr)
     if dtype.hasobject:
         raise IntegrityError("stored array has an object dtype, which is never loaded")
     return dtype
+
+
+def descr_to_json(dtype: np.dtype) -> Any:
+    """numpy's descr of `dtype` (`dtype_to_descr`) as it reads back from JSON (tuples as lists).
+
+    The one converter of dtype descrs to stored JSON (snapshot manifests, exports, values);
+    `descr_from_json` is its inverse."""
+    return json.loads(json.dumps(npformat.dtype_to_descr(dtype)))
+
+
+def descr_from_json(descr: Any) -> np.dtype:
+    """The dtype of a descr read back from JSON (lists back to the tuples numpy expects).
+
+    A malformed description raises `IntegrityError`; numpy's own refusal of a well-formed but
+    unknown type string propagates (callers name the array). Object dtypes are not refused
+    here: callers that must never load one check ``dtype.hasobject``."""
+    return npformat.descr_to_dtype(_descr_from_json(descr))
 
 
 def _descr_from_json(descr: Any) -> Any:

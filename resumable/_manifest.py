@@ -46,6 +46,25 @@ class SegmentInfo:
     last_seq: int
     last_hash: str
 
+    def mismatch(self, data: bytes, when: str = "") -> str | None:
+        """How `data` differs from this part's recorded size and SHA-256 (None: it matches).
+
+        The one check of a part's bytes against the manifest, for every reader (local load,
+        download, verify, mirror); the SHA-256 is only computed when the size matches. `when`
+        (e.g. " since the checkpoint was opened") follows the kind of mismatch."""
+        if len(data) != self.size:
+            return f"expected {self.size} bytes, found {len(data)}{when}"
+        digest = sha256_hex(data)
+        if digest != self.sha256:
+            return f"SHA-256 mismatch{when}: expected {self.sha256}, found {digest}"
+        return None
+
+    def check(self, data: bytes, where: str, when: str = "") -> None:
+        """Raise `IntegrityError` naming `where` unless `data` is exactly this part."""
+        problem = self.mismatch(data, when)
+        if problem is not None:
+            raise IntegrityError(f"{where}: {problem}")
+
 
 @dataclass(frozen=True)
 class Manifest:

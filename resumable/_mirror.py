@@ -345,14 +345,19 @@ class Mirror:
             self.uploads += 1
             self._cond.notify_all()  # a waiting flush() returns now, not at its next poll
 
+    def _check_local(self, seg: SegmentInfo, data: bytes) -> None:
+        """Refuse to mirror a local sealed segment that no longer matches its manifest entry."""
+        problem = seg.mismatch(data)
+        if problem is not None:
+            raise IntegrityError(
+                f"{self._segdir / seg.name}: local sealed segment no longer matches its "
+                f"manifest entry ({problem}); refusing to mirror it"
+            )
+
     def _put_file(self, seg: SegmentInfo, remote_name: str) -> None:
         with open(self._segdir / seg.name, "rb") as fh:
             data = fh.read(seg.size + 1)
-        if len(data) != seg.size or hashlib.sha256(data).hexdigest() != seg.sha256:
-            raise IntegrityError(
-                f"{self._segdir / seg.name}: local sealed segment no longer matches its "
-                "manifest entry; refusing to mirror it"
-            )
+        self._check_local(seg, data)
         name = f"{SEGMENTS_DIR}/{remote_name}"
         self._request(lambda: self.store.write_bytes(name, data, create_only=True), len(data))
         self._uploaded[remote_name] = seg.sha256
@@ -363,11 +368,7 @@ class Mirror:
         sealed bytes, so the segment goes up whole as before)."""
         with open(self._segdir / seg.name, "rb") as fh:
             data = fh.read(seg.size + 1)
-        if len(data) != seg.size or hashlib.sha256(data).hexdigest() != seg.sha256:
-            raise IntegrityError(
-                f"{self._segdir / seg.name}: local sealed segment no longer matches its "
-                "manifest entry; refusing to mirror it"
-            )
+        self._check_local(seg, data)
         if len(self._chunks) >= _MAX_SEALED_PARTS:
             # each part costs a manifest entry in every later upload: many small chunks cost
             # more over a long sweep than sending the segment once more

@@ -123,7 +123,7 @@ def download(
             pass
         elif sealed:
             raise IntegrityError(
-                f"{where}: expected {sizes[name]} bytes as the manifest records, found {len(data)}"
+                f"{where}: expected {sizes[name]} bytes, found {len(data)}"  # as SegmentInfo.check
             )
         elif signing_key is not None and data:
             raise IntegrityError(

@@ -71,10 +71,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.lib import format as npformat
 
 from . import _durable as durable
-from ._codec import decode, encode
+from ._codec import decode, descr_from_json, descr_to_json, encode
 from ._durable import atomic_writer, fsync_dir, fsync_file
 from ._version import __version__
 
@@ -298,7 +297,7 @@ def _homogeneous(values: list[Any] | tuple[Any, ...]) -> np.ndarray | None:
 def _write_array(parent: Any, name: str, arr: np.ndarray) -> Any:
     import h5py
 
-    descr = json.dumps(npformat.dtype_to_descr(arr.dtype))
+    descr = json.dumps(descr_to_json(arr.dtype))
     if arr.dtype.kind == "U" and not any("\x00" in s for s in arr.ravel().tolist()):
         data = np.array(arr.ravel().tolist(), dtype=h5py.string_dtype()).reshape(arr.shape)
         node = parent.create_dataset(name, data=data)
@@ -365,7 +364,7 @@ def _read_value(node: Any) -> Any:
             values = node[()].tolist()
         return tuple(values) if kind == "tuple" else values
     if kind in ("ndarray", "numpy"):
-        dtype = npformat.descr_to_dtype(_descr(json.loads(_as_str(node.attrs[P + "dtype"]))))
+        dtype = descr_from_json(json.loads(_as_str(node.attrs[P + "dtype"])))
         shape = tuple(json.loads(_as_str(node.attrs[P + "shape"])))
         if _as_str(node.attrs.get(ENCODING, "")) == "raw":
             arr = np.frombuffer(node[()].tobytes(), dtype=dtype).reshape(shape).copy()
@@ -389,18 +388,6 @@ def _read_value(node: Any) -> Any:
             return node[()].tobytes().decode("utf-8")
         return node.asstr()[()]
     raise ValueError(f"{node.name}: unknown resumable_type {kind!r}")
-
-
-def _descr(d: Any) -> Any:
-    """JSON turned a structured descr's tuples into lists; turn them back."""
-    if isinstance(d, str):
-        return d
-    out = []
-    for field in d:
-        name = tuple(field[0]) if isinstance(field[0], list) else field[0]
-        sub = _descr(field[1])
-        out.append((name, sub, tuple(field[2])) if len(field) == 3 else (name, sub))
-    return out
 
 
 # -- JSON Lines ---------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ goes further and reports every problem it finds instead of stopping at the first
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -430,17 +429,9 @@ def _verify_one(store: Store, *, shard_optional: bool, key: bytes | None) -> lis
                 Problem(f"{where}/{name}", f"longer than the {seg.size} bytes recorded")
             )
             continue
-        digest = hashlib.sha256(data).hexdigest()
-        if len(data) != seg.size:
-            problems.append(
-                Problem(f"{where}/{name}", f"expected {seg.size} bytes, found {len(data)}")
-            )
-        elif digest != seg.sha256:
-            problems.append(
-                Problem(
-                    f"{where}/{name}", f"SHA-256 mismatch: expected {seg.sha256}, found {digest}"
-                )
-            )
+        problem = seg.mismatch(data)
+        if problem is not None:
+            problems.append(Problem(f"{where}/{name}", problem))
         else:
             parts[name] = data
     if manifest.active is not None:

@@ -42,10 +42,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.lib import format as npformat
 
+from .._codec import descr_to_json
 from ..errors import UnsupportedValueError
-from ._npz import IntKey, normalize_descr
+from ._npz import IntKey
 
 Path = tuple[str | int | IntKey, ...]
 MAX_DEPTH = 64
@@ -292,7 +292,7 @@ def describe(leaf: Leaf) -> tuple[tuple[int, ...], Any, str | None]:
         arr = as_numpy(leaf)
         shape = tuple(int(n) for n in arr.shape)
     stored, dname = storage(arr)
-    return shape, normalize_descr(npformat.dtype_to_descr(stored.dtype)), dname
+    return shape, descr_to_json(stored.dtype), dname
 
 
 def logical(arr: np.ndarray, dname: str | None, name: str) -> np.ndarray:

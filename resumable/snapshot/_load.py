@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from .. import _signing as signing
+from .._codec import descr_from_json
 from ..errors import IntegrityError, SnapshotMismatchError, UnsupportedValueError
 from . import _graph
 from ._location import opened
 from ._manifest import MAX_DIR_BYTES, SnapshotReport, parse_manifest
-from ._npz import NpzReader, descr_from_json
+from ._npz import NpzReader
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import numpy as np
 
 from .. import _codec as codec
 from .. import _signing as signing
-from .._codec import loads
+from .._codec import descr_from_json, loads
 from ..errors import IntegrityError
-from ._npz import ArrayRecord, IntKey, NpzReader, descr_from_json
+from ._npz import ArrayRecord, IntKey, NpzReader
 
 FORMAT = "resumable.snapshot"
 SCHEMA_VERSION = 2  # 2: records carry "path" (and "dtype_name"); "extra" is codec-encoded

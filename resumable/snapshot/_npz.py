@@ -14,8 +14,10 @@ zlib's). Locally, the disk starts writing each completed range while the save go
 
 Reading trusts nothing: the end-of-central-directory record is bounded before zipfile parses
 the directory, every member must be STORED and unencrypted and lie inside the file, the local
-header must agree with the central directory, the ``.npy`` header is parsed with a size limit
-and `ast.literal_eval` (never pickle) and must equal the manifest, and array buffers are
+header must agree with the central directory, the ``.npy`` header is bounded before it is read,
+parsed by numpy's own ``read_array_header_1_0/2_0`` (``max_header_size`` explicit; never pickle;
+3.0 headers, which numpy has no public reader for, with `ast.literal_eval` and the same checks)
+and must equal the manifest, and array buffers are
 allocated only after their declared size was checked against bytes actually in the file. Each
 array is then read (``os.preadv`` straight into its destination buffer) and hashed slice by
 slice by one task, arrays in parallel; digests are compared before anything is returned.
@@ -27,7 +29,7 @@ import ast
 import ctypes
 import ctypes.util
 import hashlib
-import json
+import io
 import os
 import struct
 import warnings
@@ -43,6 +45,7 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 from numpy.lib import format as npformat
 
+from .._codec import descr_to_json
 from ..errors import IntegrityError, UnsupportedValueError
 
 CHUNK = 1 << 20  # slices small enough to stay in cache between copy, CRC and hash
@@ -78,33 +81,6 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 
 _SYNC_FILE_RANGE = _load_sync_file_range()
-
-
-def normalize_descr(descr: Any) -> Any:
-    """A dtype descr as it reads back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(descr))
-
-
-def descr_from_json(descr: Any) -> np.dtype:
-    """The dtype of a JSON-normalized descr (lists back to the tuples numpy expects)."""
-
-    def fix(d: Any) -> Any:
-        if isinstance(d, str):
-            return d
-        if isinstance(d, list):
-            fields = []
-            for field in d:
-                if not isinstance(field, list) or len(field) not in (2, 3):
-                    raise TypeError(f"bad field {field!r}")
-                name = tuple(field[0]) if isinstance(field[0], list) else field[0]
-                item: tuple[Any, ...] = (name, fix(field[1]))
-                if len(field) == 3:
-                    item += (tuple(field[2]),)
-                fields.append(item)
-            return fields
-        raise TypeError(f"bad descr {d!r}")
-
-    return npformat.descr_to_dtype(fix(descr))
 
 
 @dataclass(frozen=True)
@@ -547,7 +523,7 @@ class NpzStreamWriter:
                 f"larger than the {MAX_NPY_HEADER_BYTES} bytes a snapshot reader accepts"
             )
         fortran = bool(arr.flags.f_contiguous and not arr.flags.c_contiguous)
-        descr = normalize_descr(npformat.dtype_to_descr(arr.dtype))
+        descr = descr_to_json(arr.dtype)
         shape, nbytes = tuple(int(n) for n in arr.shape), int(arr.nbytes)
 
         def record() -> ArrayRecord:
@@ -604,6 +580,19 @@ def _zip_bounds(fh: Any, file_size: int, where: str) -> tuple[int, int]:
             raise IntegrityError(f"{where}: damaged zip64 end record")
         entries, cd_size = rec[7], rec[8]
     return entries, cd_size
+
+
+def _parse_header_3_0(text: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of a .npy 3.0 header, checked as numpy checks 1.0/2.0."""
+    d = ast.literal_eval(text.decode("utf8"))
+    if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
+        raise ValueError("not a .npy header dict")
+    shape, fortran = d["shape"], d["fortran_order"]
+    if not isinstance(shape, tuple) or not all(isinstance(n, int) for n in shape):
+        raise ValueError(f"shape is not valid: {shape!r:.100}")
+    if not isinstance(fortran, bool):
+        raise ValueError(f"fortran_order is not a valid bool: {fortran!r:.100}")
+    return shape, fortran, npformat.descr_to_dtype(d["descr"])
 
 
 class NpzReader:
@@ -725,8 +714,7 @@ class NpzReader:
         text = self._read_exact(hlen, f"{what} header")
         parsed = self._parsed.get(prefix + text)
         if parsed is None:
-            encoding = "latin1" if version < (3, 0) else "utf8"
-            parsed = self._parse_header(text, encoding, what)
+            parsed = self._parse_header(prefix, text, what)
             if len(self._parsed) < 10_000 and hlen <= 1024:  # many arrays share a header
                 self._parsed[prefix + text] = parsed
         descr, shape, fortran, dtype = parsed
@@ -748,23 +736,31 @@ class NpzReader:
         return header, dtype
 
     def _parse_header(
-        self, text: bytes, encoding: str, what: str
+        self, prefix: bytes, text: bytes, what: str
     ) -> tuple[Any, tuple[int, ...], bool, np.dtype]:
-        """(descr as JSON, shape, fortran_order, dtype) of a .npy header: literal_eval only."""
+        """(descr as JSON, shape, fortran_order, dtype) of a .npy header (never unpickles).
+
+        Versions 1.0 and 2.0 are parsed by numpy's own ``read_array_header_1_0/2_0`` with an
+        explicit ``max_header_size``; numpy has no public reader for 3.0 (UTF-8 headers, written
+        for non-Latin-1 field names), which `_parse_header_3_0` reads with the same checks. The
+        length was bounded and the bytes read before this, so numpy parses bytes in memory."""
+        version = (prefix[6], prefix[7])
         try:
-            d = ast.literal_eval(text.decode(encoding))
-            if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
-                raise ValueError("not a .npy header dict")
-            shape, fortran = d["shape"], d["fortran_order"]
-            if not isinstance(shape, tuple) or not all(
-                isinstance(n, int) and n >= 0 for n in shape
-            ):
+            if version == (3, 0):
+                shape, fortran, dtype = _parse_header_3_0(text)
+            else:
+                reader = (
+                    npformat.read_array_header_1_0
+                    if version == (1, 0)
+                    else npformat.read_array_header_2_0
+                )
+                shape, fortran, dtype = reader(
+                    io.BytesIO(prefix[8:] + text), max_header_size=MAX_NPY_HEADER_BYTES
+                )
+            if not all(isinstance(n, int) and n >= 0 for n in shape):
                 raise ValueError(f"bad shape {shape!r}")
-            if not isinstance(fortran, bool):
-                raise ValueError(f"bad fortran_order {fortran!r}")
-            dtype = npformat.descr_to_dtype(d["descr"])
-            descr = normalize_descr(npformat.dtype_to_descr(dtype))
-        except Exception as exc:  # SyntaxError, ValueError, TypeError, RecursionError, ...
+            descr = descr_to_json(dtype)
+        except Exception as exc:  # ValueError, SyntaxError, TypeError, RecursionError, ...
             raise IntegrityError(f"{self.where}: {what}: unreadable .npy header ({exc})") from exc
         return descr, shape, fortran, dtype
 
