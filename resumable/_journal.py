@@ -136,12 +136,12 @@ class LazyRecord(Record):
         return self._src.line(self._seg, self._off)
 
     @property
-    def payload(self) -> bytes:  # type: ignore[override]
+    def payload(self) -> bytes:  # type: ignore[override]  # Record's field, read lazily here
         line = self._line()
         return line[line.index(b"\t") + 1 :]
 
     @property
-    def fp(self) -> str | None:  # type: ignore[override]
+    def fp(self) -> str | None:  # type: ignore[override]  # Record's field, read lazily here
         if self._fp is _UNSET:
             line = self._line()
             fp = line[_HASH_LEN + 1 : line.index(b"\t")].split(b" ", 4)[3]

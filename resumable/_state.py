@@ -40,7 +40,7 @@ from .errors import IntegrityError
 MAX_ATTEMPT = 1 << 31
 
 
-class ResultMap(dict):  # type: ignore[type-arg]
+class ResultMap(dict):  # type: ignore[type-arg]  # values: a Record, or an int row (lazy)
     """key -> its result `Record`, in record order; a dict, so `in`, `len` and iterating keys
     run at C speed.
 
@@ -83,7 +83,7 @@ class ResultMap(dict):  # type: ignore[type-arg]
 
     def _record(self, key: str, value: Any) -> Record:
         if type(value) is not int:
-            return value  # type: ignore[no-any-return]
+            return value  # type: ignore[no-any-return]  # not an int row: a Record
         i = bisect.bisect_right(self._starts, value) - 1
         seqs, times, offsets, segment, source, lines = self._parts[i]
         j = value - self._starts[i]
@@ -106,6 +106,7 @@ class ResultMap(dict):  # type: ignore[type-arg]
             raise KeyError(key)
         return self._record(key, value)
 
+    # values() and items() give Records (lazy rows resolved), generators where dict's are views
     def values(self) -> Iterator[Record]:  # type: ignore[override]
         record = self._record
         return (record(k, v) for k, v in dict.items(self))
@@ -214,6 +215,7 @@ class State:
             keys, seqs, times, offsets, segment=segment, source=source, lines=lines
         ):
             seen: set[str] = set()
+            # the first key seen twice (set.add returns None, so `or` tests membership first)
             twice = next((k for k in keys if k in seen or seen.add(k)), None)  # type: ignore[func-returns-value]
             what = f"key {twice!r}" if twice is not None else "a key"
             raise IntegrityError(

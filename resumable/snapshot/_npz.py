@@ -206,7 +206,7 @@ class _HashPipe:
     ) -> tuple[Future[Any] | None, int]:
         """Write, CRC and hash `data` slice by slice, CRC continuing from `crc`; returns
         (a future for the last hash or None, the CRC)."""
-        parallel = self._pool is not None and len(data) >= _INLINE_BELOW
+        pool = self._pool if len(data) >= _INLINE_BELOW else None  # None: hash inline
         last: Future[Any] | None = None
         group: list[memoryview] = []
         slots: list[int] = []
@@ -223,13 +223,13 @@ class _HashPipe:
             crc = _crc32(buf, crc)
             write(buf)
             wb.wrote(n)
-            if not parallel:
+            if pool is None:
                 h.update(buf)
                 continue
             group.append(buf)
             slots.append(i)
             if len(group) == _BATCH or start + n == len(data):
-                last = self._pool.submit(_update_all, h, group)  # type: ignore[union-attr]
+                last = pool.submit(_update_all, h, group)
                 for slot in slots:
                     self._busy[slot] = last
                 group, slots = [], []
@@ -289,7 +289,7 @@ class _Writeback:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="resumable-writeback")
         self._busy = self._pool.submit(
-            _SYNC_FILE_RANGE,  # type: ignore[arg-type]
+            _SYNC_FILE_RANGE,  # type: ignore[arg-type]  # a ctypes function, not typed Callable
             self._fd,
             self._done,
             end - self._done,
@@ -786,9 +786,9 @@ class NpzReader:
             self._fh.seek(offset)
         while pos < total:
             want = min(CHUNK, total - pos)
-            piece = scratch[:want] if scratch is not None else dest[pos : pos + want]  # type: ignore[index]
+            piece = scratch[:want] if scratch is not None else dest[pos : pos + want]  # type: ignore[index]  # dest is set when scratch is not
             if self._fd is not None:
-                got = _PREADV(self._fd, [piece], offset + pos)  # type: ignore[misc]
+                got = _PREADV(self._fd, [piece], offset + pos)  # type: ignore[misc]  # _fd only with preadv
             else:
                 got = self._fh.readinto(piece) or 0
             if got <= 0:
