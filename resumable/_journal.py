@@ -427,6 +427,7 @@ class SealedScan:
     result_lines: np.ndarray  # indices of the result lines, ascending
     keys: list[str]  # their keys, in order
     times: np.ndarray  # their times (float64), in order
+    keys_raw: bytes = b""  # the keys as read: UTF-8, each followed by '"'
 
 
 _TIME_CHARS = np.zeros(256, bool)
@@ -526,7 +527,7 @@ def scan_sealed(data: bytes, *, first_seq: int, records: int) -> SealedScan | No
         len(k) > limits.MAX_KEY_CHARS for k in keys
     ):
         return None
-    return SealedScan(starts, ends, tabs, rl, keys, times)
+    return SealedScan(starts, ends, tabs, rl, keys, times, raw)
 
 
 def check_time(t: float) -> float:

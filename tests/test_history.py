@@ -175,7 +175,7 @@ def test_timeline_needs_no_second_read_of_the_journal(tmp_path: Path, monkeypatc
     assert [(x.results, x.failures, x.pending_at_end) for x in tl.launches] == [
         (x["results"], x["failures"], x["pending"]) for x in expected
     ]
-    import resumable._checkpoint as checkpoint
+    import resumable._loading as checkpoint
 
     monkeypatch.setattr(checkpoint, "_SCAN_MIN_RECORDS", 1)  # lazy records even here
     view = open_view(str(path))

@@ -23,7 +23,7 @@ FP = "0123456789abcdef" * 2
 @pytest.fixture(autouse=True)
 def _scan_small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
     """The histories here have small segments (many of them): scan those too."""
-    import resumable._checkpoint as checkpoint
+    import resumable._loading as checkpoint
 
     monkeypatch.setattr(checkpoint, "_SCAN_MIN_RECORDS", 1)
 
@@ -182,7 +182,7 @@ def test_a_damaged_sealed_segment_is_refused_at_the_open(tmp_path: Path) -> None
 
 
 def test_resume_from_a_mirror_replays_the_checkpoint_once(tmp_path: Path, monkeypatch) -> None:
-    import resumable._checkpoint as checkpoint
+    import resumable._loading as checkpoint
 
     items = list(range(300))
     mirror = tmp_path / "mirror"

@@ -1,0 +1,559 @@
+"""Loading a checkpoint: read, verify and replay its journal into a State.
+
+Every sealed segment is read whole and checked against the manifest's size and SHA-256 before
+anything in it is used; the active segment is verified record by record (its hash chain) and
+may end in a torn tail (see _journal.py). Sealed segments replay in bulk: their result records
+become rows of columns (`state.ResultMap`), found by a vectorised scan or, in a local progress
+directory, read from the segment's row index (`_segindex.py`: a derived cache bound to the
+segment's SHA-256, ignored unless sound). Payloads are read back (and checked again) only when
+looked at (`SealedParts`).
+
+`_checkpoint.py` (the writer) builds on this module; this one never imports it.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _limits as limits
+from . import _segindex as segindex
+from ._journal import (
+    LazyRecord,
+    LineSource,
+    ParsedSegment,
+    Record,
+    header_record,
+    parse_sealed_segment,
+    parse_segment,
+    scan_sealed,
+)
+from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, parse_manifest
+from ._state import State
+from .errors import IntegrityError
+
+SEGMENTS_DIR = "segments"
+
+
+@dataclass(frozen=True)
+class WriterView:
+    """What a checkpoint holds on disk at one instant; bytes it names never change after."""
+
+    manifest: Manifest
+    active: str | None
+    active_size: int
+    active_records: int
+    last_seq: int
+    last_hash: str
+
+
+@dataclass
+class Loaded:
+    """A verified checkpoint: its manifest, the replayed state, and the active segment's tail."""
+
+    manifest: Manifest
+    state: State
+    active_size: int = 0  # verified bytes in the active segment
+    active_hash: Any = field(default=None, repr=False)  # running sha256 of those bytes
+    active_records: int = 0
+    active_bytes: bytes = field(default=b"", repr=False)  # the verified active records
+    torn_bytes: int = 0
+    parts: SealedParts | None = field(default=None, repr=False)  # lazy records read from here
+    # sealed segments (their positions) replayed without a sound row index (see _segindex)
+    unindexed: list[int] = field(default_factory=list, repr=False)
+
+    def relocate(self, progress_dir: Path) -> None:
+        """The checkpoint's files were moved to `progress_dir` (a download installed): lazy
+        records read (and verify) their segments there from now on."""
+        if self.parts is not None:
+            self.parts.relocate(_dir_reader(progress_dir), str(progress_dir))
+
+    def view(self) -> WriterView:
+        return WriterView(
+            manifest=self.manifest,
+            active=self.manifest.active,
+            active_size=self.active_size,
+            active_records=self.active_records,
+            last_seq=self.state.last_seq,
+            last_hash=self.state.last_hash,
+        )
+
+
+def _read_file(path: Path, *, max_bytes: int) -> bytes:
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > max_bytes:
+            raise IntegrityError(f"{path} is {size} bytes; at most {max_bytes} expected")
+        # a buffer as large as the file (+1: a file that grew shows as longer than recorded),
+        # never one of max_bytes (1 GiB for an active segment: address space under ulimit -v)
+        return fh.read(size + 1)
+
+
+Reader = Callable[[str, int], bytes]
+"""Reads the object `name` (e.g. "segments/seg-00000001.jsonl") of at most `max_bytes`;
+raises FileNotFoundError (ObjectNotFoundError for a Store) when it does not exist."""
+
+
+def _dir_reader(progress_dir: Path) -> Reader:
+    def read(name: str, max_bytes: int) -> bytes:
+        return _read_file(progress_dir / name, max_bytes=max_bytes)
+
+    return read
+
+
+class SealedParts:
+    """A checkpoint's sealed segments, each read and checked against the manifest's size and
+    SHA-256 whenever it is read: at the load, and again when a lazy record (a result's
+    payload, say) is looked at later. A few recently used segments are kept (at most
+    `cache_bytes`), so reading results in record order reads each segment once."""
+
+    def __init__(
+        self, read: Reader, manifest: Manifest, location: str, cache_bytes: int = 64 << 20
+    ) -> None:
+        self._read = read
+        self.manifest = manifest
+        self.location = location
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache_bytes = cache_bytes
+        self._mutex = threading.Lock()
+
+    def relocate(self, read: Reader, location: str) -> None:
+        with self._mutex:
+            self._read = read
+            self.location = location
+            self._cache.clear()
+
+    def where(self, index: int) -> str:
+        return f"{self.location}/{SEGMENTS_DIR}/{self.manifest.segments[index].name}"
+
+    def verified(self, index: int, *, again: bool = False) -> bytes:
+        """The bytes of sealed segment `index`, checked (IntegrityError naming it if not)."""
+        seg = self.manifest.segments[index]
+        where = self.where(index)
+        since = " since the checkpoint was opened" if again else ""
+        try:
+            data = self._read(f"{SEGMENTS_DIR}/{seg.name}", seg.size)
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"{where}: sealed segment named by the manifest is missing{since} "
+                f"(expected {seg.size} bytes)"
+            ) from None
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"{where}: expected {seg.size} bytes as the manifest records, found more{since} "
+                f"({exc})"
+            ) from None
+        seg.check(data, where, since)
+        return data
+
+    def line(self, segment: int, offset: int) -> bytes:
+        """The record line at byte `offset` of sealed segment `segment` (read and verified
+        again unless cached)."""
+        with self._mutex:
+            data = self._cache.get(segment)
+            if data is None:
+                data = self.verified(segment, again=True)
+                self._cache[segment] = data
+                total = sum(map(len, self._cache.values()))
+                while len(self._cache) > 1 and total > self._cache_bytes:
+                    total -= len(self._cache.popitem(last=False)[1])
+            else:
+                self._cache.move_to_end(segment)
+        end = data.find(b"\n", offset)
+        if offset < 0 or end < 0 or (offset and data[offset - 1 : offset] != b"\n"):
+            raise IntegrityError(f"{self.where(segment)}: no record line at byte {offset}")
+        return data[offset:end]
+
+
+MAX_MANIFEST_READ = limits.MAX_MANIFEST_BYTES  # an alias for readers elsewhere
+
+
+IndexReader = Callable[[SegmentInfo], "bytes | None"]
+"""The row index file of a sealed segment (None if there is none, or it cannot be read)."""
+
+
+def _index_reader(progress_dir: Path) -> IndexReader:
+    segdir = progress_dir / SEGMENTS_DIR
+
+    def read_index(seg: SegmentInfo) -> bytes | None:
+        try:
+            return _read_file(
+                segdir / segindex.index_name(seg.name), max_bytes=segindex.max_index_bytes(seg)
+            )
+        except (OSError, IntegrityError):  # absent, unreadable or too long: not used
+            return None
+
+    return read_index
+
+
+def load(progress_dir: Path) -> Loaded | None:
+    """Read and verify the checkpoint in the local `progress_dir`; None if there is none.
+
+    Sealed segments replay from their row indexes where those are sound (see _segindex)."""
+
+    def read(name: str, max_bytes: int) -> bytes:
+        return _read_file(progress_dir / name, max_bytes=max_bytes)
+
+    try:
+        mbytes = read(MANIFEST_NAME, limits.MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        _check_no_orphans(progress_dir)
+        return None
+    return load_from(read, mbytes, location=str(progress_dir), index=_index_reader(progress_dir))
+
+
+def load_from(
+    read: Reader,
+    manifest_bytes: bytes,
+    *,
+    location: str,
+    reread: Reader | None = None,
+    index: IndexReader | None = None,
+) -> Loaded:
+    """Verify a checkpoint given its manifest bytes, reading the parts it names with `read`.
+
+    Sealed segments must match the manifest's size and SHA-256 exactly; the active segment (a
+    local checkpoint's, or one fetched from another machine's progress directory) is verified
+    record by record and may end in a torn tail. Records of sealed segments looked at later
+    (results' payloads) are read again with `reread` (default: `read`) and verified again.
+    With `index` (a local progress directory's own), sealed segments replay from their row
+    indexes where those are sound.
+    """
+    manifest = parse_manifest(manifest_bytes, source=f"{location}/{MANIFEST_NAME}")
+    parts = SealedParts(reread or read, manifest, location)
+    first = SealedParts(read, manifest, location)
+
+    def sealed() -> Iterator[bytes]:
+        """Each sealed segment read and checked just before it is replayed (one at a time in
+        memory, not the whole journal)."""
+        for i in range(len(manifest.segments)):
+            yield first.verified(i)
+
+    def active() -> bytes | None:
+        if manifest.active is None:
+            return None
+        where = f"{location}/{SEGMENTS_DIR}/{manifest.active}"
+        try:
+            return read(f"{SEGMENTS_DIR}/{manifest.active}", limits.MAX_SEGMENT_BYTES)
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"{where}: the active segment named by the manifest is missing"
+            ) from None
+
+    return load_records(manifest, sealed(), active, location=location, parts=parts, index=index)
+
+
+def load_records(
+    manifest: Manifest,
+    sealed: Iterable[bytes],
+    active: bytes | Callable[[], bytes | None] | None,
+    *,
+    location: str,
+    parts: SealedParts | None = None,
+    index: IndexReader | None = None,
+) -> Loaded:
+    """Replay verified sealed segment bytes and the active segment's bytes into a state.
+
+    `sealed` may be a generator (each segment checked as it is read); `active` the bytes or
+    a function reading them once the sealed ones are replayed. With `parts` (where the sealed
+    segments can be read again), results and items records of sealed segments are kept as
+    where they lie (see state.ResultMap), not as their bytes. The garbage collector is
+    paused meanwhile: replay makes millions of objects and no cycles, and its passes cost
+    about a quarter of a large reopen.
+    """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _replay(manifest, sealed, active, location=location, parts=parts, index=index)
+    finally:
+        if paused:
+            gc.enable()
+
+
+# segments of fewer records replay record by record: numpy's fixed cost per call would
+# outweigh what it saves there
+_SCAN_MIN_RECORDS = 256
+
+
+# a segment this large scans even with few records: its lines (an items list) are kept as
+# where they lie, not copied
+_SCAN_MIN_BYTES = 1 << 20
+
+
+def _replay_scanned(
+    state: State, data: bytes, index: int, seg: SegmentInfo, source: str, parts: SealedParts
+) -> bool:
+    """Replay a sealed segment from its vectorised scan (results in bulk); False if the scan
+    finds it unusual (nothing applied then), to be replayed record by record instead."""
+    scan = scan_sealed(data, first_seq=seg.first_seq, records=seg.records)
+    if scan is None:
+        return False
+    rows = segindex.rows_of_scan(scan)
+    return _apply_rows(state, data, rows, scan.keys, seg.first_seq, index, source, parts)
+
+
+def _replay_indexed(
+    state: State,
+    data: bytes,
+    raw: bytes,
+    index: int,
+    seg: SegmentInfo,
+    source: str,
+    parts: SealedParts,
+) -> bool:
+    """Replay a sealed segment from its row index `raw`; False (nothing applied) unless the
+    index is a sound one of exactly this segment."""
+    rows = segindex.decode(raw, seg)
+    if rows is None:
+        return False
+    keys = rows.keys()
+    if keys is None:
+        return False
+    return _apply_rows(state, data, rows, keys, seg.first_seq, index, source, parts)
+
+
+class _HeldLines:
+    """Record lines of the active segment's verified bytes, held in memory (for LazyRecord)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def line(self, segment: int, offset: int) -> bytes:
+        return self.data[offset : self.data.index(b"\n", offset)]
+
+
+def _replay_active_scanned(
+    state: State, data: bytes, first_seq: int, prev_hash: str, source: str
+) -> str | None:
+    """Replay a whole, undamaged active segment from its vectorised scan, every line's hash
+    chained to the one before as `parse_segment` checks it; the last hash, or None (nothing
+    applied) when anything is unusual, a torn tail included: `parse_segment` then decides."""
+    if not data.endswith(b"\n"):
+        return None
+    records = data.count(b"\n")
+    scan = scan_sealed(data, first_seq=first_seq, records=records)
+    if scan is None:
+        return None
+    prev = prev_hash.encode("ascii")
+    view = memoryview(data)
+    sha = hashlib.sha256
+    for start, end in zip(scan.starts.tolist(), scan.ends.tolist(), strict=True):
+        h = sha(prev)
+        h.update(b"\n")
+        h.update(view[start + 65 : end])
+        claimed = data[start : start + 64]
+        if h.hexdigest().encode("ascii") != claimed:
+            return None
+        prev = claimed
+    rows = segindex.rows_of_scan(scan)
+    if not _apply_rows(state, data, rows, scan.keys, first_seq, -1, source, _HeldLines(data)):
+        return None
+    return prev.decode("ascii")
+
+
+def _apply_rows(
+    state: State,
+    data: bytes,
+    rows: segindex.SegmentRows,
+    keys: list[str],
+    first_seq: int,
+    index: int,
+    source: str,
+    parts: LineSource,
+) -> bool:
+    """Apply a segment's records in order: runs of results in bulk, the others one by one
+    (each of their headers parsed from `data` first: False, nothing applied, if one is not
+    a record line there, or is malformed)."""
+    result_lines = rows.result_lines
+    others = rows.others.tolist()
+    # check the other lines first: any oddity and the slow path says what it is
+    recs: list[Record] = []
+    for line, start, tab, end in others:
+        if (
+            (start and data[start - 1 : start] != b"\n")
+            or data[end : end + 1] != b"\n"
+            or data[tab : tab + 1] != b"\t"
+            or data[start + 64 : start + 65] != b" "
+        ):
+            return False
+        try:
+            rec = header_record(
+                data[start + 65 : tab], b"", seq=first_seq + line, source=source, offset=start
+            )
+        except IntegrityError:
+            return False
+        if rec.type == "items":  # possibly large, decoded only when its listing is asked for
+            rec = LazyRecord(
+                rec.seq, rec.type, rec.key, rec.t, source, parts, index, start, fp=rec.fp
+            )
+        else:
+            rec.payload = data[tab + 1 : end]
+        recs.append(rec)
+    starts, times = rows.result_starts, rows.times
+    seqs = result_lines + first_seq
+    at = 0
+    for (line, *_), rec in zip(others, recs, strict=True):
+        upto = int(np.searchsorted(result_lines, line))
+        if upto > at:
+            state.apply_results(
+                keys[at:upto],
+                seqs[at:upto],
+                times[at:upto],
+                starts[at:upto],
+                segment=index,
+                source=source,
+                lines=parts,
+            )
+            at = upto
+        state.apply(rec)
+    if at < len(result_lines):
+        state.apply_results(
+            keys[at:] if at else keys,
+            seqs[at:],
+            times[at:],
+            starts[at:],
+            segment=index,
+            source=source,
+            lines=parts,
+        )
+    return True
+
+
+def _replay(
+    manifest: Manifest,
+    sealed: Iterable[bytes],
+    active: bytes | Callable[[], bytes | None] | None,
+    *,
+    location: str,
+    parts: SealedParts | None = None,
+    index: IndexReader | None = None,
+) -> Loaded:
+    state = State()
+    unindexed: list[int] = []
+    prev = ""
+    for i, (data, seg) in enumerate(zip(sealed, manifest.segments, strict=True)):
+        source = f"{location}/{SEGMENTS_DIR}/{seg.name}"
+        tail = data[data.rfind(b"\n", 0, len(data) - 1) + 1 :][:64].decode("ascii", "replace")
+        if seg.records and tail != seg.last_hash:
+            raise IntegrityError(
+                f"{source}: ends in a record {tail[:16]!r}..., the manifest records "
+                f"{seg.records} records ending in {seg.last_hash[:16]!r}..."
+            )
+        if parts is not None and seg.records:
+            raw = index(seg) if index is not None else None
+            if raw is not None and _replay_indexed(state, data, raw, i, seg, source, parts):
+                prev = seg.last_hash
+                continue
+            if index is not None:
+                unindexed.append(i)
+            if (seg.records >= _SCAN_MIN_RECORDS or seg.size >= _SCAN_MIN_BYTES) and (
+                _replay_scanned(state, data, i, seg, source, parts)
+            ):
+                prev = seg.last_hash
+                continue
+        records = parse_sealed_segment(
+            data, source=source, first_seq=seg.first_seq, records=seg.records, prev_hash=prev
+        )
+        if len(records) != seg.records or (records and tail != seg.last_hash):
+            raise IntegrityError(
+                f"{source}: holds {len(records)} records ending in {tail[:16]!r}..., the "
+                f"manifest records {seg.records} ending in {seg.last_hash[:16]!r}..."
+            )
+        apply = state.apply
+        for rec in records:
+            apply(rec)
+        prev = seg.last_hash
+    loaded = Loaded(
+        manifest=manifest,
+        state=state,
+        active_hash=hashlib.sha256(),
+        parts=parts,
+        unindexed=unindexed,
+    )
+    if callable(active):
+        active = active()
+    if active is not None:
+        assert manifest.active is not None
+        source = f"{location}/{SEGMENTS_DIR}/{manifest.active}"
+        first_seq = manifest.sealed_records + 1
+        last = (
+            _replay_active_scanned(state, active, first_seq, prev, source)
+            if parts is not None and active.count(b"\n") >= _SCAN_MIN_RECORDS
+            else None
+        )
+        if last is not None:
+            loaded.active_size = len(active)
+            loaded.active_hash.update(active)
+            loaded.active_records = active.count(b"\n")
+            loaded.active_bytes = active
+            state.last_hash = last
+            return loaded
+        parsed: ParsedSegment = parse_segment(
+            active,
+            source=source,
+            first_seq=first_seq,
+            prev_hash=prev,
+            allow_torn_tail=True,
+        )
+        for rec in parsed.records:
+            state.apply(rec)
+        prev = parsed.last_hash
+        loaded.active_size = parsed.good_size
+        loaded.active_hash.update(active[: parsed.good_size])
+        loaded.active_records = len(parsed.records)
+        loaded.active_bytes = active[: parsed.good_size]
+        loaded.torn_bytes = parsed.torn_bytes
+    state.last_hash = prev
+    return loaded
+
+
+def hash_at(view: WriterView, segdir: Path, seq: int) -> str | None:
+    """The hash of record `seq` as of `view` (None past its end); reads at most one segment.
+
+    Used once per open or first mirror contact, to check that one history extends another.
+    """
+    if seq == 0:
+        return ""
+    if seq > view.last_seq:
+        return None
+    if seq == view.last_seq:
+        return view.last_hash
+    for seg in view.manifest.segments:
+        if seg.first_seq <= seq <= seg.last_seq:
+            if seq == seg.last_seq:
+                return seg.last_hash
+            data = _read_file(segdir / seg.name, max_bytes=seg.size)
+            return _nth_line_hash(data, seq - seg.first_seq)
+    assert view.active is not None
+    with open(segdir / view.active, "rb") as fh:
+        data = fh.read(view.active_size)
+    return _nth_line_hash(data, seq - view.manifest.sealed_records - 1)
+
+
+def _nth_line_hash(data: bytes, n: int) -> str:
+    pos = 0
+    for _ in range(n):
+        pos = data.index(b"\n", pos) + 1
+    return data[pos : pos + 64].decode("ascii")
+
+
+def _check_no_orphans(progress_dir: Path) -> None:
+    """No manifest: fine if nothing was ever recorded, damage if segments hold records."""
+    segdir = progress_dir / SEGMENTS_DIR
+    if not segdir.is_dir():
+        return
+    for entry in segdir.iterdir():
+        if entry.is_file() and entry.stat().st_size > 0:
+            raise IntegrityError(
+                f"{progress_dir / MANIFEST_NAME} is missing but {entry} holds "
+                f"{entry.stat().st_size} bytes of records; refusing to start over"
+            )
