@@ -181,6 +181,24 @@ def build(data: bytes, seg: SegmentInfo) -> bytes | None:
     return encode(rows_of_scan(scan), seg)
 
 
+def mismatch(found: bytes, data: bytes, seg: SegmentInfo) -> str | None:
+    """How the index file `found` differs from the index of sealed segment `seg` (whose bytes
+    `data` matched the manifest) rebuilt now; None if it is exactly that index."""
+    expected = build(data, seg)
+    if expected is not None and found == expected:
+        return None
+    if expected is None:
+        why = "the segment is not one that is indexed"
+    elif decode(found, seg) is None:
+        why = "it is damaged, truncated, or belongs to other bytes than the segment's"
+    else:
+        why = "its rows differ from the segment's"
+    return (
+        f"the row index of sealed segment {seg.name} does not match it ({why}); it is a cache "
+        "that a reopen ignores when unsound: remove it, and the next launch rebuilds it"
+    )
+
+
 def write_index(segdir: Path, seg: SegmentInfo, data: bytes) -> None:
     """Replace ``segdir/<index of seg>`` with `data` atomically (temp file, fsync, rename).
 

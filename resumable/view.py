@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import _segindex as segindex
 from . import _signing as signing
 from ._checkpoint import (
     MAX_MANIFEST_READ,
@@ -27,7 +28,13 @@ from ._checkpoint import (
     load_from,
 )
 from ._codec import decode
-from ._manifest import MANIFEST_NAME, MAX_SEGMENT_BYTES, parse_manifest, signature_state
+from ._manifest import (
+    MANIFEST_NAME,
+    MAX_SEGMENT_BYTES,
+    Manifest,
+    parse_manifest,
+    signature_state,
+)
 from ._remote import download, read_manifest, source_store
 from ._storage import Store, is_url, join
 from .errors import CheckpointNotFoundError, IntegrityError, ObjectNotFoundError, ResumableError
@@ -389,6 +396,28 @@ def _verify(
     return problems
 
 
+def _index_problems(
+    local: Path, manifest: Manifest, parts: dict[str, bytes], where: str
+) -> list[Problem]:
+    """Each row index beside a sound sealed segment checked against the segment (rebuilt)."""
+    problems = []
+    for seg in manifest.segments:
+        data = parts.get(f"{SEGMENTS_DIR}/{seg.name}")
+        name = f"{SEGMENTS_DIR}/{segindex.index_name(seg.name)}"
+        if data is None or not (local / name).exists():
+            continue
+        try:
+            with open(local / name, "rb") as fh:
+                found = fh.read(segindex.max_index_bytes(seg) + 1)
+        except OSError as exc:
+            problems.append(Problem(f"{where}/{name}", f"row index unreadable: {exc}"))
+            continue
+        problem = segindex.mismatch(found, data, seg)
+        if problem is not None:
+            problems.append(Problem(f"{where}/{name}", problem))
+    return problems
+
+
 def _orphaned_parts(store: Store) -> Problem | None:
     """A missing manifest beside stored parts is damage, not an absent checkpoint."""
     try:
@@ -440,6 +469,8 @@ def _verify_one(store: Store, *, shard_optional: bool, key: bytes | None) -> lis
             parts[name] = store.read_bytes(name, max_bytes=MAX_SEGMENT_BYTES)
         except ResumableError as exc:
             problems.append(Problem(f"{where}/{name}", f"active segment unreadable: {exc}"))
+    if store.local_path is not None:  # a progress directory's row indexes (never uploaded)
+        problems.extend(_index_problems(store.local_path, manifest, parts, where))
     if problems:
         return problems
 
