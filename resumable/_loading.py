@@ -195,10 +195,35 @@ def _index_reader(progress_dir: Path) -> IndexReader:
     return read_index
 
 
-def load(progress_dir: Path) -> Loaded | None:
+KeySharer = Callable[[list[str]], list[str]]
+"""Gives back the keys it is given as equal str objects held elsewhere already (the sweep's
+item keys), so that a reopened sweep keeps one copy of each key, not two."""
+
+
+def key_sharer(index: dict[str, int], keys: list[str]) -> KeySharer:
+    """A KeySharer with the objects of `keys`, where `index` maps each to its position."""
+    get, at = index.get, keys.__getitem__
+
+    def shared(found: list[str]) -> list[str]:
+        # usually a run of the items in their order: one look-up, then compared in a row
+        start = get(found[0]) if found else None
+        if start is not None:
+            run = keys[start : start + len(found)]
+            if run == found:
+                return run
+        rows = list(map(get, found))
+        if None in rows:  # keys of items no longer in the list: their own objects
+            return [k if r is None else keys[r] for k, r in zip(found, rows, strict=True)]
+        return list(map(at, rows))
+
+    return shared
+
+
+def load(progress_dir: Path, *, share_keys: KeySharer | None = None) -> Loaded | None:
     """Read and verify the checkpoint in the local `progress_dir`; None if there is none.
 
-    Sealed segments replay from their row indexes where those are sound (see _segindex)."""
+    Sealed segments replay from their row indexes where those are sound (see _segindex).
+    With `share_keys`, the keys of results replayed in bulk are the objects it gives."""
 
     def read(name: str, max_bytes: int) -> bytes:
         return _read_file(progress_dir / name, max_bytes=max_bytes)
@@ -208,7 +233,13 @@ def load(progress_dir: Path) -> Loaded | None:
     except FileNotFoundError:
         _check_no_orphans(progress_dir)
         return None
-    return load_from(read, mbytes, location=str(progress_dir), index=_index_reader(progress_dir))
+    return load_from(
+        read,
+        mbytes,
+        location=str(progress_dir),
+        index=_index_reader(progress_dir),
+        share_keys=share_keys,
+    )
 
 
 def load_from(
@@ -218,6 +249,7 @@ def load_from(
     location: str,
     reread: Reader | None = None,
     index: IndexReader | None = None,
+    share_keys: KeySharer | None = None,
 ) -> Loaded:
     """Verify a checkpoint given its manifest bytes, reading the parts it names with `read`.
 
@@ -249,7 +281,15 @@ def load_from(
                 f"{where}: the active segment named by the manifest is missing"
             ) from None
 
-    return load_records(manifest, sealed(), active, location=location, parts=parts, index=index)
+    return load_records(
+        manifest,
+        sealed(),
+        active,
+        location=location,
+        parts=parts,
+        index=index,
+        share_keys=share_keys,
+    )
 
 
 def load_records(
@@ -260,6 +300,7 @@ def load_records(
     location: str,
     parts: SealedParts | None = None,
     index: IndexReader | None = None,
+    share_keys: KeySharer | None = None,
 ) -> Loaded:
     """Replay verified sealed segment bytes and the active segment's bytes into a state.
 
@@ -273,7 +314,15 @@ def load_records(
     paused = gc.isenabled()
     gc.disable()
     try:
-        return _replay(manifest, sealed, active, location=location, parts=parts, index=index)
+        return _replay(
+            manifest,
+            sealed,
+            active,
+            location=location,
+            parts=parts,
+            index=index,
+            share_keys=share_keys,
+        )
     finally:
         if paused:
             gc.enable()
@@ -436,13 +485,16 @@ def _replay(
     location: str,
     parts: SealedParts | None = None,
     index: IndexReader | None = None,
+    share_keys: KeySharer | None = None,
 ) -> Loaded:
     state = State()
+    state.results.share_keys = share_keys
     unindexed: list[int] = []
     prev = ""
     for i, (data, seg) in enumerate(zip(sealed, manifest.segments, strict=True)):
         source = f"{location}/{SEGMENTS_DIR}/{seg.name}"
-        tail = data[data.rfind(b"\n", 0, len(data) - 1) + 1 :][:64].decode("ascii", "replace")
+        last = data.rfind(b"\n", 0, len(data) - 1) + 1  # (no copy of a long last line)
+        tail = data[last : last + 64].decode("ascii", "replace")
         if seg.records and tail != seg.last_hash:
             raise IntegrityError(
                 f"{source}: ends in a record {tail[:16]!r}..., the manifest records "

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._checkpoint import CheckpointWriter, Loaded
+from ._loading import key_sharer
 from ._manifest import MANIFEST_NAME, Manifest
 from ._mirror import Mirror, check_mirror_place
 from ._remote import read_manifest, source_store
@@ -134,6 +135,7 @@ def open_sweep(
         mirror=mirror,
         signing_key=key,
         unsharded=sweep.shard is None,
+        share_keys=key_sharer(items.index, items.keys),  # H1 (issue 14): one copy of each key
     )
     loaded = opened.loaded
     lock: DirLock | None = opened.lock  # None once handed to the writer

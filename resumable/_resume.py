@@ -24,6 +24,7 @@ from pathlib import Path
 from ._checkpoint import SEGMENTS_DIR, DirLock, Loaded, hash_at, load, recover_interrupted_install
 from ._durable import fsync_dir, pause_point
 from ._journal import Record
+from ._loading import KeySharer
 from ._manifest import Manifest
 from ._mirror import check_extends
 from ._remote import discard, download, install, read_manifest
@@ -92,6 +93,7 @@ def open_checkpoint(
     mirror: Store | None,
     signing_key: bytes | None = None,
     unsharded: bool = False,
+    share_keys: KeySharer | None = None,
 ) -> Opened:
     """Lock and load the local checkpoint, consult the source and the mirror, and decide.
 
@@ -101,7 +103,7 @@ def open_checkpoint(
     lock = DirLock(progress_dir)
     try:
         recover_interrupted_install(progress_dir)
-        return _decide(progress_dir, name, lock, source, mirror, signing_key, unsharded)
+        return _decide(progress_dir, name, lock, source, mirror, signing_key, unsharded, share_keys)
     except BaseException:
         lock.release_and_tidy()
         raise
@@ -115,8 +117,9 @@ def _decide(
     mirror: Store | None,
     signing_key: bytes | None,
     unsharded: bool,
+    share_keys: KeySharer | None = None,
 ) -> Opened:
-    local = load(progress_dir)
+    local = load(progress_dir, share_keys=share_keys)
     if local is not None:
         check_name(local.manifest, name, str(progress_dir))
     # With a signing key, a resume source must be signed with it: a URL on someone else's

@@ -27,7 +27,7 @@ with results.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import repeat as _repeat
 from typing import Any
@@ -55,7 +55,7 @@ class ResultMap(dict):  # type: ignore[type-arg]  # values: a Record, or a row (
     (re-verified) segment when asked for. Results recorded since the open are plain Records.
     """
 
-    __slots__ = ("_lazy", "_lazy_base", "_parts", "_rows", "_rows_of", "_starts")
+    __slots__ = ("_lazy", "_lazy_base", "_parts", "_rows", "_rows_of", "_starts", "share_keys")
 
     def __init__(self) -> None:
         super().__init__()
@@ -67,6 +67,8 @@ class ResultMap(dict):  # type: ignore[type-arg]  # values: a Record, or a row (
         self._lazy = 0  # lazy entries in the dict (with the _LAZY marker)
         self._lazy_base = 0  # the row of the first of them
         self._rows_of: dict[str, int] | None = None  # key -> row of the lazy entries, on demand
+        # gives equal key objects held elsewhere (the sweep's items): one copy of each key
+        self.share_keys: Callable[[list[str]], list[str]] | None = None
 
     def add_rows(
         self,
@@ -83,6 +85,8 @@ class ResultMap(dict):  # type: ignore[type-arg]  # values: a Record, or a row (
         if one was)."""
         first = self._rows
         before = len(self)
+        if self.share_keys is not None:
+            keys = self.share_keys(keys)
         self.update(zip(keys, _repeat(_LAZY)))
         seq0 = int(seqs[0]) if len(seqs) else 0
         rel = seqs - seq0

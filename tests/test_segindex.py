@@ -236,3 +236,28 @@ def test_fixture_checkpoints_without_indexes_still_load(tmp_path):
     for manifest in found:
         assert load(manifest.parent) is not None
         assert not list(manifest.parent.glob(f"{SEGMENTS_DIR}/*{segindex.SUFFIX}"))
+
+
+def test_reopened_results_share_the_item_key_objects(tmp_path):
+    """One copy of each key: results replayed in bulk use the sweep's own key objects (in
+    item order, out of order, and for keys no longer among the items)."""
+    from resumable._loading import key_sharer
+
+    pdir = tmp_path / "exp.h5.resumable"
+    _write(pdir, 600)
+    plain = load(pdir)
+    assert plain is not None
+    recorded = list(plain.state.results)
+    for keys in (
+        [f"k{i}é" for i in range(600)],  # as recorded (some are failures, not results)
+        [f"k{i}é" for i in reversed(range(600))],  # another order
+        [f"k{i}é" for i in range(0, 600, 2)],  # only half of them still items
+    ):
+        index = {k: i for i, k in enumerate(keys)}
+        loaded = load(pdir, share_keys=key_sharer(index, keys))
+        assert loaded is not None
+        assert list(loaded.state.results) == recorded
+        assert _summary(loaded.state) == _summary(plain.state)
+        for key in loaded.state.results:
+            if key in index:
+                assert key is keys[index[key]]
