@@ -316,7 +316,8 @@ class CheckpointWriter:
         self._mutex = threading.Lock()
         self.owner_pid = os.getpid()  # a forked child inherits this object but may not append
         # row indexes of sealed segments (a cache for the next open), built in the background
-        self.indexer = SegmentIndexer(self.segdir)
+        # (not with a signing key: no signature covers them, so the open would not use them)
+        self.indexer = SegmentIndexer(self.segdir, enabled=signing_key is None)
         for i in loaded.unindexed:
             self.indexer.submit(loaded.manifest.segments[i])
         if self.manifest.active is None:

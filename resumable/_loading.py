@@ -219,10 +219,13 @@ def key_sharer(index: dict[str, int], keys: list[str]) -> KeySharer:
     return shared
 
 
-def load(progress_dir: Path, *, share_keys: KeySharer | None = None) -> Loaded | None:
+def load(
+    progress_dir: Path, *, share_keys: KeySharer | None = None, use_indexes: bool = True
+) -> Loaded | None:
     """Read and verify the checkpoint in the local `progress_dir`; None if there is none.
 
-    Sealed segments replay from their row indexes where those are sound (see _segindex).
+    Sealed segments replay from their row indexes where those are sound (see _segindex),
+    unless `use_indexes` is false (a sweep with a signing key: no signature covers them).
     With `share_keys`, the keys of results replayed in bulk are the objects it gives."""
 
     def read(name: str, max_bytes: int) -> bytes:
@@ -237,7 +240,7 @@ def load(progress_dir: Path, *, share_keys: KeySharer | None = None) -> Loaded |
         read,
         mbytes,
         location=str(progress_dir),
-        index=_index_reader(progress_dir),
+        index=_index_reader(progress_dir) if use_indexes else None,
         share_keys=share_keys,
     )
 

@@ -119,7 +119,8 @@ def _decide(
     unsharded: bool,
     share_keys: KeySharer | None = None,
 ) -> Opened:
-    local = load(progress_dir, share_keys=share_keys)
+    # row indexes are a cache no signature covers: a sweep with a signing key scans instead
+    local = load(progress_dir, share_keys=share_keys, use_indexes=signing_key is None)
     if local is not None:
         check_name(local.manifest, name, str(progress_dir))
     # With a signing key, a resume source must be signed with it: a URL on someone else's

@@ -16,11 +16,11 @@ An index is never more trusted than the segment it describes, and never needed:
 An index that fails any check is ignored and the segment scanned as before (identical state);
 `verify` rebuilds every index from its segment and reports one that differs, naming the file.
 Indexes are read only from a local progress directory's own ``segments/`` (the place whose
-manifest a local open trusts); a download, a mirror and `verify` never use them, and with a
-signing key nothing read from elsewhere depends on one. They are written beside sealed
-segments by the writer's background indexer (see `SegmentIndexer`), with plain file
-operations: a crash leaves at worst a missing index or a temporary file, never a trusted
-wrong one.
+manifest a local open trusts); a download, a mirror and `verify` never use them. No signature
+covers them, so a sweep with a signing key neither writes nor uses them. The writer's
+background indexer (`SegmentIndexer`) writes them beside sealed segments, with plain file
+operations (not the journal's fault-injectable ones): a crash leaves at worst a missing
+index or a temporary file, never a trusted wrong one.
 
 Layout (little-endian)::
 
@@ -259,12 +259,12 @@ class SegmentIndexer:
     writes its index. Failures are logged at debug level and forgotten: an index is a cache.
     `wait` lets tests (and a writer that is closing, if it wishes) see the queue drained."""
 
-    def __init__(self, segdir: Path) -> None:
+    def __init__(self, segdir: Path, *, enabled: bool = True) -> None:
         self.segdir = segdir
         self._queue: queue.SimpleQueue[SegmentInfo | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._pending = 0
-        self._stopped = False
+        self._stopped = not enabled
         self._idle = threading.Condition()
 
     def submit(self, seg: SegmentInfo) -> None:

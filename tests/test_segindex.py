@@ -264,3 +264,22 @@ def test_reopened_results_share_the_item_key_objects(tmp_path):
         for key in bulk:
             if key in index:
                 assert key is keys[index[key]]
+
+
+def test_a_sweep_with_a_signing_key_neither_writes_nor_uses_indexes(tmp_path, monkeypatch):
+    items = list(range(1500))
+    path = tmp_path / "exp.h5"
+    kw: dict[str, Any] = {"key": str, "checkpoint_path": path, "segment_bytes": 4096}
+    with ResumableSweep(items, signing_key="k", **kw) as sweep:
+        for i in items[:1000]:
+            sweep.record(i, i)
+    pdir = progress_dir_for(path)
+    assert len(_sealed(pdir)) > 5 and _indexes(pdir) == []
+    _write(tmp_path / "other.resumable", 300)  # a sound index, copied in: still not used
+    for seg in _sealed(pdir)[:2]:
+        src = tmp_path / "other.resumable" / SEGMENTS_DIR / segindex.index_name(seg.name)
+        (pdir / SEGMENTS_DIR / src.name).write_bytes(src.read_bytes())
+    scans = _Scans(monkeypatch)
+    with ResumableSweep(items, signing_key="k", **kw) as sweep:
+        assert scans.count >= len(_sealed(pdir))
+        assert sweep.status().done == 1000
