@@ -38,11 +38,7 @@ from . import _limits as limits
 from ._durable import atomic_write_bytes, create_durable_file, fsync_file, make_dirs
 from ._journal import Record, dumps, encode_line
 from ._loading import (
-    MAX_MANIFEST_READ,
-    SEGMENTS_DIR,
     Loaded,
-    Reader,
-    SealedParts,
     WriterView,
     hash_at,
     load,
@@ -50,6 +46,7 @@ from ._loading import (
     load_records,
 )
 from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, check_name
+from ._parts import MAX_MANIFEST_READ, SEGMENTS_DIR, Reader, SealedParts
 from ._segindex import SegmentIndexer
 from ._state import State
 from .errors import (
@@ -60,7 +57,7 @@ from .errors import (
     IntegrityError,
 )
 
-__all__ = [  # the loading side lives in _loading.py; its names are re-exported from here
+__all__ = [  # loading lives in _loading.py and _parts.py; their names are re-exported from here
     "MAX_MANIFEST_READ",
     "SEGMENTS_DIR",
     "CheckpointWriter",

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import os
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +35,15 @@ from ._journal import (
     scan_sealed,
 )
 from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, parse_manifest
+from ._parts import (
+    SEGMENTS_DIR,
+    Reader,
+    SealedParts,
+    dir_reader,
+    read_file,
+)
 from ._state import State
 from .errors import IntegrityError
-
-SEGMENTS_DIR = "segments"
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class Loaded:
         """The checkpoint's files were moved to `progress_dir` (a download installed): lazy
         records read (and verify) their segments there from now on."""
         if self.parts is not None:
-            self.parts.relocate(_dir_reader(progress_dir), str(progress_dir))
+            self.parts.relocate(dir_reader(progress_dir), str(progress_dir))
 
     def view(self) -> WriterView:
         return WriterView(
@@ -88,95 +90,6 @@ class Loaded:
         )
 
 
-def _read_file(path: Path, *, max_bytes: int) -> bytes:
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size > max_bytes:
-            raise IntegrityError(f"{path} is {size} bytes; at most {max_bytes} expected")
-        # a buffer as large as the file (+1: a file that grew shows as longer than recorded),
-        # never one of max_bytes (1 GiB for an active segment: address space under ulimit -v)
-        return fh.read(size + 1)
-
-
-Reader = Callable[[str, int], bytes]
-"""Reads the object `name` (e.g. "segments/seg-00000001.jsonl") of at most `max_bytes`;
-raises FileNotFoundError (ObjectNotFoundError for a Store) when it does not exist."""
-
-
-def _dir_reader(progress_dir: Path) -> Reader:
-    def read(name: str, max_bytes: int) -> bytes:
-        return _read_file(progress_dir / name, max_bytes=max_bytes)
-
-    return read
-
-
-class SealedParts:
-    """A checkpoint's sealed segments, each read and checked against the manifest's size and
-    SHA-256 whenever it is read: at the load, and again when a lazy record (a result's
-    payload, say) is looked at later. A few recently used segments are kept (at most
-    `cache_bytes`), so reading results in record order reads each segment once."""
-
-    def __init__(
-        self, read: Reader, manifest: Manifest, location: str, cache_bytes: int = 64 << 20
-    ) -> None:
-        self._read = read
-        self.manifest = manifest
-        self.location = location
-        self._cache: OrderedDict[int, bytes] = OrderedDict()
-        self._cache_bytes = cache_bytes
-        self._mutex = threading.Lock()
-
-    def relocate(self, read: Reader, location: str) -> None:
-        with self._mutex:
-            self._read = read
-            self.location = location
-            self._cache.clear()
-
-    def where(self, index: int) -> str:
-        return f"{self.location}/{SEGMENTS_DIR}/{self.manifest.segments[index].name}"
-
-    def verified(self, index: int, *, again: bool = False) -> bytes:
-        """The bytes of sealed segment `index`, checked (IntegrityError naming it if not)."""
-        seg = self.manifest.segments[index]
-        where = self.where(index)
-        since = " since the checkpoint was opened" if again else ""
-        try:
-            data = self._read(f"{SEGMENTS_DIR}/{seg.name}", seg.size)
-        except FileNotFoundError:
-            raise IntegrityError(
-                f"{where}: sealed segment named by the manifest is missing{since} "
-                f"(expected {seg.size} bytes)"
-            ) from None
-        except IntegrityError as exc:
-            raise IntegrityError(
-                f"{where}: expected {seg.size} bytes as the manifest records, found more{since} "
-                f"({exc})"
-            ) from None
-        seg.check(data, where, since)
-        return data
-
-    def line(self, segment: int, offset: int) -> bytes:
-        """The record line at byte `offset` of sealed segment `segment` (read and verified
-        again unless cached)."""
-        with self._mutex:
-            data = self._cache.get(segment)
-            if data is None:
-                data = self.verified(segment, again=True)
-                self._cache[segment] = data
-                total = sum(map(len, self._cache.values()))
-                while len(self._cache) > 1 and total > self._cache_bytes:
-                    total -= len(self._cache.popitem(last=False)[1])
-            else:
-                self._cache.move_to_end(segment)
-        end = data.find(b"\n", offset)
-        if offset < 0 or end < 0 or (offset and data[offset - 1 : offset] != b"\n"):
-            raise IntegrityError(f"{self.where(segment)}: no record line at byte {offset}")
-        return data[offset:end]
-
-
-MAX_MANIFEST_READ = limits.MAX_MANIFEST_BYTES  # an alias for readers elsewhere
-
-
 IndexReader = Callable[[SegmentInfo], "bytes | None"]
 """The row index file of a sealed segment (None if there is none, or it cannot be read)."""
 
@@ -186,7 +99,7 @@ def _index_reader(progress_dir: Path) -> IndexReader:
 
     def read_index(seg: SegmentInfo) -> bytes | None:
         try:
-            return _read_file(
+            return read_file(
                 segdir / segindex.index_name(seg.name), max_bytes=segindex.max_index_bytes(seg)
             )
         except (OSError, IntegrityError):  # absent, unreadable or too long: not used
@@ -229,7 +142,7 @@ def load(
     With `share_keys`, the keys of results replayed in bulk are the objects it gives."""
 
     def read(name: str, max_bytes: int) -> bytes:
-        return _read_file(progress_dir / name, max_bytes=max_bytes)
+        return read_file(progress_dir / name, max_bytes=max_bytes)
 
     try:
         mbytes = read(MANIFEST_NAME, limits.MAX_MANIFEST_BYTES)
@@ -586,7 +499,7 @@ def hash_at(view: WriterView, segdir: Path, seq: int) -> str | None:
         if seg.first_seq <= seq <= seg.last_seq:
             if seq == seg.last_seq:
                 return seg.last_hash
-            data = _read_file(segdir / seg.name, max_bytes=seg.size)
+            data = read_file(segdir / seg.name, max_bytes=seg.size)
             return _nth_line_hash(data, seq - seg.first_seq)
     assert view.active is not None
     with open(segdir / view.active, "rb") as fh:
