@@ -90,7 +90,7 @@ def child_make(n: int, root: Path) -> dict[str, Any]:
                     sweep.record(c, work(c))
         built = time.perf_counter() - t0
         shutil.copytree(Path(shm) / "exp.h5.resumable", root / "exp.h5.resumable")
-    journal = sum(f.stat().st_size for f in (root / "exp.h5.resumable/segments").iterdir())
+    journal = sum(f.stat().st_size for f in (root / "exp.h5.resumable/segments").glob("*.jsonl"))
     db = sqlite3.connect(root / "results.sqlite")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("CREATE TABLE results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -314,7 +314,8 @@ def child_s3(n: int, root: Path, url: str) -> dict[str, Any]:
                         sweep.record(c, work(c))
             sweep.flush()
             m = sweep.status().mirror
-        journal = sum(f.stat().st_size for f in (where / "src/exp.h5.resumable/segments").iterdir())
+        segdir = where / "src/exp.h5.resumable/segments"
+        journal = sum(f.stat().st_size for f in segdir.glob("*.jsonl"))  # (not the .idx caches)
         base = _rss_kb()
         t0 = time.perf_counter()
         sweep = ResumableSweep(

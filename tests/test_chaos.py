@@ -75,7 +75,8 @@ def test_observe_keeps_results_a_rerun_voided(tmp_path: Path) -> None:
 def test_damage_fails_observe_as_it_fails_verify(tmp_path: Path) -> None:
     ckpt = tmp_path / "exp.h5"
     make(ckpt)
-    seg = sorted((progress_dir_for(ckpt) / SEGMENTS_DIR).iterdir())[0]
+    segdir = progress_dir_for(ckpt) / SEGMENTS_DIR
+    seg = sorted(p for p in segdir.iterdir() if p.suffix == ".jsonl")[0]  # (not its .idx)
     data = bytearray(seg.read_bytes())
     data[-10] ^= 1
     seg.write_bytes(bytes(data))

@@ -329,12 +329,12 @@ def test_sweep_on_locked_checkpoint_writes_nothing(tmp_path):
     pdir = progress_dir_for(ckpt)
     lock = DirLock(pdir)
     try:
-        before = {p.name: p.read_bytes() for p in (pdir / "segments").iterdir()} | {
+        before = {p.name: p.read_bytes() for p in (pdir / "segments").glob("*.jsonl")} | {
             "manifest.json": (pdir / "manifest.json").read_bytes()
         }
         with pytest.raises(CheckpointLockedError):
             ResumableSweep(ITEMS, checkpoint_path=ckpt)
-        after = {p.name: p.read_bytes() for p in (pdir / "segments").iterdir()} | {
+        after = {p.name: p.read_bytes() for p in (pdir / "segments").glob("*.jsonl")} | {
             "manifest.json": (pdir / "manifest.json").read_bytes()
         }
         assert after == before

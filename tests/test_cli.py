@@ -274,7 +274,7 @@ def test_verify_intact_and_tampered(tmp_path: Path, capsys: pytest.CaptureFixtur
     # the local progress: a flipped byte in the journal of the active segment, in a record
     # before its last (damage to the last record reads as a torn tail: see test_journal)
     for _ in range(10):
-        active = max((progress_dir_for(ckpt) / "segments").iterdir())
+        active = max((progress_dir_for(ckpt) / "segments").glob("*.jsonl"))
         if active.read_bytes().count(b"\n") >= 2:
             break
         run_sweep(ckpt, segment_bytes=1500)  # one more launch record
@@ -300,7 +300,7 @@ def test_verify_and_status_with_a_mirror_find_deleted_last_records(
         sweep.flush()
     code, out, _ = cli(capsys, "verify", str(ckpt), "--mirror", str(mirror))
     assert code == 0 and "nothing missing against the mirror" in out
-    active = max((progress_dir_for(ckpt) / "segments").iterdir())
+    active = max((progress_dir_for(ckpt) / "segments").glob("*.jsonl"))
     lines = active.read_bytes().splitlines(keepends=True)
     active.write_bytes(b"".join(lines[:-2]))  # the last two acknowledged results, gone
     gone = [key(ITEMS[4]), key(ITEMS[5])]
@@ -444,7 +444,7 @@ def test_end_to_end_subprocesses(tmp_path: Path) -> None:
     assert (d["done"], d["failed"], d["verified"]) == (9, 3, True)
     res = python_m("export", str(ckpt), "--h5", str(tmp_path / "out.h5"))
     assert res.returncode == 0 and "wrote 9 item(s) of sweep 'exp'" in res.stdout
-    sealed = min((progress_dir_for(ckpt) / "segments").iterdir())
+    sealed = min((progress_dir_for(ckpt) / "segments").glob("*.jsonl"))
     _flip(sealed, 80)
     res = python_m("verify", str(ckpt))
     assert res.returncode == 1 and "1 problem(s)" in res.stdout and sealed.name in res.stdout

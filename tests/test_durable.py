@@ -260,7 +260,7 @@ def test_fdatasync_failure_during_record(tmp_path, monkeypatch):
 
 
 def _active_segment_size(ckpt) -> int:
-    segs = sorted((progress_dir_for(ckpt) / "segments").iterdir())
+    segs = sorted((progress_dir_for(ckpt) / "segments").glob("*.jsonl"))
     return segs[-1].stat().st_size
 
 

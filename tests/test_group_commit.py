@@ -43,7 +43,7 @@ def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def _journal_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in (progress_dir_for(path) / "segments").iterdir())
+    return sum(f.stat().st_size for f in (progress_dir_for(path) / "segments").glob("*.jsonl"))
 
 
 def test_record_many_is_one_fdatasync_and_durable(tmp_path: Path, fsyncs: list[str]) -> None:
@@ -161,7 +161,7 @@ def test_group_times_are_whole_microseconds_one_per_group_and_increasing(tmp_pat
             sweep.record_many([(c, c) for c in range(start, start + 20)])
         in_memory = {k: rec.t for k, rec in sweep._state.results.items()}
     texts = {}
-    for seg in sorted((progress_dir_for(path) / "segments").iterdir()):
+    for seg in sorted((progress_dir_for(path) / "segments").glob("*.jsonl")):
         for line in seg.read_bytes().splitlines():
             header = line.split(b"\t", 1)[0].split(b" ")
             if header[2] == b"result":

@@ -57,7 +57,7 @@ def test_non_finite_floats_and_tags_take_the_codecs_path() -> None:
 def _journal_bytes(path) -> int:
     from resumable._checkpoint import progress_dir_for
 
-    return sum(f.stat().st_size for f in (progress_dir_for(path) / "segments").iterdir())
+    return sum(f.stat().st_size for f in (progress_dir_for(path) / "segments").glob("*.jsonl"))
 
 
 def test_appending_items_writes_only_the_new_entries(tmp_path) -> None:

@@ -154,7 +154,7 @@ def test_no_segment_grows_past_the_limit(tmp_path, monkeypatch):
         for item in ITEMS:
             sweep.record(item, "x" * (937 * item["i"] % 3500))
     pdir = progress_dir_for(ckpt)
-    sizes = [p.stat().st_size for p in (pdir / "segments").iterdir()]
+    sizes = [p.stat().st_size for p in (pdir / "segments").glob("*.jsonl")]
     assert max(sizes) <= 8000 and len(sizes) > 5
     loaded = load(pdir)
     assert loaded is not None and len(loaded.state.results) == len(ITEMS)

@@ -184,7 +184,7 @@ def test_forked_child_cannot_record_and_leaves_the_parent_alone(tmp_path):
     pdir = progress_dir_for(ckpt)
     with ResumableSweep(ITEMS, checkpoint_path=ckpt, handle_signals=False) as sweep:
         sweep.record(ITEMS[0], 0)
-        size_before = sum(p.stat().st_size for p in (pdir / "segments").iterdir())
+        size_before = sum(p.stat().st_size for p in (pdir / "segments").glob("*.jsonl"))
         pid = os.fork()
         if pid == 0:  # the child
             code = 99
@@ -194,7 +194,7 @@ def test_forked_child_cannot_record_and_leaves_the_parent_alone(tmp_path):
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
-        size_after = sum(p.stat().st_size for p in (pdir / "segments").iterdir())
+        size_after = sum(p.stat().st_size for p in (pdir / "segments").glob("*.jsonl"))
         assert size_after == size_before  # the child wrote nothing
         assert _lock_is_held(pdir)  # the child's close did not release the parent's lock
         for item in ITEMS[1:5]:
