@@ -132,9 +132,12 @@ class ResultMap(dict):  # type: ignore[type-arg]  # values: a Record, or an int 
             all_times = np.concatenate([p[1] for p in self._parts])
         else:
             all_seqs, all_times = np.zeros(0, np.int64), np.zeros(0)
-        rows = np.fromiter(
-            (v if type(v) is int else -1 for v in values), dtype=np.int64, count=len(values)
-        )
+        try:  # (status, i14) all rows, the usual case after an open: at C speed
+            rows = np.fromiter(values, dtype=np.int64, count=len(values))
+        except TypeError:  # Records among them (a Record is no int)
+            rows = np.fromiter(
+                (v if type(v) is int else -1 for v in values), dtype=np.int64, count=len(values)
+            )
         live = np.flatnonzero(rows < 0)
         seqs = all_seqs[np.maximum(rows, 0)] if len(all_seqs) else np.zeros(len(rows), np.int64)
         times = all_times[np.maximum(rows, 0)] if len(all_times) else np.zeros(len(rows))
