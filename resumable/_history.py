@@ -140,10 +140,21 @@ class _Pending:
         self.n_keys: int | None = None  # the list's length, when its keys are not needed
         self._inside: np.ndarray | None = None
         self._rkeys: list[str] | None = None
+        self._below: dict[int, int] = {}
+
+    def ask_at(self, seqs: list[int]) -> None:
+        """The points `pending` will be asked at: their result counts in one search."""
+        found = np.searchsorted(self.cols.seqs, seqs, side="left").tolist()
+        self._below = dict(zip(seqs, found, strict=True))
+
+    def below(self, seq: int) -> int:
+        """Results (live) recorded before record `seq`."""
+        n = self._below.get(seq)
+        return self.cols.count_below(seq) if n is None else n
 
     def plain_done(self, seq: int) -> int:
         """Plain keys done before record `seq`."""
-        return self.cols.count_below(seq) - bisect.bisect_left(self.few_live, seq)
+        return self.below(seq) - bisect.bisect_left(self.few_live, seq)
 
     def pending(self, seq: int, n_items: int | None) -> int | None:
         """Items pending just before record `seq` (the launch's own `n_items` when no list
@@ -152,7 +163,7 @@ class _Pending:
             return self.n_keys - self.plain_done(seq) - len(self.done) - len(self.failed)
         if self.keys is not None:
             assert self._inside is not None
-            inside = int(self._inside[self.cols.count_below(seq)])
+            inside = int(self._inside[self.below(seq)])
             return len(self.keys) - self.covered - inside
         if n_items is None:
             return None
@@ -217,7 +228,9 @@ def _replay(tl: Timeline, state: State, cols: ResultColumns, detail: bool) -> No
     others: list[tuple[int, Any]] = [(body["seq"], body) for body in state.launches]
     others += [(r.seq, r) for r in (*fails, *voided, *live_few, *state.events)]
     others.sort(key=lambda x: x[0])
+    end = state.last_seq + 1
     replay = _Pending(state, cols, sorted(r.seq for r in live_few))
+    replay.ask_at([seq for seq, obj in others if isinstance(obj, dict)] + [end])  # launch ends
     all_current = state.keys_all_current()
     current: Launch | None = None
 
@@ -260,7 +273,7 @@ def _replay(tl: Timeline, state: State, cols: ResultColumns, detail: bool) -> No
                 replay.count_only(current.n_items)  # no listing decoded (see keys_all_current)
             else:
                 replay.listing(rec, few)
-    close(current, state.last_seq + 1)
+    close(current, end)
     _tally(tl, state, cols, fails, voided)
     if detail:
         _finished(tl, state, cols, fails, voided)
@@ -271,16 +284,20 @@ def _tally(
     tl: Timeline, state: State, cols: ResultColumns, fails: list[Record], voided: list[Record]
 ) -> None:
     """Each launch's results, failures and last record time (records before the first
-    launch belong to none)."""
+    launch belong to none): binary searches and one reduction over the result columns."""
     if not tl.launches:
         return
     lseqs = [launch.seq for launch in tl.launches]
-    ends = [*lseqs[1:], state.last_seq + 1]
-    for launch, end in zip(tl.launches, ends, strict=True):
-        begin, stop = cols.count_below(launch.seq), cols.count_below(end)
-        launch.results += stop - begin
-        if stop > begin:
-            launch.last_t = max(launch.last_t, float(cols.times[begin:stop].max()))
+    bounds = np.searchsorted(cols.seqs, [*lseqs, state.last_seq + 1], side="left")
+    counts = np.diff(bounds).tolist()
+    starts = bounds[:-1]
+    nonempty = np.flatnonzero(np.diff(bounds) > 0)
+    # the max time of each launch's run of results (runs are contiguous in the columns)
+    maxima = np.maximum.reduceat(cols.times, starts[nonempty]) if len(nonempty) else []
+    for launch, count in zip(tl.launches, counts, strict=True):
+        launch.results += count
+    for i, t in zip(nonempty.tolist(), np.asarray(maxima).tolist(), strict=True):
+        tl.launches[i].last_t = max(tl.launches[i].last_t, t)
     metas = [r for r in state.events if r.type == "meta"]
     for rec in (*voided, *fails, *metas):
         i = bisect.bisect_right(lseqs, rec.seq) - 1
@@ -340,8 +357,11 @@ def _outcomes(tl: Timeline) -> None:
             launch.outcome = "open"
 
 
-def summary(tls: list[Timeline]) -> dict[str, Any]:
-    """Launch counts across timelines (JSON-ready)."""
+def summary(tls: list[Timeline], *, latest: int | None = None) -> dict[str, Any]:
+    """Launch counts across timelines (JSON-ready). `detail` lists every launch, or with
+    `latest` only the latest ones of each timeline (`detail_omitted` counts the others), so
+    that a sweep preempted a thousand times prints no more than one preempted twice."""
+    shown = [t.launches if latest is None else t.launches[-latest:] for t in tls]
     return {
         "launches": sum(len(t.launches) for t in tls),
         "interrupted": sum(len(t.interrupted) for t in tls),
@@ -350,7 +370,8 @@ def summary(tls: list[Timeline]) -> dict[str, Any]:
         "notes": [t.note for t in tls if t.note],
         "detail": [
             {"shard": list(t.shard) if t.shard else None, **launch.as_dict()}
-            for t in tls
-            for launch in t.launches
+            for t, launches in zip(tls, shown, strict=True)
+            for launch in launches
         ],
+        "detail_omitted": sum(len(t.launches) - len(x) for t, x in zip(tls, shown, strict=True)),
     }

@@ -81,6 +81,9 @@ def rate_text(rate: float | None) -> str:
 
 # -- status -----------------------------------------------------------------------------------
 
+# launches listed one by one in the status (the latest ones; the report lists them all)
+STATUS_LAUNCHES = 20
+
 
 def open_checked(target: str) -> CheckpointView | MergedView:
     from .view import open_view, verify
@@ -122,7 +125,7 @@ def gather_status(target: str, mirror_url: str | None = None) -> dict[str, Any]:
     out["last_finished_ago_s"] = (now - status.last_finished) if status.last_finished else None
     out["verified"] = not problems
     out["problems"] = [{"where": redact(p.where), "what": redact(p.what)} for p in problems]
-    out["history"] = summary(tls)
+    out["history"] = summary(tls, latest=STATUS_LAUNCHES)
     out["library_version"] = __version__
     out["interrupted_items"] = repeatedly_interrupted(view)  # key -> launches interrupted
     if mirror_url:

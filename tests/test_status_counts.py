@@ -189,3 +189,26 @@ def test_results_of_keys_no_longer_listed_are_stale_not_done(
     # listed: 3..11; done 3,4,5,10; failed 6; stale: results of 0,1,2
     assert (st.total, st.done, st.failed, st.pending, st.stale) == (9, 4, 1, 4, 3)
     _check(path, capsys)
+
+
+def test_status_lists_only_the_latest_launches(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sweep preempted many times prints a status as short as one preempted twice: the
+    latest launches one by one, the others counted (the report lists them all)."""
+    from resumable._status_text import STATUS_LAUNCHES
+
+    path = tmp_path / "exp.h5"
+    n = STATUS_LAUNCHES + 5
+    for i in range(n):
+        with ResumableSweep(list(range(n)), key=str, checkpoint_path=path) as sweep:
+            sweep.record(i, i)
+    capsys.readouterr()
+    assert cli_main(["status", "--json", str(path)]) == 0
+    h = json.loads(capsys.readouterr().out)["history"]
+    assert h["launches"] == n and h["interrupted"] == n - 1
+    assert len(h["detail"]) == STATUS_LAUNCHES and h["detail_omitted"] == 5
+    assert [x["index"] for x in h["detail"]] == list(range(5, n))
+    assert h["detail"][-1]["outcome"] == "completed" and h["detail"][-1]["pending_at_end"] == 0
+    assert cli_main(["status", str(path)]) == 0
+    assert f"launches   {n}, {n - 1} interrupted" in capsys.readouterr().out
