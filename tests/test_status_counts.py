@@ -212,3 +212,33 @@ def test_status_lists_only_the_latest_launches(
     assert h["detail"][-1]["outcome"] == "completed" and h["detail"][-1]["pending_at_end"] == 0
     assert cli_main(["status", str(path)]) == 0
     assert f"launches   {n}, {n - 1} interrupted" in capsys.readouterr().out
+
+
+def test_with_a_signing_key_status_checks_the_signature_without_a_second_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening checked every hash: a signing key adds the manifest's signature and the item
+    snapshots, not a second read of the journal (`verify` would re-read it all)."""
+    import resumable.view as view_mod
+
+    path = tmp_path / "exp.h5"
+    with ResumableSweep(list(range(4)), key=str, checkpoint_path=path, signing_key="k1") as sweep:
+        for i in range(4):
+            sweep.record(i, i)
+
+    def no_second_pass(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the journal was verified twice")
+
+    monkeypatch.setattr(view_mod, "_verify", no_second_pass)
+    monkeypatch.setenv("RESUMABLE_SIGNING_KEY", "k1")
+    capsys.readouterr()
+    assert cli_main(["status", "--json", str(path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["verified"] and out["problems"] == [] and out["done"] == 4
+    monkeypatch.setenv("RESUMABLE_SIGNING_KEY", "another")
+    assert cli_main(["status", "--json", str(path)]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert not out["verified"]
+    assert [p["what"] for p in out["problems"]] == [
+        "signature: wrongly signed (altered, or another key)"
+    ]
