@@ -4,9 +4,12 @@ The replayed state keeps only the latest result or failure per key; a timeline n
 record: when each launch started and what it did, which launches were interrupted before the
 sweep was complete, and how long the sweep stood still in between. `timeline(view)` retells
 the journal from the view's replayed state, which keeps the few records that the latest ones
-replaced (see _state.py), so opening the view was the one pass over the journal: the timeline
-costs O(records + launches) in memory and decodes only what it needs (launches, failures,
-events; durations only for the report's detail).
+replaced (see _state.py), so opening the view was the one pass over the journal. Every record
+is a result or one of those few (launches, failures, superseded records, events): the timeline
+walks the few in sequence order and counts the results between them by binary search in the
+view's result columns (`ResultColumns`, shared with its status), so it costs O(launches + few
+records) beyond those columns, decodes no listing when every recorded key is current, and
+makes a Record per result only for the report's detail (durations).
 
 A launch counts as *interrupted* when another launch followed it while items were still
 pending at its last record: preempted, killed, crashed or stopped (the journal cannot tell

@@ -93,14 +93,14 @@ def child_status(root: Path) -> dict[str, Any]:
     from resumable.cli import main as cli_main
 
     out = io.StringIO()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(out):
         code = cli_main(["status", "--json", str(root / "exp.h5")])
-    s = time.perf_counter() - t0
+    s, cpu = time.perf_counter() - t0, time.process_time() - c0
     d = json.loads(out.getvalue())
     assert code in (0, None) and d["verified"] and d["pending"] == 0, (code, d.get("pending"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"s": s, "peak_kb": peak, "launches": d["launches"], "done": d["done"]}
+    return {"s": s, "cpu": cpu, "peak_kb": peak, "launches": d["launches"], "done": d["done"]}
 
 
 def run_child(*args: Any) -> dict[str, Any]:
@@ -147,14 +147,22 @@ def main() -> None:
             f"\n`resumable status --json`, {args.items:,} finished items, medians of "
             f"{args.rounds} (fresh processes)"
         )
-        print(f"{'launches':>9} | {'time':>9} | {'peak RSS':>9} | launches reported")
+        print(f"{'launches':>9} | {'time':>9} | {'CPU':>9} | {'peak RSS':>9} | launches reported")
+        med: dict[int, dict[str, float]] = {}
         for launches, rs in rows.items():
-            s = statistics.median(r["s"] for r in rs)
-            peak = statistics.median(r["peak_kb"] for r in rs) / 1024
-            print(f"{launches:>9,} | {s * 1000:>6.0f} ms | {peak:>6.0f} MB | {rs[0]['launches']:,}")
-        one = statistics.median(r["s"] for r in rows[1])
-        many = statistics.median(r["s"] for r in rows[args.launches])
-        print(f"ratio {args.launches:,} launches / 1 launch: {many / one:.2f}x")
+            med[launches] = {
+                f: statistics.median(r[f] for r in rs) for f in ("s", "cpu", "peak_kb")
+            }
+            m = med[launches]
+            print(
+                f"{launches:>9,} | {m['s'] * 1000:>6.0f} ms | {m['cpu'] * 1000:>6.0f} ms | "
+                f"{m['peak_kb'] / 1024:>6.0f} MB | {rs[0]['launches']:,}"
+            )
+        one, many = med[1], med[args.launches]
+        print(
+            f"{args.launches:,} launches / 1 launch: time {many['s'] / one['s']:.2f}x, "
+            f"CPU {many['cpu'] / one['cpu']:.2f}x (CPU: less sensitive to a busy machine)"
+        )
 
 
 if __name__ == "__main__":
