@@ -203,16 +203,22 @@ class ResultMap(dict):  # type: ignore[type-arg]  # values: a Record, or a row (
             all_times = np.concatenate([p[2] for p in self._parts])
         else:
             all_seqs, all_times = np.zeros(0, np.int64), np.zeros(0)
-        lazy = _LAZY
-        rows = np.fromiter(
-            (-2 if v is lazy else v if type(v) is int else -1 for v in values),
-            dtype=np.int64,
-            count=len(values),
-        )
-        is_lazy = rows == -2
-        if int(is_lazy.sum()) != self._lazy:
+        n_lazy = values.count(_LAZY)  # at C speed (identity first)
+        if n_lazy != self._lazy:
             raise RuntimeError("ResultMap: lazy rows were changed outside its methods")
-        rows[is_lazy] = self._lazy_base + np.arange(self._lazy)
+        if n_lazy == len(values):  # every entry lazy, the usual case after an open
+            rows = self._lazy_base + np.arange(n_lazy, dtype=np.int64)
+        else:
+            lazy = _LAZY
+            rows = np.fromiter(
+                (-2 if v is lazy else v if type(v) is int else -1 for v in values),
+                dtype=np.int64,
+                count=len(values),
+            )
+            is_lazy = rows == -2
+            if int(is_lazy.sum()) != self._lazy:
+                raise RuntimeError("ResultMap: lazy rows were changed outside its methods")
+            rows[is_lazy] = self._lazy_base + np.arange(self._lazy)
         live = np.flatnonzero(rows < 0)
         seqs = all_seqs[np.maximum(rows, 0)] if len(all_seqs) else np.zeros(len(rows), np.int64)
         times = all_times[np.maximum(rows, 0)] if len(all_times) else np.zeros(len(rows))

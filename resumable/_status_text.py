@@ -81,6 +81,9 @@ def rate_text(rate: float | None) -> str:
 
 # -- status -----------------------------------------------------------------------------------
 
+# launches listed one by one in the status (the latest ones; the report lists them all)
+STATUS_LAUNCHES = 20
+
 
 def open_checked(target: str) -> CheckpointView | MergedView:
     from .view import open_view, verify
@@ -94,13 +97,38 @@ def open_checked(target: str) -> CheckpointView | MergedView:
         raise
 
 
-def problems_after_open(target: str) -> list[Problem]:
-    """What `verify` would add after `open_checked(target)` succeeded: opening checked every
-    hash already, so only a signing key (the manifest's signature) asks for the second pass."""
+def problems_after_open(view: CheckpointView | MergedView) -> list[Problem]:
+    """What `verify` would add after `open_checked` succeeded, without its second pass over
+    the journal: opening checked every hash already, so only a signing key (parameter-less:
+    env RESUMABLE_SIGNING_KEY) asks for more, the manifest's signature and the item
+    snapshots (`verify_items`), of every started shard."""
     from . import _signing as signing
-    from .view import verify
+    from ._checkpoint import MAX_MANIFEST_READ
+    from ._item_snapshot import verify_items
+    from ._manifest import MANIFEST_NAME, signature_state
+    from ._storage import Store
+    from .view import MergedView, Problem
 
-    return verify(target) if signing.resolve_key(None) is not None else []
+    key = signing.resolve_key(None)
+    if key is None:
+        return []
+    views = [v for v in view.shards if v is not None] if isinstance(view, MergedView) else [view]
+    problems: list[Problem] = []
+    for v in views:
+        store = v.store if v.store is not None else Store(v.location)
+        where = f"{store.display.rstrip('/')}/{MANIFEST_NAME}"
+        try:
+            state = signature_state(
+                store.read_bytes(MANIFEST_NAME, max_bytes=MAX_MANIFEST_READ), key
+            )
+        except (ResumableError, ValueError) as exc:  # gone, or replaced by no manifest
+            problems.append(Problem(where, f"unreadable since it was opened: {exc!s:.200}"))
+        else:
+            if state != "valid":
+                what = "wrongly signed (altered, or another key)" if state == "invalid" else state
+                problems.append(Problem(where, f"signature: {what}"))
+        problems.extend(Problem(w, what) for w, what in verify_items(store, key))
+    return problems
 
 
 def gather_status(target: str, mirror_url: str | None = None) -> dict[str, Any]:
@@ -111,7 +139,7 @@ def gather_status(target: str, mirror_url: str | None = None) -> dict[str, Any]:
     view = open_checked(target)  # the one pass over the journal: every hash checked
     status = view.status()
     tls = timelines(view, detail=False)
-    problems = problems_after_open(target)
+    problems = problems_after_open(view)
     if mirror_url and not problems:  # records only the mirror holds: a problem
         from .view import compare_with_mirror
 
@@ -122,7 +150,7 @@ def gather_status(target: str, mirror_url: str | None = None) -> dict[str, Any]:
     out["last_finished_ago_s"] = (now - status.last_finished) if status.last_finished else None
     out["verified"] = not problems
     out["problems"] = [{"where": redact(p.where), "what": redact(p.what)} for p in problems]
-    out["history"] = summary(tls)
+    out["history"] = summary(tls, latest=STATUS_LAUNCHES)
     out["library_version"] = __version__
     out["interrupted_items"] = repeatedly_interrupted(view)  # key -> launches interrupted
     if mirror_url:

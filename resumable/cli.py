@@ -217,7 +217,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not out.absolute().parent.is_dir():
         raise UsageError(f"cannot write {args.output}: no such directory")
     view = open_checked(args.target)
-    problems = problems_after_open(args.target)
+    problems = problems_after_open(view)
     path = report.write_report(view, out, location=redact(args.target), problems=problems)
     _print(f"wrote the report of sweep {show(view.name)} to {path}")
     return EXIT_OK

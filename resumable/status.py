@@ -1,4 +1,10 @@
-"""`SweepStatus`: a sweep's progress at a glance, computed from its replayed state."""
+"""`SweepStatus`: a sweep's progress at a glance, computed from its replayed state.
+
+Counts come from the state's sizes (no key looked at when every recorded key is current, see
+`State.keys_all_current`); the rate from `ResultColumns`, the results' sequence numbers and
+times as two arrays, which a read-only view computes once and shares with its timeline
+(_history.py): no Record per result, nothing per launch beyond a binary search.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +62,9 @@ class SweepStatus:
         launch_id: str | None = None,
         verified: bool | None = None,
         mirror: dict[str, Any] | None = None,
+        columns: ResultColumns | None = None,
     ) -> SweepStatus:
+        """`columns`: `result_columns(state)`, when the caller has them already."""
         if keys is None:  # every recorded key is current (State.keys_all_current)
             assert state.items_count is not None
             total = state.items_count
@@ -69,7 +77,7 @@ class SweepStatus:
             failed_keys = [k for k in state.failures if k in current]
         stale = (len(state.results) - done) + (len(state.failures) - len(failed_keys))
         pending = total - done - len(failed_keys)
-        rate = _recent_rate(state)
+        rate = _recent_rate(state, columns)
         groups: Counter[str] = Counter()
         examples: dict[str, tuple[str, str]] = {}
         for k in failed_keys:
@@ -102,18 +110,41 @@ class SweepStatus:
         return asdict(self)
 
 
-def _recent_rate(state: State) -> float | None:
+@dataclass(frozen=True)
+class ResultColumns:
+    """The live results' sequence numbers (ascending) and times, and where each sits in the
+    result map's order (`order`; None when that order is already ascending, as replay makes
+    it)."""
+
+    seqs: np.ndarray
+    times: np.ndarray
+    order: np.ndarray | None
+
+    def count_below(self, seq: int) -> int:
+        """Results recorded before record `seq`."""
+        return int(np.searchsorted(self.seqs, seq, side="left"))
+
+
+def result_columns(state: State) -> ResultColumns:
+    """`ResultColumns` of `state`: O(results) at C speed, no Record per result."""
+    rseq, rtime = state.results.seqs_and_times()
+    order = None
+    if len(rseq) > 1 and not (rseq[1:] > rseq[:-1]).all():  # never replayed that way
+        order = np.argsort(rseq, kind="stable")
+        rseq, rtime = rseq[order], rtime[order]
+    return ResultColumns(rseq, rtime, order)
+
+
+def _recent_rate(state: State, columns: ResultColumns | None = None) -> float | None:
     """Items per second over the latest launch that finished at least two items.
 
-    O(results) without sorting them: results replay in ascending seq order; only the (few)
-    failure records are sorted.
+    O(results) at C speed for the columns (or none given), then O(launches * log(results)):
+    only the (few) failure records are sorted.
     """
     if not state.launches:
         return None
-    rseq, rtime = state.results.seqs_and_times()  # no Record per result
-    if len(rseq) > 1 and not (rseq[1:] > rseq[:-1]).all():
-        order = np.argsort(rseq, kind="stable")
-        rseq, rtime = rseq[order], rtime[order]
+    cols = columns if columns is not None else result_columns(state)
+    rseq, rtime = cols.seqs, cols.times
     failures = sorted(state.failure_records.values(), key=lambda r: r.seq)
     fseq = [r.seq for r in failures]
     rend, fend = len(rseq), len(fseq)

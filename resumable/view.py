@@ -45,7 +45,7 @@ from .shards import (
     read_descriptor,
     shard_dir_name,
 )
-from .status import SweepStatus
+from .status import ResultColumns, SweepStatus, result_columns
 
 
 @dataclass
@@ -61,6 +61,7 @@ class CheckpointView:
     # Where it was read (a Store; `location` is only its redacted name): for tools that read
     # more objects next to it. Never shown: it may hold credentials.
     store: Store | None = field(default=None, repr=False, compare=False)
+    _columns: ResultColumns | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -106,6 +107,13 @@ class CheckpointView:
         yield from state.results.values()
         yield from state.failure_records.values()
 
+    def result_columns(self) -> ResultColumns:
+        """The results' sequence numbers and times, computed once (a view is read-only) for
+        its status and its timeline alike."""
+        if self._columns is None:
+            self._columns = result_columns(self.loaded.state)
+        return self._columns
+
     def status(self) -> SweepStatus:
         state = self.loaded.state
         return SweepStatus.from_state(
@@ -115,6 +123,7 @@ class CheckpointView:
             keys=None if state.keys_all_current() else self.keys(),
             location=self.location,
             verified=True,
+            columns=self.result_columns(),
         )
 
 
