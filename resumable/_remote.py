@@ -84,9 +84,9 @@ def _holds_parts(store: Store) -> bool:
     return store.exists(SEGMENTS_DIR)  # S3: a prefix with objects; HTTP: a folder listing
 
 
-# Parts fetched at once, and bytes fetched ahead of the replay (at least one part is always
-# allowed): the network, hashing and disk work on the next parts while this one is replayed,
-# with memory bounded by the window, not by the checkpoint.
+# Parts fetched at once, and bytes of parts fetched beyond the one the replay needs next
+# (which is always fetched): the network, hashing and disk work on the next parts while one is
+# replayed, with memory bounded by the window and the largest part, not by the checkpoint.
 FETCH_WORKERS = 4
 FETCH_AHEAD_BYTES = 64 << 20
 
@@ -99,10 +99,10 @@ def download(
     One pass, one verification: each sealed part is fetched (up to `FETCH_WORKERS` at once,
     each read bounded by its size and the fetch deadline), checked against the manifest's size
     and SHA-256 and written durably into the copy by a worker, and replayed in order by the
-    caller's thread as soon as it and the parts before it are in; at most `FETCH_AHEAD_BYTES`
-    are held ahead of the replay. The caller installs or discards the directory
-    (`Loaded.relocate` after an install). Records looked at later (results' payloads) read
-    their part again from the copy, or from `store` once the copy is gone.
+    caller's thread as soon as it and the parts before it are in; besides the part the replay
+    needs next, at most `FETCH_AHEAD_BYTES` are held ahead of it. The caller installs or
+    discards the directory (`Loaded.relocate` after an install). Records looked at later
+    (results' payloads) read their part again from the copy, or from `store` once it is gone.
 
     With `signing_key` (the manifest's signature already checked), every byte taken must be
     covered by that signature. A manifest signs its sealed parts by SHA-256, but not the
@@ -173,7 +173,7 @@ class _Prefetch:
         self._pool = ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="resumable-fetch")
         self._queued: deque[Future[bytes]] = deque()
         self._next = 0  # the next part to submit
-        self._ahead = 0  # bytes submitted and not yet handed out
+        self._ahead = 0  # bytes submitted beyond the first part queued, not yet handed out
         self._stop = threading.Event()
 
     def __enter__(self) -> _Prefetch:
@@ -188,10 +188,11 @@ class _Prefetch:
 
     def sealed(self) -> Iterator[bytes]:
         """Each sealed part's verified bytes, in order (a part's error is raised at its turn)."""
-        for seg in self._segments:
+        for i in range(len(self._segments)):
             self._fill()
             data = self._queued.popleft().result()
-            self._ahead -= seg.size
+            if i + 1 < self._next:  # the next part heads the queue now: it no longer counts
+                self._ahead -= self._segments[i + 1].size
             self._fill()  # the next ones arrive while this one is replayed
             yield data
 
@@ -202,8 +203,8 @@ class _Prefetch:
                 len(self._queued) > FETCH_WORKERS or self._ahead + seg.size > FETCH_AHEAD_BYTES
             ):
                 return
+            self._ahead += seg.size if self._queued else 0
             self._queued.append(self._pool.submit(self._fetch, seg))
-            self._ahead += seg.size
             self._next += 1
 
     def _fetch(self, seg: SegmentInfo) -> bytes:
