@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import secrets
 import shutil
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -170,21 +171,48 @@ class _Prefetch:
     def __init__(self, store: Store, manifest: Manifest, segdir: Path) -> None:
         self._store, self._segdir = store, segdir
         self._segments = manifest.segments
-        self._pool = ThreadPoolExecutor(FETCH_WORKERS, thread_name_prefix="resumable-fetch")
+        self._jobs: queue.SimpleQueue[tuple[SegmentInfo, Future[bytes]] | None]
+        self._jobs = queue.SimpleQueue()
         self._queued: deque[Future[bytes]] = deque()
         self._next = 0  # the next part to submit
         self._ahead = 0  # bytes submitted beyond the first part queued, not yet handed out
         self._stop = threading.Event()
+        # daemon threads: a fetch stalled on a dead server never holds up an interrupted
+        # launch, nor the interpreter's exit (each fetch is bounded by its deadline anyway)
+        self._workers = [
+            threading.Thread(target=self._work, name="resumable-fetch", daemon=True)
+            for _ in range(FETCH_WORKERS)
+        ]
+        for t in self._workers:
+            t.start()
 
     def __enter__(self) -> _Prefetch:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        """Stop: nothing new starts, queued parts are dropped, running ones are waited for
-        (each is bounded by the fetch deadline), so that nothing writes into the copy after
-        the caller removed it."""
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        """Stop: nothing new starts and queued parts are dropped. After success or an error,
+        running fetches are waited for (each bounded by the fetch deadline), so that nothing
+        writes into the copy once the caller removed it; an interrupt (KeyboardInterrupt, a
+        preemption signal) does not wait (a part written meanwhile may leave the copy behind,
+        for `collect_leftovers`)."""
         self._stop.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for future in self._queued:
+            future.cancel()
+        for _ in self._workers:
+            self._jobs.put(None)
+        if kind is None or issubclass(kind, Exception):
+            for t in self._workers:
+                t.join()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            seg, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self._fetch(seg))
+            except BaseException as exc:  # handed to the caller's thread, raised at its turn
+                future.set_exception(exc)
 
     def sealed(self) -> Iterator[bytes]:
         """Each sealed part's verified bytes, in order (a part's error is raised at its turn)."""
@@ -204,7 +232,9 @@ class _Prefetch:
             ):
                 return
             self._ahead += seg.size if self._queued else 0
-            self._queued.append(self._pool.submit(self._fetch, seg))
+            future: Future[bytes] = Future()
+            self._jobs.put((seg, future))
+            self._queued.append(future)
             self._next += 1
 
     def _fetch(self, seg: SegmentInfo) -> bytes:
