@@ -53,7 +53,7 @@ from .errors import (
 )
 
 log = logging.getLogger(__name__)
-_MAX_SEALED_PARTS = 4  # a sealed segment stands as at most this many parts remotely
+_MAX_SEALED_PARTS = 8  # a sealed segment stands as at most this many parts remotely
 
 
 # How long flush() and close() wait for the mirror by default (close: at the end of a `with`
@@ -363,20 +363,22 @@ class Mirror:
     def _finish_chunks(self, seg: SegmentInfo) -> list[SegmentInfo] | None:
         """The remote parts of a just-sealed segment whose first records went up as chunks:
         those chunks, plus one more for the records after them (None: they do not match the
-        sealed bytes, so the segment goes up whole as before)."""
+        sealed bytes, so the segment goes up whole as before).
+
+        Each part costs a manifest entry in every later upload, so a sealed segment stands as
+        at most `_MAX_SEALED_PARTS`: the first chunks are kept and the last, smallest ones
+        (compaction keeps chunk sizes non-increasing) go up again merged into the final part,
+        which re-sends far fewer bytes than the whole segment would."""
         data = self._read_sealed(seg)
-        if len(self._chunks) >= _MAX_SEALED_PARTS:
-            # each part costs a manifest entry in every later upload: many small chunks cost
-            # more over a long sweep than sending the segment once more
-            return None
+        kept = self._chunks[: _MAX_SEALED_PARTS - 1]
         pos, first = 0, seg.first_seq
-        for chunk in self._chunks:
+        for chunk in kept:
             piece = data[pos : pos + chunk.size]
             if chunk.first_seq != first or hashlib.sha256(piece).hexdigest() != chunk.sha256:
                 return None
             pos += chunk.size
             first += chunk.records
-        parts = list(self._chunks)
+        parts = list(kept)
         if pos < seg.size:
             rest = data[pos:]
             if rest.count(b"\n") != seg.last_seq - first + 1:
@@ -384,6 +386,7 @@ class Mirror:
             parts.append(self._put_piece(seg.name, rest, first, seg.last_seq, seg.last_hash))
         elif first != seg.last_seq + 1:
             return None
+        self._retire(self._chunks[len(kept) :])  # their records are in the final part
         return parts
 
     def _put_chunk(self, view: WriterView) -> None:
