@@ -53,7 +53,7 @@ from .errors import (
 )
 
 log = logging.getLogger(__name__)
-_MAX_SEALED_PARTS = 4  # a sealed segment stands as at most this many parts remotely
+_MAX_SEALED_PARTS = 8  # a sealed segment stands as at most this many parts remotely
 
 
 # How long flush() and close() wait for the mirror by default (close: at the end of a `with`
@@ -345,63 +345,48 @@ class Mirror:
             self.uploads += 1
             self._cond.notify_all()  # a waiting flush() returns now, not at its next poll
 
-    def _check_local(self, seg: SegmentInfo, data: bytes) -> None:
-        """Refuse to mirror a local sealed segment that no longer matches its manifest entry."""
+    def _read_sealed(self, seg: SegmentInfo) -> bytes:
+        """A local sealed segment's bytes; refused if they no longer match its manifest entry."""
+        with open(self._segdir / seg.name, "rb") as fh:
+            data = fh.read(seg.size + 1)
         problem = seg.mismatch(data)
         if problem is not None:
             raise IntegrityError(
                 f"{self._segdir / seg.name}: local sealed segment no longer matches its "
                 f"manifest entry ({problem}); refusing to mirror it"
             )
+        return data
 
     def _put_file(self, seg: SegmentInfo, remote_name: str) -> None:
-        with open(self._segdir / seg.name, "rb") as fh:
-            data = fh.read(seg.size + 1)
-        self._check_local(seg, data)
-        name = f"{SEGMENTS_DIR}/{remote_name}"
-        self._request(lambda: self.store.write_bytes(name, data, create_only=True), len(data))
-        self._uploaded[remote_name] = seg.sha256
+        self._upload(remote_name, self._read_sealed(seg), seg.sha256)
 
     def _finish_chunks(self, seg: SegmentInfo) -> list[SegmentInfo] | None:
         """The remote parts of a just-sealed segment whose first records went up as chunks:
         those chunks, plus one more for the records after them (None: they do not match the
-        sealed bytes, so the segment goes up whole as before)."""
-        with open(self._segdir / seg.name, "rb") as fh:
-            data = fh.read(seg.size + 1)
-        self._check_local(seg, data)
-        if len(self._chunks) >= _MAX_SEALED_PARTS:
-            # each part costs a manifest entry in every later upload: many small chunks cost
-            # more over a long sweep than sending the segment once more
-            return None
+        sealed bytes, so the segment goes up whole as before).
+
+        Each part costs a manifest entry in every later upload, so a sealed segment stands as
+        at most `_MAX_SEALED_PARTS`: the first chunks are kept and the last, smallest ones
+        (compaction keeps chunk sizes non-increasing) go up again merged into the final part,
+        which re-sends far fewer bytes than the whole segment would."""
+        data = self._read_sealed(seg)
+        kept = self._chunks[: _MAX_SEALED_PARTS - 1]
         pos, first = 0, seg.first_seq
-        for chunk in self._chunks:
+        for chunk in kept:
             piece = data[pos : pos + chunk.size]
             if chunk.first_seq != first or hashlib.sha256(piece).hexdigest() != chunk.sha256:
                 return None
             pos += chunk.size
             first += chunk.records
-        parts = list(self._chunks)
+        parts = list(kept)
         if pos < seg.size:
             rest = data[pos:]
-            records = seg.last_seq - first + 1
-            if rest.count(b"\n") != records:
+            if rest.count(b"\n") != seg.last_seq - first + 1:
                 return None
-            digest = hashlib.sha256(rest).hexdigest()
-            info = SegmentInfo(
-                name=f"{seg.name}.{first:010d}-{seg.last_seq:010d}.{digest[:16]}",
-                size=len(rest),
-                sha256=digest,
-                records=records,
-                first_seq=first,
-                last_seq=seg.last_seq,
-                last_hash=seg.last_hash,
-            )
-            name = f"{SEGMENTS_DIR}/{info.name}"
-            self._request(lambda: self.store.write_bytes(name, rest, create_only=True), len(rest))
-            self._uploaded[info.name] = digest
-            parts.append(info)
+            parts.append(self._put_piece(seg.name, rest, first, seg.last_seq, seg.last_hash))
         elif first != seg.last_seq + 1:
             return None
+        self._retire(self._chunks[len(kept) :])  # their records are in the final part
         return parts
 
     def _put_chunk(self, view: WriterView) -> None:
@@ -436,20 +421,32 @@ class Mirror:
                 f"{self._segdir / active}: expected {records} records in bytes "
                 f"{covered}..{view.active_size}, found otherwise"
             )
+        self._chunks.append(self._put_piece(active, data, first, view.last_seq, view.last_hash))
+
+    def _put_piece(
+        self, segment: str, data: bytes, first: int, last: int, last_hash: str
+    ) -> SegmentInfo:
+        """Upload records `first`..`last` of `segment` (its bytes `data`) as an immutable part
+        named by that range and its SHA-256: a chunk of the active segment, or the rest of one
+        just sealed."""
         digest = hashlib.sha256(data).hexdigest()
         info = SegmentInfo(
-            name=f"{active}.{first:010d}-{view.last_seq:010d}.{digest[:16]}",
+            name=f"{segment}.{first:010d}-{last:010d}.{digest[:16]}",
             size=len(data),
             sha256=digest,
-            records=records,
+            records=last - first + 1,
             first_seq=first,
-            last_seq=view.last_seq,
-            last_hash=view.last_hash,
+            last_seq=last,
+            last_hash=last_hash,
         )
-        name = f"{SEGMENTS_DIR}/{info.name}"
+        self._upload(info.name, data, digest)
+        return info
+
+    def _upload(self, remote_name: str, data: bytes, sha256: str) -> None:
+        """One create-only PUT of an immutable part (equal names mean equal bytes)."""
+        name = f"{SEGMENTS_DIR}/{remote_name}"
         self._request(lambda: self.store.write_bytes(name, data, create_only=True), len(data))
-        self._uploaded[info.name] = digest
-        self._chunks.append(info)
+        self._uploaded[remote_name] = sha256
 
     def _request(self, fn: Any, nbytes: int = 0) -> Any:
         self.requests += 1

@@ -10,17 +10,25 @@ there; only then can it be installed (renamed into place). Nothing unverified is
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import secrets
 import shutil
+import threading
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from ._checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, Loaded, load_from
+from . import _durable as durable
+from ._checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, Loaded, SealedParts, load_records
 from ._durable import create_durable_file, fsync_dir, make_dirs, remove_tree, rename_durably
-from ._manifest import MANIFEST_NAME, Manifest, parse_manifest
+from ._limits import MAX_SEGMENT_BYTES
+from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, parse_manifest
 from ._storage import Store, redact
-from .errors import IntegrityError, ObjectNotFoundError, StorageError
+from .errors import CheckpointWriteError, IntegrityError, ObjectNotFoundError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +85,25 @@ def _holds_parts(store: Store) -> bool:
     return store.exists(SEGMENTS_DIR)  # S3: a prefix with objects; HTTP: a folder listing
 
 
+# Parts fetched at once, and bytes of parts fetched beyond the one the replay needs next
+# (which is always fetched): the network, hashing and disk work on the next parts while one is
+# replayed, with memory bounded by the window and the largest part, not by the checkpoint.
+FETCH_WORKERS = 4
+FETCH_AHEAD_BYTES = 64 << 20
+
+
 def download(
     store: Store, manifest_bytes: bytes, beside: Path, *, signing_key: bytes | None = None
 ) -> tuple[Path, Loaded]:
     """Copy the checkpoint at `store` into a new directory beside `beside`, and verify it.
 
-    One pass: each part is checked against the manifest's size and SHA-256 as it arrives,
-    written (durably) into the copy and replayed (every record verified), one part in memory at
-    a time. The caller installs or discards the directory (`Loaded.relocate` after an
-    install). Records looked at later (results' payloads) read their part again from the copy,
-    or from `store` once the copy is gone.
+    One pass, one verification: each sealed part is fetched (up to `FETCH_WORKERS` at once,
+    each read bounded by its size and the fetch deadline), checked against the manifest's size
+    and SHA-256 and written durably into the copy by a worker, and replayed in order by the
+    caller's thread as soon as it and the parts before it are in; besides the part the replay
+    needs next, at most `FETCH_AHEAD_BYTES` are held ahead of it. The caller installs or
+    discards the directory (`Loaded.relocate` after an install). Records looked at later
+    (results' payloads) read their part again from the copy, or from `store` once it is gone.
 
     With `signing_key` (the manifest's signature already checked), every byte taken must be
     covered by that signature. A manifest signs its sealed parts by SHA-256, but not the
@@ -99,42 +116,6 @@ def download(
     tmp = beside.parent / f".{beside.name}.incoming-{secrets.token_hex(4)}"
     segdir = tmp / SEGMENTS_DIR
     make_dirs(segdir)
-    sizes = {f"{SEGMENTS_DIR}/{seg.name}": seg.size for seg in manifest.segments}
-
-    def fetch(name: str, max_bytes: int) -> bytes:
-        """A part from the store, kept in the copy (load_from checks it against the manifest)."""
-        where = redact(store.url(name))
-        sealed = name in sizes
-        try:
-            data = store.read_bytes(name, max_bytes=max_bytes)
-        except ObjectNotFoundError:
-            raise IntegrityError(
-                f"{where}: part named by the manifest is missing (expected {sizes[name]} bytes)"
-                if sealed
-                else f"{where}: the active segment named by the manifest is missing"
-            ) from None
-        except IntegrityError:
-            if not sealed:
-                raise
-            raise IntegrityError(
-                f"{where}: larger than the {sizes[name]} bytes the manifest records"
-            ) from None
-        if sealed and len(data) == sizes[name]:
-            pass
-        elif sealed:
-            raise IntegrityError(
-                f"{where}: expected {sizes[name]} bytes, found {len(data)}"  # as SegmentInfo.check
-            )
-        elif signing_key is not None and data:
-            raise IntegrityError(
-                f"{where}: the active segment holds {len(data)} bytes "
-                "not covered by the signature of the manifest naming it (a signature "
-                "covers sealed parts only), and a signing key is set: refusing to trust "
-                "them. Resume from the sweep's mirror (snapshot_dir), whose signed "
-                "manifest covers every part"
-            )
-        create_durable_file(tmp / name, data)
-        return data
 
     def reread(name: str, max_bytes: int) -> bytes:
         """Later reads: the copy while it exists, else the store."""
@@ -143,13 +124,160 @@ def download(
         except FileNotFoundError:
             return store.read_bytes(name, max_bytes=max_bytes)
 
+    def active() -> bytes | None:
+        """Another machine's active segment (verified record by record by the replay)."""
+        if manifest.active is None:
+            return None
+        name = f"{SEGMENTS_DIR}/{manifest.active}"
+        where = redact(store.url(name))
+        try:
+            data = store.read_bytes(name, max_bytes=MAX_SEGMENT_BYTES)
+        except ObjectNotFoundError:
+            raise IntegrityError(
+                f"{where}: the active segment named by the manifest is missing"
+            ) from None
+        if signing_key is not None and data:
+            raise IntegrityError(
+                f"{where}: the active segment holds {len(data)} bytes not covered by the "
+                "signature of the manifest naming it (a signature covers sealed parts only), "
+                "and a signing key is set: refusing to trust them. Resume from the sweep's "
+                "mirror (snapshot_dir), whose signed manifest covers every part"
+            )
+        create_durable_file(tmp / name, data)
+        return data
+
+    location = store.display
     try:
-        loaded = load_from(fetch, manifest_bytes, location=store.display, reread=reread)
+        with _Prefetch(store, manifest, segdir) as ahead:
+            loaded = load_records(
+                manifest,
+                ahead.sealed(),
+                active,
+                location=location,
+                parts=SealedParts(reread, manifest, location),
+            )
+        fsync_dir(segdir)  # the parts' entries, once for all of them
         create_durable_file(tmp / MANIFEST_NAME, manifest_bytes)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return tmp, loaded
+
+
+class _Prefetch:
+    """The sealed parts of `manifest`, fetched, verified and written into `segdir` by a few
+    worker threads, handed out in manifest order (see `download`)."""
+
+    def __init__(self, store: Store, manifest: Manifest, segdir: Path) -> None:
+        self._store, self._segdir = store, segdir
+        self._segments = manifest.segments
+        self._jobs: queue.SimpleQueue[tuple[SegmentInfo, Future[bytes]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._queued: deque[Future[bytes]] = deque()
+        self._next = 0  # the next part to submit
+        self._ahead = 0  # bytes submitted beyond the first part queued, not yet handed out
+        self._stop = threading.Event()
+        # daemon threads: a fetch stalled on a dead server never holds up an interrupted
+        # launch, nor the interpreter's exit (each fetch is bounded by its deadline anyway)
+        self._workers = [
+            threading.Thread(target=self._work, name="resumable-fetch", daemon=True)
+            for _ in range(FETCH_WORKERS)
+        ]
+        for t in self._workers:
+            t.start()
+
+    def __enter__(self) -> _Prefetch:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        """Stop: nothing new starts and queued parts are dropped. After success or an error,
+        running fetches are waited for (each bounded by the fetch deadline), so that nothing
+        writes into the copy once the caller removed it; an interrupt (KeyboardInterrupt, a
+        preemption signal) does not wait (a part written meanwhile may leave the copy behind,
+        for `collect_leftovers`)."""
+        self._stop.set()
+        for future in self._queued:
+            future.cancel()
+        for _ in self._workers:
+            self._jobs.put(None)
+        if kind is None or issubclass(kind, Exception):
+            for t in self._workers:
+                t.join()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            seg, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self._fetch(seg))
+            except BaseException as exc:  # handed to the caller's thread, raised at its turn
+                future.set_exception(exc)
+
+    def sealed(self) -> Iterator[bytes]:
+        """Each sealed part's verified bytes, in order (a part's error is raised at its turn)."""
+        for i in range(len(self._segments)):
+            self._fill()
+            data = self._queued.popleft().result()
+            if i + 1 < self._next:  # the next part heads the queue now: it no longer counts
+                self._ahead -= self._segments[i + 1].size
+            self._fill()  # the next ones arrive while this one is replayed
+            yield data
+
+    def _fill(self) -> None:
+        while self._next < len(self._segments):
+            seg = self._segments[self._next]
+            if self._queued and (
+                len(self._queued) > FETCH_WORKERS or self._ahead + seg.size > FETCH_AHEAD_BYTES
+            ):
+                return
+            self._ahead += seg.size if self._queued else 0
+            future: Future[bytes] = Future()
+            self._jobs.put((seg, future))
+            self._queued.append(future)
+            self._next += 1
+
+    def _fetch(self, seg: SegmentInfo) -> bytes:
+        """One part: read (bounded by its size), checked, written durably into the copy."""
+        name = f"{SEGMENTS_DIR}/{seg.name}"
+        where = redact(self._store.url(name))
+        if self._stop.is_set():
+            raise _Stopped()
+        try:
+            data = self._store.read_bytes(name, max_bytes=seg.size)
+        except ObjectNotFoundError:
+            raise IntegrityError(
+                f"{where}: part named by the manifest is missing (expected {seg.size} bytes)"
+            ) from None
+        except IntegrityError:
+            raise IntegrityError(
+                f"{where}: larger than the {seg.size} bytes the manifest records"
+            ) from None
+        seg.check(data, where)  # size and SHA-256
+        if self._stop.is_set():
+            raise _Stopped()
+        _write_new(self._segdir / seg.name, data)
+        return data
+
+
+class _Stopped(Exception):
+    """A part not fetched because the download stopped (never seen by callers)."""
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create `path` with `data`, fsync'd; its directory entry is the caller's (one fsync of
+    the directory for all the parts)."""
+    try:
+        fd = durable.ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:
+        raise CheckpointWriteError(
+            exc.errno, f"cannot create {str(path)!r}: {exc.strerror}"
+        ) from exc
+    try:
+        durable.write_all(fd, data, str(path))
+        durable.fsync_file(fd, str(path), data_only=False)
+    finally:
+        durable.ops.close(fd)
 
 
 def _read_local(path: Path, max_bytes: int) -> bytes:
