@@ -277,6 +277,9 @@ class _Run:
         self.recording = False  # in record(): a Ctrl-C now waits until it returns
         self.deferring = False  # pool runs take Ctrl-C at their safe points only
         self.sigint = False
+        # Preempted from the pending iterator's own safe point (the flag rose after our look):
+        # kept until the results in hand are recorded, then raised by the drain
+        self.raised: Preempted | None = None
         self.inflight: dict[cf.Future[Any], _Task] = {}
         self.outstanding = self.peak = self.max_batch = 0
         self.item_s: float | None = None  # moving average of the items' compute time
@@ -475,8 +478,8 @@ class _Run:
         try:
             while True:
                 self._fill()
-                if self._preempting():
-                    self._drain(complete=self.exhausted and not self.singly)
+                if self._preempting() or self.raised is not None:
+                    self._drain(self.raised, complete=self.exhausted and not self.singly)
                     return  # everything finished during the drain: the work is complete
                 if not self.inflight:
                     if self.stopping:
@@ -510,9 +513,11 @@ class _Run:
             raise
 
     def _fill(self) -> None:
-        """Submit batches while the window has room (items of a broken batch go one by one)."""
+        """Submit batches while the window has room (items of a broken batch go one by one).
+        Never raises Preempted: results popped from `inflight` may be waiting to be recorded."""
         while (
             not self._preempting()
+            and self.raised is None
             and not self.stopping
             and not (self.exhausted and not self.singly)
         ):
@@ -536,8 +541,9 @@ class _Run:
                 except StopIteration:
                     self.exhausted = True
                     break
-                except Preempted as exc:  # the flag rose between our check and its own
-                    self._drain(exc)
+                except Preempted as exc:  # the flag rose between our check and its own: the
+                    self.raised = exc  # run loop drains once what arrived is recorded; this
+                    return  # batch was never submitted, its items stay pending
             if batch:
                 self._submit(batch)
 
