@@ -1,12 +1,13 @@
 """`sweep.run` on a pool: interleavings of a preemption signal with the run loop, made exact.
 
-A signal can land between the runner's look at the preemption flag and the pending iterator's
-own safe point (`sweep.pending_with_keys`, which then raises `Preempted`). When that happened
-while refilling the window, with results already taken off their futures but not yet recorded,
-those results were dropped: items that had run stayed pending (the flaky
-test_runner_preempt.py::test_sigint_to_process_group_does_not_kill_workers_mid_item). Here
-`LateGuard` makes the signal land exactly there, and `SyncExecutor` runs each task as it is
-submitted, so the order of events is fixed: every item that ran must be recorded.
+A signal can land just after the runner looked at the preemption flag. When the pending
+iterator still had its own safe point per item (`sweep.pending_with_keys`, which then raised
+`Preempted`) and that happened while refilling the window, with results already taken off
+their futures but not yet recorded, those results were dropped: items that had run stayed
+pending (the flaky test_runner_preempt.py::test_sigint_to_process_group_does_not_kill_workers_
+mid_item). Here `LateGuard` makes the signal land exactly there at each of the first refills,
+and `SyncExecutor` runs each task as it is submitted, so the order of events is fixed: every
+item that ran must be recorded.
 """
 
 from __future__ import annotations
