@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from tqdm import tqdm
 
-from . import __version__, _worker
+from . import _worker
 from ._worker import Outcome, run_one
 from ._worker import run_batch as run_batch  # re-exported: the task sent to the workers
 from ._worker import worker_initializer as worker_initializer  # re-exported (public)
@@ -441,7 +441,7 @@ class _Run:
         self.cap = max(1, limit // (2 * workers)) if limit else _MAX_BATCH
         # workers of a process pool (this machine's install) send results back encoded
         self.encode = (
-            (__version__, self.sweep.fingerprints_in_workers())
+            (_worker.SAME_CODE, self.sweep.fingerprints_in_workers())
             if isinstance(executor, cf.ProcessPoolExecutor)
             else None
         )
