@@ -57,7 +57,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -65,11 +64,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from tqdm import tqdm
 
-from . import __version__
-from ._items import item_fingerprint
+from . import _worker
+from ._worker import Outcome, run_one
+from ._worker import run_batch as run_batch  # re-exported: the task sent to the workers
+from ._worker import worker_initializer as worker_initializer  # re-exported (public)
 from .errors import ConfigurationError, RunError, TooManyFailuresError, UnsupportedValueError
 from .preempt import Preempted, PreemptionGuard
-from .sweep import encode_result
 
 if TYPE_CHECKING:
     from .sweep import ResumableSweep
@@ -82,7 +82,6 @@ _MAX_BATCH = 1000
 _MAX_GROUP = 4096  # results per group commit, at most
 _INFRA_ERRORS = (cf.BrokenExecutor, cf.CancelledError)  # the executor's fault, not the item's
 DEFAULT_MIN_FAILURES = 10  # max_failures=None: stop past this many when failures outnumber results
-Outcome = tuple[bool, Any, "str | None", float]  # ok, value or exception, traceback, seconds
 
 
 @dataclass(frozen=True)
@@ -109,18 +108,6 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.args[0]}"""'
 
 
-def worker_initializer(*signals: int) -> None:
-    """Pool initializer: ignore SIGINT (or the given signals) in worker processes.
-
-    Ctrl-C reaches the whole process group; a worker dying of it mid-item breaks the pool. The
-    owning process decides instead. ``ProcessPoolExecutor(n, initializer=worker_initializer)``;
-    SLURM signals every process of a step on preemption: there add
-    ``initargs=(signal.SIGINT, signal.SIGTERM)``.
-    """
-    for signum in signals or (signal.SIGINT,):
-        signal.signal(signum, signal.SIG_IGN)
-
-
 def process_pool(max_workers: int | None = None) -> cf.ProcessPoolExecutor:
     """A process pool whose workers ignore SIGINT. Started by forkserver (forking a parent that
     runs threads, like the mirror's, can deadlock the child), or by fork from an interactive
@@ -128,44 +115,10 @@ def process_pool(max_workers: int | None = None) -> cf.ProcessPoolExecutor:
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     if main_file and "forkserver" in multiprocessing.get_all_start_methods():
         ctx: multiprocessing.context.BaseContext = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["__main__", __name__])  # workers fork with us imported
+        ctx.set_forkserver_preload(["__main__", _worker.__name__])  # workers fork with it
     else:
         ctx = multiprocessing.get_context()
     return cf.ProcessPoolExecutor(max_workers, mp_context=ctx, initializer=worker_initializer)
-
-
-def run_batch(
-    fn: Callable[..., Any],
-    batch: list[tuple[Any, int | None]],
-    encode: tuple[str, bool] | None = None,
-) -> list[Outcome]:
-    """Runs in the worker: one outcome per (item, seed); an exception fails only its item.
-
-    `encode`: (the owner's library version, whether to compute fingerprints). When this worker
-    runs the same version, results go back encoded (`sweep.encode_result`: JSON bytes, and the
-    item's fingerprint taken before `fn` could change the item), which takes that work off
-    the owner, the one process that records. Another version sends results as they are."""
-    if encode is None or encode[0] != __version__:
-        return [run_one(fn, item, seed) for item, seed in batch]
-    fps = [item_fingerprint(item) for item, _ in batch] if encode[1] else None
-    out = []
-    for i, (item, seed) in enumerate(batch):
-        ok, value, tb, seconds = run_one(fn, item, seed)
-        if ok:
-            value = encode_result(item, value, False if fps is None else fps[i])
-        out.append((ok, value, tb, seconds))
-    return out
-
-
-def run_one(fn: Callable[..., Any], item: Any, seed: int | None) -> Outcome:
-    """The outcome of `fn` on one item; an exception (not KeyboardInterrupt or SystemExit,
-    such as Preempted) is a failure of the item."""
-    t0 = time.perf_counter()
-    try:
-        value = fn(item) if seed is None else fn(item, seed=seed)
-    except Exception as exc:
-        return (False, exc, traceback.format_exc(), time.perf_counter() - t0)
-    return (True, value, None, time.perf_counter() - t0)
 
 
 def _accepts_seed(fn: Callable[..., Any]) -> bool:
@@ -277,6 +230,9 @@ class _Run:
         self.recording = False  # in record(): a Ctrl-C now waits until it returns
         self.deferring = False  # pool runs take Ctrl-C at their safe points only
         self.sigint = False
+        # Preempted from the pending iterator's own safe point (the flag rose after our look):
+        # kept until the results in hand are recorded, then raised by the drain
+        self.raised: Preempted | None = None
         self.inflight: dict[cf.Future[Any], _Task] = {}
         self.outstanding = self.peak = self.max_batch = 0
         self.item_s: float | None = None  # moving average of the items' compute time
@@ -305,6 +261,25 @@ class _Run:
         self._failure(key, item, value, seconds)
         self.recording = False
         self.bar.update(1)
+
+    def _outcomes(self, items: list[tuple[str, Any]], outcomes: list[Outcome]) -> None:
+        """A task's outcomes, as `_outcome` takes them one by one (its items' mean duration
+        moves the average once: a task of a thousand items is one observation, not a
+        thousand)."""
+        group = self.group
+        if not group:
+            self.group_t0 = time.monotonic()
+        total = 0.0
+        for (key, item), outcome in zip(items, outcomes, strict=True):
+            ok, value, _tb, seconds = outcome
+            total += seconds
+            if ok:
+                group.append((key, item, value, seconds))
+            else:
+                self._outcome(key, item, outcome)
+        if outcomes:
+            mean = total / len(outcomes)
+            self.item_s = mean if self.item_s is None else 0.8 * self.item_s + 0.2 * mean
 
     def _commit(self) -> None:
         """Group commit: record every result gathered since the last commit with one
@@ -394,8 +369,7 @@ class _Run:
             if isinstance(exc, _INFRA_ERRORS):
                 raise exc
         elif exc is None:
-            for (key, item), outcome in zip(task.items, fut.result(), strict=True):
-                self._outcome(key, item, outcome)
+            self._outcomes(task.items, fut.result())
         elif n > 1:  # e.g. one result did not pickle: find it, one by one
             self.singly.extend(task.items)
         else:
@@ -454,7 +428,8 @@ class _Run:
     # -- executors ----------------------------------------------------------------------
     def run_pool(self, executor: Any, client: Any, workers: int, limit: int | None) -> None:
         self.executor, self.client, self.workers, self.limit = executor, client, workers, limit
-        self.pending = self.sweep.pending_with_keys()  # (key, item)
+        # (key, item); no safe point per item: the flag is looked at here, between batches
+        self.pending = self.sweep.pending_with_keys(safe_points=False)
         self.exhausted = False
         self.token, self.counter = uuid.uuid4().hex[:12], itertools.count()
         target = getattr(executor, "task_target_s", None)  # e.g. RayExecutor's
@@ -466,7 +441,7 @@ class _Run:
         self.cap = max(1, limit // (2 * workers)) if limit else _MAX_BATCH
         # workers of a process pool (this machine's install) send results back encoded
         self.encode = (
-            (__version__, self.sweep.fingerprints_in_workers())
+            (_worker.SAME_CODE, self.sweep.fingerprints_in_workers())
             if isinstance(executor, cf.ProcessPoolExecutor)
             else None
         )
@@ -475,8 +450,8 @@ class _Run:
         try:
             while True:
                 self._fill()
-                if self._preempting():
-                    self._drain(complete=self.exhausted and not self.singly)
+                if self._preempting() or self.raised is not None:
+                    self._drain(self.raised, complete=self.exhausted and not self.singly)
                     return  # everything finished during the drain: the work is complete
                 if not self.inflight:
                     if self.stopping:
@@ -510,9 +485,11 @@ class _Run:
             raise
 
     def _fill(self) -> None:
-        """Submit batches while the window has room (items of a broken batch go one by one)."""
+        """Submit batches while the window has room (items of a broken batch go one by one).
+        Never raises Preempted: results popped from `inflight` may be waiting to be recorded."""
         while (
             not self._preempting()
+            and self.raised is None
             and not self.stopping
             and not (self.exhausted and not self.singly)
         ):
@@ -536,8 +513,9 @@ class _Run:
                 except StopIteration:
                     self.exhausted = True
                     break
-                except Preempted as exc:  # the flag rose between our check and its own
-                    self._drain(exc)
+                except Preempted as exc:  # the flag rose between our check and its own: the
+                    self.raised = exc  # run loop drains once what arrived is recorded; this
+                    return  # batch was never submitted, its items stay pending
             if batch:
                 self._submit(batch)
 

@@ -22,7 +22,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from . import _limits as limits
 from . import _signing as signing
@@ -34,7 +34,7 @@ from ._checkpoint import (
     progress_dir_for,
 )
 from ._codec import canonical_json, decode, encode, encode_json
-from ._items import ItemSet, item_fingerprint
+from ._items import ItemSet
 from ._journal import Record
 from ._mirror import Mirror, MirrorOptions
 from ._opening import open_sweep
@@ -42,6 +42,7 @@ from ._retry import RetryOutcome as RetryOutcome  # re-exported: resumable.sweep
 from ._retry import retry_failed as retry_failed  # re-exported: resumable.sweep.retry_failed
 from ._state import State
 from ._storage import join
+from ._worker import EncodedResult  # (H5) moved there: pool workers import it without all of this
 from .errors import (
     AlreadyRecordedError,
     CheckpointClosedError,
@@ -63,28 +64,6 @@ OnChange = Literal["error", "rerun", "keep"]
 MAX_TRACEBACK_CHARS = 32_000
 ENV_RESUME_FROM = "SWEEP_RESUME_FROM"
 ENV_SNAPSHOT_DIR = "SWEEP_SNAPSHOT_DIR"
-
-
-class EncodedResult(NamedTuple):
-    """A result encoded where it was computed (`encode_result`, in a pool's worker), so that
-    the owner only frames it: its JSON (`codec.encode_json`) and, when asked for, its item's
-    fingerprint (computed from the worker's copy of the item before `fn` ran)."""
-
-    json: bytes
-    fp: str | None
-    has_fp: bool
-
-
-def encode_result(item: Any, result: Any, fp: bool | str | None) -> Any:
-    """`result` as an EncodedResult, or as it is if the codec refuses it (its owner then records
-    why). `fp`: the item's fingerprint (computed before `fn` ran), or False for none."""
-    try:
-        value = encode_json(result, what="")
-    except UnsupportedValueError:
-        return result
-    if fp is False:
-        return EncodedResult(value, None, False)
-    return EncodedResult(value, fp if fp is not True else item_fingerprint(item), True)
 
 
 class ResumableSweep:
@@ -540,9 +519,10 @@ class ResumableSweep:
             ids[id(item)] = key
             yield item
 
-    def pending_with_keys(self) -> Iterator[tuple[str, Any]]:
+    def pending_with_keys(self, *, safe_points: bool = True) -> Iterator[tuple[str, Any]]:
         """(key, item) of unfinished items, in order, each once (what `pending` yields, for
-        `sweep.run`, which records by key). Each yield is a safe point."""
+        `sweep.run`, which records by key). Each yield is a safe point, unless `safe_points` is
+        False (H5: `sweep.run` on a pool, which looks at the guard itself between batches)."""
         items = self._items
         state = self._state
         yielded = self._yielded
@@ -550,7 +530,8 @@ class ResumableSweep:
         for key, item in zip(items.keys, items.items, strict=True):
             if key in state.results or (not self.retry_failed and key in state.failures):
                 continue
-            self.checkpoint_if_preempted()  # a safe point: nothing of ours is in flight
+            if safe_points:
+                self.checkpoint_if_preempted()  # a safe point: nothing of ours is in flight
             yielded[key] = monotonic()
             yield key, item
 

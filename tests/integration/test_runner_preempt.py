@@ -48,7 +48,14 @@ def _start(ckpt: Path, markers: Path, pool: str, seconds: float = ITEM_S, signal
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         start_new_session=True,  # its own process group: a group SIGINT must not reach pytest
+        # SIGINT as a terminal's job has it, even when pytest inherited it ignored (a `cmd &`
+        # of a non-interactive shell): Python then keeps it ignored and Ctrl-C is never seen
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_ready(proc: subprocess.Popen, timeout: float = 30.0) -> None:
