@@ -227,7 +227,7 @@ def _replay(tl: Timeline, state: State, cols: ResultColumns, detail: bool) -> No
     few = {r.key or "" for r in fails} | {r.key or "" for r in voided}
     for body in bodies.values():
         few.update(k for k in body.get("keys") or () if type(k) is str)
-    live_few = [rec for k in few if (rec := state.results.get(k)) is not None]
+    live_few = [hit for k in few if (hit := state.results.get(k)) is not None]
     others: list[tuple[int, Any]] = [(body["seq"], body) for body in state.launches]
     others += [(r.seq, r) for r in (*fails, *voided, *live_few, *state.events)]
     others.sort(key=lambda x: x[0])
@@ -296,7 +296,7 @@ def _tally(
     starts = bounds[:-1]
     nonempty = np.flatnonzero(np.diff(bounds) > 0)
     # the max time of each launch's run of results (runs are contiguous in the columns)
-    maxima = np.maximum.reduceat(cols.times, starts[nonempty]) if len(nonempty) else []
+    maxima: Any = np.maximum.reduceat(cols.times, starts[nonempty]) if len(nonempty) else []
     for launch, count in zip(tl.launches, counts, strict=True):
         launch.results += count
     for i, t in zip(nonempty.tolist(), np.asarray(maxima).tolist(), strict=True):

@@ -18,7 +18,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -127,7 +127,7 @@ def key_sharer(index: dict[str, int], keys: list[str]) -> KeySharer:
         rows = list(map(get, found))
         if None in rows:  # keys of items no longer in the list: their own objects
             return [k if r is None else keys[r] for k, r in zip(found, rows, strict=True)]
-        return list(map(at, rows))
+        return list(map(at, cast("list[int]", rows)))  # no None among them
 
     return shared
 
@@ -409,8 +409,8 @@ def _replay(
     prev = ""
     for i, (data, seg) in enumerate(zip(sealed, manifest.segments, strict=True)):
         source = f"{location}/{SEGMENTS_DIR}/{seg.name}"
-        last = data.rfind(b"\n", 0, len(data) - 1) + 1  # (no copy of a long last line)
-        tail = data[last : last + 64].decode("ascii", "replace")
+        line_at = data.rfind(b"\n", 0, len(data) - 1) + 1  # (no copy of a long last line)
+        tail = data[line_at : line_at + 64].decode("ascii", "replace")
         if seg.records and tail != seg.last_hash:
             raise IntegrityError(
                 f"{source}: ends in a record {tail[:16]!r}..., the manifest records "
