@@ -128,13 +128,23 @@ def _bulk(chunk: list[Any], params: bool) -> tuple[list[bytes], list[bytes]] | N
     if types <= _SCALARS:
         canon = _split(_BULK_SORTED, chunk, dicts=False)
         return canon, canon
-    if types != {dict} or not set(map(type, itertools.chain.from_iterable(chunk))) <= {str}:
+    if types != {dict}:
+        return None
+    shape = tuple(chunk[0])
+    keys = list(itertools.chain.from_iterable(chunk))
+    if (
+        set(map(type, shape)) <= {str}
+        and TAG not in shape
+        and len(keys) == len(shape) * len(chunk)
+        and all(map(operator.is_, keys, itertools.cycle(shape)))
+    ):  # every dict holds these very key objects, in this order (the common sweep)
+        values = list(itertools.chain.from_iterable(map(dict.values, chunk)))
+        return _by_columns(values, shape, len(chunk), params)
+    if not set(map(type, keys)) <= {str}:
         return None
     shapes = set(map(tuple, chunk))  # the keys, in each dict's own order
     if any(TAG in shape for shape in shapes):
         return None
-    if len(shapes) == 1:  # one shape (the common sweep): a column per key
-        return _by_columns(chunk, shapes.pop(), params)
     values = itertools.chain.from_iterable(map(dict.values, chunk))
     if not set(map(type, values)) <= _SCALARS:
         return None
@@ -145,20 +155,21 @@ def _bulk(chunk: list[Any], params: bool) -> tuple[list[bytes], list[bytes]] | N
 
 
 def _by_columns(
-    chunk: list[Any], shape: tuple[str, ...], params: bool
+    values: list[Any], shape: tuple[str, ...], n: int, params: bool
 ) -> tuple[list[bytes], list[bytes]] | None:
-    """Dicts that all have the keys `shape`, in this order: each key's values encoded in one
-    call (a list of scalars, no dict to sort), then put together with the keys' JSON."""
+    """n dicts with the keys `shape`, in this order, whose values are `values` (all of the
+    first dict's, then the second's, ...): each key's values (a list of scalars, no dict to
+    sort) encoded in one call, then put together with the keys' JSON."""
     columns: dict[str, list[bytes]] = {}
-    for key in shape:
-        column = list(map(operator.itemgetter(key), chunk))
+    for j, key in enumerate(shape):
+        column = values[j :: len(shape)]
         if not set(map(type, column)) <= _SCALARS:
             return None
         columns[key] = _split(_BULK_INSERTION, column, dicts=False)
-    canon = _assemble(columns, sorted(shape), len(chunk))
+    canon = _assemble(columns, sorted(shape), n)
     if not params or list(shape) == sorted(shape):
         return canon, canon
-    return canon, _assemble(columns, list(shape), len(chunk))
+    return canon, _assemble(columns, list(shape), n)
 
 
 def _assemble(columns: dict[str, list[bytes]], order: list[str], n: int) -> list[bytes]:
