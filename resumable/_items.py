@@ -243,10 +243,10 @@ def _keys_of(items: list[Any], key_fn: Callable[[Any], Any] | None) -> list[str]
     are one type census and one encode, not a million calls; the first bad key is then found
     and reported one by one)."""
     if key_fn is None:
-        keys = default_keys(items)
-        if None in keys:
-            raise _not_json_like(items[keys.index(None)])
-        return keys  # type: ignore[return-value]  # (no None in it)
+        defaults = default_keys(items)
+        if None in defaults:
+            raise _not_json_like(items[defaults.index(None)])
+        return defaults  # type: ignore[return-value]  # (no None in it)
     keys = list(map(key_fn, items))
     ok = set(map(type, keys)) <= {str}
     if ok:

@@ -145,8 +145,7 @@ def _bulk(chunk: list[Any], params: bool) -> tuple[list[bytes], list[bytes]] | N
     shapes = set(map(tuple, chunk))  # the keys, in each dict's own order
     if any(TAG in shape for shape in shapes):
         return None
-    values = itertools.chain.from_iterable(map(dict.values, chunk))
-    if not set(map(type, values)) <= _SCALARS:
+    if not set(map(type, itertools.chain.from_iterable(map(dict.values, chunk)))) <= _SCALARS:
         return None
     canon = _split(_BULK_SORTED, chunk, dicts=True)
     if not params or all(list(shape) == sorted(shape) for shape in shapes):
