@@ -210,17 +210,17 @@ class ItemSet:
         ):
             # (prev_count == n: a list recorded under an earlier identity, unchanged: a record
             # of no new entries moves it to the current identity in O(1) bytes)
-            return b'{"base":%s,"base_n":%d,"append":%s}' % (
-                compact_json(prev_identity),
-                prev_count,
-                self.listing_json(start=prev_count),
-            )
-        return b'{"items":%s}' % self.listing_json()
+            base = b'{"base":%s,"base_n":%d,"append":' % (compact_json(prev_identity), prev_count)
+            return self.listing_json(start=prev_count, wrap=(base, b"}"))
+        return self.listing_json(wrap=(b'{"items":', b"}"))
 
-    def listing_json(self, start: int = 0) -> bytes:
-        """`listing` as JSON (the bytes `compact_json` writes for it), made in bulk."""
+    def listing_json(self, start: int = 0, wrap: tuple[bytes, bytes] = (b"", b"")) -> bytes:
+        """`listing` as JSON (the bytes `compact_json` writes for it, between ``wrap[0]`` and
+        ``wrap[1]``), made in bulk."""
         with _gc_paused():
-            return listing_json(self.keys, self.items, start, fps_are_keys=self.key_fn is None)
+            return listing_json(
+                self.keys, self.items, start, fps_are_keys=self.key_fn is None, wrap=wrap
+            )
 
     def listing(self, start: int = 0) -> list[list[Any]]:
         """The items as recorded in the checkpoint: [[key, fingerprint, params], ...], from

@@ -239,14 +239,21 @@ def _pieces(texts: list[bytes], before: bytes, after: bytes) -> list[bytes]:
     return (before + (after + b"\n" + before).join(texts) + after).split(b"\n")
 
 
-def listing_json(keys: list[str], items: list[Any], start: int, fps_are_keys: bool) -> bytes:
+def listing_json(
+    keys: list[str],
+    items: list[Any],
+    start: int,
+    fps_are_keys: bool,
+    wrap: tuple[bytes, bytes] = (b"", b""),
+) -> bytes:
     """The JSON array ``[[key, fingerprint, params], ...]`` of the items from `start` on, the
-    bytes `compact_json` writes for it. `keys` are valid Unicode strings (checked when the
-    items were built); `fps_are_keys` when they are the default keys (the fingerprints).
+    bytes `compact_json` writes for it (between ``wrap[0]`` and ``wrap[1]``: one copy of a
+    large listing, not two). `keys` are valid Unicode strings (checked when the items were
+    built); `fps_are_keys` when they are the default keys (the fingerprints).
 
     Each entry is three pieces, ``],["key",`` ``"fingerprint",`` ``params``, made in bulk and
     joined once per chunk (the first entry's ``],`` is left out)."""
-    out: list[bytes] = [b"["]
+    out: list[bytes] = [wrap[0] + b"["]
     for at, end in _chunks(len(keys), start):
         canon, params = _canonical_chunk(items[at:end], params=True)
         quoted = _split(_BULK_INSERTION, keys[at:end], dicts=False)
@@ -265,7 +272,7 @@ def listing_json(keys: list[str], items: list[Any], start: int, fps_are_keys: bo
         row[2::3] = params
         out.append(b"".join(row))
     if len(out) == 1:
-        return b"[]"
+        return wrap[0] + b"[]" + wrap[1]
     out[1] = out[1][2:]  # no "]," before the first entry
-    out.append(b"]]")
+    out.append(b"]]" + wrap[1])
     return b"".join(out)

@@ -143,6 +143,21 @@ def test_bulk_listing_across_chunks_and_starts() -> None:
     assert default_keys(items) == [default_key(it) for it in items]
 
 
+def test_record_payload_is_the_json_of_the_record() -> None:
+    items = [{"i": i, "x": i / 7} for i in range(50)]
+    key = lambda c: str(c["i"])  # noqa: E731
+    whole = ItemSet.build(items, key)
+    assert whole.record_payload(None, None) == compact_json({"items": whole.listing()})
+    prefix = ItemSet.build(items[:30], key).identity()
+    appended = {"base": prefix, "base_n": 30, "append": whole.listing(30)}
+    assert whole.record_payload(prefix, 30) == compact_json(appended)
+    same = {"base": whole.identity(), "base_n": 50, "append": []}
+    assert whole.record_payload(whole.identity(), 50) == compact_json(same)
+    changed = ItemSet.build([dict(items[0], x=-1.0), *items[1:30]], key).identity()
+    assert whole.record_payload(changed, 30) == compact_json({"items": whole.listing()})
+    assert ItemSet.build([], key).record_payload(None, None) == b'{"items":[]}'
+
+
 def test_bulk_default_keys_refuse_what_is_not_json_like() -> None:
     assert default_keys([{"a": 1}, {"a": {1}}])[1] is None
     with pytest.raises(InvalidKeyError, match="not JSON-like"):
