@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,8 +33,11 @@ _MAX_PLAIN_INT_BITS = 10_000
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
-# json.dumps with options builds a new encoder per call: one made once gives the same bytes
+# json.dumps with options builds a new encoder per call: ones made once give the same bytes
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
 
 
 def compact_json(obj: Any) -> bytes:
@@ -45,16 +49,34 @@ def _not_json(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON")
 
 
-# CPython's C encoder with `compact_json`'s options, made once; no circular check (the values
-# given to it are checked to be acyclic, at most MAX_DEPTH deep, by `_plain` first)
-_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-_PLAIN_ENCODE = (
-    _c_make_encoder(
-        None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False
-    )
-    if _c_make_encoder is not None
-    else None
-)
+def json_encoder(*, sort_keys: bool, item_separator: str = ",") -> Callable[[Any, int], Any]:
+    """A JSON encoder made once, with `compact_json`'s options (`canonical_json`'s, with
+    `sort_keys`): ``"".join(enc(value, 0))`` is the text. CPython's C encoder when there is one,
+    called straight (half the cost of `JSONEncoder.encode`, which rebuilds it per call). It has
+    no circular check: callers give it values checked to be acyclic (at most MAX_DEPTH deep).
+    Anything but JSON types raises TypeError; NaN and infinities ValueError; a lone surrogate
+    passes (its UTF-8 encoding then fails).
+
+    With `item_separator` "\\n", the bulk encodings of `_listing`: JSON text holds no raw
+    newline (strings escape control characters), so every one in the output is a separator."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is not None:
+        return make(  # type: ignore[no-any-return]  # (the C encoder is untyped)
+            None, _not_json, json.encoder.encode_basestring, None, ":", item_separator,
+            sort_keys, False, False,
+        )  # fmt: skip
+    text = json.JSONEncoder(  # no C accelerator: the pure-Python encoder, the same text
+        sort_keys=sort_keys,
+        separators=(item_separator, ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        check_circular=False,
+        default=_not_json,
+    ).encode
+    return lambda value, _level: (text(value),)
+
+
+_PLAIN_ENCODE = json_encoder(sort_keys=False)
 
 
 def _plain(value: Any, depth: int) -> bool:
@@ -93,7 +115,7 @@ def encode_json(value: Any, *, what: str = "result") -> bytes:
     """`compact_json(encode(value))`, the same bytes, without copying a value that `encode`
     would return unchanged (plain JSON values: the common result): it goes straight to the C
     encoder. Raises UnsupportedValueError like `encode`."""
-    if _PLAIN_ENCODE is not None and _plain(value, 0):
+    if _plain(value, 0):
         try:
             return "".join(_PLAIN_ENCODE(value, 0)).encode("utf-8")
         except (ValueError, UnicodeEncodeError):
@@ -352,9 +374,7 @@ def _check_unicode(value: Any) -> None:
 
 def canonical_json(obj: Any) -> bytes:
     """Deterministic JSON bytes for an already-encoded structure (sorted keys, no spaces)."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _CANONICAL(obj).encode("utf-8")
 
 
 def sha256_hex(data: bytes) -> str:

@@ -6,7 +6,8 @@ refused before anything runs. JSON-like items also have a fingerprint (the SHA-2
 canonical JSON), so a resumed sweep can tell when the item under a recorded key has changed.
 
 Fingerprints are computed lazily: reopening a sweep whose item list is unchanged since the last
-launch (one hash over the whole list tells) needs none of them, which keeps resuming fast.
+launch (one hash over the whole list tells: `_identity`) needs none of them, which keeps resuming
+fast. A whole list's canonical JSON, fingerprints and items record are made in bulk (`_listing`).
 """
 
 from __future__ import annotations
@@ -14,33 +15,41 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import json
-import marshal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._codec import TAG, canonical_json, check_key, encode, sha256_hex
-from .errors import DuplicateKeyError, InvalidKeyError, UnknownItemError, UnsupportedValueError
+from . import _identity
+from ._codec import check_key, compact_json
+from ._identity import IDENTITY_PREFIX, V2_PREFIX
+from ._listing import (
+    DEFAULT_KEY_LEN,
+    FP_LEN,
+    MAX_PARAMS_BYTES,
+    default_keys,
+    fingerprint_of,
+    item_fingerprint,
+    listing_json,
+)
+from .errors import DuplicateKeyError, InvalidKeyError, UnknownItemError
 
-MAX_PARAMS_BYTES = 64 * 1024  # larger items are remembered by fingerprint only
-_DEFAULT_KEY_LEN = 32
-_IDENTITY_CHUNK = 4096  # items per marshal call in the identity (part of its definition)
-IDENTITY_PREFIX = "2:"  # identities of the marshal form; older checkpoints hold bare hex
-FP_LEN = 32  # hex characters of SHA-256 kept as an item's fingerprint (128 bits)
-_MAX_PLAIN_INT_BITS = 10_000  # codec tags longer ints; such items take the codec's path
-# codec.canonical_json's exact output, from one encoder made once (json.dumps with options
-# builds a new encoder per call, which is most of the cost for small items)
-_CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
+__all__ = [
+    "FP_LEN",
+    "IDENTITY_PREFIX",
+    "MAX_PARAMS_BYTES",
+    "ItemSet",
+    "default_key",
+    "fingerprint_of",
+    "item_fingerprint",
+    "key_fn_or_default",
+]
 
 
 @contextlib.contextmanager
 def _gc_paused() -> Any:
-    """The cyclic garbage collector paused: building a million keys (or reading back a
-    million items' encoding) makes millions of containers and no cycles, and each of its
-    full passes would walk every one of them (and the user's items) again."""
+    """The cyclic garbage collector paused: building a million keys (or a million items' JSON)
+    makes millions of objects and no cycles, and each of its full passes would walk every one
+    of them (and the user's items) again."""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -50,71 +59,19 @@ def _gc_paused() -> Any:
             gc.enable()
 
 
-def _no_default(obj: Any) -> Any:
-    raise TypeError(f"{type(obj).__name__} is not JSON")
-
-
-# Flat dicts (no nesting, so no cycles to mark) go straight to CPython's C encoder, made once
-# with the same options: half the cost of JSONEncoder.encode, which rebuilds it per call.
-_c_encoder = getattr(json.encoder, "c_make_encoder", None)
-_FLAT = (
-    _c_encoder(
-        None, _no_default, json.encoder.encode_basestring, None, ":", ",", True, False, False
-    )
-    if _c_encoder is not None
-    else None
-)
-
-
-def _flat_plain(item: Any) -> bool:
-    """True for a dict of str keys to str/int/float/bool/None, which `encode` returns as is
-    (non-finite floats and invalid strings are caught by the JSON encoding itself)."""
-    if type(item) is not dict or TAG in item:
-        return False
-    for k, v in item.items():
-        t = type(v)
-        if type(k) is not str or not (
-            t is str
-            or t is float
-            or t is bool
-            or v is None
-            or (t is int and v.bit_length() <= _MAX_PLAIN_INT_BITS)
-        ):
-            return False
-    return True
-
-
-def fingerprint_of(item: Any) -> tuple[Any, bytes] | None:
-    """(encoded item, its canonical JSON) when the item is JSON-like, else None."""
-    if _flat_plain(item):
-        try:
-            text = "".join(_FLAT(item, 0)) if _FLAT is not None else _CANONICAL(item)
-            return item, text.encode("utf-8")
-        except (ValueError, UnicodeEncodeError):
-            pass  # NaN, a lone surrogate: the codec says what to do
-    try:
-        enc = encode(item, what="item")
-    except UnsupportedValueError:
-        return None
-    return enc, _CANONICAL(enc).encode("utf-8")
-
-
-def item_fingerprint(item: Any) -> str | None:
-    """An item's fingerprint (`ItemSet.fingerprint`), computed wherever the item is (a pool's
-    worker, from its copy of the item); None if the item is not JSON-like."""
-    fp = fingerprint_of(item)
-    return None if fp is None else hashlib.sha256(fp[1]).hexdigest()[:FP_LEN]
-
-
 def default_key(item: Any) -> str:
     """The default key: a stable hash of the item's canonical JSON."""
     fp = fingerprint_of(item)
     if fp is None:
-        raise InvalidKeyError(
-            f"item {item!r:.200} is not JSON-like, so no default key can be derived from it; "
-            "pass key=... (a function returning a str) to ResumableSweep"
-        )
-    return hashlib.sha256(fp[1]).hexdigest()[:_DEFAULT_KEY_LEN]
+        raise _not_json_like(item)
+    return hashlib.sha256(fp[1]).hexdigest()[:DEFAULT_KEY_LEN]
+
+
+def _not_json_like(item: Any) -> InvalidKeyError:
+    return InvalidKeyError(
+        f"item {item!r:.200} is not JSON-like, so no default key can be derived from it; "
+        "pass key=... (a function returning a str) to ResumableSweep"
+    )
 
 
 @dataclass
@@ -126,8 +83,7 @@ class ItemSet:
     index: dict[str, int]
     key_fn: Callable[[Any], Any] | None
     _fps: dict[int, tuple[str | None, Any]] = field(default_factory=dict, repr=False)
-    _legacy: dict[int, str] = field(default_factory=dict, repr=False)
-    _identity: dict[int, str] = field(default_factory=dict, repr=False)
+    _identities: dict[tuple[str, int], str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, items: Iterable[Any], key_fn: Callable[[Any], Any] | None) -> ItemSet:
@@ -187,11 +143,14 @@ class ItemSet:
             self._fps[idx] = cached
         return cached
 
+    def _fingerprints(self, n: int) -> list[Any]:
+        return [self._fp(i)[0] for i in range(n)]
+
     def fingerprint(self, key: str, *, cache: bool = True) -> str | None:
         """The fingerprint of the item under `key` (None if it is not JSON-like). With the
         default keys it is the key itself: both are the first 32 hex digits of the SHA-256 of
         the item's canonical JSON. `cache=False` keeps no copy (recording asks once per item)."""
-        if self.key_fn is None and _DEFAULT_KEY_LEN == FP_LEN:
+        if self.key_fn is None and DEFAULT_KEY_LEN == FP_LEN:
             return key
         idx = self.index[key]
         cached = self._fps.get(idx)
@@ -200,83 +159,48 @@ class ItemSet:
         return item_fingerprint(self.items[idx])
 
     def identity(self, upto: int | None = None) -> str:
-        """One SHA-256 over all keys and items (the first `upto` of them), versioned
-        (``IDENTITY_PREFIX``): equal identities mean an unchanged item list.
+        """The list's identity (its first `upto` items'): see `_identity`. Equal identities
+        mean an unchanged item list."""
+        return self._identity_in(_identity.identity, upto)
 
-        Fast path: `marshal` (format 2: no references, no interning flags, floats as their 8
-        bytes) encodes the keys and items in C, 4096 at a time. It accepts only exact builtin types
-        (dict, list, tuple, str, int, float, bool, None, ...: a subclass is refused), which
-        it tells apart, except objects exposing a buffer (numpy arrays and scalars), which it
-        writes as plain bytes; so the encoding must read back equal to the items, which a
-        numpy value (read back as bytes) or a NaN never does. Other items take the exact,
-        slower path through the codec. Equal lists written in another dict order (or holding
-        sets) may get another identity: that costs a re-check at the open, never a missed
-        change.
-        """
+    def identity_v2(self, upto: int | None = None) -> str:
+        """The ``2:`` identity that checkpoints written before ``3:`` recorded."""
+        return self._identity_in(_identity.identity_v2, upto)
+
+    def legacy_identity(self, upto: int | None = None) -> str:
+        """The unversioned identity that checkpoints written before ``2:`` recorded."""
+        return self._identity_in(_identity.legacy, upto)
+
+    def _identity_in(self, form: Callable[..., str], upto: int | None) -> str:
         n = len(self.items) if upto is None else upto
-        cached = self._identity.get(n)
+        cached = self._identities.get((form.__name__, n))
         if cached is None:
+            items = self.items if n == len(self.items) else self.items[:n]
+            keys = self.keys if n == len(self.keys) else self.keys[:n]
             with _gc_paused():
-                cached = self._identity[n] = self._compute_identity(n)
+                cached = form(keys, items, self._fingerprints)
+            self._identities[(form.__name__, n)] = cached
         return cached
-
-    def _compute_identity(self, n: int) -> str:
-        items = self.items if n == len(self.items) else self.items[:n]
-        keys = self.keys if n == len(self.keys) else self.keys[:n]
-        try:
-            digest = hashlib.sha256(b"marshal2\0")
-            for at in range(0, n, _IDENTITY_CHUNK):  # chunks: no copy of the whole list
-                part = (keys[at : at + _IDENTITY_CHUNK], items[at : at + _IDENTITY_CHUNK])
-                blob = marshal.dumps(part, 2)
-                if marshal.loads(blob) != part:
-                    raise ValueError("does not read back equal")
-                digest.update(blob)
-            return IDENTITY_PREFIX + digest.hexdigest()
-        except (ValueError, TypeError, RecursionError, EOFError):
-            pass
-        try:
-            encoded: Any = encode(items, what="items")
-        except UnsupportedValueError:
-            encoded = [self._fp(i)[0] for i in range(n)]
-        return IDENTITY_PREFIX + sha256_hex(
-            canonical_json(keys) + b"\0exact\0" + canonical_json(encoded)
-        )
 
     def matches(self, recorded: str | None, upto: int | None = None) -> bool:
         """Whether `recorded` (an identity read from a checkpoint) is this list's (its first
-        `upto` items'): in the current form, or in the unversioned form of checkpoints written
-        before it (computed only for those, once per `upto`)."""
+        `upto` items'), in the current form or in an earlier one (computed only for those, and
+        for ``2:`` only when its digest is not the current one's, once per `upto`)."""
         if recorded is None:
             return False
         if recorded.startswith(IDENTITY_PREFIX):
             return recorded == self.identity(upto)
+        if recorded.startswith(V2_PREFIX):
+            # the same marshal bytes hashed, when both forms took marshal's path
+            if recorded[len(V2_PREFIX) :] == self.identity(upto)[len(IDENTITY_PREFIX) :]:
+                return True
+            return recorded == self.identity_v2(upto)
         return recorded == self.legacy_identity(upto)
 
-    def legacy_identity(self, upto: int | None = None) -> str:
-        """The unversioned identity that checkpoints written before `IDENTITY_PREFIX` recorded
-        (json.dumps and repr of the items): kept so that they reopen as unchanged."""
-        n = len(self.items) if upto is None else upto
-        cached = self._legacy.get(n)
-        if cached is not None:
-            return cached
-        items = self.items if n == len(self.items) else self.items[:n]
-        keys = canonical_json(self.keys if n == len(self.keys) else self.keys[:n])
-        try:
-            as_json = json.dumps(items, sort_keys=True, allow_nan=False, ensure_ascii=False)
-            text = "fast\0" + as_json + "\0" + repr(items)
-            out = sha256_hex(keys + b"\0" + text.encode("utf-8", "surrogatepass"))
-        except (TypeError, ValueError, RecursionError):
-            try:
-                encoded: Any = encode(items, what="items")
-            except UnsupportedValueError:
-                encoded = [self._fp(i)[0] for i in range(n)]
-            out = sha256_hex(keys + b"\0exact\0" + canonical_json(encoded))
-        self._legacy[n] = out
-        return out
-
-    def record_payload(self, prev_identity: str | None, prev_count: int | None) -> dict[str, Any]:
-        """The payload of the items record for this list (see _state.py): only the new entries
-        when the previous list (`prev_identity`, `prev_count` entries) is a prefix of it."""
+    def record_payload(self, prev_identity: str | None, prev_count: int | None) -> bytes:
+        """The payload (JSON bytes) of the items record for this list (see _state.py): only the
+        new entries when the previous list (`prev_identity`, `prev_count` entries) is a prefix
+        of it."""
         n = len(self.keys)
         if (
             prev_identity is not None
@@ -284,22 +208,24 @@ class ItemSet:
             and 0 < prev_count <= n
             and self.matches(prev_identity, upto=prev_count)
         ):
-            # (prev_count == n: a list recorded under the legacy identity, unchanged: a record
+            # (prev_count == n: a list recorded under an earlier identity, unchanged: a record
             # of no new entries moves it to the current identity in O(1) bytes)
-            return {
-                "base": prev_identity,
-                "base_n": prev_count,
-                "append": self.listing(start=prev_count),
-            }
-        return {"items": self.listing()}
+            base = b'{"base":%s,"base_n":%d,"append":' % (compact_json(prev_identity), prev_count)
+            return self.listing_json(start=prev_count, wrap=(base, b"}"))
+        return self.listing_json(wrap=(b'{"items":', b"}"))
+
+    def listing_json(self, start: int = 0, wrap: tuple[bytes, bytes] = (b"", b"")) -> bytes:
+        """`listing` as JSON (the bytes `compact_json` writes for it, between ``wrap[0]`` and
+        ``wrap[1]``), made in bulk."""
+        with _gc_paused():
+            return listing_json(
+                self.keys, self.items, start, fps_are_keys=self.key_fn is None, wrap=wrap
+            )
 
     def listing(self, start: int = 0) -> list[list[Any]]:
         """The items as recorded in the checkpoint: [[key, fingerprint, params], ...], from
-        item `start` on.
-
-        Computed once for the whole list, so the per-item cache is bypassed (it would only
-        hold a million small tuples for nothing).
-        """
+        item `start` on (one item at a time, through the codec: `listing_json` is the bulk
+        form; the per-item cache is bypassed, it would only hold a million small tuples)."""
         fps = self._fps
         out = []
         for i in range(start, len(self.keys)):
@@ -317,7 +243,10 @@ def _keys_of(items: list[Any], key_fn: Callable[[Any], Any] | None) -> list[str]
     are one type census and one encode, not a million calls; the first bad key is then found
     and reported one by one)."""
     if key_fn is None:
-        return [default_key(item) for item in items]
+        defaults = default_keys(items)
+        if None in defaults:
+            raise _not_json_like(items[defaults.index(None)])
+        return defaults  # type: ignore[return-value]  # (no None in it)
     keys = list(map(key_fn, items))
     ok = set(map(type, keys)) <= {str}
     if ok:

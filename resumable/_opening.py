@@ -55,8 +55,8 @@ def _is_http(url: str) -> bool:
     return url.split("://", 1)[0].lower() in ("http", "https") and "://" in url
 
 
-Entry = tuple[str, dict[str, Any], "str | None", "str | None"]
-"""One record to append: (kind, payload, key, fingerprint)."""
+Entry = tuple[str, "dict[str, Any] | bytes", "str | None", "str | None"]
+"""One record to append: (kind, payload or its JSON bytes, key, fingerprint)."""
 
 
 @dataclass

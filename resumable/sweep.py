@@ -199,7 +199,11 @@ class ResumableSweep:
             raise
 
     def _append(
-        self, kind: str, payload: dict[str, Any], key: str | None = None, fp: str | None = None
+        self,
+        kind: str,
+        payload: dict[str, Any] | bytes,
+        key: str | None = None,
+        fp: str | None = None,
     ) -> Record:
         # (the public methods checked the owner before taking the lock; the writer checks too)
         with self._lock:  # append and apply in one step: the state follows the journal's order

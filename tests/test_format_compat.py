@@ -330,3 +330,58 @@ def _zeros_like(graph: Any) -> Any:
     if isinstance(graph, (list, tuple)):
         return type(graph)(_zeros_like(v) for v in graph)
     return np.zeros_like(graph)
+
+
+@pytest.mark.parametrize(("version", "name", "spec"), _cases("checkpoint"))
+def test_checkpoint_items_are_recognised_unchanged(
+    version: Path, name: str, spec: dict[str, Any], tmp_path: Path
+) -> None:
+    """Every form of the items identity an earlier version recorded (bare hex, ``2:``) is
+    recognised: reopening with the same items (as recorded: in their own key order, which the
+    identity keeps) lists none of them again (an empty append moves the checkpoint to the
+    current form)."""
+    from resumable._checkpoint import progress_dir_for
+    from resumable._codec import decode
+    from resumable._items import IDENTITY_PREFIX, ItemSet
+    from resumable.shards import shard_dir_name
+    from resumable.view import CheckpointView
+
+    root = _copy(version, tmp_path)
+    exp = Expected(root)
+    key = exp.raw["signing_key"] if spec.get("signed") else None
+    count = spec.get("shards")
+    shards: list[tuple[int, int] | None] = [(i, count) for i in range(count)] if count else [None]
+    views: dict[tuple[int, int] | None, CheckpointView] = {}
+    recorded_items: dict[str, Any] = {}  # as recorded: in their own key order
+    for shard in shards:
+        progress = progress_dir_for(root / spec["path"])
+        if shard is not None:
+            progress = progress / shard_dir_name(*shard)
+        view = open_view(progress)
+        assert isinstance(view, CheckpointView)
+        views[shard] = view
+        recorded_items.update((k, decode(params)) for k, _, params in view.items())
+    items = [recorded_items[exp.key(it)] for it in exp.items]
+    for shard, before in views.items():
+        recorded = before.loaded.state.items_sha256
+        assert recorded is not None and not recorded.startswith(IDENTITY_PREFIX)
+        mine = ItemSet.build(items, exp.key).subset(set(before.keys()).__contains__)
+        assert mine.matches(recorded), f"{name}: {recorded[:20]} not recognised"
+        with ResumableSweep(
+            items,
+            key=exp.key,
+            checkpoint_path=root / spec["path"],
+            shard=shard,
+            signing_key=key,
+            resume="must",
+            resume_from="",
+            handle_signals=False,
+        ) as sweep:
+            progress = sweep.progress_dir
+        after = open_view(progress)
+        assert isinstance(after, CheckpointView)
+        state = after.loaded.state
+        assert state.items_sha256 == mine.identity()
+        rec = state.items_record
+        assert rec is not None and rec.payload.startswith(b'{"base":')
+        assert rec.payload.endswith(b'"append":[]}'), f"{name}: items listed again"

@@ -256,5 +256,10 @@ def _pool_record_global(item):
     # the sweep reaches the worker by inheritance (the fork), not by pickling
     import gc
 
-    sweep = next(o for o in gc.get_objects() if isinstance(o, ResumableSweep) and not o.closed)
+    # (a sweep whose constructor raised early, not yet collected, has no state: not this one)
+    sweep = next(
+        o
+        for o in gc.get_objects()
+        if isinstance(o, ResumableSweep) and hasattr(o, "_closed") and not o.closed
+    )
     return _pool_record((sweep, item))
