@@ -36,7 +36,7 @@ from typing import Any
 from . import _durable as durable
 from . import _limits as limits
 from ._durable import atomic_write_bytes, create_durable_file, fsync_file, make_dirs
-from ._journal import Record, dumps, encode_line
+from ._journal import Record, chain_line, dumps
 from ._loading import (
     Loaded,
     WriterView,
@@ -304,7 +304,7 @@ class CheckpointWriter:
         self.segment_bytes = segment_bytes
         self.on_seal = on_seal
         self.last_seq = loaded.state.last_seq
-        self.last_hash = loaded.state.last_hash
+        self._prev = loaded.state.last_hash.encode("ascii")  # the last record's hash, as bytes
         self._active_hash = loaded.active_hash
         self._active_size = loaded.active_size
         self._active_records = loaded.active_records
@@ -411,6 +411,11 @@ class CheckpointWriter:
     def broken(self) -> str | None:
         return self._broken
 
+    @property
+    def last_hash(self) -> str:
+        """The hash of the last record written (the chain goes on from it)."""
+        return self._prev.decode("ascii")
+
     def append(
         self,
         kind: str,
@@ -421,9 +426,49 @@ class CheckpointWriter:
     ) -> Record:
         """Durably append one record; when this returns it survives SIGKILL and power loss.
 
-        `append_many` of one entry: the same rules, write and failure handling. `payload` is
-        the record's JSON object or its encoded bytes (see `journal.encode_record`)."""
-        return self.append_many([(kind, payload, key, fp)])[0]
+        `append_many` of one entry: the same rules, time, write and failure handling, without
+        the lists (the path of every `sweep.record`). `payload` is the record's JSON object or
+        its encoded bytes (see `journal.encode_record`)."""
+        if _pid != self.owner_pid:  # before the mutex: a parent's thread may hold it
+            raise foreign_process_error(f"checkpoint {self.dir}", self.owner_pid)
+        body = payload if type(payload) is bytes else dumps(payload)
+        with self._mutex:
+            if self._broken is not None:
+                raise CheckpointClosedError(
+                    f"checkpoint {self.dir} can no longer record: {self._broken}"
+                )
+            us = time.time_ns() // 1000  # (`_group_time`, inline)
+            if us <= self._last_us:
+                us = self._last_us + 1
+            self._last_us = us
+            t_b = b"%d.%06d" % divmod(us, 1_000_000)
+            seq = self.last_seq + 1
+            line, digest = chain_line(self._prev, seq, kind, key, t_b, fp, body)
+            before = self._active_size
+            size = before + len(line)
+            if size >= self.segment_bytes or (before and size > limits.MAX_SEGMENT_BYTES):
+                out: list[Record] = []  # it seals (or rolls) the segment: the general path
+                self._write_chunk([(kind, body, key, fp)], 0, us / 1_000_000, t_b, out)
+                return out[0]
+            source = self._active_str
+            self._commit(line, source, before)
+            # From here on nothing can fail: bookkeeping only.
+            self._active_hash.update(line)
+            self._active_size = size
+            self._active_records += 1
+            self.last_seq = seq
+            self._prev = digest
+            return Record(seq, kind, key, us / 1_000_000, fp, body, source)
+
+    def _group_time(self) -> tuple[int, bytes]:
+        """One time per group, in whole microseconds (written as such: no float repr) and
+        later than the previous group's: a torn group is recognised by its single time. The
+        time and its bytes; `us / 1_000_000` is exactly the float the bytes read back as."""
+        us = time.time_ns() // 1000
+        if us <= self._last_us:
+            us = self._last_us + 1
+        self._last_us = us
+        return us, b"%d.%06d" % divmod(us, 1_000_000)
 
     def append_many(
         self, entries: list[tuple[str, dict[str, Any] | bytes, str | None, str | None]]
@@ -442,11 +487,8 @@ class CheckpointWriter:
                 raise CheckpointClosedError(
                     f"checkpoint {self.dir} can no longer record: {self._broken}"
                 )
-            # One time per group, in whole microseconds (written as such: no float repr) and
-            # later than the previous group's: a torn group is recognised by its single time.
-            us = max(time.time_ns() // 1000, self._last_us + 1)
-            self._last_us = us
-            t, t_b = us / 1_000_000, b"%d.%06d" % divmod(us, 1_000_000)  # float(t_b) == t exactly
+            us, t_b = self._group_time()
+            t = us / 1_000_000
             out: list[Record] = []
             pos, n = 0, len(entries)
             while pos < n:
@@ -466,21 +508,22 @@ class CheckpointWriter:
         returns the position after them. Under the mutex."""
         lines: list[bytes] = []
         recs: list[Record] = []
-        seq, prev, size = self.last_seq, self.last_hash, self._active_size
+        seq, prev, size = self.last_seq, self._prev, self._active_size
         source, cap, fill = self._active_str, limits.MAX_SEGMENT_BYTES, self.segment_bytes
         n = len(entries)
+        add_line, add_rec = lines.append, recs.append
         while pos < n:
             kind, payload, key, fp = entries[pos]
             body = payload if type(payload) is bytes else dumps(payload)
-            line, digest = encode_line(prev, seq + 1, kind, key, t_b, fp, body)
+            line, digest = chain_line(prev, seq + 1, kind, key, t_b, fp, body)
             if size and size + len(line) > cap:
                 if lines:
                     break  # write what we have; the next chunk rolls first
                 self._roll()  # first: no segment grows past what the loader reads
                 size, source = 0, self._active_str
             seq, prev = seq + 1, digest
-            lines.append(line)
-            recs.append(Record(seq, kind, key, t, fp, body, source))
+            add_line(line)
+            add_rec(Record(seq, kind, key, t, fp, body, source))
             size += len(line)
             pos += 1
             if size >= fill:
@@ -490,24 +533,9 @@ class CheckpointWriter:
         if size >= fill:  # this chunk fills the segment: the manifest sealing it is checked first
             hasher = self._active_hash.copy()
             hasher.update(data)
-            plan = self._plan_seal(size, hasher, self._active_records + len(lines), seq, prev)
-        before = self._active_size
-        try:
-            _write_all(self._fd, data)
-            fsync_file(self._fd, source)
-        except OSError as exc:
-            self._fail(f"{type(exc).__name__}: {exc}", truncate_to=before)
-            if isinstance(exc, CheckpointWriteError):
-                raise
-            raise CheckpointWriteError(
-                exc.errno, f"recording to {source} failed: {exc.strerror or exc}"
-            ) from exc
-        except BaseException as exc:  # Ctrl-C (or a SystemExit) between write and bookkeeping
-            self._fail(
-                f"interrupted while recording ({type(exc).__name__}); reopen the sweep",
-                truncate_to=before,
-            )
-            raise
+            last_hash = prev.decode("ascii")
+            plan = self._plan_seal(size, hasher, self._active_records + len(lines), seq, last_hash)
+        self._commit(data, source, self._active_size)
         # From here on nothing can fail: bookkeeping only.
         if hasher is None:
             self._active_hash.update(data)
@@ -516,11 +544,44 @@ class CheckpointWriter:
         self._active_size = size
         self._active_records += len(lines)
         self.last_seq = seq
-        self.last_hash = prev
+        self._prev = prev
         out += recs
         if plan is not None:
             self._seal(plan)
         return pos
+
+    def _commit(self, data: bytes, source: str, before: int) -> None:
+        """Write `data` at the end of the active segment (`source`, `before` bytes long) and
+        fdatasync it (this runs per record: `durable.ops.write` directly, no layer between). On
+        any failure the writer is broken for good (the partial write cut back off, best
+        effort) and the error raised: nothing of `data` was acknowledged."""
+        fd, ops = self._fd, durable.ops
+        try:
+            done = ops.write(fd, data)
+            if done < len(data):  # rare: a short write; go on from where it stopped
+                _write_all(fd, memoryview(data)[done:])
+        except OSError as exc:
+            self._fail(f"{type(exc).__name__}: {exc}", truncate_to=before)
+            raise CheckpointWriteError(
+                exc.errno, f"recording to {source} failed: {exc.strerror or exc}"
+            ) from exc
+        except BaseException as exc:  # Ctrl-C (or a SystemExit) between write and bookkeeping
+            self._interrupted(exc, before)
+            raise
+        try:
+            fsync_file(fd, source)  # (a CheckpointWriteError naming `source` if it fails)
+        except OSError as exc:
+            self._fail(f"{type(exc).__name__}: {exc}", truncate_to=before)
+            raise
+        except BaseException as exc:
+            self._interrupted(exc, before)
+            raise
+
+    def _interrupted(self, exc: BaseException, before: int) -> None:
+        self._fail(
+            f"interrupted while recording ({type(exc).__name__}); reopen the sweep",
+            truncate_to=before,
+        )
 
     def _roll(self) -> None:
         """Seal the active segment as it stands now (before a record that would not fit)."""
@@ -621,10 +682,8 @@ class CheckpointWriter:
         self._broken = "the sweep belongs to another process"
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     write = durable.ops.write
-    done = write(fd, data)
-    if done < len(data):  # rare: a short write; go on from where it stopped
-        view = memoryview(data)[done:]
-        while view:
-            view = view[write(fd, view) :]
+    view = memoryview(data)
+    while view:
+        view = view[write(fd, view) :]

@@ -174,6 +174,19 @@ def encode_line(
     """(line bytes, record hash) of a record whose time (`t`: repr of the float, as bytes,
     made once for a group) and payload are already encoded. Refuses what the loader would:
     an unknown type, a key or a line past the limits (LimitExceededError)."""
+    line, digest = chain_line(prev_hash.encode("ascii"), seq, kind, key, t, fp, body)
+    return line, digest.decode("ascii")
+
+
+_sha256 = hashlib.sha256
+
+
+def chain_line(
+    prev: bytes, seq: int, kind: str, key: str | None, t: bytes, fp: str | None, body: bytes
+) -> tuple[bytes, bytes]:
+    """`encode_line` with the hashes as ASCII bytes: the previous record's hash (`prev`) in,
+    (line, this record's hash) out, as the writer keeps them: one SHA-256 per line and no
+    conversions (the recording hot path; see checkpoint.CheckpointWriter.append)."""
     kind_b = _KIND_BYTES.get(kind)
     if kind_b is None:
         raise ValueError(f"unknown record type {kind!r}")
@@ -186,8 +199,8 @@ def encode_line(
     rest = b"%d %s %s %s %s\t%s" % (seq, kind_b, t, fp.encode() if fp else b"-", key_b, body)
     if _HASH_LEN + 1 + len(rest) > limits.MAX_RECORD_BYTES:
         limits.check_record(_HASH_LEN + 1 + len(rest), _what(kind, key))
-    digest = hashlib.sha256(prev_hash.encode("ascii") + b"\n" + rest).hexdigest()
-    return digest.encode("ascii") + b" " + rest + b"\n", digest
+    digest = _sha256(prev + b"\n" + rest).hexdigest().encode()
+    return b"%s %s\n" % (digest, rest), digest
 
 
 def _what(kind: str, key: str | None) -> str:

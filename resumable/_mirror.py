@@ -138,8 +138,13 @@ class Mirror:
     # -- called from the sweep's thread ----------------------------------------------------------
 
     def notify(self) -> None:
-        """A record was made durable; the thread uploads it within about `interval_s`."""
-        self._wake.set()
+        """A record was made durable; the thread uploads it within about `interval_s`.
+
+        A wake-up already pending covers this record too (the thread clears it before it
+        looks at the writer), so it is set only when it is not: `Event.set` takes a lock."""
+        wake = self._wake
+        if not wake.is_set():
+            wake.set()
 
     def flush(self, timeout: float | None = None) -> None:
         """Bring the mirror up to date now; raises if it cannot within `timeout` seconds."""

@@ -276,48 +276,70 @@ class ResumableSweep:
         Thread-safe: the already-recorded check and the append happen under one lock, so of
         several threads recording one item exactly one succeeds and the others get
         `AlreadyRecordedError`.
+
+        (The hot path of a sweep: one lookup per step, the value's JSON and the payload made
+        outside the lock, one write and one fdatasync under it; see `_result_payload`.)
         """
         key = self._key_of(item)
-        self._check_owner()
-        if key in self._state.results:
+        if process_id() != self._owner_pid:
+            self._check_owner()
+        results = self._state.results
+        if key in results:
             self._check_not_done(key, "each item is recorded once")
         # outside the lock: CPU (the value's JSON, the item's fingerprint)
-        measured = duration is None  # from when `pending` yielded it, if it did
-        body = self._result_payload(key, result, self._duration(key, duration), measured)
+        if duration is not None:  # (`_duration_json`, inline)
+            dur = b',"duration":%r' % self._checked_duration(key, duration)
+            self._yielded.pop(key, None)
+        else:  # measured from when `pending` yielded it, if it did
+            started = self._yielded.pop(key, None)
+            if started is None:
+                dur = b',"duration":null'
+            else:
+                dur = b',"duration":%.6f' % (time.monotonic() - started)
+        body = self._result_payload(key, result, dur)
         fp = self._items.fingerprint(key, cache=False)
         with self._lock:
-            if key in self._state.results:
+            if key in results:
                 self._check_not_done(key, "each item is recorded once")
-            if self._meta_may_have_changed():
+            meta, seen = self.meta, self._meta_seen  # (_meta_may_have_changed, inline)
+            if not (type(meta) is dict and not meta and type(seen) is dict and not seen):
                 self._save_meta()
             writer = self._writer
             if writer is None or self._closed:
                 raise CheckpointClosedError(f"sweep {self.name!r} is closed")
             self._state.apply(writer.append("result", body, key=key, fp=fp))
-            if self._mirror is not None:
-                self._mirror.notify()
-        self._yielded_ids.pop(id(item), None)
+            mirror = self._mirror
+            if mirror is not None:
+                mirror.notify()
+        ids = self._yielded_ids
+        if ids:
+            ids.pop(id(item), None)
         if self._item_snapshots is not None:
             self._item_snapshots.recorded(key)
 
     def _key_of(self, item: Any) -> str:
         """The key of one of the sweep's items. An item just yielded by `pending` is known by
         its identity (the very object of the item list: its key was computed at the open),
-        without calling the key function or hashing it again."""
+        without calling the key function or hashing it again; a key function's str that is
+        one of the list's keys needs no other check (they were all checked at the open)."""
         items = self._items
-        key = self._yielded_ids.get(id(item))
-        if key is not None and items.items[items.index[key]] is item:
-            return key
-        return items.key_of(item)
+        ids = self._yielded_ids
+        if ids:
+            key = ids.get(id(item))
+            if key is not None and items.items[items.index[key]] is item:
+                return key
+        key_fn = items.key_fn
+        if key_fn is not None:
+            key = key_fn(item)
+            if type(key) is str and key in items.index:
+                return key
+        return items.key_of(item)  # the default key, or the error saying what is wrong
 
-    def _result_payload(
-        self, key: str, result: Any, duration: float | None, measured: bool = False
-    ) -> bytes:
+    def _result_payload(self, key: str, result: Any, duration: bytes) -> bytes:
         """The payload of a result record, as `journal.dumps` would make it from
         {"value": encode(result), "duration": duration, "launch": launch_id}: the value's JSON
-        between a fixed prefix and the sweep's fixed suffix (the reports read it from the end).
-        A `measured` duration is written to the microsecond (a float's shortest repr costs as
-        much as the rest of the payload); one given by the user exactly."""
+        between a fixed prefix and the sweep's fixed suffix (the reports read it from the
+        end); `duration` is its JSON with the comma before it (see `_duration_json`)."""
         if type(result) is EncodedResult:
             value = result.json
         else:
@@ -325,16 +347,7 @@ class ResumableSweep:
                 value = encode_json(result, what="")
             except UnsupportedValueError:  # again, for the message naming the item
                 value = encode_json(result, what=f"the result of item {key!r}")
-        return (
-            b'{"value":'
-            + value
-            + (
-                b',"duration":null'
-                if duration is None
-                else (b',"duration":%.6f' if measured else b',"duration":%r') % duration
-            )
-            + self._result_tail
-        )
+        return b'{"value":%s%s%s' % (value, duration, self._result_tail)
 
     def _meta_may_have_changed(self) -> bool:
         """False when `meta` is, as when last saved, an empty dict (checked per record; the
@@ -378,19 +391,24 @@ class ResumableSweep:
         self._check_owner()
         prepared: list[tuple[str, Any, float | None]] = []
         seen: set[str] = set()
+        results = self._state.results
+        key_of, checked = self._key_of, self._checked_duration
         for (item, result), duration in zip(pairs, times, strict=True):
-            key = self._key_of(item)
+            key = key_of(item)
             if key in seen:
                 raise AlreadyRecordedError(
                     f"item {key!r} appears twice in one record_many call; each item is "
                     "recorded once"
                 )
             seen.add(key)
-            self._check_not_done(key, "each item is recorded once")
-            prepared.append((key, result, self._checked_duration(key, duration)))
+            if key in results:
+                self._check_not_done(key, "each item is recorded once")
+            prepared.append((key, result, None if duration is None else checked(key, duration)))
         rows = self._prepare_results(prepared)
-        for (item, _), _ in zip(pairs, times, strict=True):
-            self._yielded_ids.pop(id(item), None)
+        ids = self._yielded_ids
+        if ids:
+            for item, _ in pairs:
+                ids.pop(id(item), None)
         return rows
 
     def _prepare_results(
@@ -414,19 +432,17 @@ class ResumableSweep:
 
     def _commit_rows(self, rows: list[tuple[str, Any, float | None]], measure: bool) -> int:
         entries: list[tuple[str, dict[str, Any] | bytes, str | None, str | None]] = []
+        add = entries.append
         fingerprint = self._items.fingerprint
-        yielded = self._yielded
+        pop_started = self._yielded.pop
         payload = self._result_payload
         for key, result, duration in rows:
-            started = yielded.pop(key, None)
-            measured = measure or (duration is None and started is not None)
-            if duration is None and started is not None:
-                duration = time.monotonic() - started
+            dur = _duration_json(duration, pop_started(key, None), measure)
             if type(result) is EncodedResult and result.has_fp:
                 fp = result.fp
             else:
                 fp = fingerprint(key, cache=False)
-            entries.append(("result", payload(key, result, duration, measured), key, fp))
+            add(("result", payload(key, result, dur), key, fp))
         if not entries:
             return 0
         with self._lock:
@@ -808,6 +824,18 @@ class _OpenSweeps:
 
 _left_open = _OpenSweeps()
 atexit.register(_left_open.close_all)
+
+
+def _duration_json(duration: float | None, started: float | None, measured: bool) -> bytes:
+    """A result payload's duration with the comma before it: the one given (written exactly,
+    or to the microsecond if the caller `measured` it), else measured from `started` (when
+    `pending` yielded the item) to now, to the microsecond (a float's shortest repr costs as
+    much as the rest of the payload), else null."""
+    if duration is None:
+        if started is None:
+            return b',"duration":null'
+        return b',"duration":%.6f' % (time.monotonic() - started)
+    return (b',"duration":%.6f' if measured else b',"duration":%r') % duration
 
 
 def _same_plain(a: Any, b: Any) -> bool:
