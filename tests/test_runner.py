@@ -329,6 +329,16 @@ def test_preemption_cancels_queued_items_and_records_running_ones(tmp_path, kind
 
 
 def test_ctrl_c_in_parent_records_running_items_and_reraises(tmp_path):
+    # Ctrl-C means Python's own SIGINT handler: a pytest started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and then a SIGINT is nothing at all
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_in_parent(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
+def _ctrl_c_in_parent(tmp_path: Path) -> None:
     main = threading.main_thread().ident
 
     def fn(item: dict) -> int:
