@@ -36,7 +36,7 @@ from typing import Any
 from . import _durable as durable
 from . import _limits as limits
 from ._durable import atomic_write_bytes, create_durable_file, fsync_file, make_dirs
-from ._journal import Record, chain_line, dumps
+from ._journal import LazyRecord, Record, chain_line, dumps
 from ._loading import (
     Loaded,
     WriterView,
@@ -495,6 +495,28 @@ class CheckpointWriter:
                 pos = self._write_chunk(entries, pos, t, t_b, out)
             return out
 
+    def append_kept_on_disk(
+        self, kind: str, payload: bytes, *, key: str | None = None, fp: str | None = None
+    ) -> Record:
+        """`append` one large record (a part of an item listing, 64 MiB) and return it
+        without its payload in memory: read back from its segment, checked against its hash,
+        when asked for (a sweep of ten million items would otherwise keep 745 MB)."""
+        if _pid != self.owner_pid:
+            raise foreign_process_error(f"checkpoint {self.dir}", self.owner_pid)
+        with self._mutex:
+            if self._broken is not None:
+                raise CheckpointClosedError(
+                    f"checkpoint {self.dir} can no longer record: {self._broken}"
+                )
+            us, t_b = self._group_time()
+            before, source, prev = self._active_size, self._active_str, self._prev
+            out: list[Record] = []
+            self._write_chunk([(kind, payload, key, fp)], 0, us / 1_000_000, t_b, out)
+            rec = out[0]
+            where = before if rec.source == source else 0  # (0: a new segment was begun)
+            lines = _WrittenLine(rec.source, prev, self._prev)
+            return LazyRecord(rec.seq, kind, key, rec.t, rec.source, lines, 0, where, fp=fp)
+
     def _write_chunk(
         self,
         entries: list[tuple[str, dict[str, Any] | bytes, str | None, str | None]],
@@ -687,3 +709,35 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[write(fd, view) :]
+
+
+class _WrittenLine:
+    """The line of one record this writer appended, read back from its segment file and
+    checked against the record's hash (and its predecessor's, which the hash covers)."""
+
+    def __init__(self, path: str, prev: bytes, digest: bytes) -> None:
+        self._path = path
+        self._prev = prev
+        self._digest = digest
+
+    def line(self, segment: int, offset: int) -> bytes:
+        try:
+            with open(self._path, "rb") as fh:
+                fh.seek(offset)
+                line = fh.readline(limits.MAX_RECORD_BYTES + 1)
+        except OSError as exc:
+            raise IntegrityError(
+                f"{self._path}: cannot read back the record at byte {offset}: {exc}"
+            ) from None
+        line = line[:-1] if line.endswith(b"\n") else b""
+        if (
+            line[: len(self._digest)] != self._digest
+            or hashlib.sha256(self._prev + b"\n" + line[len(self._digest) + 1 :])
+            .hexdigest()
+            .encode("ascii")
+            != self._digest
+        ):
+            raise IntegrityError(
+                f"{self._path}: the record at byte {offset} changed since it was written"
+            )
+        return line

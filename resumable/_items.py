@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _identity
 from ._codec import check_key, compact_json
 from ._identity import IDENTITY_PREFIX, V2_PREFIX
+from ._itemlist import listing_records
 from ._listing import (
     DEFAULT_KEY_LEN,
     FP_LEN,
@@ -30,6 +31,7 @@ from ._listing import (
     fingerprint_of,
     item_fingerprint,
     listing_json,
+    listing_rows,
 )
 from .errors import DuplicateKeyError, InvalidKeyError, UnknownItemError
 
@@ -57,6 +59,18 @@ def _gc_paused() -> Any:
     finally:
         if was:
             gc.enable()
+
+
+def _gc_paused_each(it: Iterator[Any]) -> Iterator[Any]:
+    """`it`'s values, each made with the garbage collector paused (see `_gc_paused`; not
+    while the caller holds one)."""
+    while True:
+        with _gc_paused():
+            try:
+                value = next(it)
+            except StopIteration:
+                return
+        yield value
 
 
 def default_key(item: Any) -> str:
@@ -198,9 +212,27 @@ class ItemSet:
         return recorded == self.legacy_identity(upto)
 
     def record_payload(self, prev_identity: str | None, prev_count: int | None) -> bytes:
-        """The payload (JSON bytes) of the items record for this list (see _state.py): only the
-        new entries when the previous list (`prev_identity`, `prev_count` entries) is a prefix
-        of it."""
+        """The payload (JSON bytes) of the items record for this list in one record (see
+        _state.py): only the new entries when the previous list (`prev_identity`,
+        `prev_count` entries) is a prefix of it. (`record_entries` splits a long one.)"""
+        head, field, start = self._record_form(prev_identity, prev_count)
+        return self.listing_json(start=start, wrap=(head + b'"%s":' % field, b"}"))
+
+    def record_entries(
+        self, prev_identity: str | None, prev_count: int | None, identity: str
+    ) -> Iterator[tuple[str, bytes, str | None, str]]:
+        """The records (kind, payload, key, fingerprint) that record this list (of identity
+        `identity`), as `record_payload` says but split into parts when long (see
+        _itemlist.py); made one at a time, as they are written."""
+        head, field, start = self._record_form(prev_identity, prev_count)
+        rows = listing_rows(self.keys, self.items, start, fps_are_keys=self.key_fn is None)
+        return _gc_paused_each(listing_records(rows, head, field, identity))
+
+    def _record_form(
+        self, prev_identity: str | None, prev_count: int | None
+    ) -> tuple[bytes, bytes, int]:
+        """(payload head, entries field, first entry) of the items record: an append to the
+        previous list when that list is a prefix of this one, else the whole list."""
         n = len(self.keys)
         if (
             prev_identity is not None
@@ -210,9 +242,9 @@ class ItemSet:
         ):
             # (prev_count == n: a list recorded under an earlier identity, unchanged: a record
             # of no new entries moves it to the current identity in O(1) bytes)
-            base = b'{"base":%s,"base_n":%d,"append":' % (compact_json(prev_identity), prev_count)
-            return self.listing_json(start=prev_count, wrap=(base, b"}"))
-        return self.listing_json(wrap=(b'{"items":', b"}"))
+            head = b'{"base":%s,"base_n":%d,' % (compact_json(prev_identity), prev_count)
+            return head, b"append", prev_count
+        return b"{", b"items", 0
 
     def listing_json(self, start: int = 0, wrap: tuple[bytes, bytes] = (b"", b"")) -> bytes:
         """`listing` as JSON (the bytes `compact_json` writes for it, between ``wrap[0]`` and

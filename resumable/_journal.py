@@ -44,7 +44,9 @@ from .errors import IntegrityError
 
 _HASH_LEN = 64
 MAX_TIME = 1e10  # seconds since the epoch (year 2286): later record times are damage
-_TYPES = frozenset({"launch", "items", "result", "failure", "retry", "invalidate", "meta"})
+_TYPES = frozenset(
+    {"launch", "items", "itemspart", "result", "failure", "retry", "invalidate", "meta"}
+)
 
 
 dumps = compact_json  # a payload's bytes: compact JSON, UTF-8, no NaN
@@ -198,12 +200,14 @@ def chain_line(
         key_b = _json_string(key).encode("utf-8")
     rest = b"%d %s %s %s %s\t%s" % (seq, kind_b, t, fp.encode() if fp else b"-", key_b, body)
     if _HASH_LEN + 1 + len(rest) > limits.MAX_RECORD_BYTES:
-        limits.check_record(_HASH_LEN + 1 + len(rest), _what(kind, key))
+        limits.check_record(_HASH_LEN + 1 + len(rest), _what(kind, key), kind)
     digest = _sha256(prev + b"\n" + rest).hexdigest().encode()
     return b"%s %s\n" % (digest, rest), digest
 
 
 def _what(kind: str, key: str | None) -> str:
+    if kind in ("items", "itemspart"):  # (their key field numbers parts: not an item's)
+        return "the item listing" if kind == "items" else f"part {key} of the item listing"
     return f"the {kind} record" + (f" of item {key!r:.100}" if key is not None else "")
 
 

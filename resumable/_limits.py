@@ -21,6 +21,11 @@ MAX_KEY_CHARS = 1 << 20
 MAX_RECORD_BYTES = 256 * 1024 * 1024
 """One journal record: its line without the final newline."""
 
+ITEMS_PART_BYTES = 64 * 1024 * 1024
+"""An item listing's payload in one record: a longer listing is written as several
+``itemspart`` records (each at most this long, unless one entry alone is longer) closed by an
+``items`` record (see _itemlist.py). A listing up to this long stays one ``items`` record."""
+
 MAX_SEGMENT_BYTES = 1 << 30
 """One journal segment, sealed or active. A record that would push the active segment past it
 is appended to a new segment (the active one is sealed first)."""
@@ -41,14 +46,28 @@ def check_key(key: str, where: str) -> None:
         )
 
 
-def check_record(size: int, what: str) -> None:
-    """Refuse a record line (without newline) longer than `MAX_RECORD_BYTES`."""
+def check_record(size: int, what: str, kind: str = "result") -> None:
+    """Refuse a record line (without newline) longer than `MAX_RECORD_BYTES`, with advice
+    that fits the record's `kind`."""
     if size > MAX_RECORD_BYTES:
         raise LimitExceededError(
             f"{what} is {size} bytes encoded; a record may be at most {MAX_RECORD_BYTES} bytes "
-            "(limits.MAX_RECORD_BYTES). Nothing was written. Keep large data out of results: "
-            "save it in a snapshot or a file of your own and record its path"
+            f"(limits.MAX_RECORD_BYTES). Nothing was written. {_ADVICE.get(kind, _OTHER)}"
         )
+
+
+_OTHER = "Record less at once (fewer keys per call, a smaller meta dict)"
+_ADVICE = {
+    "result": "Keep large data out of results: save it in a snapshot or a file of your own "
+    "and record its path",
+    "failure": "The failure's message or traceback is too large: raise an exception with a "
+    "shorter message",
+    "meta": "Keep large data out of meta: save it in a file of your own and record its path",
+    "items": "An item listing is split into parts of limits.ITEMS_PART_BYTES: lower it if "
+    "it was raised past the record limit; use shorter keys",
+    "itemspart": "One item's listing entry is too large: use a shorter key (a hash of the "
+    "item, say); items past MAX_PARAMS_BYTES are recorded by fingerprint only",
+}
 
 
 def check_manifest(size: int, segments: int, where: str) -> None:

@@ -239,21 +239,14 @@ def _pieces(texts: list[bytes], before: bytes, after: bytes) -> list[bytes]:
     return (before + (after + b"\n" + before).join(texts) + after).split(b"\n")
 
 
-def listing_json(
-    keys: list[str],
-    items: list[Any],
-    start: int,
-    fps_are_keys: bool,
-    wrap: tuple[bytes, bytes] = (b"", b""),
-) -> bytes:
-    """The JSON array ``[[key, fingerprint, params], ...]`` of the items from `start` on, the
-    bytes `compact_json` writes for it (between ``wrap[0]`` and ``wrap[1]``: one copy of a
-    large listing, not two). `keys` are valid Unicode strings (checked when the items were
-    built); `fps_are_keys` when they are the default keys (the fingerprints).
-
-    Each entry is three pieces, ``],["key",`` ``"fingerprint",`` ``params``, made in bulk and
-    joined once per chunk (the first entry's ``],`` is left out)."""
-    out: list[bytes] = [wrap[0] + b"["]
+def listing_rows(
+    keys: list[str], items: list[Any], start: int, fps_are_keys: bool
+) -> Iterator[list[bytes]]:
+    """The listing's entries from `start` on, one chunk at a time: three pieces per entry,
+    ``],["key",`` ``"fingerprint",`` ``params`` (every entry's first piece opens with the
+    ``],`` that closes the entry before it), made in bulk. `keys` are valid Unicode strings
+    (checked when the items were built); `fps_are_keys` when they are the default keys (the
+    fingerprints)."""
     for at, end in _chunks(len(keys), start):
         canon, params = _canonical_chunk(items[at:end], params=True)
         quoted = _split(_BULK_INSERTION, keys[at:end], dicts=False)
@@ -270,7 +263,22 @@ def listing_json(
         row[0::3] = _pieces(quoted, b"],[", b",")
         row[1::3] = fps
         row[2::3] = params
-        out.append(b"".join(row))
+        yield row
+
+
+def listing_json(
+    keys: list[str],
+    items: list[Any],
+    start: int,
+    fps_are_keys: bool,
+    wrap: tuple[bytes, bytes] = (b"", b""),
+) -> bytes:
+    """The JSON array ``[[key, fingerprint, params], ...]`` of the items from `start` on, the
+    bytes `compact_json` writes for it (between ``wrap[0]`` and ``wrap[1]``: one copy of a
+    large listing, not two): `listing_rows` joined once per chunk (the first entry's ``],``
+    left out)."""
+    out: list[bytes] = [wrap[0] + b"["]
+    out += map(b"".join, listing_rows(keys, items, start, fps_are_keys))
     if len(out) == 1:
         return wrap[0] + b"[]" + wrap[1]
     out[1] = out[1][2:]  # no "]," before the first entry

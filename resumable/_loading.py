@@ -24,6 +24,7 @@ import numpy as np
 
 from . import _limits as limits
 from . import _segindex as segindex
+from ._itemlist import LISTING_KINDS
 from ._journal import (
     LazyRecord,
     LineSource,
@@ -356,7 +357,7 @@ def _apply_rows(
             )
         except IntegrityError:
             return False
-        if rec.type == "items":  # possibly large, decoded only when its listing is asked for
+        if rec.type in LISTING_KINDS:  # possibly large, decoded only when asked for
             rec = LazyRecord(
                 rec.seq, rec.type, rec.key, rec.t, source, parts, index, start, fp=rec.fp
             )

@@ -10,10 +10,12 @@ iterating.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,7 +69,9 @@ class Opened:
     state: State  # replayed from the checkpoint (empty when fresh)
     source: str  # "local", "remote" or "fresh"
     location: str | None  # that place (redacted), None if fresh
-    launch: list[Entry] = field(default_factory=list)  # launch, items, invalidate / retry
+    # launch, items (made as they are written: a long list's parts one at a time), invalidate
+    # / retry
+    launch: Iterable[Entry] = field(default_factory=list)
     carried: list[Entry] = field(default_factory=list)  # results only a set-aside history held
     mirror_store: Store | None = None
     mirror_known: tuple[bytes, Manifest] | None = None
@@ -276,10 +280,11 @@ def _changed_keys(items: ItemSet, loaded: Loaded) -> list[str]:
 
 def _launch_records(
     sweep: ResumableSweep, items: ItemSet, state: State, identity: str, changed: list[str]
-) -> list[Entry]:
+) -> Iterable[Entry]:
     """The records every open appends, in order: the launch, the items list when it changed
-    (only the appended entries, if that is all), and with on_change="rerun" the invalidation
-    of changed results and the retry of changed failures."""
+    (only the appended entries, if that is all; a long one in parts, made as they are
+    written: see _itemlist.py), and with on_change="rerun" the invalidation of changed
+    results and the retry of changed failures."""
     records: list[Entry] = [
         (
             "launch",
@@ -295,14 +300,15 @@ def _launch_records(
             None,
         )
     ]
+    listing: Iterable[Entry] = ()
     if identity != state.items_sha256:
-        payload = items.record_payload(state.items_sha256, state.items_count)
-        records.append(("items", payload, None, identity))
+        listing = items.record_entries(state.items_sha256, state.items_count, identity)
+    after: list[Entry] = []
     if changed and sweep.on_change == "rerun":
         done = [k for k in changed if k in state.results]
         failed = [k for k in changed if k in state.failures]
         if done:
-            records.append(("invalidate", {"keys": done, "reason": "item changed"}, None, None))
+            after.append(("invalidate", {"keys": done, "reason": "item changed"}, None, None))
         if failed:
-            records.append(("retry", {"keys": failed, "reason": "item changed"}, None, None))
-    return records
+            after.append(("retry", {"keys": failed, "reason": "item changed"}, None, None))
+    return itertools.chain(records, listing, after)

@@ -7,7 +7,9 @@ Record types (the header of each carries ``seq``, ``type``, ``key``, time and fi
 - ``items``: the item keys with fingerprints and JSON-like parameters, when the list changed
   (the header's fingerprint field holds the list's identity): the whole list (``items``), or,
   when items were only appended, ``base`` (the previous list's identity), ``base_n`` and the
-  new entries (``append``), so growing a list by k items writes O(k) bytes.
+  new entries (``append``), so growing a list by k items writes O(k) bytes. A listing longer
+  than `limits.ITEMS_PART_BYTES` is written as ``itemspart`` records closed by an ``items``
+  record that says how many (``parts``) in place of the entries (see _itemlist.py).
 - ``result``: an item finished (payload: ``value``, ``duration``, ``launch``).
 - ``failure``: an item failed (payload: ``error_type``, ``message``, ``traceback``, ``attempt``,
   ``duration``, ``launch``).
@@ -34,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _itemlist as itemlist
 from ._codec import decode
 from ._journal import LazyRecord, LineSource, Record
 from .errors import IntegrityError
@@ -254,6 +257,9 @@ class State:
     invalidations: int = 0
     superseded: list[Record] = field(default_factory=list)  # replaced or voided, in seq order
     events: list[Record] = field(default_factory=list)  # retry/invalidate/items/meta records
+    # closing items record's seq -> the itemspart records it binds (see _itemlist.py)
+    item_parts: dict[int, tuple[Record, ...]] = field(default_factory=dict)
+    _open_parts: list[Record] = field(default_factory=list, repr=False, compare=False)
     _listing: tuple[Record, list[list[Any]]] | None = field(default=None, repr=False, compare=False)
 
     def apply(self, rec: Record) -> None:
@@ -355,13 +361,20 @@ class State:
             # not decode the (possibly large) listing itself.
             if rec.fp is None:
                 raise IntegrityError("an items record needs the list's identity")
+            parts = itemlist.close(self._open_parts, rec)
+            self._open_parts = []
+            if parts:
+                self.item_parts[rec.seq] = parts
             self.items_record = rec
             self.items_sha256 = rec.fp
             # written right after its launch record, whose n_items is the list's length
             n = self.launches[-1].get("n_items") if self.launches else None
             self.items_count = n if type(n) is int else None
             self.events.append(rec)
+        elif kind == "itemspart":
+            self._open_parts = itemlist.add_part(self._open_parts, rec)
         elif kind == "launch":
+            self._open_parts = []  # parts no record closed (an open cut short): ignored
             body = rec.body()
             body["t"] = rec.t
             body["seq"] = rec.seq
@@ -422,14 +435,20 @@ class State:
 
         A record holds either the whole list (``items``) or, when a relaunch only appended
         items, the new entries (``append``) after the list of identity ``base`` with
-        ``base_n`` entries: the latest items record before it with that identity.
+        ``base_n`` entries: the latest items record before it with that identity. Either
+        may stand in parts (``parts``: the itemspart records it closes).
         """
         chain = [rec]
-        body = rec.body()
-        while "items" not in body:
+        bodies = [rec.body()]
+        while "base" in bodies[-1] or ("items" not in bodies[-1] and "parts" not in bodies[-1]):
+            body = bodies[-1]
             base, base_n = body.get("base"), body.get("base_n")
-            if type(base) is not str or type(base_n) is not int or "append" not in body:
-                raise IntegrityError(f"{rec.source}: record {rec.seq}: malformed items")
+            if (
+                type(base) is not str
+                or type(base_n) is not int
+                or ("append" not in body and "parts" not in body)
+            ):
+                raise IntegrityError(f"{rec.source}: record {chain[-1].seq}: malformed items")
             prev = next(
                 (
                     r
@@ -444,31 +463,27 @@ class State:
                     f"({base[:16]}...) that no earlier items record holds"
                 )
             chain.append(prev)
-            body = prev.body()
-        items = _entries(body["items"], chain[-1])
-        for part in reversed(chain[:-1]):
-            body = part.body()
+            bodies.append(prev.body())
+        items = self._own_entries(chain[-1], bodies[-1], "items")
+        for part, body in zip(reversed(chain[:-1]), reversed(bodies[:-1]), strict=True):
             if len(items) != body["base_n"]:
                 raise IntegrityError(
                     f"{part.source}: record {part.seq} extends a list of {body['base_n']} "
                     f"items, found {len(items)}"
                 )
-            items = items + _entries(body["append"], part)
+            items = items + self._own_entries(part, body, "append")
         return items
+
+    def _own_entries(self, rec: Record, body: dict[str, Any], field: str) -> list[list[Any]]:
+        if field not in body and "parts" not in body:
+            raise IntegrityError(f"{rec.source}: record {rec.seq}: malformed items")
+        return itemlist.own_entries(rec, body, field, self.item_parts.get(rec.seq))
 
 
 def _is_append(rec: Record) -> bool:
     """Whether an items record only appends to an earlier list (a small look at its payload:
-    an append's payload starts with its base; a whole list's with "items")."""
+    an append's payload starts with its base; a whole list's with "items" or "parts")."""
     return rec.payload[:8] == b'{"base":'
-
-
-def _entries(items: Any, rec: Record) -> list[list[Any]]:
-    if type(items) is not list or any(
-        type(e) is not list or len(e) != 3 or type(e[0]) is not str for e in items
-    ):
-        raise IntegrityError(f"{rec.source}: record {rec.seq}: malformed items")
-    return items
 
 
 def _key(rec: Record) -> str:

@@ -34,6 +34,7 @@ from ._checkpoint import (
     progress_dir_for,
 )
 from ._codec import canonical_json, decode, encode, encode_json
+from ._itemlist import LISTING_KINDS
 from ._items import ItemSet
 from ._journal import Record
 from ._mirror import Mirror, MirrorOptions
@@ -184,7 +185,13 @@ class ResumableSweep:
         self.resumed_from, self.resumed_from_location = opened.source, opened.location
         try:
             for kind, payload, key, fp in opened.launch:
-                self._append(kind, payload, key=key, fp=fp)
+                if kind in LISTING_KINDS:  # large: not kept in memory once written
+                    assert type(payload) is bytes
+                    rec = self._writer.append_kept_on_disk(kind, payload, key=key, fp=fp)
+                    del payload
+                    self._state.apply(rec)
+                else:
+                    self._append(kind, payload, key=key, fp=fp)
             self._persisted_meta = canonical_json(self._state.meta)
             if self.meta:
                 self._save_meta()
