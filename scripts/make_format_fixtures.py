@@ -9,6 +9,9 @@ test). This script writes, under ``tests/fixtures/format/<version>/``:
     signed/sweep.h5.resumable/        a checkpoint signed with SIGNING_KEY (HMAC-SHA256)
     mirrored/local/sweep.h5.resumable/  a checkpoint and its mirror (a local directory),
     mirrored/mirror/                    as a bucket would hold it
+    long-list/sweep.h5.resumable/     a checkpoint whose item list is written in parts
+                                      (``itemspart`` records closed by ``items``: a small
+                                      limits.ITEMS_PART_BYTES stands in for a 10M-item list)
     inflight/sweep.h5.resumable/      a sweep preempted with an item in flight: that item's
     inflight/sweep.h5.resumable/items/  snapshot (mid-item state) and the interruption index
     snapshots/flat.npz                a graph-state snapshot: dtypes, Fortran order, 0-d
@@ -22,7 +25,8 @@ test). This script writes, under ``tests/fixtures/format/<version>/``:
 
 Run once per release whose format changed (``python scripts/make_format_fixtures.py``); it
 refuses to overwrite an existing version's directory (``--force`` to rebuild the current one
-while it is unreleased). Lock files and other by-products that are not part of the format are
+while it is unreleased; ``--only NAME`` adds one fixture to an existing directory, leaving the
+others' bytes as they are). Lock files and other by-products that are not part of the format are
 left out. Keep the fixtures small (kilobytes): they are committed.
 """
 
@@ -52,6 +56,7 @@ FAILED_KEY = "p05"
 SEGMENT_BYTES = 1500  # small segments: the plain checkpoint has sealed ones and an active one
 N_ITEMS = 10
 SHARDS = 2
+LONG_LIST_PART_BYTES = 300  # limits.ITEMS_PART_BYTES for the long-list fixture: a few parts
 
 
 def items() -> list[dict[str, Any]]:
@@ -192,15 +197,32 @@ def write_inflight(checkpoint: Path) -> None:
 def drop_byproducts(root: Path) -> None:
     """Lock files and caches are not part of the format (and must not be needed to read it)."""
     for path in sorted(root.rglob("*"), reverse=True):
-        if path.name.endswith((".lock", ".cas-lock")) or path.name == "__pycache__":
+        if path.name.endswith((".lock", ".cas-lock", ".idx")) or path.name == "__pycache__":
             if path.is_dir():
                 shutil.rmtree(path)
             else:
                 path.unlink()
 
 
+def write_long_list(out: Path) -> dict[str, Any]:
+    """A checkpoint whose item list is parted (see resumable/_itemlist.py)."""
+    from resumable import _limits as limits
+
+    saved = limits.ITEMS_PART_BYTES
+    limits.ITEMS_PART_BYTES = LONG_LIST_PART_BYTES
+    try:
+        run_sweep(out / "long-list" / "sweep.h5")
+    finally:
+        limits.ITEMS_PART_BYTES = saved
+    return {"kind": "checkpoint", "path": "long-list/sweep.h5", "parted": True}
+
+
+ONLY = {"long-list": write_long_list}  # fixtures that --only can add to an existing directory
+
+
 def write(out: Path) -> dict[str, Any]:
     fixtures: dict[str, Any] = {}
+    fixtures["long-list"] = write_long_list(out)
     run_sweep(out / "plain" / "sweep.h5")
     fixtures["plain"] = {"kind": "checkpoint", "path": "plain/sweep.h5"}
     for index in range(SHARDS):
@@ -251,13 +273,37 @@ def write(out: Path) -> dict[str, Any]:
     return fixtures
 
 
+def add_only(name: str, dest: Path) -> int:
+    """Write fixture `name` into the existing directory `dest` and name it in expected.json;
+    every other file is left as it is."""
+    expected_path = dest / "expected.json"
+    expected = json.loads(expected_path.read_text())
+    with tempfile.TemporaryDirectory(prefix="format-fixtures-") as tmp:
+        out = Path(tmp)
+        spec = ONLY[name](out)
+        drop_byproducts(out)
+        top = spec["path"].split("/")[0]
+        if (dest / top).exists():
+            shutil.rmtree(dest / top)
+        shutil.copytree(out / top, dest / top)
+    expected["fixtures"][name] = spec
+    expected_path.write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
+    print(f"added fixture {name} to {dest}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", default=resumable.__version__, help="fixture directory name")
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "format")
     parser.add_argument("--force", action="store_true", help="replace an existing directory")
+    parser.add_argument(
+        "--only", choices=sorted(ONLY), help="add this fixture to an existing directory"
+    )
     args = parser.parse_args(argv)
     dest = args.out / args.version
+    if args.only:
+        return add_only(args.only, dest)
     if dest.exists() and not args.force:
         parser.error(f"{dest} exists: fixtures of a released version are never rewritten")
     with tempfile.TemporaryDirectory(prefix="format-fixtures-") as tmp:
