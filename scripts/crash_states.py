@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resumable import ResumableSweep
 from resumable import _durable as durable
+from resumable import _limits as limits
 from resumable._checkpoint import SEGMENTS_DIR, load, progress_dir_for
 from resumable._durable import FileOps
 from resumable._journal import record_follows
@@ -434,6 +435,7 @@ class Scenario:
     resume_from: str | None = None  # relative to the root, for the reopening sweep
     export: str | None = None  # an HDF5 export to check, relative to the root
     variant: int = 0  # varies sizes and seeds between runs of the same scenario
+    part_bytes: tuple[int, ...] = ()  # limits.ITEMS_PART_BYTES per variant (default if empty)
 
 
 def _open(root: Path, sc: Scenario, **kw: Any) -> ResumableSweep:
@@ -577,6 +579,35 @@ def _run_group(root: Path, rec: Recorder, sc: Scenario) -> None:
     rec.ack(_acked(root, sc))
 
 
+PARTED_SEGMENTS = (3000, 100_000, 9000)
+
+
+def _prepare_parted(root: Path, variant: int = 0) -> None:
+    """Even variants: nothing yet (the run writes the whole list); odd ones: a sweep of the
+    first 40 items with a few results (the run appends 160 entries)."""
+    _nothing(root)
+    if variant % 2:
+        sc = Scenario("", _nothing, lambda r, c: None)
+        with ResumableSweep(
+            ITEMS[:40], key=_key, checkpoint_path=root / sc.ckpt, handle_signals=False
+        ) as sweep:
+            for item in ITEMS[:4]:
+                sweep.record(item, item["i"])
+
+
+def _run_parted(root: Path, rec: Recorder, sc: Scenario) -> None:
+    """An open that writes a long item list as parts and a closing record (a small
+    limits.ITEMS_PART_BYTES), then records: cut anywhere in the parts, the list is ignored
+    and written again by the next open."""
+    sweep = _open(root, sc, segment_bytes=PARTED_SEGMENTS[sc.variant % 3])
+    rec.ack(_acked(root, sc))
+    for item in ITEMS[50:53]:
+        sweep.record(item, {"i": item["i"]})
+        rec.ack(_acked(root, sc))
+    sweep.close()
+    rec.ack(_acked(root, sc))
+
+
 SCENARIOS = [
     Scenario("record/fail/retry/seal/meta/launch", _nothing, _run_basic),
     Scenario("group commit (record_many, run)", _nothing, _run_group),
@@ -588,6 +619,12 @@ SCENARIOS = [
         resume_from="source/exp.h5.resumable",
     ),
     Scenario("HDF5 export", _prepare_export, _run_export, export="data/out.h5"),
+    Scenario(
+        "launch writing a parted item list",
+        _prepare_parted,
+        _run_parted,
+        part_bytes=(700, 1500, 400),
+    ),
 ]
 
 
@@ -666,6 +703,8 @@ def _check(
         assert again is not None
         if again.state.last_seq < acked:
             return f"loss: reopened with {again.state.last_seq} records, {acked} acknowledged"
+        if [e[0] for e in again.state.items_listing()] != [_key(i) for i in ITEMS]:
+            return "loss: reopened, the item list recorded is not the sweep's"
     return None
 
 
@@ -686,7 +725,18 @@ def _check_export(path: Path) -> str | None:
 
 
 def explore(sc: Scenario, *, budget: int, sweep_every: int, seed: int, workdir: Path) -> Tally:
-    """Record one run of `sc` and check up to `budget` distinct crash states of it."""
+    """Record one run of `sc` and check up to `budget` distinct crash states of it (under
+    the scenario's limits.ITEMS_PART_BYTES, if it sets one)."""
+    saved = limits.ITEMS_PART_BYTES
+    if sc.part_bytes:
+        limits.ITEMS_PART_BYTES = sc.part_bytes[sc.variant % len(sc.part_bytes)]
+    try:
+        return _explore(sc, budget=budget, sweep_every=sweep_every, seed=seed, workdir=workdir)
+    finally:
+        limits.ITEMS_PART_BYTES = saved
+
+
+def _explore(sc: Scenario, *, budget: int, sweep_every: int, seed: int, workdir: Path) -> Tally:
     tally = Tally()
     rng = random.Random(seed)
     live = workdir / "live"

@@ -95,3 +95,32 @@ def test_group_commits_torn_into_records_after_zeroed_pages_open(tmp_path, monke
     old = explore("old-rule")
     assert old.refusals and not old.losses
     assert all("IntegrityError" in r for r in old.refusals), old.refusals[:3]
+
+
+def test_a_launch_cut_short_in_a_parted_item_list_opens_and_writes_it_again(tmp_path, monkeypatch):
+    """Cut at every write boundary of an open writing its item list as parts: every state
+    opens, nothing acknowledged is lost, and parts no record closed are ignored (and the list
+    written again by the next open: `_check` compares the reopened sweep's listing)."""
+    scenario = next(sc for sc in crash_states.SCENARIOS if sc.part_bytes)
+    unclosed = []
+    real_check = crash_states._check
+
+    def check(root, sc, acked, history, sweep_open):
+        loaded = checkpoint.load(crash_states.progress_dir_for(root / sc.ckpt))
+        if loaded is not None and loaded.state._open_parts:
+            unclosed.append(len(loaded.state._open_parts))
+        return real_check(root, sc, acked, history, sweep_open)
+
+    monkeypatch.setattr(crash_states, "_check", check)
+    for variant in (0, 1):
+        (tmp_path / str(variant)).mkdir()
+        tally = crash_states.explore(
+            replace(scenario, variant=variant),
+            budget=10_000,
+            sweep_every=2,
+            seed=5,
+            workdir=tmp_path / str(variant),
+        )
+        assert tally.losses + tally.refusals == []
+        assert tally.states > 20
+    assert len(set(unclosed)) > 2  # states cut after several different parts
