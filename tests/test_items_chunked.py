@@ -313,3 +313,33 @@ def test_status_verify_export_on_a_parted_list(tmp_path, small_parts, capsys):
 
     parts = [p for ps in view.loaded.state.item_parts.values() for p in ps]
     assert parts and all(type(p) is LazyRecord for p in parts)
+
+
+def test_limit_errors_give_advice_that_fits_the_record(tmp_path, monkeypatch):
+    from resumable.errors import LimitExceededError
+
+    monkeypatch.setattr(limits, "MAX_RECORD_BYTES", 4000)
+    path = tmp_path / "exp.h5"
+    with (
+        ResumableSweep(_items(5), key=KEY, checkpoint_path=path) as s,
+        pytest.raises(LimitExceededError, match="Keep large data out of results"),
+    ):
+        s.record(_items(1)[0], "v" * 5000)
+    # a listing part larger than a record (the part size raised past the record limit)
+    monkeypatch.setattr(limits, "ITEMS_PART_BYTES", 1 << 20)
+    with pytest.raises(LimitExceededError, match="item listing") as info:
+        ResumableSweep(_items(300), key=KEY, checkpoint_path=tmp_path / "b.h5")
+    assert "results" not in str(info.value)
+
+
+def test_one_entry_longer_than_a_part_is_a_part_of_its_own(tmp_path, small_parts):
+    """An entry is bounded (a key of at most MAX_KEY_CHARS, params past MAX_PARAMS_BYTES
+    recorded by fingerprint only), so a listing never exceeds the record limit."""
+    path = tmp_path / "exp.h5"
+    items = [*_items(20), {"i": "k" * 5000, "x": 0.0, "big": "b" * 100_000}]
+    _launch(path, items, record=0, segment_bytes=BIG)
+    recs = _records(path)
+    assert any(r.type == "itemspart" and len(r.payload) > 5000 for r in recs)
+    listing = open_view(str(path)).items()
+    assert listing == ItemSet.build(items, KEY).listing()
+    assert listing[-1][0] == "k" * 5000 and listing[-1][2] is None  # params too large: None
