@@ -351,8 +351,9 @@ CHILDREN = {
 }
 
 
-def run_child(*args: Any) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", *map(str, args)]
+def run_child(*args: Any, script: str = __file__) -> dict[str, Any]:
+    """Run `script --child ARGS` in a fresh interpreter; its last stdout line, as JSON."""
+    cmd = [sys.executable, script, "--child", *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")

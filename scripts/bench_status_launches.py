@@ -25,7 +25,6 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_scale import items, key, work  # beside this script
+import bench_scale  # beside this script
+from bench_scale import items, key, work
 
 
 def make(n: int, launches: int, dest: Path) -> None:
@@ -104,11 +104,7 @@ def child_status(root: Path) -> dict[str, Any]:
 
 
 def run_child(*args: Any) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return bench_scale.run_child(*args, script=__file__)
 
 
 def main() -> None:
