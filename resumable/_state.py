@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from itertools import repeat as _repeat
 from typing import Any
 
@@ -126,6 +127,19 @@ class ResultMap(dict):  # type: ignore[type-arg]  # values: a Record, or a row (
         self._lazy = 0
         self._lazy_base = self._rows
         self._rows_of = None
+
+    def first_seq(self) -> int | None:
+        """The sequence number of the first result in the map's order (None if empty),
+        without the key -> row index a lookup of a lazy entry needs (see `_row_index`)."""
+        for value in dict.values(self):  # only the first
+            if value is _LAZY:  # the first lazy entry in the dict's order: see the class doc
+                value = self._lazy_base
+            elif type(value) is not int:
+                return int(value.seq)
+            i = bisect.bisect_right(self._starts, value) - 1
+            seq0, seqs = self._parts[i][:2]
+            return seq0 + int(seqs[value - self._starts[i]])
+        return None
 
     def _record(self, key: str, value: Any) -> Record:
         if value is _LAZY:
@@ -298,12 +312,19 @@ class State:
             for key in keys:
                 if key in hit:
                     self._drop_failure(key)
+        before = len(self.results)
         if not self.results.add_rows(
             keys, seqs, times, offsets, segment=segment, source=source, lines=lines
         ):
+            # the keys added are the map's last ones (a dict keeps insertion order); the
+            # first key done before or seen twice here (set.add returns None, so `or` tests
+            # membership first) is the one to name
+            added = set(islice(iter(self.results), before, None))
             seen: set[str] = set()
-            # the first key seen twice (set.add returns None, so `or` tests membership first)
-            twice = next((k for k in keys if k in seen or seen.add(k)), None)  # type: ignore[func-returns-value]
+            twice = next(
+                (k for k in keys if k not in added or k in seen or seen.add(k)),  # type: ignore[func-returns-value]
+                None,
+            )
             what = f"key {twice!r}" if twice is not None else "a key"
             raise IntegrityError(
                 f"{source}: records {int(seqs[0])}-{int(seqs[-1])}: {what} is recorded as "
@@ -397,9 +418,9 @@ class State:
     def _first_finished_seq(self) -> int:
         firsts = [r.seq for r in self.failure_records.values()]
         firsts += [r.seq for r in self.superseded]
-        if self.results:  # the first in record order (replayed in ascending seq) is the least
-            key = next(iter(self.results))
-            firsts.append(self.results[key].seq)
+        first = self.results.first_seq()  # the first in record order is the least
+        if first is not None:
+            firsts.append(first)
         return min(firsts, default=self.last_seq + 1)
 
     def items_listing(self) -> list[list[Any]]:
