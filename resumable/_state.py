@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from itertools import repeat as _repeat
+from operator import countOf
 from typing import Any
 
 import numpy as np
@@ -211,18 +212,21 @@ class ResultMap(dict):  # type: ignore[type-arg]  # values: a Record, or a row (
     def seqs_and_times(self) -> tuple[np.ndarray, np.ndarray]:
         """Sequence numbers and times of the results, in the map's order, without making a
         Record per result."""
-        values = list(dict.values(self))
         if self._parts:
             all_seqs = np.concatenate([p[1].astype(np.int64) + p[0] for p in self._parts])
             all_times = np.concatenate([p[2] for p in self._parts])
         else:
             all_seqs, all_times = np.zeros(0, np.int64), np.zeros(0)
-        n_lazy = values.count(_LAZY)  # at C speed (identity first)
+        n_lazy = countOf(dict.values(self), _LAZY)  # at C speed (identity first), no list
         if n_lazy != self._lazy:
             raise RuntimeError("ResultMap: lazy rows were changed outside its methods")
-        if n_lazy == len(values):  # every entry lazy, the usual case after an open
+        if n_lazy == len(self):  # every entry lazy, the usual case after an open
+            if self._lazy_base == 0 and n_lazy == len(all_seqs):  # every row, in order
+                return all_seqs, all_times
             rows = self._lazy_base + np.arange(n_lazy, dtype=np.int64)
+            values: list[Any] = []
         else:
+            values = list(dict.values(self))
             lazy = _LAZY
             rows = np.fromiter(
                 (-2 if v is lazy else v if type(v) is int else -1 for v in values),

@@ -313,9 +313,11 @@ def test_first_seq_of_the_result_map(tmp_path: Path) -> None:
     results = loaded.state.results
     in_order = [r.seq for r in results.values()]
     assert results.first_seq() == in_order[0] == min(in_order)
+    assert results.seqs_and_times()[0].tolist() == in_order
     first = next(iter(results))
     results.pop(first)  # pins every lazy row
     assert results.first_seq() == in_order[1]
+    assert results.seqs_and_times()[0].tolist() == in_order[1:]
     for key in list(results)[:-1]:
         results.pop(key)
     assert results.first_seq() == in_order[-1]
