@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from itertools import repeat as _repeat
-from operator import countOf
+from operator import countOf, indexOf
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,10 @@ from ._journal import LazyRecord, LineSource, Record
 from .errors import IntegrityError
 
 MAX_ATTEMPT = 1 << 31
+
+
+# lazy entries of a ResultMap looked up one by one before it makes its key -> row index
+SCAN_LOOKUPS = 8
 
 
 class ResultMap(dict):  # type: ignore[type-arg]  # values: a Record, or a row (lazy)
@@ -57,7 +61,16 @@ class ResultMap(dict):  # type: ignore[type-arg]  # values: a Record, or a row (
     (re-verified) segment when asked for. Results recorded since the open are plain Records.
     """
 
-    __slots__ = ("_lazy", "_lazy_base", "_parts", "_rows", "_rows_of", "_starts", "share_keys")
+    __slots__ = (
+        "_found",
+        "_lazy",
+        "_lazy_base",
+        "_parts",
+        "_rows",
+        "_rows_of",
+        "_starts",
+        "share_keys",
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -69,6 +82,7 @@ class ResultMap(dict):  # type: ignore[type-arg]  # values: a Record, or a row (
         self._lazy = 0  # lazy entries in the dict (with the _LAZY marker)
         self._lazy_base = 0  # the row of the first of them
         self._rows_of: dict[str, int] | None = None  # key -> row of the lazy entries, on demand
+        self._found = 0  # lazy entries looked up by a scan of the keys (see `_lazy_row`)
         # gives equal key objects held elsewhere (the sweep's items): one copy of each key
         self.share_keys: Callable[[list[str]], list[str]] | None = None
 
@@ -120,6 +134,19 @@ class ResultMap(dict):  # type: ignore[type-arg]  # values: a Record, or a row (
             self._rows_of = dict(zip(lazy, range(base, base + len(lazy)), strict=True))
         return self._rows_of
 
+    def _lazy_row(self, key: str) -> int:
+        """The row of the lazy entry `key`. The first few are found by a scan of the keys at
+        C speed (a status asks for the few keys that failed or were retried: a key -> row
+        index of a million keys would cost more than a second); from the SCAN_LOOKUPS-th on,
+        by the index (`_row_index`), made once."""
+        if self._rows_of is None and self._found < SCAN_LOOKUPS:
+            self._found += 1
+            at = indexOf(dict.keys(self), key)  # the n-th entry...
+            if self._lazy != len(self):  # ...after at - (lazy ones before it) others
+                at = countOf(islice(dict.values(self), at), _LAZY)
+            return self._lazy_base + at
+        return self._row_index()[key]
+
     def _pin(self) -> None:
         """Give every lazy entry its row number (before one is removed: see the class doc)."""
         if self._lazy:
@@ -144,7 +171,7 @@ class ResultMap(dict):  # type: ignore[type-arg]  # values: a Record, or a row (
 
     def _record(self, key: str, value: Any) -> Record:
         if value is _LAZY:
-            value = self._row_index()[key]
+            value = self._lazy_row(key)
         elif type(value) is not int:
             return value  # type: ignore[no-any-return]  # not a row: a Record
         i = bisect.bisect_right(self._starts, value) - 1

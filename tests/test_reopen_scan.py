@@ -327,3 +327,50 @@ def test_first_seq_of_the_result_map(tmp_path: Path) -> None:
 
     results["x"] = Record(77, "result", "x", 1.0, None, b"{}", "s")
     assert results.first_seq() == 77
+
+
+class _NoLines:
+    def line(self, segment: int, offset: int) -> bytes:
+        raise AssertionError("not read here")
+
+
+def test_lazy_results_looked_up_one_by_one_or_by_index_alike() -> None:
+    """A lazy result looked up gives its own row, whether found by a scan of the keys (the
+    first few lookups) or by the key -> row index: counted among lazy rows only, with a
+    Record in between, and after rows were pinned (a pop) and new lazy rows added."""
+    import numpy as np
+
+    from resumable._journal import Record
+    from resumable._state import SCAN_LOOKUPS, ResultMap
+
+    def add(m: ResultMap, expected: dict[str, int], prefix: str, n: int, seq0: int) -> None:
+        keys = [f"{prefix}{i}" for i in range(n)]
+        seqs = np.arange(seq0, seq0 + n, dtype=np.int64)
+        assert m.add_rows(
+            keys, seqs, seqs * 0.5, seqs * 10, segment=0, source="s", lines=_NoLines()
+        )
+        expected.update(zip(keys, seqs.tolist(), strict=True))
+
+    def make(*, pinned: bool) -> tuple[ResultMap, dict[str, int]]:
+        m, expected = ResultMap(), {}
+        add(m, expected, "a", 50, 10)
+        m["r"] = Record(70, "result", "r", 35.0, None, b"{}", "s")
+        expected["r"] = 70
+        add(m, expected, "b", 30, 100)
+        if pinned:
+            assert m.pop("a3").seq == 13  # pins every lazy row
+            del expected["a3"]
+            add(m, expected, "c", 20, 200)
+        return m, expected
+
+    for pinned in (False, True):
+        for first in (["b29", "a0", "a49", "r", "b0"], ["c19", "c0", "a0", "b5", "r", "c7"]):
+            m, expected = make(pinned=pinned)
+            lookups = [k for k in first if k in expected] + list(expected)
+            assert len(lookups) > 2 * SCAN_LOOKUPS
+            for key in lookups:
+                rec = m[key]
+                assert (rec.key, rec.seq, rec.t) == (key, expected[key], expected[key] * 0.5)
+                assert m.get(key).seq == expected[key]
+            assert m.get("nope") is None
+            assert m.seqs_and_times()[0].tolist() == list(expected.values())
