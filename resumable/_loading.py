@@ -3,8 +3,8 @@
 Every sealed segment is read whole and checked against the manifest's size and SHA-256 before
 anything in it is used; the active segment is verified record by record (its hash chain) and
 may end in a torn tail (see _journal.py). Sealed segments replay in bulk: their result records
-become rows of columns (`state.ResultMap`), found by a vectorised scan or, in a local progress
-directory, read from the segment's row index (`_segindex.py`: a derived cache bound to the
+become rows of columns (`_resultmap.ResultMap`), found by a vectorised scan or, in a local
+progress directory, read from the segment's row index (`_segindex.py`: a derived cache bound to the
 segment's SHA-256, ignored unless sound). A local load reads and checks the next sealed
 segment in a background thread while one is replayed (`_parts.verified_ahead`). Payloads are
 read back (and checked again) only when looked at (`SealedParts`).
@@ -234,7 +234,7 @@ def load_records(
     `sealed` may be a generator (each segment checked as it is read); `active` the bytes or
     a function reading them once the sealed ones are replayed. With `parts` (where the sealed
     segments can be read again), results and items records of sealed segments are kept as
-    where they lie (see state.ResultMap), not as their bytes. The garbage collector is
+    where they lie (see _resultmap.ResultMap), not as their bytes. The garbage collector is
     paused meanwhile: replay makes millions of objects and no cycles, and its passes cost
     about a quarter of a large reopen.
     """

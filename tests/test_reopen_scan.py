@@ -341,7 +341,7 @@ def test_lazy_results_looked_up_one_by_one_or_by_index_alike() -> None:
     import numpy as np
 
     from resumable._journal import Record
-    from resumable._state import SCAN_LOOKUPS, ResultMap
+    from resumable._resultmap import SCAN_LOOKUPS, ResultMap
 
     def add(m: ResultMap, expected: dict[str, int], prefix: str, n: int, seq0: int) -> None:
         keys = [f"{prefix}{i}" for i in range(n)]
