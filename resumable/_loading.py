@@ -419,17 +419,22 @@ def _replay(
     unindexed: list[int] = []
     prev = ""
     segments = iter(sealed)
-    for i, seg in enumerate(manifest.segments):
-        # (no zip: its reused tuple would keep the previous segment's bytes alive while the
-        # next one is read)
-        data = next(segments, None)
-        if data is None:
-            raise ValueError(f"{len(manifest.segments)} sealed segments expected, found {i}")
-        _replay_sealed(state, data, i, seg, prev, location, parts, index, unindexed)
-        del data
-        prev = seg.last_hash
-    if next(segments, None) is not None:
-        raise ValueError(f"more than the {len(manifest.segments)} sealed segments expected")
+    try:
+        for i, seg in enumerate(manifest.segments):
+            # (no zip: its reused tuple would keep the previous segment's bytes alive while
+            # the next one is read)
+            data = next(segments, None)
+            if data is None:
+                raise ValueError(f"{len(manifest.segments)} sealed segments expected, found {i}")
+            _replay_sealed(state, data, i, seg, prev, location, parts, index, unindexed)
+            del data
+            prev = seg.last_hash
+        if next(segments, None) is not None:
+            raise ValueError(f"more than the {len(manifest.segments)} sealed segments expected")
+    finally:
+        close = getattr(segments, "close", None)
+        if close is not None:  # a generator (verified_ahead: its reading thread ends now)
+            close()
     loaded = Loaded(
         manifest=manifest,
         state=state,

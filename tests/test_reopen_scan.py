@@ -274,6 +274,8 @@ def test_a_result_recorded_twice_in_sealed_segments_is_damage(
     """A key done twice (no invalidation between) is damage wherever the second result lies
     in the bulk-replayed sealed segments: the same segment or a later one, replayed from a
     row index or scanned; `status` reports it (exit 1)."""
+    import threading
+
     from resumable._checkpoint import CheckpointWriter, DirLock
     from resumable.cli import main as cli_main
 
@@ -296,8 +298,12 @@ def test_a_result_recorded_twice_in_sealed_segments_is_damage(
     holders = [n for n in sealed if b' "item 3"\t' in (progress / SEGMENTS_DIR / n).read_bytes()]
     assert len(holders) == 2  # the result and its copy, both in sealed segments
     for indexes in (True, False):
-        with pytest.raises(IntegrityError, match="'item 3' is recorded as done twice"):
+        with pytest.raises(IntegrityError, match="'item 3' is recorded as done twice") as info:
             load(progress, use_indexes=indexes)
+        # found while the next segment was read ahead: that reading thread is gone, even
+        # while the error (its traceback, the load's frames) is still held
+        assert not [t for t in threading.enumerate() if t.name.startswith("resumable-load")]
+        del info
     assert cli_main(["status", str(path)]) == 1
     assert "recorded as done twice" in capsys.readouterr().err
 
