@@ -108,7 +108,7 @@ class LazyRecord(Record):
     """A record of a sealed segment kept as where it lies, not as its bytes: its payload (and,
     unless given, its fingerprint) are read back from the segment, checked against the
     manifest's SHA-256 again, when first asked for. A reopened sweep of a million results
-    keeps a million of these only while they are looked at (see state.ResultMap)."""
+    keeps a million of these only while they are looked at (see _resultmap.ResultMap)."""
 
     __slots__ = ("_fp", "_off", "_seg", "_src")
 

@@ -3,10 +3,11 @@
 Every sealed segment is read whole and checked against the manifest's size and SHA-256 before
 anything in it is used; the active segment is verified record by record (its hash chain) and
 may end in a torn tail (see _journal.py). Sealed segments replay in bulk: their result records
-become rows of columns (`state.ResultMap`), found by a vectorised scan or, in a local progress
-directory, read from the segment's row index (`_segindex.py`: a derived cache bound to the
-segment's SHA-256, ignored unless sound). Payloads are read back (and checked again) only when
-looked at (`SealedParts`).
+become rows of columns (`_resultmap.ResultMap`), found by a vectorised scan or, in a local
+progress directory, read from the segment's row index (`_segindex.py`: a derived cache bound to the
+segment's SHA-256, ignored unless sound). A local load reads and checks the next sealed
+segment in a background thread while one is replayed (`_parts.verified_ahead`). Payloads are
+read back (and checked again) only when looked at (`SealedParts`).
 
 `_checkpoint.py` (the writer) builds on this module; this one never imports it.
 """
@@ -42,6 +43,7 @@ from ._parts import (
     SealedParts,
     dir_reader,
     read_file,
+    verified_ahead,
 )
 from ._state import State
 from .errors import IntegrityError
@@ -156,6 +158,7 @@ def load(
         location=str(progress_dir),
         index=_index_reader(progress_dir) if use_indexes else None,
         share_keys=share_keys,
+        prefetch=True,
     )
 
 
@@ -167,6 +170,7 @@ def load_from(
     reread: Reader | None = None,
     index: IndexReader | None = None,
     share_keys: KeySharer | None = None,
+    prefetch: bool = False,
 ) -> Loaded:
     """Verify a checkpoint given its manifest bytes, reading the parts it names with `read`.
 
@@ -175,7 +179,8 @@ def load_from(
     record by record and may end in a torn tail. Records of sealed segments looked at later
     (results' payloads) are read again with `reread` (default: `read`) and verified again.
     With `index` (a local progress directory's own), sealed segments replay from their row
-    indexes where those are sound.
+    indexes where those are sound. With `prefetch` (`read` safe to call from another thread),
+    the next sealed segment is read and checked while one is replayed (`verified_ahead`).
     """
     manifest = parse_manifest(manifest_bytes, source=f"{location}/{MANIFEST_NAME}")
     parts = SealedParts(reread or read, manifest, location)
@@ -186,6 +191,20 @@ def load_from(
         memory, not the whole journal)."""
         for i in range(len(manifest.segments)):
             yield first.verified(i)
+
+    return load_records(
+        manifest,
+        verified_ahead(first) if prefetch else sealed(),
+        active_reader(read, manifest, location),
+        location=location,
+        parts=parts,
+        index=index,
+        share_keys=share_keys,
+    )
+
+
+def active_reader(read: Reader, manifest: Manifest, location: str) -> Callable[[], bytes | None]:
+    """Reads the active segment named by `manifest` (None if it names none) when called."""
 
     def active() -> bytes | None:
         if manifest.active is None:
@@ -198,15 +217,7 @@ def load_from(
                 f"{where}: the active segment named by the manifest is missing"
             ) from None
 
-    return load_records(
-        manifest,
-        sealed(),
-        active,
-        location=location,
-        parts=parts,
-        index=index,
-        share_keys=share_keys,
-    )
+    return active
 
 
 def load_records(
@@ -224,7 +235,7 @@ def load_records(
     `sealed` may be a generator (each segment checked as it is read); `active` the bytes or
     a function reading them once the sealed ones are replayed. With `parts` (where the sealed
     segments can be read again), results and items records of sealed segments are kept as
-    where they lie (see state.ResultMap), not as their bytes. The garbage collector is
+    where they lie (see _resultmap.ResultMap), not as their bytes. The garbage collector is
     paused meanwhile: replay makes millions of objects and no cycles, and its passes cost
     about a quarter of a large reopen.
     """
@@ -408,39 +419,23 @@ def _replay(
     state.results.share_keys = share_keys
     unindexed: list[int] = []
     prev = ""
-    for i, (data, seg) in enumerate(zip(sealed, manifest.segments, strict=True)):
-        source = f"{location}/{SEGMENTS_DIR}/{seg.name}"
-        line_at = data.rfind(b"\n", 0, len(data) - 1) + 1  # (no copy of a long last line)
-        tail = data[line_at : line_at + 64].decode("ascii", "replace")
-        if seg.records and tail != seg.last_hash:
-            raise IntegrityError(
-                f"{source}: ends in a record {tail[:16]!r}..., the manifest records "
-                f"{seg.records} records ending in {seg.last_hash[:16]!r}..."
-            )
-        if parts is not None and seg.records:
-            raw = index(seg) if index is not None else None
-            if raw is not None and _replay_indexed(state, data, raw, i, seg, source, parts):
-                prev = seg.last_hash
-                continue
-            if index is not None:
-                unindexed.append(i)
-            if (seg.records >= _SCAN_MIN_RECORDS or seg.size >= _SCAN_MIN_BYTES) and (
-                _replay_scanned(state, data, i, seg, source, parts)
-            ):
-                prev = seg.last_hash
-                continue
-        records = parse_sealed_segment(
-            data, source=source, first_seq=seg.first_seq, records=seg.records, prev_hash=prev
-        )
-        if len(records) != seg.records or (records and tail != seg.last_hash):
-            raise IntegrityError(
-                f"{source}: holds {len(records)} records ending in {tail[:16]!r}..., the "
-                f"manifest records {seg.records} ending in {seg.last_hash[:16]!r}..."
-            )
-        apply = state.apply
-        for rec in records:
-            apply(rec)
-        prev = seg.last_hash
+    segments = iter(sealed)
+    try:
+        for i, seg in enumerate(manifest.segments):
+            # (no zip: its reused tuple would keep the previous segment's bytes alive while
+            # the next one is read)
+            data = next(segments, None)
+            if data is None:
+                raise ValueError(f"{len(manifest.segments)} sealed segments expected, found {i}")
+            _replay_sealed(state, data, i, seg, prev, location, parts, index, unindexed)
+            del data
+            prev = seg.last_hash
+        if next(segments, None) is not None:
+            raise ValueError(f"more than the {len(manifest.segments)} sealed segments expected")
+    finally:
+        close = getattr(segments, "close", None)
+        if close is not None:  # a generator (verified_ahead: its reading thread ends now)
+            close()
     loaded = Loaded(
         manifest=manifest,
         state=state,
@@ -483,6 +478,50 @@ def _replay(
         loaded.torn_bytes = parsed.torn_bytes
     state.last_hash = prev
     return loaded
+
+
+def _replay_sealed(
+    state: State,
+    data: bytes,
+    i: int,
+    seg: SegmentInfo,
+    prev: str,
+    location: str,
+    parts: SealedParts | None,
+    index: IndexReader | None,
+    unindexed: list[int],
+) -> None:
+    """Replay sealed segment `i` (`data`, checked against the manifest): from its row index,
+    its vectorised scan, or record by record (`prev`: the hash of the record before it)."""
+    source = f"{location}/{SEGMENTS_DIR}/{seg.name}"
+    line_at = data.rfind(b"\n", 0, len(data) - 1) + 1  # (no copy of a long last line)
+    tail = data[line_at : line_at + 64].decode("ascii", "replace")
+    if seg.records and tail != seg.last_hash:
+        raise IntegrityError(
+            f"{source}: ends in a record {tail[:16]!r}..., the manifest records "
+            f"{seg.records} records ending in {seg.last_hash[:16]!r}..."
+        )
+    if parts is not None and seg.records:
+        raw = index(seg) if index is not None else None
+        if raw is not None and _replay_indexed(state, data, raw, i, seg, source, parts):
+            return
+        if index is not None:
+            unindexed.append(i)
+        if (seg.records >= _SCAN_MIN_RECORDS or seg.size >= _SCAN_MIN_BYTES) and (
+            _replay_scanned(state, data, i, seg, source, parts)
+        ):
+            return
+    records = parse_sealed_segment(
+        data, source=source, first_seq=seg.first_seq, records=seg.records, prev_hash=prev
+    )
+    if len(records) != seg.records or (records and tail != seg.last_hash):
+        raise IntegrityError(
+            f"{source}: holds {len(records)} records ending in {tail[:16]!r}..., the "
+            f"manifest records {seg.records} ending in {seg.last_hash[:16]!r}..."
+        )
+    apply = state.apply
+    for rec in records:
+        apply(rec)
 
 
 def hash_at(view: WriterView, segdir: Path, seq: int) -> str | None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from . import _limits as limits
@@ -100,6 +101,37 @@ class SealedParts:
         if offset < 0 or end < 0 or (offset and data[offset - 1 : offset] != b"\n"):
             raise IntegrityError(f"{self.where(segment)}: no record line at byte {offset}")
         return data[offset:end]
+
+
+# a sealed segment up to this size is read and checked in the background while the one
+# before it is replayed; a larger one (a long item list, say) only when its turn comes
+PREFETCH_MAX_BYTES = 64 << 20
+
+
+def verified_ahead(parts: SealedParts) -> Iterator[bytes]:
+    """Every sealed segment of `parts`, in order, each read and checked against the manifest
+    (`SealedParts.verified`) before it is given out, the next one read and checked in a
+    background thread meanwhile: reading a file and SHA-256 release the GIL, so this overlaps
+    with the replay of the one given out. At most one segment is read ahead (none larger
+    than PREFETCH_MAX_BYTES), so at most two are in memory if the consumer drops each before
+    asking for the next. A segment that fails its check raises here, in order, when its turn
+    comes (one read ahead that is never asked for is waited for, and dropped)."""
+    segments = parts.manifest.segments
+    if not segments:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="resumable-load") as pool:
+        ahead: Future[bytes] | None = None
+        try:
+            for i in range(len(segments)):
+                data = ahead.result() if ahead is not None else parts.verified(i)
+                ahead = None
+                if i + 1 < len(segments) and segments[i + 1].size <= PREFETCH_MAX_BYTES:
+                    ahead = pool.submit(parts.verified, i + 1)
+                yield data
+                del data
+        finally:
+            if ahead is not None:
+                ahead.cancel()
 
 
 MAX_MANIFEST_READ = limits.MAX_MANIFEST_BYTES  # an alias for readers elsewhere

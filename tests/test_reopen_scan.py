@@ -211,3 +211,172 @@ def test_resume_from_a_mirror_replays_the_checkpoint_once(tmp_path: Path, monkey
     assert len(calls) == 1
     with ResumableSweep(items, checkpoint_path=target, **kw) as s:
         assert [s.result(i) for i in items] == [i * 2 for i in items]
+
+
+def _sealed_names(progress: Path) -> list[str]:
+    manifest = parse_manifest((progress / MANIFEST_NAME).read_bytes(), source="m")
+    return [s.name for s in manifest.segments]
+
+
+@pytest.mark.parametrize("where", [0, 1, 2, "middle", "last"])
+def test_damage_in_any_sealed_segment_fails_the_open_and_status(
+    tmp_path: Path, where: int | str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Sealed segments are read and checked one ahead of the replay (in a thread): damage in
+    any of them, the first, the one read ahead while the first replays, or the last, still
+    fails the open naming that segment, the status says so (exit 1), and no reading thread
+    is left behind."""
+    import threading
+
+    from resumable.cli import main as cli_main
+
+    path = tmp_path / "exp.h5"
+    _history(path)
+    progress = progress_dir_for(path)
+    names = _sealed_names(progress)
+    assert len(names) > 10
+    name = names[{"middle": len(names) // 2, "last": -1}.get(where, where)]  # type: ignore[call-overload]
+    seg = progress / SEGMENTS_DIR / name
+    data = bytearray(seg.read_bytes())
+    data[len(data) // 3] ^= 1
+    seg.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=f"{name}: SHA-256 mismatch"):
+        load(progress)
+    assert cli_main(["status", "--json", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "IntegrityError" in err and name in err and "SHA-256 mismatch" in err
+    seg.unlink()
+    with pytest.raises(IntegrityError, match=f"{name}: sealed segment named by the manifest is"):
+        load(progress)
+    assert not [t for t in threading.enumerate() if t.name.startswith("resumable-load")]
+
+
+def test_segments_read_ahead_are_the_segments_checked(tmp_path: Path) -> None:
+    from resumable._parts import SealedParts, dir_reader, verified_ahead
+
+    path = tmp_path / "exp.h5"
+    _history(path)
+    progress = progress_dir_for(path)
+    manifest = parse_manifest((progress / MANIFEST_NAME).read_bytes(), source="m")
+    parts = SealedParts(dir_reader(progress), manifest, str(progress))
+    assert list(verified_ahead(parts)) == [
+        (progress / SEGMENTS_DIR / s.name).read_bytes() for s in manifest.segments
+    ]
+    # a consumer that stops early: the segment read ahead is waited for and dropped
+    ahead = verified_ahead(parts)
+    next(ahead)
+    ahead.close()
+
+
+def test_a_result_recorded_twice_in_sealed_segments_is_damage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key done twice (no invalidation between) is damage wherever the second result lies
+    in the bulk-replayed sealed segments: the same segment or a later one, replayed from a
+    row index or scanned; `status` reports it (exit 1)."""
+    import threading
+
+    from resumable._checkpoint import CheckpointWriter, DirLock
+    from resumable.cli import main as cli_main
+
+    path = tmp_path / "exp.h5"
+    _history(path)
+    progress = progress_dir_for(path)
+    loaded = load(progress)
+    assert loaded is not None and "item 3" in loaded.state.results
+    writer = CheckpointWriter(progress, loaded, DirLock(progress), segment_bytes=4096)
+    try:
+        for i in range(40):
+            writer.append("result", {"value": i, "duration": None}, key=f"new {i}", fp=FP)
+        writer.append("result", {"value": 0, "duration": None}, key="item 3", fp=FP)
+        for i in range(40, 120):
+            writer.append("result", {"value": i, "duration": None}, key=f"new {i}", fp=FP)
+        writer.indexer.wait(60)
+    finally:
+        writer.close()
+    sealed = _sealed_names(progress)
+    holders = [n for n in sealed if b' "item 3"\t' in (progress / SEGMENTS_DIR / n).read_bytes()]
+    assert len(holders) == 2  # the result and its copy, both in sealed segments
+    for indexes in (True, False):
+        with pytest.raises(IntegrityError, match="'item 3' is recorded as done twice") as info:
+            load(progress, use_indexes=indexes)
+        # found while the next segment was read ahead: that reading thread is gone, even
+        # while the error (its traceback, the load's frames) is still held
+        assert not [t for t in threading.enumerate() if t.name.startswith("resumable-load")]
+        del info
+    assert cli_main(["status", str(path)]) == 1
+    assert "recorded as done twice" in capsys.readouterr().err
+
+
+def test_first_seq_of_the_result_map(tmp_path: Path) -> None:
+    """`ResultMap.first_seq` (what `keys_all_current` asks, without a key -> row index): the
+    sequence number of the first result in the map's order, whether that entry is a lazy
+    row, a pinned row or a Record."""
+    path = tmp_path / "exp.h5"
+    _history(path)
+    loaded = load(progress_dir_for(path))
+    assert loaded is not None
+    results = loaded.state.results
+    in_order = [r.seq for r in results.values()]
+    assert results.first_seq() == in_order[0] == min(in_order)
+    assert results.seqs_and_times()[0].tolist() == in_order
+    first = next(iter(results))
+    results.pop(first)  # pins every lazy row
+    assert results.first_seq() == in_order[1]
+    assert results.seqs_and_times()[0].tolist() == in_order[1:]
+    for key in list(results)[:-1]:
+        results.pop(key)
+    assert results.first_seq() == in_order[-1]
+    results.clear()
+    assert results.first_seq() is None
+    from resumable._journal import Record
+
+    results["x"] = Record(77, "result", "x", 1.0, None, b"{}", "s")
+    assert results.first_seq() == 77
+
+
+class _NoLines:
+    def line(self, segment: int, offset: int) -> bytes:
+        raise AssertionError("not read here")
+
+
+def test_lazy_results_looked_up_one_by_one_or_by_index_alike() -> None:
+    """A lazy result looked up gives its own row, whether found by a scan of the keys (the
+    first few lookups) or by the key -> row index: counted among lazy rows only, with a
+    Record in between, and after rows were pinned (a pop) and new lazy rows added."""
+    import numpy as np
+
+    from resumable._journal import Record
+    from resumable._resultmap import SCAN_LOOKUPS, ResultMap
+
+    def add(m: ResultMap, expected: dict[str, int], prefix: str, n: int, seq0: int) -> None:
+        keys = [f"{prefix}{i}" for i in range(n)]
+        seqs = np.arange(seq0, seq0 + n, dtype=np.int64)
+        assert m.add_rows(
+            keys, seqs, seqs * 0.5, seqs * 10, segment=0, source="s", lines=_NoLines()
+        )
+        expected.update(zip(keys, seqs.tolist(), strict=True))
+
+    def make(*, pinned: bool) -> tuple[ResultMap, dict[str, int]]:
+        m, expected = ResultMap(), {}
+        add(m, expected, "a", 50, 10)
+        m["r"] = Record(70, "result", "r", 35.0, None, b"{}", "s")
+        expected["r"] = 70
+        add(m, expected, "b", 30, 100)
+        if pinned:
+            assert m.pop("a3").seq == 13  # pins every lazy row
+            del expected["a3"]
+            add(m, expected, "c", 20, 200)
+        return m, expected
+
+    for pinned in (False, True):
+        for first in (["b29", "a0", "a49", "r", "b0"], ["c19", "c0", "a0", "b5", "r", "c7"]):
+            m, expected = make(pinned=pinned)
+            lookups = [k for k in first if k in expected] + list(expected)
+            assert len(lookups) > 2 * SCAN_LOOKUPS
+            for key in lookups:
+                rec = m[key]
+                assert (rec.key, rec.seq, rec.t) == (key, expected[key], expected[key] * 0.5)
+                assert m.get(key).seq == expected[key]
+            assert m.get("nope") is None
+            assert m.seqs_and_times()[0].tolist() == list(expected.values())
