@@ -232,3 +232,26 @@ def test_a_signed_mirror_holds_no_indexes(s3_bucket, tmp_path):
     _mirrored(url, tmp_path, signing_key="k" * 32)
     store = Store(url)
     assert not [n for n in store.list_dir(SEGMENTS_DIR) if n.endswith(".idx")]
+
+
+def test_a_resume_with_a_signing_key_never_uses_indexes(s3_bucket, tmp_path, monkeypatch):
+    """No signature covers an index: with a signing key, parts are scanned even where sound
+    indexes lie beside them."""
+    url = f"{s3_bucket}/sweeps/signed"
+    key = "k" * 32
+    _mirrored(url, tmp_path, signing_key=key)
+    store = Store(url)
+    parts = _parts(store)
+    for p in parts:  # sound indexes, placed by hand
+        data = store.read_bytes(f"{SEGMENTS_DIR}/{p.name}", max_bytes=p.size)
+        index = segindex.build(data, p)
+        assert index is not None
+        store.write_bytes(f"{SEGMENTS_DIR}/{p.name}.idx", segindex.pack(index))
+    scans = _Scans(monkeypatch)
+    sweep = _resume(url, tmp_path / "new", signing_key=key)
+    try:
+        assert scans.count == len(parts)
+        assert sweep.status().done == N
+    finally:
+        sweep.close()
+    assert not list((tmp_path / "new" / "exp.h5.resumable" / SEGMENTS_DIR).glob("*.idx"))
