@@ -22,6 +22,11 @@ replaced the manifest makes this mirror's next swap fail: it stops with HistoryC
 and leaves the other's history untouched. Where the back end has no conditional write,
 mirroring needs `MirrorOptions.allow_unconditional` (then a race is detected, not prevented).
 
+Each sealed part also goes up with its row index beside it
+(``<part>.idx``, see _segindex; compressed, a few percent of the part's bytes): a resume from
+the mirror then replays it without scanning it. Indexes are caches, not named in the manifest:
+one that cannot be uploaded is skipped, and readers check every one they use.
+
 Superseded objects are deleted `gc_delay_s` after the first manifest not naming them went up,
 never sooner (close() included). Objects no manifest names, left by killed launches, are
 collected by a later launch once they have been unnamed for `gc_delay_s` and are that old.
@@ -38,6 +43,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from . import _segindex as segindex
 from ._checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, CheckpointWriter, WriterView, hash_at
 from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, parse_manifest
 from ._storage import Store, redact
@@ -112,6 +118,7 @@ class Mirror:
         self._version: str | None = None  # that version (None: there is no manifest)
         self._pending: bytes | None = None  # a manifest whose write failed, yet may have landed
         self._uploaded: dict[str, str] = {}  # object name -> sha256, known to be remote
+        self._indexed: set[str] = set()  # parts whose row index is up (or will not be)
         self._chunks: list[SegmentInfo] = []
         self._chunk_segment: str | None = None
         # sealed segment -> the chunks (and final rest) standing for it remotely: records
@@ -295,7 +302,9 @@ class Mirror:
                 continue
             part = _remote_part(seg)
             if self._uploaded.get(part.name) != part.sha256:
-                self._put_file(seg, part.name)
+                data = self._read_sealed(seg)
+                self._upload(part.name, data, part.sha256)
+                self._put_index(part, data, self._local_index(seg))
             parts.append(part)
         if self._chunk_segment is not None and self._chunk_segment != view.active:
             self._retire(self._chunks)  # that segment is sealed now and uploaded whole
@@ -362,8 +371,39 @@ class Mirror:
             )
         return data
 
-    def _put_file(self, seg: SegmentInfo, remote_name: str) -> None:
-        self._upload(remote_name, self._read_sealed(seg), seg.sha256)
+    def _local_index(self, seg: SegmentInfo) -> bytes | None:
+        """The local row index of sealed segment `seg`, if the writer's indexer has written
+        it already (checked by `_put_index`); None otherwise."""
+        try:
+            with open(self._segdir / segindex.index_name(seg.name), "rb") as fh:
+                return fh.read(segindex.max_index_bytes(seg) + 1)
+        except OSError:
+            return None
+
+    def _put_index(self, part: SegmentInfo, data: bytes, local: bytes | None = None) -> None:
+        """Upload the row index of sealed part `part` (its verified bytes `data`) beside it:
+        `local` if that is a sound index of it, else one built now. A cache: a failure other
+        than an unreachable store (retried with the next sync) is logged and skipped."""
+        if (
+            self.signing_key is not None  # no signature covers indexes: readers ignore them
+            or part.name in self._indexed
+            or not segindex.worth_indexing(part)
+        ):
+            return
+        index = local if local is not None and segindex.decode(local, part) else None
+        index = index or segindex.build(data, part)
+        if index is not None:
+            packed = segindex.pack(index)
+            name = f"{SEGMENTS_DIR}/{segindex.mirror_name(part.name)}"
+            try:
+                self._request(
+                    lambda: self.store.write_bytes(name, packed, create_only=True), len(packed)
+                )
+            except SourceUnreachableError:
+                raise
+            except ResumableError as exc:
+                log.debug("row index of %s not mirrored: %s", part.name, exc)
+        self._indexed.add(part.name)
 
     def _finish_chunks(self, seg: SegmentInfo) -> list[SegmentInfo] | None:
         """The remote parts of a just-sealed segment whose first records went up as chunks:
@@ -392,6 +432,10 @@ class Mirror:
         elif first != seg.last_seq + 1:
             return None
         self._retire(self._chunks[len(kept) :])  # their records are in the final part
+        pos = 0
+        for part in parts:  # sealed now: for good in the mirror, indexed
+            self._put_index(part, data[pos : pos + part.size])
+            pos += part.size
         return parts
 
     def _put_chunk(self, view: WriterView) -> None:
@@ -466,6 +510,7 @@ class Mirror:
         self.remote_seq = manifest.sealed_records
         for seg in manifest.segments:
             self._uploaded[seg.name] = seg.sha256
+            self._indexed.add(seg.name)  # (with an index or not: as its uploader left it)
             self._garbage.setdefault(seg.name, None)  # unless our manifests name it again
 
     def _read_versioned(self) -> tuple[bytes, str] | None:
@@ -535,7 +580,8 @@ class Mirror:
             return
         now, wall = time.monotonic(), time.time()
         for name, mtime in listing.items():
-            if name in named or name in self._garbage or mtime is None:
+            of = segindex.mirrored_part(name)  # a part's row index lives and goes with it
+            if name in named or of in named or name in self._garbage or mtime is None:
                 continue
             if wall - mtime >= self.options.gc_delay_s:
                 self._garbage[name] = now
@@ -548,6 +594,7 @@ class Mirror:
         live = {_remote_part(s).name for s in view.manifest.segments}
         live |= {c.name for c in self._chunks}
         live |= {p.name for parts in self._sealed_parts.values() for p in parts}
+        live |= {segindex.mirror_name(name) for name in live}
         now = time.monotonic()
         due = []
         for name, since in list(self._garbage.items()):

@@ -23,12 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from . import _durable as durable
+from . import _segindex as segindex
 from ._checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, Loaded, SealedParts, load_records
 from ._durable import create_durable_file, fsync_dir, make_dirs, remove_tree, rename_durably
 from ._limits import MAX_SEGMENT_BYTES
 from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, parse_manifest
 from ._storage import Store, redact
-from .errors import CheckpointWriteError, IntegrityError, ObjectNotFoundError, StorageError
+from .errors import (
+    CheckpointWriteError,
+    IntegrityError,
+    ObjectNotFoundError,
+    ResumableError,
+    StorageError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +112,11 @@ def download(
     discards the directory (`Loaded.relocate` after an install). Records looked at later
     (results' payloads) read their part again from the copy, or from `store` once it is gone.
 
+    A part's row index, where the mirror holds one beside it (see _segindex), is fetched by
+    the same worker; a sound one (bound to the part's SHA-256 in the verified manifest,
+    self-hashed, its columns checked) spares the replay its scan and is installed with the
+    part; a missing or unsound one is ignored (scanned, and built afterwards by the writer).
+
     With `signing_key` (the manifest's signature already checked), every byte taken must be
     covered by that signature. A manifest signs its sealed parts by SHA-256, but not the
     bytes of an active segment (another machine's progress directory, still being appended
@@ -148,13 +160,15 @@ def download(
 
     location = store.display
     try:
-        with _Prefetch(store, manifest, segdir) as ahead:
+        # row indexes are a cache no signature covers: with a signing key, parts are scanned
+        with _Prefetch(store, manifest, segdir, indexes=signing_key is None) as ahead:
             loaded = load_records(
                 manifest,
                 ahead.sealed(),
                 active,
                 location=location,
                 parts=SealedParts(reread, manifest, location),
+                index=ahead.index if signing_key is None else None,
             )
         fsync_dir(segdir)  # the parts' entries, once for all of them
         create_durable_file(tmp / MANIFEST_NAME, manifest_bytes)
@@ -168,8 +182,10 @@ class _Prefetch:
     """The sealed parts of `manifest`, fetched, verified and written into `segdir` by a few
     worker threads, handed out in manifest order (see `download`)."""
 
-    def __init__(self, store: Store, manifest: Manifest, segdir: Path) -> None:
+    def __init__(self, store: Store, manifest: Manifest, segdir: Path, *, indexes: bool) -> None:
         self._store, self._segdir = store, segdir
+        self._indexes = indexes
+        self._found: dict[str, bytes] = {}  # part name -> its sound row index, until replayed
         self._segments = manifest.segments
         self._jobs: queue.SimpleQueue[tuple[SegmentInfo, Future[bytes]] | None]
         self._jobs = queue.SimpleQueue()
@@ -214,6 +230,10 @@ class _Prefetch:
             except BaseException as exc:  # handed to the caller's thread, raised at its turn
                 future.set_exception(exc)
 
+    def index(self, seg: SegmentInfo) -> bytes | None:
+        """The sound row index fetched with part `seg` (handed out once), or None."""
+        return self._found.pop(seg.name, None)
+
     def sealed(self) -> Iterator[bytes]:
         """Each sealed part's verified bytes, in order (a part's error is raised at its turn)."""
         for i in range(len(self._segments)):
@@ -257,7 +277,39 @@ class _Prefetch:
         if self._stop.is_set():
             raise _Stopped()
         _write_new(self._segdir / seg.name, data)
+        if self._indexes and segindex.worth_indexing(seg):
+            index = self._fetch_index(seg)
+            if index is not None and self._install_index(seg, index):
+                self._found[seg.name] = index
         return data
+
+    def _install_index(self, seg: SegmentInfo, index: bytes) -> bool:
+        """Write the index of `seg` into the copy (False if it cannot be: a cache)."""
+        try:
+            _write_new(self._segdir / segindex.index_name(seg.name), index)
+        except CheckpointWriteError as exc:  # e.g. two parts whose index names coincide
+            log.debug("row index of %s not installed: %s", seg.name, exc)
+            return False
+        return True
+
+    def _fetch_index(self, seg: SegmentInfo) -> bytes | None:
+        """The mirrored row index of `seg` if there is a sound one (a cache: any failure to
+        get one means the part is scanned instead)."""
+        name = f"{SEGMENTS_DIR}/{segindex.mirror_name(seg.name)}"
+        try:
+            packed = self._store.read_bytes(name, max_bytes=segindex.max_index_bytes(seg))
+        except ObjectNotFoundError:
+            return None  # an older mirror, or a part it did not index
+        except ResumableError as exc:
+            log.debug("row index %s not used: %s", redact(self._store.url(name)), exc)
+            return None
+        index = segindex.unpack(packed, seg)
+        if index is None:
+            log.info(
+                "row index %s is not a sound index of its part; ignored (the part is scanned)",
+                redact(self._store.url(name)),
+            )
+        return index
 
 
 class _Stopped(Exception):

@@ -15,9 +15,13 @@ An index is never more trusted than the segment it describes, and never needed:
 
 An index that fails any check is ignored and the segment scanned as before (identical state);
 `verify` rebuilds every index from its segment and reports one that differs, naming the file.
-Indexes are read only from a local progress directory's own ``segments/`` (the place whose
-manifest a local open trusts); a download, a mirror and `verify` never use them. No signature
-covers them, so a sweep with a signing key neither writes nor uses them. The writer's
+A local open reads them from its progress directory's own ``segments/``. A mirror uploads the
+index of each sealed part beside it (``segments/<part>.idx``, immutable, zlib-compressed: a
+few percent of the part's bytes), and a download from a mirror uses the ones that pass the
+same checks against the verified manifest (`unpack`), and installs them with the parts; a
+missing or unsound one is ignored (the part is scanned, its index built afterwards). `verify`
+never uses them. No signature covers them, so a sweep with a signing key neither writes nor
+uses them. The writer's
 background indexer (`SegmentIndexer`) writes them beside sealed segments, with plain file
 operations (not the journal's fault-injectable ones): a crash leaves at worst a missing
 index or a temporary file, never a trusted wrong one.
@@ -39,6 +43,7 @@ import os
 import queue
 import struct
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -309,3 +314,42 @@ class SegmentIndexer:
                 with self._idle:
                     self._pending -= 1
                     self._idle.notify_all()
+
+
+# -- indexes in a mirror ------------------------------------------------------------------------
+
+
+def worth_indexing(seg: SegmentInfo) -> bool:
+    """Whether a part has an index in a mirror (one with records: a sealed segment stands as
+    at most a few parts, so an index each costs one request per part, a constant)."""
+    return seg.records > 0
+
+
+def mirror_name(part: str) -> str:
+    """The mirror object holding the index of part `part` (beside it, named after it whole:
+    part names end in their SHA-256, so equal names mean equal bytes here too)."""
+    return part + SUFFIX
+
+
+def mirrored_part(name: str) -> str | None:
+    """The part whose index the mirror object `name` holds (None: it is not an index)."""
+    return name[: -len(SUFFIX)] if name.endswith(SUFFIX) else None
+
+
+def pack(index: bytes) -> bytes:
+    """An index as the mirror stores it (compressed: its columns are mostly regular)."""
+    return zlib.compress(index, 1)
+
+
+def unpack(data: bytes, seg: SegmentInfo) -> bytes | None:
+    """The index of `seg` that the mirror object `data` holds, if it is a sound one of exactly
+    `seg` (see `decode`; decompressed within `max_index_bytes`), else None."""
+    bound = max_index_bytes(seg)
+    inflate = zlib.decompressobj()
+    try:
+        raw = inflate.decompress(data, bound + 1)
+    except zlib.error:
+        return None
+    if len(raw) > bound or not inflate.eof or inflate.unused_data or inflate.unconsumed_tail:
+        return None
+    return raw if decode(raw, seg) is not None else None
