@@ -54,6 +54,7 @@ _MAX_PLAIN_INT_BITS = 10_000  # codec tags longer ints; such items take the code
 _LONG = 3_000  # an item text at most this long holds no int of more than 10,000 bits
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _NUMBERS = frozenset({int, float})
+_FLOAT_TEXT = len(repr(-2.2250738585072014e-308))  # the longest repr of a finite float (24)
 
 _FLAT = json_encoder(sort_keys=True)  # one item's canonical JSON (or a key's)
 _BULK_SORTED = json_encoder(sort_keys=True, item_separator="\n")
@@ -126,13 +127,14 @@ def _split(encoder: Callable[[Any, int], Any], values: list[Any], dicts: bool) -
     return parts
 
 
-def _bulk(chunk: list[Any], params: bool) -> tuple[list[bytes], list[bytes]] | None:
-    """(canonical JSON, params JSON) of each item of `chunk`, in bulk; None when the chunk is
-    not all flat dicts or all scalars (see the module docstring). Raises as `_split`."""
+def _bulk(chunk: list[Any], params: bool) -> tuple[list[bytes], list[bytes], bool] | None:
+    """(canonical JSON, params JSON) of each item of `chunk`, in bulk, and whether every text
+    is known to be at most `_LONG` long; None when the chunk is not all flat dicts or all
+    scalars (see the module docstring). Raises as `_split`."""
     types = set(map(type, chunk))
     if types <= _SCALARS:
         canon = _split(_BULK_SORTED, chunk, dicts=False)
-        return canon, canon
+        return canon, canon, False
     if types != {dict}:
         return None
     shape = tuple(chunk[0])
@@ -154,38 +156,49 @@ def _bulk(chunk: list[Any], params: bool) -> tuple[list[bytes], list[bytes]] | N
         return None
     canon = _split(_BULK_SORTED, chunk, dicts=True)
     if not params or all(list(shape) == sorted(shape) for shape in shapes):
-        return canon, canon  # the params keep the items' own key order: the same text
-    return canon, _split(_BULK_INSERTION, chunk, dicts=True)
+        return canon, canon, False  # the params keep the items' own key order: the same text
+    return canon, _split(_BULK_INSERTION, chunk, dicts=True), False
 
 
 def _by_columns(
     values: list[Any], shape: tuple[str, ...], n: int, params: bool
-) -> tuple[list[bytes], list[bytes]] | None:
+) -> tuple[list[bytes], list[bytes], bool] | None:
     """n dicts with the keys `shape`, in this order, whose values are `values` (all of the
     first dict's, then the second's, ...; a list of the caller's own, changed here): every
     item's text made by one %-format of the whole chunk, each value formatted once. A column of
     ints and finite floats is formatted by ``%s`` itself (str() of an exact int or float is
     the repr the C encoder writes); any other column of scalars is encoded in one call first
-    and its texts formatted as they are."""
+    and its texts formatted as they are. An item's text is known to be short when every column
+    is of numbers whose texts are short (the longest int is the least or the greatest)."""
     width = len(shape)
     if not width:
         empty = [b"{}"] * n
-        return empty, empty
+        return empty, empty, True
+    longest = 0
     for j in range(width):
         column = values[j::width]
         types = set(map(type, column))
         if not types <= _SCALARS:
             return None
         if types <= _NUMBERS and (float not in types or _finite(column)):
-            continue  # (an int too long for str() makes % raise ValueError, as the encoder)
+            # (an int too long for str() makes % raise ValueError, as the encoder does)
+            if types == {float}:
+                longest += _FLOAT_TEXT
+            elif types == {int} and longest <= _LONG:
+                longest += max(len(repr(min(column))), len(repr(max(column))))
+            else:
+                longest += _LONG + 1
+            continue
         texts = "".join(_BULK_INSERTION(column, 0))[1:-1].split("\n")
         if len(texts) != n:  # cannot happen (see the module docstring): be sure
             raise ValueError("bulk encoding split into the wrong number of items")
         values[j::width] = texts
+        longest += _LONG + 1
     canon = _format_rows(values, shape, sorted(shape), n)
+    short = longest + len(canon[0]) <= _LONG  # (the first item's text holds every key's)
     if not params or list(shape) == sorted(shape):
-        return canon, canon
-    return canon, _format_rows(values, shape, list(shape), n)
+        return canon, canon, short
+    return canon, _format_rows(values, shape, list(shape), n), short
 
 
 def _finite(column: list[Any]) -> bool:
@@ -228,7 +241,9 @@ def _canonical_chunk(chunk: list[Any], params: bool) -> tuple[list[bytes | None]
         return [c for c, _ in pairs], ([p for _, p in pairs] if params else [])
     canon: list[bytes | None] = list(done[0])
     out = done[1] if params else []
-    if max(map(len, done[0])) > _LONG:  # maybe a long int (tagged by the codec), large params
+    if (
+        not done[2] and max(map(len, done[0])) > _LONG
+    ):  # maybe a long int (tagged by the codec), large params
         if out is done[0]:
             out = list(out)
         for i, text in enumerate(done[0]):
