@@ -443,22 +443,25 @@ class CheckpointWriter:
             self._last_us = us
             t_b = b"%d.%06d" % divmod(us, 1_000_000)
             seq = self.last_seq + 1
-            line, digest = chain_line(self._prev, seq, kind, key, t_b, fp, body)
             before = self._active_size
-            size = before + len(line)
-            if size >= self.segment_bytes or (before and size > limits.MAX_SEGMENT_BYTES):
-                out: list[Record] = []  # it seals (or rolls) the segment: the general path
-                self._write_chunk([(kind, body, key, fp)], 0, us / 1_000_000, t_b, out)
-                return out[0]
-            source = self._active_str
-            self._commit(line, source, before)
-            # From here on nothing can fail: bookkeeping only.
-            self._active_hash.update(line)
-            self._active_size = size
-            self._active_records += 1
-            self.last_seq = seq
-            self._prev = digest
-            return Record(seq, kind, key, us / 1_000_000, fp, body, source)
+            # (a payload that fills the segment by itself goes straight to the general path:
+            # a line is longer than its payload, and a large one is then encoded once)
+            if before + len(body) < self.segment_bytes:
+                line, digest = chain_line(self._prev, seq, kind, key, t_b, fp, body)
+                size = before + len(line)
+                if size < self.segment_bytes and not (before and size > limits.MAX_SEGMENT_BYTES):
+                    source = self._active_str
+                    self._commit(line, source, before)
+                    # From here on nothing can fail: bookkeeping only.
+                    self._active_hash.update(line)
+                    self._active_size = size
+                    self._active_records += 1
+                    self.last_seq = seq
+                    self._prev = digest
+                    return Record(seq, kind, key, us / 1_000_000, fp, body, source)
+            out: list[Record] = []  # it seals (or rolls) the segment: the general path
+            self._write_chunk([(kind, body, key, fp)], 0, us / 1_000_000, t_b, out)
+            return out[0]
 
     def _group_time(self) -> tuple[int, bytes]:
         """One time per group, in whole microseconds (written as such: no float repr) and

@@ -181,6 +181,7 @@ def encode_line(
 
 
 _sha256 = hashlib.sha256
+_LARGE_BODY = 1 << 16  # payloads from this size on are not copied to be hashed
 
 
 def chain_line(
@@ -198,11 +199,21 @@ def chain_line(
         if len(key) > limits.MAX_KEY_CHARS:
             limits.check_key(key, _what(kind, key))
         key_b = _json_string(key).encode("utf-8")
-    rest = b"%d %s %s %s %s\t%s" % (seq, kind_b, t, fp.encode() if fp else b"-", key_b, body)
-    if _HASH_LEN + 1 + len(rest) > limits.MAX_RECORD_BYTES:
-        limits.check_record(_HASH_LEN + 1 + len(rest), _what(kind, key), kind)
-    digest = _sha256(prev + b"\n" + rest).hexdigest().encode()
-    return b"%s %s\n" % (digest, rest), digest
+    fp_b = fp.encode() if fp else b"-"
+    if len(body) < _LARGE_BODY:
+        rest = b"%d %s %s %s %s\t%s" % (seq, kind_b, t, fp_b, key_b, body)
+        if _HASH_LEN + 1 + len(rest) > limits.MAX_RECORD_BYTES:
+            limits.check_record(_HASH_LEN + 1 + len(rest), _what(kind, key), kind)
+        digest = _sha256(prev + b"\n" + rest).hexdigest().encode()
+        return b"%s %s\n" % (digest, rest), digest
+    # a large payload (an items record): hashed where it lies, copied once, into the line
+    head = b"%d %s %s %s %s\t" % (seq, kind_b, t, fp_b, key_b)
+    if _HASH_LEN + 1 + len(head) + len(body) > limits.MAX_RECORD_BYTES:
+        limits.check_record(_HASH_LEN + 1 + len(head) + len(body), _what(kind, key), kind)
+    hasher = _sha256(prev + b"\n" + head)
+    hasher.update(body)
+    digest = hasher.hexdigest().encode()
+    return b"".join((digest, b" ", head, body, b"\n")), digest
 
 
 def _what(kind: str, key: str | None) -> str:

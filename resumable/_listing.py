@@ -15,9 +15,11 @@ characters), so in the output every newline is a separator: between two items it
 by commas and splitting at the rest gives each item's text, byte for byte what the codec writes.
 What the codec would write differently (NaN and infinities, tagged; a lone surrogate, refused;
 an int past 10,000 bits, tagged: its text alone is longer than `_LONG`) makes the encoder raise or
-is caught by length and goes through the codec, item by item. Fingerprints are hashed with the
+is caught by length and goes through the codec, item by item. Dicts that all hold the same key
+objects in the same order (the common sweep) are written by one %-format of the whole chunk
+instead, each value formatted once (`_by_columns`). Fingerprints are hashed with the
 interpreter's own SHA-256 when it has one: for a few dozen bytes it costs half of OpenSSL's, whose
-per-object setup dominates there.
+per-object setup dominates there; their digests are then cut and turned to hex all at once.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ import binascii
 import contextlib
 import hashlib
 import itertools
+import math
 import operator
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import numpy as np
 
 from ._codec import TAG, canonical_json, compact_json, encode, json_encoder
 from .errors import UnsupportedValueError
@@ -48,7 +53,8 @@ CHUNK = 65_536  # items encoded in one bulk call (bounds the intermediate copies
 _MAX_PLAIN_INT_BITS = 10_000  # codec tags longer ints; such items take the codec's path
 _LONG = 3_000  # an item text at most this long holds no int of more than 10,000 bits
 _SCALARS = frozenset({str, int, float, bool, type(None)})
-_hex = binascii.b2a_hex
+_NUMBERS = frozenset({int, float})
+_FLOAT_TEXT = len(repr(-2.2250738585072014e-308))  # the longest repr of a finite float (24)
 
 _FLAT = json_encoder(sort_keys=True)  # one item's canonical JSON (or a key's)
 _BULK_SORTED = json_encoder(sort_keys=True, item_separator="\n")
@@ -121,13 +127,14 @@ def _split(encoder: Callable[[Any, int], Any], values: list[Any], dicts: bool) -
     return parts
 
 
-def _bulk(chunk: list[Any], params: bool) -> tuple[list[bytes], list[bytes]] | None:
-    """(canonical JSON, params JSON) of each item of `chunk`, in bulk; None when the chunk is
-    not all flat dicts or all scalars (see the module docstring). Raises as `_split`."""
+def _bulk(chunk: list[Any], params: bool) -> tuple[list[bytes], list[bytes], bool] | None:
+    """(canonical JSON, params JSON) of each item of `chunk`, in bulk, and whether every text
+    is known to be at most `_LONG` long; None when the chunk is not all flat dicts or all
+    scalars (see the module docstring). Raises as `_split`."""
     types = set(map(type, chunk))
     if types <= _SCALARS:
         canon = _split(_BULK_SORTED, chunk, dicts=False)
-        return canon, canon
+        return canon, canon, False
     if types != {dict}:
         return None
     shape = tuple(chunk[0])
@@ -149,40 +156,78 @@ def _bulk(chunk: list[Any], params: bool) -> tuple[list[bytes], list[bytes]] | N
         return None
     canon = _split(_BULK_SORTED, chunk, dicts=True)
     if not params or all(list(shape) == sorted(shape) for shape in shapes):
-        return canon, canon  # the params keep the items' own key order: the same text
-    return canon, _split(_BULK_INSERTION, chunk, dicts=True)
+        return canon, canon, False  # the params keep the items' own key order: the same text
+    return canon, _split(_BULK_INSERTION, chunk, dicts=True), False
 
 
 def _by_columns(
     values: list[Any], shape: tuple[str, ...], n: int, params: bool
-) -> tuple[list[bytes], list[bytes]] | None:
+) -> tuple[list[bytes], list[bytes], bool] | None:
     """n dicts with the keys `shape`, in this order, whose values are `values` (all of the
-    first dict's, then the second's, ...): each key's values (a list of scalars, no dict to
-    sort) encoded in one call, then put together with the keys' JSON."""
-    columns: dict[str, list[bytes]] = {}
-    for j, key in enumerate(shape):
-        column = values[j :: len(shape)]
-        if not set(map(type, column)) <= _SCALARS:
+    first dict's, then the second's, ...; a list of the caller's own, changed here): every
+    item's text made by one %-format of the whole chunk, each value formatted once. A column of
+    ints and finite floats is formatted by ``%s`` itself (str() of an exact int or float is
+    the repr the C encoder writes); any other column of scalars is encoded in one call first
+    and its texts formatted as they are. An item's text is known to be short when every column
+    is of numbers whose texts are short (the longest int is the least or the greatest)."""
+    width = len(shape)
+    if not width:
+        empty = [b"{}"] * n
+        return empty, empty, True
+    longest = 0
+    for j in range(width):
+        column = values[j::width]
+        types = set(map(type, column))
+        if not types <= _SCALARS:
             return None
-        columns[key] = _split(_BULK_INSERTION, column, dicts=False)
-    canon = _assemble(columns, sorted(shape), n)
+        if types <= _NUMBERS and (float not in types or _finite(column)):
+            # (an int too long for str() makes % raise ValueError, as the encoder does)
+            if types == {float}:
+                longest += _FLOAT_TEXT
+            elif types == {int} and longest <= _LONG:
+                longest += max(len(repr(min(column))), len(repr(max(column))))
+            else:
+                longest += _LONG + 1
+            continue
+        texts = "".join(_BULK_INSERTION(column, 0))[1:-1].split("\n")
+        if len(texts) != n:  # cannot happen (see the module docstring): be sure
+            raise ValueError("bulk encoding split into the wrong number of items")
+        values[j::width] = texts
+        longest += _LONG + 1
+    canon = _format_rows(values, shape, sorted(shape), n)
+    short = longest + len(canon[0]) <= _LONG  # (the first item's text holds every key's)
     if not params or list(shape) == sorted(shape):
-        return canon, canon
-    return canon, _assemble(columns, list(shape), n)
+        return canon, canon, short
+    return canon, _format_rows(values, shape, list(shape), n), short
 
 
-def _assemble(columns: dict[str, list[bytes]], order: list[str], n: int) -> list[bytes]:
-    """Each item's dict JSON, its keys in `order`, from the values' JSON (`columns`)."""
-    if not order:
-        return [b"{}"] * n
-    width = 2 * len(order) + 1
-    pieces: list[bytes] = [b""] * (width * n)
-    for j, key in enumerate(order):
-        lead = "{" if j == 0 else ","
-        pieces[2 * j :: width] = [(lead + "".join(_FLAT(key, 0)) + ":").encode("utf-8")] * n
-        pieces[2 * j + 1 :: width] = columns[key]
-    pieces[width - 1 :: width] = [b"}\n"] * n
-    return b"".join(pieces)[:-1].split(b"\n")
+def _finite(column: list[Any]) -> bool:
+    """Whether a column of ints and floats holds no NaN or infinity (their sum would not be
+    finite; a sum that overflows sends the column to the encoder, which is exact anyway)."""
+    try:
+        return math.isfinite(sum(column))
+    except OverflowError:
+        return False
+
+
+def _format_rows(
+    values: list[Any], shape: tuple[str, ...], order: list[str], n: int
+) -> list[bytes]:
+    """Each item's dict JSON, its keys in `order`, from `values` (laid out as in `_by_columns`,
+    each either a number or its JSON text): one %-format, one encode, one split."""
+    width = len(shape)
+    args = values
+    if order != list(shape):
+        at = {key: j for j, key in enumerate(shape)}
+        args = [None] * len(values)
+        for j, key in enumerate(order):
+            args[j::width] = values[at[key] :: width]
+    row = ",".join("".join(_FLAT(key, 0)).replace("%", "%%") + ":%s" for key in order)
+    text = "\n".join(itertools.repeat("{" + row + "}", n)) % tuple(args)
+    texts = text.encode("utf-8").split(b"\n")
+    if len(texts) != n:  # cannot happen (no JSON text holds a raw newline): be sure
+        raise ValueError("bulk encoding split into the wrong number of items")
+    return texts
 
 
 def _canonical_chunk(chunk: list[Any], params: bool) -> tuple[list[bytes | None], list[bytes]]:
@@ -196,7 +241,9 @@ def _canonical_chunk(chunk: list[Any], params: bool) -> tuple[list[bytes | None]
         return [c for c, _ in pairs], ([p for _, p in pairs] if params else [])
     canon: list[bytes | None] = list(done[0])
     out = done[1] if params else []
-    if max(map(len, done[0])) > _LONG:  # maybe a long int (tagged by the codec), large params
+    if (
+        not done[2] and max(map(len, done[0])) > _LONG
+    ):  # maybe a long int (tagged by the codec), large params
         if out is done[0]:
             out = list(out)
         for i, text in enumerate(done[0]):
@@ -213,12 +260,33 @@ def _chunks(n: int, start: int = 0) -> Iterator[tuple[int, int]]:
 
 
 _digest = type(_small_sha256(b"")).digest
-_head = operator.itemgetter(slice(0, FP_LEN // 2))
 
 
-def _digests(texts: list[bytes]) -> Iterator[bytes]:
-    """The first FP_LEN/2 bytes of each text's SHA-256 (C calls only, no bytecode per item)."""
-    return map(_head, map(_digest, map(_small_sha256, texts)))
+def _hex_heads(texts: list[bytes], digits: int) -> bytes:
+    """The first `digits` (even) hex digits of each text's SHA-256, newline-separated: C calls
+    only, one object per text for its hash and one for its digest (then all of them at once:
+    one join, one numpy slice, one hexlify)."""
+    width = digits // 2
+    digests = np.frombuffer(b"".join(map(_digest, map(_small_sha256, texts))), np.uint8)
+    return binascii.b2a_hex(digests.reshape(-1, 32)[:, :width].tobytes(), b"\n", width)
+
+
+def _pieces(text: bytes, n: int, before: bytes, after: bytes) -> list[bytes]:
+    """``before + part + after`` for each of the n newline-separated parts of `text` (none
+    holds a newline): one replace, one split."""
+    pieces = (before + text.replace(b"\n", after + b"\n" + before) + after).split(b"\n")
+    if len(pieces) != n:  # cannot happen (the parts are JSON texts or hex): be sure
+        raise ValueError("bulk encoding split into the wrong number of items")
+    return pieces
+
+
+def _quoted(keys: list[str]) -> bytes:
+    """The keys' JSON strings, newline-separated, as the encoder writes them (printable ASCII
+    with no quote or backslash, the common key, needs no escape: then only joined)."""
+    joined = "".join(keys)
+    if joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined:
+        return ('"' + '"\n"'.join(keys) + '"').encode("ascii")
+    return "".join(_BULK_INSERTION(keys, 0)).encode("utf-8")[1:-1]
 
 
 def default_keys(items: list[Any]) -> list[str | None]:
@@ -230,13 +298,8 @@ def default_keys(items: list[Any]) -> list[str | None]:
             sha = _small_sha256
             keys += [None if c is None else sha(c).hexdigest()[:DEFAULT_KEY_LEN] for c in canon]
         else:
-            keys += map(bytes.hex, _digests(canon))  # type: ignore[arg-type]
+            keys += _hex_heads(canon, DEFAULT_KEY_LEN).decode("ascii").split("\n")  # type: ignore[arg-type]
     return keys
-
-
-def _pieces(texts: list[bytes], before: bytes, after: bytes) -> list[bytes]:
-    """``before + text + after`` for each text (none holds a newline), in two C calls."""
-    return (before + (after + b"\n" + before).join(texts) + after).split(b"\n")
 
 
 def listing_rows(
@@ -248,19 +311,23 @@ def listing_rows(
     (checked when the items were built); `fps_are_keys` when they are the default keys (the
     fingerprints)."""
     for at, end in _chunks(len(keys), start):
+        n = end - at
         canon, params = _canonical_chunk(items[at:end], params=True)
-        quoted = _split(_BULK_INSERTION, keys[at:end], dicts=False)
+        quoted = _quoted(keys[at:end])
         if fps_are_keys:  # the fingerprint is the key itself
-            fps = _pieces(quoted, b"", b",")
+            heads = _pieces(quoted, n, b"],[", b",")
+            fps = _pieces(quoted, n, b"", b",")
         elif None not in canon:
-            fps = _pieces(list(map(_hex, _digests(canon))), b'"', b'",')  # type: ignore[arg-type]
+            heads = _pieces(quoted, n, b"],[", b',"')
+            fps = _pieces(_hex_heads(canon, FP_LEN), n, b"", b'",')  # type: ignore[arg-type]
         else:  # some items are not JSON-like: no fingerprint
+            heads = _pieces(quoted, n, b"],[", b",")
             fps = [
-                b"null," if c is None else b'"%s",' % _hex(_head(_digest(_small_sha256(c))))
+                b"null," if c is None else b'"%s",' % _small_sha256(c).hexdigest()[:FP_LEN].encode()
                 for c in canon
             ]
-        row: list[bytes] = [b""] * (3 * len(canon))
-        row[0::3] = _pieces(quoted, b"],[", b",")
+        row: list[bytes] = [b""] * (3 * n)
+        row[0::3] = heads
         row[1::3] = fps
         row[2::3] = params
         yield row
