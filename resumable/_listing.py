@@ -94,7 +94,7 @@ def item_fingerprint(item: Any) -> str | None:
     """An item's fingerprint, computed wherever the item is (a pool's worker, from its copy of
     the item); None if the item is not JSON-like."""
     fp = fingerprint_of(item)
-    return None if fp is None else hashlib.sha256(fp[1]).hexdigest()[:FP_LEN]
+    return None if fp is None else _small_sha256(fp[1]).hexdigest()[:FP_LEN]
 
 
 def _entry_of(item: Any) -> tuple[bytes | None, bytes]:
