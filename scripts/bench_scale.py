@@ -435,7 +435,7 @@ def bench_rates(n: int, rounds: int, disk: Path, pool_n: int) -> None:
         ("record_many(256 pairs)", "record_many"),
         ("run() in-process", "run"),
         ("run() on a 2-process pool", "pool2"),
-        (f"run() on a 2-process pool, {pool_n:,} items", "pool2_big"),
+        (f"run() on a 2-process pool, {pool_n // 1000}k items", "pool2_big"),
         ("SQLite WAL FULL, commit per item", "sqlite"),
     ):
         if m not in rows:
