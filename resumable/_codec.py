@@ -19,13 +19,19 @@ import hashlib
 import json
 import math
 import re
+import sys
 from collections.abc import Callable
-from typing import Any
-
-import numpy as np
-from numpy.lib import format as npformat
+from typing import TYPE_CHECKING, Any
 
 from .errors import IntegrityError, InvalidKeyError, UnsupportedValueError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is imported only when a value needs it (decoding an array, a dtype's descr): a pool's
+# workers import this module before their first item, and numpy was most of that (about half
+# a second of every pool's start). Encoding asks `sys.modules` instead: a value can only be a
+# numpy array or scalar if numpy has been imported, by whoever made it.
 
 TAG = "__t"
 MAX_DEPTH = 64
@@ -167,17 +173,18 @@ def _encode(value: Any, path: tuple[Any, ...], what: str) -> Any:
             _check_str(k, path, what)
             out[k] = _encode(v, (*path, k), what)
         return {TAG: "dict", "v": out} if TAG in out else out
-    if isinstance(value, np.ndarray):
-        if t is not np.ndarray:
+    numpy = sys.modules.get("numpy")  # (none imported: the value is no numpy object)
+    if numpy is not None and isinstance(value, numpy.ndarray):
+        if t is not numpy.ndarray:
             raise UnsupportedValueError(
                 f"{what} holds a {t.__module__}.{t.__name__} (an ndarray subclass) at "
                 f"{_where(path)}; convert it with np.asarray() first"
             )
         return _encode_array(value, path, what)
-    if isinstance(value, np.generic):
+    if numpy is not None and isinstance(value, numpy.generic):
         if value.dtype.hasobject:
             raise UnsupportedValueError(f"{what} holds a numpy object scalar at {_where(path)}")
-        arr = np.asarray(value)
+        arr = numpy.asarray(value)
         return {TAG: "np", "d": _descr(arr.dtype), "b": _b64(arr.tobytes())}
     raise UnsupportedValueError(
         f"{what} holds a value of type {t.__module__}.{t.__qualname__} at {_where(path)}, which "
@@ -196,6 +203,8 @@ def _check_str(s: str, path: tuple[Any, ...], what: str) -> None:
 
 
 def _descr(dtype: np.dtype) -> Any:
+    from numpy.lib import format as npformat
+
     return npformat.dtype_to_descr(dtype)
 
 
@@ -209,6 +218,8 @@ def _encode_array(arr: np.ndarray, path: tuple[Any, ...], what: str) -> dict[str
             f"{what} holds a numpy array of dtype object at {_where(path)}; object arrays "
             "cannot be stored without pickling"
         )
+    import numpy as np
+
     data = np.ascontiguousarray(arr).tobytes()
     return {TAG: "nd", "d": _descr(arr.dtype), "s": list(arr.shape), "b": _b64(data)}
 
@@ -273,12 +284,16 @@ def _decode(obj: Any, depth: int) -> Any:
                 f"array of dtype {dtype} and shape {shape} needs {expected} bytes, "
                 f"found {len(data)}"
             )
+        import numpy as np
+
         return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
     if tag == "np":
         dtype = _dtype(obj["d"])
         data = base64.b64decode(_payload(obj, str, "b"), validate=True)
         if len(data) != dtype.itemsize:
             raise IntegrityError(f"numpy scalar of dtype {dtype} needs {dtype.itemsize} bytes")
+        import numpy as np
+
         return np.frombuffer(data, dtype=dtype)[0]
     raise IntegrityError(f"unknown value tag {tag!r}")
 
@@ -306,7 +321,7 @@ def descr_to_json(dtype: np.dtype) -> Any:
 
     The one converter of dtype descrs to stored JSON (snapshot manifests, exports, values);
     `descr_from_json` is its inverse."""
-    return json.loads(json.dumps(npformat.dtype_to_descr(dtype)))
+    return json.loads(json.dumps(_descr(dtype)))
 
 
 def descr_from_json(descr: Any) -> np.dtype:
@@ -315,6 +330,8 @@ def descr_from_json(descr: Any) -> np.dtype:
     A malformed description raises `IntegrityError`; numpy's own refusal of a well-formed but
     unknown type string propagates (callers name the array). Object dtypes are not refused
     here: callers that must never load one check ``dtype.hasobject``."""
+    from numpy.lib import format as npformat
+
     return npformat.descr_to_dtype(_descr_from_json(descr))
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ from ._listing import (
     item_fingerprint,
     listing_json,
     listing_rows,
+    small_sha256,
 )
 from .errors import DuplicateKeyError, InvalidKeyError, UnknownItemError
 
@@ -78,7 +78,8 @@ def default_key(item: Any) -> str:
     fp = fingerprint_of(item)
     if fp is None:
         raise _not_json_like(item)
-    return hashlib.sha256(fp[1]).hexdigest()[:DEFAULT_KEY_LEN]
+    key: str = small_sha256(fp[1]).hexdigest()[:DEFAULT_KEY_LEN]  # (see item_fingerprint)
+    return key
 
 
 def _not_json_like(item: Any) -> InvalidKeyError:
@@ -153,7 +154,7 @@ class ItemSet:
             else:
                 enc, blob = fp
                 small = len(blob) <= MAX_PARAMS_BYTES
-                cached = (hashlib.sha256(blob).hexdigest()[:FP_LEN], enc if small else None)
+                cached = (small_sha256(blob).hexdigest()[:FP_LEN], enc if small else None)
             self._fps[idx] = cached
         return cached
 

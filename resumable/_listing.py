@@ -45,6 +45,7 @@ except ImportError:  # pragma: no cover - depends on the interpreter
         from _sha256 import sha256 as _small_sha256  # type: ignore[import-not-found, no-redef, unused-ignore]
     except ImportError:
         _small_sha256 = hashlib.sha256
+small_sha256: Callable[[bytes], Any] = _small_sha256  # (for one item's text: see item_fingerprint)
 
 MAX_PARAMS_BYTES = 64 * 1024  # larger items are remembered by fingerprint only
 FP_LEN = 32  # hex characters of SHA-256 kept as an item's fingerprint (128 bits)
@@ -100,7 +101,7 @@ def item_fingerprint(item: Any) -> str | None:
     """An item's fingerprint, computed wherever the item is (a pool's worker, from its copy of
     the item); None if the item is not JSON-like."""
     fp = fingerprint_of(item)
-    return None if fp is None else hashlib.sha256(fp[1]).hexdigest()[:FP_LEN]
+    return None if fp is None else _small_sha256(fp[1]).hexdigest()[:FP_LEN]
 
 
 def _entry_of(item: Any) -> tuple[bytes | None, bytes]:

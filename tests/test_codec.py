@@ -473,3 +473,14 @@ def test_encode_json_is_compact_json_of_encode():
         inner = inner[0]
     with pytest.raises(UnsupportedValueError, match="nested deeper"):
         encode_json(deep)
+
+
+def test_pool_worker_module_does_not_import_numpy() -> None:
+    """A pool's workers import `_worker` (and the codec) before their first item: numpy, most
+    of that import, comes only with a value that needs it (encode asks sys.modules)."""
+    import subprocess
+    import sys
+
+    code = "import sys, resumable._worker; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
