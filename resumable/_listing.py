@@ -33,8 +33,6 @@ import operator
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
-
 from ._codec import TAG, canonical_json, compact_json, encode, json_encoder
 from .errors import UnsupportedValueError
 
@@ -267,6 +265,8 @@ def _hex_heads(texts: list[bytes], digits: int) -> bytes:
     """The first `digits` (even) hex digits of each text's SHA-256, newline-separated: C calls
     only, one object per text for its hash and one for its digest (then all of them at once:
     one join, one numpy slice, one hexlify)."""
+    import numpy as np  # (here: a pool's workers import this module, and need no numpy)
+
     width = digits // 2
     digests = np.frombuffer(b"".join(map(_digest, map(_small_sha256, texts))), np.uint8)
     return binascii.b2a_hex(digests.reshape(-1, 32)[:, :width].tobytes(), b"\n", width)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ._codec import encode_json
-from ._items import item_fingerprint
+from ._listing import item_fingerprint
 from .errors import UnsupportedValueError
 
 Outcome = tuple[bool, Any, "str | None", float]  # ok, value or exception, traceback, seconds
