@@ -392,6 +392,9 @@ def bench_size(n: int, rounds: int, disk: Path) -> None:
     rows: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     for _ in range(rounds):
         for k in kinds:
+            # no dirty pages of the step before (the copy made, a first open's 71 MB) written
+            # back while this one is timed: each starts from the same quiet disk
+            os.sync()
             rows[k].append(run_child(k, n, root))
     print(f"{'':34} | {'time':>9} | peak RSS beyond the items")
     for label, k in (
