@@ -89,6 +89,9 @@ def _not_json_like(item: Any) -> InvalidKeyError:
     )
 
 
+_UNSET: Any = object()  # (no key computed yet)
+
+
 @dataclass
 class ItemSet:
     """The materialised items with their keys; fingerprints on demand."""
@@ -135,9 +138,13 @@ class ItemSet:
             [self.items[i] for i in chosen], keys, {k: n for n, k in enumerate(keys)}, self.key_fn
         )
 
-    def key_of(self, item: Any) -> str:
-        """The key of an item passed back by the user (it must be one of the sweep's items)."""
-        key = key_fn_or_default(self.key_fn, item)
+    def key_of(self, item: Any, computed: Any = _UNSET) -> str:
+        """The key of an item passed back by the user (it must be one of the sweep's items);
+        `computed`: what the key function already returned for it (not called again)."""
+        if computed is _UNSET or self.key_fn is None:
+            key = key_fn_or_default(self.key_fn, item)
+        else:
+            key = check_key(computed, item)
         if key not in self.index:
             raise UnknownItemError(
                 f"item {item!r:.200} (key {key!r:.200}) is not among this sweep's "

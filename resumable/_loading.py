@@ -309,14 +309,14 @@ class _HeldLines:
 
 
 def _replay_active_scanned(
-    state: State, data: bytes, first_seq: int, prev_hash: str, source: str
+    state: State, data: bytes, records: int, first_seq: int, prev_hash: str, source: str
 ) -> str | None:
     """Replay a whole, undamaged active segment from its vectorised scan, every line's hash
     chained to the one before as `parse_segment` checks it; the last hash, or None (nothing
-    applied) when anything is unusual, a torn tail included: `parse_segment` then decides."""
+    applied) when anything is unusual, a torn tail included: `parse_segment` then decides.
+    `records` is the number of newlines in `data`."""
     if not data.endswith(b"\n"):
         return None
-    records = data.count(b"\n")
     scan = scan_sealed(data, first_seq=first_seq, records=records)
     if scan is None:
         return None
@@ -449,15 +449,16 @@ def _replay(
         assert manifest.active is not None
         source = f"{location}/{SEGMENTS_DIR}/{manifest.active}"
         first_seq = manifest.sealed_records + 1
+        lines = active.count(b"\n")
         last = (
-            _replay_active_scanned(state, active, first_seq, prev, source)
-            if parts is not None and active.count(b"\n") >= _SCAN_MIN_RECORDS
+            _replay_active_scanned(state, active, lines, first_seq, prev, source)
+            if parts is not None and lines >= _SCAN_MIN_RECORDS
             else None
         )
         if last is not None:
             loaded.active_size = len(active)
             loaded.active_hash.update(active)
-            loaded.active_records = active.count(b"\n")
+            loaded.active_records = lines
             loaded.active_bytes = active
             state.last_hash = last
             return loaded

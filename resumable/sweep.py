@@ -343,11 +343,12 @@ class ResumableSweep:
             if key is not None and items.items[items.index[key]] is item:
                 return key
         key_fn = items.key_fn
-        if key_fn is not None:
-            key = key_fn(item)
-            if type(key) is str and key in items.index:
-                return key
-        return items.key_of(item)  # the default key, or the error saying what is wrong
+        if key_fn is None:
+            return items.key_of(item)  # the default key, or the error saying what is wrong
+        key = key_fn(item)
+        if type(key) is str and key in items.index:
+            return key
+        return items.key_of(item, key)  # the error saying what is wrong
 
     def _result_payload(self, key: str, result: Any, duration: bytes) -> bytes:
         """The payload of a result record, as `journal.dumps` would make it from

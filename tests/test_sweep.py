@@ -704,6 +704,29 @@ def test_record_of_unknown_item(tmp_path):
         sweep.record("c", 1)
 
 
+def test_key_function_called_once_for_an_item_it_rejects(tmp_path):
+    """Recording an unknown item, or one whose key is not a str, calls the user's key
+    function once (it may be costly, or not repeatable) and says what is wrong."""
+    calls: list[object] = []
+
+    def key(c):
+        calls.append(c)
+        return c if c != "bad" else 3
+
+    ckpt = tmp_path / "k.h5"
+    with ResumableSweep(["a", "b"], checkpoint_path=ckpt, key=key) as sweep:
+        before = checkpoint_files(ckpt)
+        calls.clear()
+        with pytest.raises(UnknownItemError, match="'c'"):
+            sweep.record("c", 1)
+        assert calls == ["c"]
+        calls.clear()
+        with pytest.raises(InvalidKeyError):
+            sweep.record("bad", 1)
+        assert calls == ["bad"]
+        assert checkpoint_files(ckpt) == before
+
+
 def test_recording_twice_is_refused(tmp_path):
     ckpt = tmp_path / "e.h5"
     with ResumableSweep(ITEMS, checkpoint_path=ckpt) as sweep:
