@@ -29,7 +29,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -463,6 +463,20 @@ class CheckpointWriter:
             self._write_chunk([(kind, body, key, fp)], 0, us / 1_000_000, t_b, out)
             return out[0]
 
+    @contextlib.contextmanager
+    def _appending(self) -> Iterator[tuple[int, bytes]]:
+        """The mutex held for a group of appends, once this process is the owner and the
+        writer is not broken; yields the group's time (`_group_time`). (`append`, the path
+        of every `sweep.record`, makes the same checks inline.)"""
+        if _pid != self.owner_pid:  # before the mutex: a parent's thread may hold it
+            raise foreign_process_error(f"checkpoint {self.dir}", self.owner_pid)
+        with self._mutex:
+            if self._broken is not None:
+                raise CheckpointClosedError(
+                    f"checkpoint {self.dir} can no longer record: {self._broken}"
+                )
+            yield self._group_time()
+
     def _group_time(self) -> tuple[int, bytes]:
         """One time per group, in whole microseconds (written as such: no float repr) and
         later than the previous group's: a torn group is recognised by its single time. The
@@ -483,14 +497,7 @@ class CheckpointWriter:
         against the limits, before the write), and rolled first when a record would take it
         past `limits.MAX_SEGMENT_BYTES`. If this raises, none of the records of the chunk
         being written was acknowledged and the writer records nothing more."""
-        if _pid != self.owner_pid:  # before the mutex: a parent's thread may hold it
-            raise foreign_process_error(f"checkpoint {self.dir}", self.owner_pid)
-        with self._mutex:
-            if self._broken is not None:
-                raise CheckpointClosedError(
-                    f"checkpoint {self.dir} can no longer record: {self._broken}"
-                )
-            us, t_b = self._group_time()
+        with self._appending() as (us, t_b):
             t = us / 1_000_000
             out: list[Record] = []
             pos, n = 0, len(entries)
@@ -504,14 +511,7 @@ class CheckpointWriter:
         """`append` one large record (a part of an item listing, 64 MiB) and return it
         without its payload in memory: read back from its segment, checked against its hash,
         when asked for (a sweep of ten million items would otherwise keep 745 MB)."""
-        if _pid != self.owner_pid:
-            raise foreign_process_error(f"checkpoint {self.dir}", self.owner_pid)
-        with self._mutex:
-            if self._broken is not None:
-                raise CheckpointClosedError(
-                    f"checkpoint {self.dir} can no longer record: {self._broken}"
-                )
-            us, t_b = self._group_time()
+        with self._appending() as (us, t_b):
             before, source, prev = self._active_size, self._active_str, self._prev
             out: list[Record] = []
             self._write_chunk([(kind, payload, key, fp)], 0, us / 1_000_000, t_b, out)

@@ -303,14 +303,7 @@ class ResumableSweep:
                 dur = b',"duration":null'
             else:
                 dur = b',"duration":%.6f' % (time.monotonic() - started)
-        if type(result) is EncodedResult:  # (`_result_payload`, inline)
-            value = result.json
-        else:
-            try:
-                value = encode_json(result, what="")
-            except UnsupportedValueError:  # again, for the message naming the item
-                value = encode_json(result, what=f"the result of item {key!r}")
-        body = b'{"value":%s%s%s' % (value, dur, self._result_tail)
+        body = self._result_payload(key, result, dur)
         fp = self._items.fingerprint(key, cache=False)
         with self._lock:
             if key in results:
@@ -450,20 +443,13 @@ class ResumableSweep:
         add = entries.append
         fingerprint = self._items.fingerprint
         pop_started = self._yielded.pop
-        payload, tail = self._result_payload, self._result_tail
+        payload = self._result_payload
         for key, result, duration in rows:
-            started = pop_started(key, None)
-            if type(result) is EncodedResult:
-                fp = result.fp if result.has_fp else fingerprint(key, cache=False)
-                if measure and duration is not None:
-                    # a pool's result, the common row of `sweep.run`: `_duration_json` and
-                    # `_result_payload` inline (the value's JSON came from the worker)
-                    body = b'{"value":%s,"duration":%.6f%s' % (result.json, duration, tail)
-                    add(("result", body, key, fp))
-                    continue
+            dur = _duration_json(duration, pop_started(key, None), measure)
+            if type(result) is EncodedResult and result.has_fp:
+                fp = result.fp
             else:
                 fp = fingerprint(key, cache=False)
-            dur = _duration_json(duration, started, measure)
             add(("result", payload(key, result, dur), key, fp))
         if not entries:
             return 0

@@ -13,12 +13,16 @@ from typing import Any
 
 import pytest
 
-import resumable._loading as loading
 from resumable import MirrorOptions, ResumableSweep
 from resumable import _segindex as segindex
 from resumable._checkpoint import SEGMENTS_DIR, load
 from resumable._manifest import MANIFEST_NAME, parse_manifest
 from resumable._storage import Store
+
+try:
+    from fixtures.scans import ScanCounter
+except ImportError:  # pragma: no cover - run from the repository root
+    from tests.fixtures.scans import ScanCounter
 
 N = 1500
 SEGMENT_BYTES = 48_000  # a few hundred records per segment: parts worth indexing
@@ -28,22 +32,6 @@ ITEMS = [{"i": i} for i in range(N)]
 
 def _key(c: dict[str, Any]) -> str:
     return str(c["i"])
-
-
-class _Scans:
-    """Counts the sealed parts the loader parses itself (scanned or record by record)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
-        for name in ("scan_sealed", "parse_sealed_segment"):
-            monkeypatch.setattr(loading, name, self._counting(getattr(loading, name)))
-
-    def _counting(self, real: Any) -> Any:
-        def counting(*args: Any, **kwargs: Any) -> Any:
-            self.count += 1
-            return real(*args, **kwargs)
-
-        return counting
 
 
 def _mirrored(url: str, root: Path, *, signing_key: str | None = None) -> None:
@@ -113,7 +101,7 @@ def test_a_resume_from_a_bucket_uses_the_mirrored_indexes(mirrored, tmp_path, mo
         assert segindex.unpack(packed, p) is not None
     assert {n for n in listing if n.endswith(".idx")} == {f"{p.name}.idx" for p in indexed}
 
-    scans = _Scans(monkeypatch)
+    scans = ScanCounter(monkeypatch)
     sweep = _resume(url, tmp_path / "new")
     try:
         assert sweep.resumed_from == "remote"
@@ -164,7 +152,7 @@ def test_an_unsound_index_in_the_bucket_is_ignored(mirrored, tmp_path):
         store.delete(name)
         store.write_bytes(name, data)
         with pytest.MonkeyPatch.context() as mp:
-            scans = _Scans(mp)
+            scans = ScanCounter(mp)
             sweep = _resume(url, tmp_path / f"new{n}")
             try:
                 assert scans.count >= 1, what  # that part scanned
@@ -186,7 +174,7 @@ def test_an_old_mirror_without_indexes_still_resumes(mirrored, tmp_path, monkeyp
         if name.endswith(".idx"):
             store.delete(f"{SEGMENTS_DIR}/{name}")
     parts = _parts(store)
-    scans = _Scans(monkeypatch)
+    scans = ScanCounter(monkeypatch)
     sweep = _resume(url, tmp_path / "new")
     try:
         assert scans.count == len(parts)
@@ -247,7 +235,7 @@ def test_a_resume_with_a_signing_key_never_uses_indexes(s3_bucket, tmp_path, mon
         index = segindex.build(data, p)
         assert index is not None
         store.write_bytes(f"{SEGMENTS_DIR}/{p.name}.idx", segindex.pack(index))
-    scans = _Scans(monkeypatch)
+    scans = ScanCounter(monkeypatch)
     sweep = _resume(url, tmp_path / "new", signing_key=key)
     try:
         assert scans.count == len(parts)

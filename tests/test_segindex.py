@@ -12,13 +12,17 @@ from typing import Any
 
 import pytest
 
-import resumable._loading as loading
 from resumable import ResumableSweep
 from resumable import _segindex as segindex
 from resumable._checkpoint import SEGMENTS_DIR, CheckpointWriter, DirLock, load, progress_dir_for
 from resumable._manifest import MANIFEST_NAME, Manifest, parse_manifest
 from resumable._state import State
 from resumable.view import open_view, verify
+
+try:
+    from fixtures.scans import ScanCounter
+except ImportError:  # pragma: no cover - run from the repository root
+    from tests.fixtures.scans import ScanCounter
 
 FP = "0123456789abcdef" * 2
 
@@ -73,22 +77,6 @@ def _sealed(pdir: Path) -> list[Any]:
     return list(parse_manifest((pdir / MANIFEST_NAME).read_bytes(), source="m").segments)
 
 
-class _Scans:
-    """Counts the segments the loader parses (scanned or record by record, not indexed)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
-        for name in ("scan_sealed", "parse_sealed_segment"):
-            monkeypatch.setattr(loading, name, self._counting(getattr(loading, name)))
-
-    def _counting(self, real: Any) -> Any:
-        def counting(*args: Any, **kwargs: Any) -> Any:
-            self.count += 1
-            return real(*args, **kwargs)
-
-        return counting
-
-
 @pytest.fixture
 def pdir(tmp_path: Path) -> Path:
     d = tmp_path / "exp.h5.resumable"
@@ -100,7 +88,7 @@ def test_every_sealed_segment_gets_an_index_that_the_reopen_uses(pdir, monkeypat
     sealed = _sealed(pdir)
     assert len(sealed) >= 10
     assert [p.name for p in _indexes(pdir)] == [segindex.index_name(s.name) for s in sealed]
-    scans = _Scans(monkeypatch)
+    scans = ScanCounter(monkeypatch)
     with_index = load(pdir)
     assert scans.count <= 1  # the active segment only
     assert with_index is not None and with_index.unindexed == []
@@ -130,7 +118,7 @@ def test_a_damaged_index_is_ignored_and_reported_by_verify(pdir, monkeypatch):
     raw = target.read_bytes()
     for what, bad in _damaged(raw):
         target.write_bytes(bad)
-        scans = _Scans(monkeypatch)
+        scans = ScanCounter(monkeypatch)
         loaded = load(pdir)
         assert loaded is not None and loaded.unindexed == [3], what
         assert scans.count >= 1, what
@@ -221,7 +209,7 @@ def test_a_sweep_reopens_from_indexes_with_the_same_results(tmp_path, monkeypatc
     while len(_indexes(pdir)) < len(_sealed(pdir)) - 1 and time.monotonic() < deadline:
         time.sleep(0.05)  # (closing drops what was still queued: at most the last one)
     assert len(_indexes(pdir)) >= len(_sealed(pdir)) - 1
-    scans = _Scans(monkeypatch)
+    scans = ScanCounter(monkeypatch)
     with ResumableSweep(items, key=str, checkpoint_path=path, segment_bytes=8192) as sweep:
         assert scans.count <= 2
         assert sweep.status().done == 2000
@@ -279,7 +267,7 @@ def test_a_sweep_with_a_signing_key_neither_writes_nor_uses_indexes(tmp_path, mo
     for seg in _sealed(pdir)[:2]:
         src = tmp_path / "other.resumable" / SEGMENTS_DIR / segindex.index_name(seg.name)
         (pdir / SEGMENTS_DIR / src.name).write_bytes(src.read_bytes())
-    scans = _Scans(monkeypatch)
+    scans = ScanCounter(monkeypatch)
     with ResumableSweep(items, signing_key="k", **kw) as sweep:
         assert scans.count >= len(_sealed(pdir))
         assert sweep.status().done == 1000
