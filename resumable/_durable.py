@@ -140,6 +140,25 @@ def _temp_name(target: Path) -> Path:
 
 
 @contextlib.contextmanager
+def _replacing(tmp: Path, target: Path) -> Iterator[None]:
+    """Around the code that writes and syncs `tmp` (closing it too): then rename it over
+    `target` and sync the directory. On any failure `tmp` is removed, `target` is left as it
+    was, and an OSError becomes a CheckpointWriteError naming `target`."""
+    try:
+        yield
+        ops.replace(tmp, target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            ops.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, ResumableError):
+            raise CheckpointWriteError(
+                exc.errno, f"writing {os.fspath(target)!r} failed: {exc.strerror or exc}"
+            ) from exc
+        raise
+    fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Yield a binary file; on clean exit it atomically and durably replaces `path`.
 
@@ -154,21 +173,10 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         raise CheckpointWriteError(
             exc.errno, f"cannot create {os.fspath(tmp)!r}: {exc.strerror}"
         ) from exc
-    try:
-        with fh:
-            yield fh
-            fh.flush()
-            fsync_file(fh.fileno(), os.fspath(target), data_only=False)
-        ops.replace(tmp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            ops.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, ResumableError):
-            raise CheckpointWriteError(
-                exc.errno, f"writing {os.fspath(target)!r} failed: {exc.strerror or exc}"
-            ) from exc
-        raise
-    fsync_dir(target.parent)
+    with _replacing(tmp, target), fh:
+        yield fh
+        fh.flush()
+        fsync_file(fh.fileno(), os.fspath(target), data_only=False)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -181,22 +189,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         raise CheckpointWriteError(
             exc.errno, f"cannot create {os.fspath(tmp)!r}: {exc.strerror}"
         ) from exc
-    try:
+    with _replacing(tmp, target):
         try:
             write_all(fd, data, os.fspath(target))
             fsync_file(fd, os.fspath(target), data_only=False)
         finally:
             ops.close(fd)
-        ops.replace(tmp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            ops.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, ResumableError):
-            raise CheckpointWriteError(
-                exc.errno, f"writing {os.fspath(target)!r} failed: {exc.strerror or exc}"
-            ) from exc
-        raise
-    fsync_dir(target.parent)
 
 
 def create_durable_file(path: str | os.PathLike[str], data: bytes = b"") -> None:

@@ -115,6 +115,41 @@ def test_atomic_writer_fsync_failure_keeps_old_content(tmp_path, monkeypatch):
     assert _listing(tmp_path) == ["f.bin"]
 
 
+def test_atomic_writer_file_form_fsync_failure_keeps_old_content(tmp_path, monkeypatch):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old content")
+    _fail_all_fsyncs(monkeypatch)
+    with pytest.raises(CheckpointWriteError) as info, atomic_writer(target) as fh:
+        fh.write(b"new content")
+    assert info.value.errno == errno.EIO
+    assert "f.bin" in str(info.value)
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old content"
+    assert _listing(tmp_path) == ["f.bin"]
+
+
+@pytest.mark.parametrize("form", ["bytes", "file"])
+def test_atomic_write_rename_failure_removes_temp_and_names_target(tmp_path, monkeypatch, form):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old content")
+
+    def refuse(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(durable_mod.ops, "replace", refuse)
+    with pytest.raises(CheckpointWriteError) as info:
+        if form == "bytes":
+            atomic_write_bytes(target, b"new content")
+        else:
+            with atomic_writer(target) as fh:
+                fh.write(b"new content")
+    assert info.value.errno == errno.EXDEV
+    assert "f.bin" in str(info.value) and "failed" in str(info.value)
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old content"
+    assert _listing(tmp_path) == ["f.bin"]
+
+
 def test_atomic_writer_in_missing_directory_is_checkpoint_write_error(tmp_path):
     with pytest.raises(CheckpointWriteError):
         atomic_write_bytes(tmp_path / "no" / "such" / "f.bin", b"x")
