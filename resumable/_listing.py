@@ -2,9 +2,15 @@
 
 An item's fingerprint is the SHA-256 of its canonical JSON (the codec's encoding, sorted keys, no
 spaces), as hex; its first 32 digits are kept (the default key is the same 32 digits). The items
-record lists every item as ``[key, fingerprint, params]``, params being the item's encoding as
-`compact_json` writes it (None past MAX_PARAMS_BYTES of canonical JSON, or for an item that is
-not JSON-like: then the fingerprint is None too).
+record lists every item as ``[key, params]``, params being the item's encoding as `compact_json`
+writes it: the fingerprint is not stored, the params determine it (the canonical JSON of the
+params as parsed back is the item's canonical JSON: `derived_fingerprint`; a reader that shows
+fingerprints derives them, `with_fingerprints`). An item without params (past MAX_PARAMS_BYTES
+of canonical JSON, or not JSON-like) is listed as ``[key, fingerprint, null]``, its
+fingerprint stored (null for an item that is not JSON-like); so is the item ``None``, whose
+params are null. Checkpoints written before the two-element form list every item as
+``[key, fingerprint, params]``: readers take both forms, entry by entry. Storing no fingerprint
+saves a million SHA-256s (and 35 of 71 MB) at the first open of a million items.
 
 A million items taken one at a time cost a million calls through the codec. The common sweep, a
 list of flat dicts (str keys, values str/int/float/bool/None, of exactly those types) or of such
@@ -303,52 +309,99 @@ def default_keys(items: list[Any]) -> list[str | None]:
     return keys
 
 
-def listing_rows(
-    keys: list[str], items: list[Any], start: int, fps_are_keys: bool
-) -> Iterator[list[bytes]]:
+def listing_rows(keys: list[str], items: list[Any], start: int) -> Iterator[list[bytes]]:
     """The listing's entries from `start` on, one chunk at a time: three pieces per entry,
-    ``],["key",`` ``"fingerprint",`` ``params`` (every entry's first piece opens with the
-    ``],`` that closes the entry before it), made in bulk. `keys` are valid Unicode strings
-    (checked when the items were built); `fps_are_keys` when they are the default keys (the
-    fingerprints)."""
+    ``],["key",`` then ``""`` and ``params``, or ``"fingerprint",`` and ``null`` for an item
+    without params (see the module docstring; every entry's first piece opens with the ``],``
+    that closes the entry before it), made in bulk: only the items without params are hashed.
+    `keys` are valid Unicode strings (checked when the items were built)."""
     for at, end in _chunks(len(keys), start):
         n = end - at
         canon, params = _canonical_chunk(items[at:end], params=True)
-        quoted = _quoted(keys[at:end])
-        if fps_are_keys:  # the fingerprint is the key itself
-            heads = _pieces(quoted, n, b"],[", b",")
-            fps = _pieces(quoted, n, b"", b",")
-        elif None not in canon:
-            heads = _pieces(quoted, n, b"],[", b',"')
-            fps = _pieces(_hex_heads(canon, FP_LEN), n, b"", b'",')  # type: ignore[arg-type]
-        else:  # some items are not JSON-like: no fingerprint
-            heads = _pieces(quoted, n, b"],[", b",")
-            fps = [
-                b"null," if c is None else b'"%s",' % _small_sha256(c).hexdigest()[:FP_LEN].encode()
-                for c in canon
-            ]
+        fps = [b""] * n
+        if b"null" in params:  # (rare: items too large, not JSON-like, or None)
+            for i, p in enumerate(params):
+                if p == b"null":
+                    fps[i] = _stored_fp(canon[i])
         row: list[bytes] = [b""] * (3 * n)
-        row[0::3] = heads
+        row[0::3] = _pieces(_quoted(keys[at:end]), n, b"],[", b",")
         row[1::3] = fps
         row[2::3] = params
         yield row
 
 
+def _stored_fp(canon: bytes | None) -> bytes:
+    """The fingerprint piece of an entry without params (None: an item not JSON-like)."""
+    if canon is None:
+        return b"null,"
+    return b'"%s",' % _small_sha256(canon).hexdigest()[:FP_LEN].encode("ascii")
+
+
+def stored_entry(key: str, fp: str | None, params: Any) -> list[Any]:
+    """The entry recorded for an item (key, fingerprint, encoded params or None): ``[key,
+    params]``, or ``[key, fp, None]`` when it has no params (see the module docstring)."""
+    return [key, fp, None] if params is None else [key, params]
+
+
 def listing_json(
-    keys: list[str],
-    items: list[Any],
-    start: int,
-    fps_are_keys: bool,
-    wrap: tuple[bytes, bytes] = (b"", b""),
+    keys: list[str], items: list[Any], start: int, wrap: tuple[bytes, bytes] = (b"", b"")
 ) -> bytes:
-    """The JSON array ``[[key, fingerprint, params], ...]`` of the items from `start` on, the
-    bytes `compact_json` writes for it (between ``wrap[0]`` and ``wrap[1]``: one copy of a
-    large listing, not two): `listing_rows` joined once per chunk (the first entry's ``],``
-    left out)."""
+    """The JSON array of the entries (`stored_entry`) of the items from `start` on, the bytes
+    `compact_json` writes for it (between ``wrap[0]`` and ``wrap[1]``: one copy of a large
+    listing, not two): `listing_rows` joined once per chunk (the first entry's ``],`` left
+    out)."""
     out: list[bytes] = [wrap[0] + b"["]
-    out += map(b"".join, listing_rows(keys, items, start, fps_are_keys))
+    out += map(b"".join, listing_rows(keys, items, start))
     if len(out) == 1:
         return wrap[0] + b"[]" + wrap[1]
     out[1] = out[1][2:]  # no "]," before the first entry
     out.append(b"]]" + wrap[1])
     return b"".join(out)
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def derived_fingerprint(params: Any) -> str:
+    """The fingerprint of the item whose params (its encoding, as parsed from a listing) are
+    `params`: their canonical JSON is the item's (JSON numbers and strings parse back to the
+    values they were written from). Raises ValueError or RecursionError for what no item's
+    params can be (a float that is not finite, nesting too deep to encode)."""
+    text: bytes = "".join(_FLAT(params, 0)).encode("utf-8")
+    return _small_sha256(text).hexdigest()[:FP_LEN]  # type: ignore[no-any-return]
+
+
+def with_fingerprints(entries: list[list[Any]]) -> list[list[Any]]:
+    """`entries` (of either form: see the module docstring) as ``[key, fingerprint, params]``,
+    the fingerprints of two-element entries derived from their params (in bulk where they are
+    flat dicts or scalars: `_canonical_texts`). Raises as `derived_fingerprint`."""
+    two = [e for e in entries if len(e) == 2]
+    if not two:
+        return [list(e) for e in entries]
+    derived = iter(_derived_fps([e[1] for e in two]))
+    return [[e[0], next(derived), e[1]] if len(e) == 2 else list(e) for e in entries]
+
+
+def _derived_fps(params: list[Any]) -> list[str]:
+    """`derived_fingerprint` of each of `params`, in chunks."""
+    out: list[str] = []
+    for at, end in _chunks(len(params)):
+        texts = _canonical_texts(params[at:end])
+        out += _hex_heads(texts, FP_LEN).decode("ascii").split("\n")
+    return out
+
+
+def _canonical_texts(values: list[Any]) -> list[bytes]:
+    """The canonical JSON of each of `values` (parsed JSON): one bulk encoding when they are
+    all scalars or all flat dicts (see the module docstring: the values here are JSON as it
+    is, tags included, not items to encode), else one encoding each."""
+    types = set(map(type, values))
+    with contextlib.suppress(ValueError, UnicodeEncodeError):
+        if types <= _SCALARS:
+            return _split(_BULK_SORTED, values, dicts=False)
+        if (
+            types == {dict}
+            and set(map(type, itertools.chain.from_iterable(map(dict.values, values)))) <= _SCALARS
+        ):
+            return _split(_BULK_SORTED, values, dicts=True)
+    return ["".join(_FLAT(v, 0)).encode("utf-8") for v in values]
