@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import gc
 import hashlib
 import itertools
 import math
@@ -373,13 +374,25 @@ def derived_fingerprint(params: Any) -> str:
 
 def with_fingerprints(entries: list[list[Any]]) -> list[list[Any]]:
     """`entries` (of either form: see the module docstring) as ``[key, fingerprint, params]``,
-    the fingerprints of two-element entries derived from their params (in bulk where they are
-    flat dicts or scalars: `_canonical_texts`). Raises as `derived_fingerprint`."""
-    two = [e for e in entries if len(e) == 2]
-    if not two:
-        return [list(e) for e in entries]
-    derived = iter(_derived_fps([e[1] for e in two]))
-    return [[e[0], next(derived), e[1]] if len(e) == 2 else list(e) for e in entries]
+    new lists, the fingerprints of two-element entries derived from their params (in bulk:
+    `_canonical_texts`). Raises as `derived_fingerprint`."""
+    was = gc.isenabled()
+    gc.disable()  # a million new lists and no cycles (see _items._gc_paused)
+    try:
+        if set(map(len, entries)) <= {2}:  # (the common case: one zip, no Python loop)
+            keys = list(map(_first, entries))
+            params = list(map(_second, entries))
+            return list(map(list, zip(keys, _derived_fps(params), params, strict=True)))
+        two = [e for e in entries if len(e) == 2]
+        derived = iter(_derived_fps([e[1] for e in two]))
+        return [[e[0], next(derived), e[1]] if len(e) == 2 else list(e) for e in entries]
+    finally:
+        if was:
+            gc.enable()
+
+
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
 
 
 def _derived_fps(params: list[Any]) -> list[str]:
@@ -392,16 +405,12 @@ def _derived_fps(params: list[Any]) -> list[str]:
 
 
 def _canonical_texts(values: list[Any]) -> list[bytes]:
-    """The canonical JSON of each of `values` (parsed JSON): one bulk encoding when they are
-    all scalars or all flat dicts (see the module docstring: the values here are JSON as it
-    is, tags included, not items to encode), else one encoding each."""
-    types = set(map(type, values))
+    """The canonical JSON of each of `values` (parsed JSON): made in bulk as for items when
+    they are all scalars or all flat dicts without the tag key (`_bulk`: the JSON parser gives
+    equal keys one object, so a list of one shape takes the columns' path), else one encoding
+    each (the values here are JSON as it is, tags included, not items to encode)."""
     with contextlib.suppress(ValueError, UnicodeEncodeError):
-        if types <= _SCALARS:
-            return _split(_BULK_SORTED, values, dicts=False)
-        if (
-            types == {dict}
-            and set(map(type, itertools.chain.from_iterable(map(dict.values, values)))) <= _SCALARS
-        ):
-            return _split(_BULK_SORTED, values, dicts=True)
+        done = _bulk(values, params=False) if values else None
+        if done is not None:
+            return done[0]
     return ["".join(_FLAT(v, 0)).encode("utf-8") for v in values]

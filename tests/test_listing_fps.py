@@ -111,6 +111,29 @@ def test_dicts_in_bulk_and_one_by_one_derive_the_same(items: list[dict[str, Any]
     assert [e[1] for e in got] == [item_fingerprint(it) for it in items]
 
 
+@given(
+    st.lists(st.tuples(leaves, leaves, st.sampled_from([True, None, "s", 1.5])), max_size=20),
+    st.sampled_from(["shape", "reordered", "scalars", "nan"]),
+)
+@settings(max_examples=150)
+def test_bulk_derivation_paths(rows: list[tuple[Any, Any, Any]], how: str) -> None:
+    """Params of one shape (the columns' path: the parser gives equal keys one object), of
+    keys in another order in some, scalars, and tagged flat dicts (NaN: the tag key sends
+    them one by one) all derive `item_fingerprint`."""
+    if how == "scalars":
+        items: list[Any] = [r[0] for r in rows]
+    elif how == "nan":
+        items = [math.nan if n % 2 else {"__t": r[0]} for n, r in enumerate(rows)]
+    else:
+        items = [{"b": a, "a": b, "c": c} for a, b, c in rows]
+        if how == "reordered":
+            items = [dict(reversed(it.items())) if n % 3 else it for n, it in enumerate(items)]
+    numbers = itertools.count()
+    set_ = ItemSet.build(items, lambda _: f"k{next(numbers)}")
+    entries = _parsed_entries(set_)
+    assert [e[1] for e in with_fingerprints(entries)] == [item_fingerprint(it) for it in items]
+
+
 def test_entry_forms_per_item() -> None:
     big = {"k": "y" * (MAX_PARAMS_BYTES + 10)}
     items: list[Any] = [{"b": 1, "a": -0.0}, None, big, {"s": {1, 2}}, (1, math.nan), 2**20000]
