@@ -133,14 +133,18 @@ def _split(encoder: Callable[[Any, int], Any], values: list[Any], dicts: bool) -
     return parts
 
 
-def _bulk(chunk: list[Any], params: bool) -> tuple[list[bytes], list[bytes], bool] | None:
+def _bulk(
+    chunk: list[Any], params: bool, canon: bool = True
+) -> tuple[list[bytes], list[bytes], bool] | None:
     """(canonical JSON, params JSON) of each item of `chunk`, in bulk, and whether every text
     is known to be at most `_LONG` long; None when the chunk is not all flat dicts or all
-    scalars (see the module docstring). Raises as `_split`."""
+    scalars (see the module docstring). Without `canon` (and with `params`), the params JSON
+    stands for the canonical JSON too: the same text in another key order, of the same
+    length, made once. Raises as `_split`."""
     types = set(map(type, chunk))
     if types <= _SCALARS:
-        canon = _split(_BULK_SORTED, chunk, dicts=False)
-        return canon, canon, False
+        scalars = _split(_BULK_SORTED, chunk, dicts=False)
+        return scalars, scalars, False
     if types != {dict}:
         return None
     shape = tuple(chunk[0])
@@ -152,7 +156,7 @@ def _bulk(chunk: list[Any], params: bool) -> tuple[list[bytes], list[bytes], boo
         and all(map(operator.is_, keys, itertools.cycle(shape)))
     ):  # every dict holds these very key objects, in this order (the common sweep)
         values = list(itertools.chain.from_iterable(map(dict.values, chunk)))
-        return _by_columns(values, shape, len(chunk), params)
+        return _by_columns(values, shape, len(chunk), params, canon)
     if not set(map(type, keys)) <= {str}:
         return None
     shapes = set(map(tuple, chunk))  # the keys, in each dict's own order
@@ -160,14 +164,17 @@ def _bulk(chunk: list[Any], params: bool) -> tuple[list[bytes], list[bytes], boo
         return None
     if not set(map(type, itertools.chain.from_iterable(map(dict.values, chunk)))) <= _SCALARS:
         return None
-    canon = _split(_BULK_SORTED, chunk, dicts=True)
+    if params and not canon:
+        texts = _split(_BULK_INSERTION, chunk, dicts=True)
+        return texts, texts, False
+    sorted_json = _split(_BULK_SORTED, chunk, dicts=True)
     if not params or all(list(shape) == sorted(shape) for shape in shapes):
-        return canon, canon, False  # the params keep the items' own key order: the same text
-    return canon, _split(_BULK_INSERTION, chunk, dicts=True), False
+        return sorted_json, sorted_json, False  # the params keep the items' key order: the same
+    return sorted_json, _split(_BULK_INSERTION, chunk, dicts=True), False
 
 
 def _by_columns(
-    values: list[Any], shape: tuple[str, ...], n: int, params: bool
+    values: list[Any], shape: tuple[str, ...], n: int, params: bool, canon: bool = True
 ) -> tuple[list[bytes], list[bytes], bool] | None:
     """n dicts with the keys `shape`, in this order, whose values are `values` (all of the
     first dict's, then the second's, ...; a list of the caller's own, changed here): every
@@ -200,11 +207,14 @@ def _by_columns(
             raise ValueError("bulk encoding split into the wrong number of items")
         values[j::width] = texts
         longest += _LONG + 1
-    canon = _format_rows(values, shape, sorted(shape), n)
-    short = longest + len(canon[0]) <= _LONG  # (the first item's text holds every key's)
+    if params and not canon:  # (see `_bulk`)
+        rows = _format_rows(values, shape, list(shape), n)
+        return rows, rows, longest + len(rows[0]) <= _LONG
+    sorted_json = _format_rows(values, shape, sorted(shape), n)
+    short = longest + len(sorted_json[0]) <= _LONG  # (the first item's text holds every key's)
     if not params or list(shape) == sorted(shape):
-        return canon, canon, short
-    return canon, _format_rows(values, shape, list(shape), n), short
+        return sorted_json, sorted_json, short
+    return sorted_json, _format_rows(values, shape, list(shape), n), short
 
 
 def _finite(column: list[Any]) -> bool:
@@ -236,16 +246,20 @@ def _format_rows(
     return texts
 
 
-def _canonical_chunk(chunk: list[Any], params: bool) -> tuple[list[bytes | None], list[bytes]]:
+def _canonical_chunk(
+    chunk: list[Any], params: bool, canon: bool = True
+) -> tuple[list[bytes | None], list[bytes]]:
     """(canonical JSON of each item, or None when it is not JSON-like; its params JSON, b"null"
-    when too large or not JSON-like) for one chunk; the params only when `params`."""
+    when too large or not JSON-like) for one chunk; the params only when `params`. Without
+    `canon` (with `params`), an item's canonical JSON may be given as its params JSON (the
+    same length): it is exact for every item whose params are null."""
     done = None
     with contextlib.suppress(ValueError, UnicodeEncodeError):  # NaN, a surrogate, a huge int
-        done = _bulk(chunk, params) if chunk else None  # (then item by item)
+        done = _bulk(chunk, params, canon) if chunk else None  # (then item by item)
     if done is None:
         pairs = list(map(_entry_of, chunk))
         return [c for c, _ in pairs], ([p for _, p in pairs] if params else [])
-    canon: list[bytes | None] = list(done[0])
+    texts: list[bytes | None] = list(done[0])
     out = done[1] if params else []
     if (
         not done[2] and max(map(len, done[0])) > _LONG
@@ -254,10 +268,10 @@ def _canonical_chunk(chunk: list[Any], params: bool) -> tuple[list[bytes | None]
             out = list(out)
         for i, text in enumerate(done[0]):
             if len(text) > _LONG:
-                canon[i], p = _entry_of(chunk[i])
+                texts[i], p = _entry_of(chunk[i])
                 if params:
                     out[i] = p
-    return canon, out
+    return texts, out
 
 
 def _chunks(n: int, start: int = 0) -> Iterator[tuple[int, int]]:
@@ -318,7 +332,8 @@ def listing_rows(keys: list[str], items: list[Any], start: int) -> Iterator[list
     `keys` are valid Unicode strings (checked when the items were built)."""
     for at, end in _chunks(len(keys), start):
         n = end - at
-        canon, params = _canonical_chunk(items[at:end], params=True)
+        # (the canonical JSON is needed only for the items without params: not made in bulk)
+        canon, params = _canonical_chunk(items[at:end], params=True, canon=False)
         fps = [b""] * n
         if b"null" in params:  # (rare: items too large, not JSON-like, or None)
             for i, p in enumerate(params):

@@ -174,6 +174,36 @@ def test_the_bulk_writer_hashes_only_items_without_params(monkeypatch) -> None:
         assert set_.listing_json(start) == expected
 
 
+def test_unsorted_keys_are_formatted_once(monkeypatch) -> None:
+    """Dicts whose keys are not in sorted order: the listing needs their params JSON only
+    (their canonical JSON, the same length, only for the items without params), so each
+    chunk is formatted once; the bytes stay the reference's, long and large items included."""
+    items: list[Any] = [{"x": i * 0.5, "i": i, "s": f"v{i}"} for i in range(300)]
+    items[10] = {"x": 2**9_999, "i": 10, "s": "long int: the codec's path"}
+    items[11] = {"x": 2**10_001, "i": 11, "s": "tagged int"}
+    items[12] = {"x": 0.0, "i": 12, "s": "y" * (MAX_PARAMS_BYTES + 1)}  # no params
+    calls: list[list[str]] = []
+    real = listing_mod._format_rows
+
+    def counting(values: Any, shape: Any, order: list[str], n: int) -> list[bytes]:
+        calls.append(order)
+        return real(values, shape, order, n)
+
+    set_ = ItemSet.build(items, lambda c: str(c["i"]))
+    monkeypatch.setattr(listing_mod, "_format_rows", counting)
+    data = set_.listing_json()
+    assert calls == [["x", "i", "s"]]  # the items' own order only
+    monkeypatch.undo()
+    assert data == compact_json([stored_entry(*e) for e in set_.listing()])
+    entries = loads(data)
+    assert entries[12] == ["12", item_fingerprint(items[12]), None]
+    assert with_fingerprints(entries) == set_.listing()
+    mixed = [dict(reversed(it.items())) if n % 2 else it for n, it in enumerate(items)]
+    set_ = ItemSet.build(mixed, lambda c: str(c["i"]))  # shapes differ: one C encode
+    assert set_.listing_json() == compact_json([stored_entry(*e) for e in set_.listing()])
+    assert with_fingerprints(loads(set_.listing_json())) == set_.listing()
+
+
 def test_default_keys_store_no_fingerprint_twice(tmp_path: Path) -> None:
     items = [{"i": i} for i in range(5)]
     set_ = ItemSet.build(items, None)
