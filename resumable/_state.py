@@ -71,6 +71,7 @@ class State:
     item_parts: dict[int, tuple[Record, ...]] = field(default_factory=dict)
     _open_parts: list[Record] = field(default_factory=list, repr=False, compare=False)
     _listing: tuple[Record, list[list[Any]]] | None = field(default=None, repr=False, compare=False)
+    _with_fps: Record | None = field(default=None, repr=False, compare=False)  # (_listing's form)
 
     def apply(self, rec: Record) -> None:
         """Fold one verified record into the state; contradictions are damage."""
@@ -235,7 +236,8 @@ class State:
     def items_listing(self) -> list[list[Any]]:
         """The items as last recorded at an open: their entries as stored, ``[key, params]``
         or ``[key, fingerprint, params]`` (see the module docstring): ``entry[0]`` is the key,
-        ``entry[-1]`` the params; `items_with_fingerprints` has every fingerprint.
+        ``entry[-1]`` the params (every entry has three once `items_with_fingerprints`
+        derived the fingerprints).
 
         Decoded once per items record and kept (read-only views ask for it more than once:
         their status and their timeline); callers must not modify it.
@@ -251,17 +253,23 @@ class State:
 
     def items_with_fingerprints(self) -> list[list[Any]]:
         """`items_listing` as [[key, fingerprint, params], ...], the fingerprints that entries
-        do not store derived from their params (computed on each call: a new list)."""
+        do not store derived from their params; derived once per items record, the listing
+        kept in this form from then on (its keys and params are the same objects: no second
+        copy of a large list). Callers must not modify it."""
         entries = self.items_listing()
+        rec = self.items_record
+        if rec is None or not entries or self._with_fps is rec:
+            return entries
         try:
-            return with_fingerprints(entries)
+            full = with_fingerprints(entries)
         except (ValueError, TypeError, RecursionError) as exc:
-            rec = self.items_record
-            assert rec is not None  # (else the listing is empty)
             raise IntegrityError(
                 f"{rec.source}: record {rec.seq}: malformed items (an entry's params have no "
                 f"canonical JSON: {exc!r:.200})"
             ) from None
+        self._listing = (rec, full)
+        self._with_fps = rec
+        return full
 
     def listing_of(self, rec: Record) -> list[list[Any]]:
         """The whole item list that the items record `rec` stands for.

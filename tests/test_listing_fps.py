@@ -223,10 +223,12 @@ def test_a_sweep_view_derives_every_fingerprint(tmp_path: Path) -> None:
     assert [len(e) for e in json.loads(raw)["items"]] == [2] * 40 + [3]
     view = open_view(str(path))
     expected = ItemSet.build(items, key).listing()
+    assert view.keys() == [e[0] for e in expected]  # (the listing as stored)
     assert view.items() == expected
     assert [e[1] for e in view.items()] == [item_fingerprint(it) for it in items]
-    assert view.keys() == [e[0] for e in expected]
+    assert view.keys() == [e[0] for e in expected]  # (the listing with fingerprints)
     assert [(k, p) for k, p, _ in view.results()] == [("3", items[3])]
+    assert view.items() is view.items()  # derived once, kept (as the stored form was)
     # reopened unchanged: no items record written again
     with ResumableSweep(items, key=key, checkpoint_path=path, handle_signals=False) as sweep:
         assert sweep.result(items[3]) == 30
