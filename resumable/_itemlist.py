@@ -20,6 +20,7 @@ as a list, they are ignored (the next open writes the list again).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -213,12 +214,48 @@ def close(run: list[Record], rec: Record) -> tuple[Record, ...]:
 
 
 def entries(value: Any, rec: Record) -> list[list[Any]]:
-    """`value` (a listing's entries, from `rec`), checked: [[key (str), fp, params], ...]."""
-    if type(value) is not list or any(
-        type(e) is not list or len(e) != 3 or type(e[0]) is not str for e in value
-    ):
-        raise IntegrityError(f"{rec.source}: record {rec.seq}: malformed items")
-    return value
+    """`value` (a listing's entries, from `rec`), checked: each ``[key, params]`` (params not
+    null) or ``[key, fingerprint, params]`` (fingerprint a str or null), key a str (see
+    _listing.py)."""
+    if type(value) is not list:
+        raise IntegrityError(f"{rec.source}: record {rec.seq}: malformed items (not a list)")
+    # (C calls only when the entries are all of one form; the first bad entry is then found
+    # and named one by one)
+    if set(map(type, value)) <= {list}:
+        lens = set(map(len, value))
+        if lens <= {2, 3} and set(map(type, map(_first, value))) <= {str}:
+            seconds = list(map(_second, value))
+            if lens == {3} and set(map(type, seconds)) <= set(_FPS):
+                return value
+            if lens <= {2} and None not in seconds:
+                return value
+            if not any(map(_problem, value)):  # both forms
+                return value
+    for i, e in enumerate(value):
+        problem = _problem(e)
+        if problem:
+            raise IntegrityError(
+                f"{rec.source}: record {rec.seq}: malformed items: entry {i} {problem}"
+            )
+    return value  # (not reached: the fast check failed for an entry)
+
+
+_FPS = (str, type(None))
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
+
+
+def _problem(e: Any) -> str:
+    """What is wrong with one listing entry ("" if nothing)."""
+    if type(e) is not list or len(e) not in (2, 3):
+        return "is not a list of 2 or 3 elements"
+    if type(e[0]) is not str:
+        return "has a key that is not a string"
+    if len(e) == 2 and e[1] is None:
+        return "has no params and no fingerprint"
+    if len(e) == 3 and type(e[1]) not in _FPS:
+        return "has a fingerprint that is neither a string nor null"
+    return ""
 
 
 def own_entries(

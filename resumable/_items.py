@@ -233,7 +233,7 @@ class ItemSet:
         `identity`), as `record_payload` says but split into parts when long (see
         _itemlist.py); made one at a time, as they are written."""
         head, field, start = self._record_form(prev_identity, prev_count)
-        rows = listing_rows(self.keys, self.items, start, fps_are_keys=self.key_fn is None)
+        rows = listing_rows(self.keys, self.items, start)
         return _gc_paused_each(listing_records(rows, head, field, identity))
 
     def _record_form(
@@ -258,14 +258,13 @@ class ItemSet:
         """`listing` as JSON (the bytes `compact_json` writes for it, between ``wrap[0]`` and
         ``wrap[1]``), made in bulk."""
         with _gc_paused():
-            return listing_json(
-                self.keys, self.items, start, fps_are_keys=self.key_fn is None, wrap=wrap
-            )
+            return listing_json(self.keys, self.items, start, wrap=wrap)
 
     def listing(self, start: int = 0) -> list[list[Any]]:
-        """The items as recorded in the checkpoint: [[key, fingerprint, params], ...], from
-        item `start` on (one item at a time, through the codec: `listing_json` is the bulk
-        form; the per-item cache is bypassed, it would only hold a million small tuples)."""
+        """The items as a checkpoint's view lists them: [[key, fingerprint, params], ...],
+        from item `start` on (one item at a time, through the codec; the per-item cache is
+        bypassed, it would only hold a million small tuples). The checkpoint records each as
+        `_listing.stored_entry` says, in bulk: `listing_json`."""
         fps = self._fps
         out = []
         for i in range(start, len(self.keys)):

@@ -2,9 +2,15 @@
 
 An item's fingerprint is the SHA-256 of its canonical JSON (the codec's encoding, sorted keys, no
 spaces), as hex; its first 32 digits are kept (the default key is the same 32 digits). The items
-record lists every item as ``[key, fingerprint, params]``, params being the item's encoding as
-`compact_json` writes it (None past MAX_PARAMS_BYTES of canonical JSON, or for an item that is
-not JSON-like: then the fingerprint is None too).
+record lists every item as ``[key, params]``, params being the item's encoding as `compact_json`
+writes it: the fingerprint is not stored, the params determine it (the canonical JSON of the
+params as parsed back is the item's canonical JSON: `derived_fingerprint`; a reader that shows
+fingerprints derives them, `with_fingerprints`). An item without params (past MAX_PARAMS_BYTES
+of canonical JSON, or not JSON-like) is listed as ``[key, fingerprint, null]``, its
+fingerprint stored (null for an item that is not JSON-like); so is the item ``None``, whose
+params are null. Checkpoints written before the two-element form list every item as
+``[key, fingerprint, params]``: readers take both forms, entry by entry. Storing no fingerprint
+saves a million SHA-256s (and 35 of 71 MB) at the first open of a million items.
 
 A million items taken one at a time cost a million calls through the codec. The common sweep, a
 list of flat dicts (str keys, values str/int/float/bool/None, of exactly those types) or of such
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import gc
 import hashlib
 import itertools
 import math
@@ -126,14 +133,18 @@ def _split(encoder: Callable[[Any, int], Any], values: list[Any], dicts: bool) -
     return parts
 
 
-def _bulk(chunk: list[Any], params: bool) -> tuple[list[bytes], list[bytes], bool] | None:
+def _bulk(
+    chunk: list[Any], params: bool, canon: bool = True
+) -> tuple[list[bytes], list[bytes], bool] | None:
     """(canonical JSON, params JSON) of each item of `chunk`, in bulk, and whether every text
     is known to be at most `_LONG` long; None when the chunk is not all flat dicts or all
-    scalars (see the module docstring). Raises as `_split`."""
+    scalars (see the module docstring). Without `canon` (and with `params`), the params JSON
+    stands for the canonical JSON too: the same text in another key order, of the same
+    length, made once. Raises as `_split`."""
     types = set(map(type, chunk))
     if types <= _SCALARS:
-        canon = _split(_BULK_SORTED, chunk, dicts=False)
-        return canon, canon, False
+        scalars = _split(_BULK_SORTED, chunk, dicts=False)
+        return scalars, scalars, False
     if types != {dict}:
         return None
     shape = tuple(chunk[0])
@@ -145,7 +156,7 @@ def _bulk(chunk: list[Any], params: bool) -> tuple[list[bytes], list[bytes], boo
         and all(map(operator.is_, keys, itertools.cycle(shape)))
     ):  # every dict holds these very key objects, in this order (the common sweep)
         values = list(itertools.chain.from_iterable(map(dict.values, chunk)))
-        return _by_columns(values, shape, len(chunk), params)
+        return _by_columns(values, shape, len(chunk), params, canon)
     if not set(map(type, keys)) <= {str}:
         return None
     shapes = set(map(tuple, chunk))  # the keys, in each dict's own order
@@ -153,14 +164,17 @@ def _bulk(chunk: list[Any], params: bool) -> tuple[list[bytes], list[bytes], boo
         return None
     if not set(map(type, itertools.chain.from_iterable(map(dict.values, chunk)))) <= _SCALARS:
         return None
-    canon = _split(_BULK_SORTED, chunk, dicts=True)
+    if params and not canon:
+        texts = _split(_BULK_INSERTION, chunk, dicts=True)
+        return texts, texts, False
+    sorted_json = _split(_BULK_SORTED, chunk, dicts=True)
     if not params or all(list(shape) == sorted(shape) for shape in shapes):
-        return canon, canon, False  # the params keep the items' own key order: the same text
-    return canon, _split(_BULK_INSERTION, chunk, dicts=True), False
+        return sorted_json, sorted_json, False  # the params keep the items' key order: the same
+    return sorted_json, _split(_BULK_INSERTION, chunk, dicts=True), False
 
 
 def _by_columns(
-    values: list[Any], shape: tuple[str, ...], n: int, params: bool
+    values: list[Any], shape: tuple[str, ...], n: int, params: bool, canon: bool = True
 ) -> tuple[list[bytes], list[bytes], bool] | None:
     """n dicts with the keys `shape`, in this order, whose values are `values` (all of the
     first dict's, then the second's, ...; a list of the caller's own, changed here): every
@@ -193,11 +207,14 @@ def _by_columns(
             raise ValueError("bulk encoding split into the wrong number of items")
         values[j::width] = texts
         longest += _LONG + 1
-    canon = _format_rows(values, shape, sorted(shape), n)
-    short = longest + len(canon[0]) <= _LONG  # (the first item's text holds every key's)
+    if params and not canon:  # (see `_bulk`)
+        rows = _format_rows(values, shape, list(shape), n)
+        return rows, rows, longest + len(rows[0]) <= _LONG
+    sorted_json = _format_rows(values, shape, sorted(shape), n)
+    short = longest + len(sorted_json[0]) <= _LONG  # (the first item's text holds every key's)
     if not params or list(shape) == sorted(shape):
-        return canon, canon, short
-    return canon, _format_rows(values, shape, list(shape), n), short
+        return sorted_json, sorted_json, short
+    return sorted_json, _format_rows(values, shape, list(shape), n), short
 
 
 def _finite(column: list[Any]) -> bool:
@@ -229,16 +246,20 @@ def _format_rows(
     return texts
 
 
-def _canonical_chunk(chunk: list[Any], params: bool) -> tuple[list[bytes | None], list[bytes]]:
+def _canonical_chunk(
+    chunk: list[Any], params: bool, canon: bool = True
+) -> tuple[list[bytes | None], list[bytes]]:
     """(canonical JSON of each item, or None when it is not JSON-like; its params JSON, b"null"
-    when too large or not JSON-like) for one chunk; the params only when `params`."""
+    when too large or not JSON-like) for one chunk; the params only when `params`. Without
+    `canon` (with `params`), an item's canonical JSON may be given as its params JSON (the
+    same length): it is exact for every item whose params are null."""
     done = None
     with contextlib.suppress(ValueError, UnicodeEncodeError):  # NaN, a surrogate, a huge int
-        done = _bulk(chunk, params) if chunk else None  # (then item by item)
+        done = _bulk(chunk, params, canon) if chunk else None  # (then item by item)
     if done is None:
         pairs = list(map(_entry_of, chunk))
         return [c for c, _ in pairs], ([p for _, p in pairs] if params else [])
-    canon: list[bytes | None] = list(done[0])
+    texts: list[bytes | None] = list(done[0])
     out = done[1] if params else []
     if (
         not done[2] and max(map(len, done[0])) > _LONG
@@ -247,10 +268,10 @@ def _canonical_chunk(chunk: list[Any], params: bool) -> tuple[list[bytes | None]
             out = list(out)
         for i, text in enumerate(done[0]):
             if len(text) > _LONG:
-                canon[i], p = _entry_of(chunk[i])
+                texts[i], p = _entry_of(chunk[i])
                 if params:
                     out[i] = p
-    return canon, out
+    return texts, out
 
 
 def _chunks(n: int, start: int = 0) -> Iterator[tuple[int, int]]:
@@ -303,52 +324,108 @@ def default_keys(items: list[Any]) -> list[str | None]:
     return keys
 
 
-def listing_rows(
-    keys: list[str], items: list[Any], start: int, fps_are_keys: bool
-) -> Iterator[list[bytes]]:
+def listing_rows(keys: list[str], items: list[Any], start: int) -> Iterator[list[bytes]]:
     """The listing's entries from `start` on, one chunk at a time: three pieces per entry,
-    ``],["key",`` ``"fingerprint",`` ``params`` (every entry's first piece opens with the
-    ``],`` that closes the entry before it), made in bulk. `keys` are valid Unicode strings
-    (checked when the items were built); `fps_are_keys` when they are the default keys (the
-    fingerprints)."""
+    ``],["key",`` then ``""`` and ``params``, or ``"fingerprint",`` and ``null`` for an item
+    without params (see the module docstring; every entry's first piece opens with the ``],``
+    that closes the entry before it), made in bulk: only the items without params are hashed.
+    `keys` are valid Unicode strings (checked when the items were built)."""
     for at, end in _chunks(len(keys), start):
         n = end - at
-        canon, params = _canonical_chunk(items[at:end], params=True)
-        quoted = _quoted(keys[at:end])
-        if fps_are_keys:  # the fingerprint is the key itself
-            heads = _pieces(quoted, n, b"],[", b",")
-            fps = _pieces(quoted, n, b"", b",")
-        elif None not in canon:
-            heads = _pieces(quoted, n, b"],[", b',"')
-            fps = _pieces(_hex_heads(canon, FP_LEN), n, b"", b'",')  # type: ignore[arg-type]
-        else:  # some items are not JSON-like: no fingerprint
-            heads = _pieces(quoted, n, b"],[", b",")
-            fps = [
-                b"null," if c is None else b'"%s",' % _small_sha256(c).hexdigest()[:FP_LEN].encode()
-                for c in canon
-            ]
+        # (the canonical JSON is needed only for the items without params: not made in bulk)
+        canon, params = _canonical_chunk(items[at:end], params=True, canon=False)
+        fps = [b""] * n
+        if b"null" in params:  # (rare: items too large, not JSON-like, or None)
+            for i, p in enumerate(params):
+                if p == b"null":
+                    fps[i] = _stored_fp(canon[i])
         row: list[bytes] = [b""] * (3 * n)
-        row[0::3] = heads
+        row[0::3] = _pieces(_quoted(keys[at:end]), n, b"],[", b",")
         row[1::3] = fps
         row[2::3] = params
         yield row
 
 
+def _stored_fp(canon: bytes | None) -> bytes:
+    """The fingerprint piece of an entry without params (None: an item not JSON-like)."""
+    if canon is None:
+        return b"null,"
+    return b'"%s",' % _small_sha256(canon).hexdigest()[:FP_LEN].encode("ascii")
+
+
+def stored_entry(key: str, fp: str | None, params: Any) -> list[Any]:
+    """The entry recorded for an item (key, fingerprint, encoded params or None): ``[key,
+    params]``, or ``[key, fp, None]`` when it has no params (see the module docstring)."""
+    return [key, fp, None] if params is None else [key, params]
+
+
 def listing_json(
-    keys: list[str],
-    items: list[Any],
-    start: int,
-    fps_are_keys: bool,
-    wrap: tuple[bytes, bytes] = (b"", b""),
+    keys: list[str], items: list[Any], start: int, wrap: tuple[bytes, bytes] = (b"", b"")
 ) -> bytes:
-    """The JSON array ``[[key, fingerprint, params], ...]`` of the items from `start` on, the
-    bytes `compact_json` writes for it (between ``wrap[0]`` and ``wrap[1]``: one copy of a
-    large listing, not two): `listing_rows` joined once per chunk (the first entry's ``],``
-    left out)."""
+    """The JSON array of the entries (`stored_entry`) of the items from `start` on, the bytes
+    `compact_json` writes for it (between ``wrap[0]`` and ``wrap[1]``: one copy of a large
+    listing, not two): `listing_rows` joined once per chunk (the first entry's ``],`` left
+    out)."""
     out: list[bytes] = [wrap[0] + b"["]
-    out += map(b"".join, listing_rows(keys, items, start, fps_are_keys))
+    out += map(b"".join, listing_rows(keys, items, start))
     if len(out) == 1:
         return wrap[0] + b"[]" + wrap[1]
     out[1] = out[1][2:]  # no "]," before the first entry
     out.append(b"]]" + wrap[1])
     return b"".join(out)
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def derived_fingerprint(params: Any) -> str:
+    """The fingerprint of the item whose params (its encoding, as parsed from a listing) are
+    `params`: their canonical JSON is the item's (JSON numbers and strings parse back to the
+    values they were written from). Raises ValueError or RecursionError for what no item's
+    params can be (a float that is not finite, nesting too deep to encode)."""
+    text: bytes = "".join(_FLAT(params, 0)).encode("utf-8")
+    return _small_sha256(text).hexdigest()[:FP_LEN]  # type: ignore[no-any-return]
+
+
+def with_fingerprints(entries: list[list[Any]]) -> list[list[Any]]:
+    """`entries` (of either form: see the module docstring) as ``[key, fingerprint, params]``,
+    new lists, the fingerprints of two-element entries derived from their params (in bulk:
+    `_canonical_texts`). Raises as `derived_fingerprint`."""
+    was = gc.isenabled()
+    gc.disable()  # a million new lists and no cycles (see _items._gc_paused)
+    try:
+        if set(map(len, entries)) <= {2}:  # (the common case: one zip, no Python loop)
+            keys = list(map(_first, entries))
+            params = list(map(_second, entries))
+            return list(map(list, zip(keys, _derived_fps(params), params, strict=True)))
+        two = [e for e in entries if len(e) == 2]
+        derived = iter(_derived_fps([e[1] for e in two]))
+        return [[e[0], next(derived), e[1]] if len(e) == 2 else list(e) for e in entries]
+    finally:
+        if was:
+            gc.enable()
+
+
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
+
+
+def _derived_fps(params: list[Any]) -> list[str]:
+    """`derived_fingerprint` of each of `params`, in chunks."""
+    out: list[str] = []
+    for at, end in _chunks(len(params)):
+        texts = _canonical_texts(params[at:end])
+        out += _hex_heads(texts, FP_LEN).decode("ascii").split("\n")
+    return out
+
+
+def _canonical_texts(values: list[Any]) -> list[bytes]:
+    """The canonical JSON of each of `values` (parsed JSON): made in bulk as for items when
+    they are all scalars or all flat dicts without the tag key (`_bulk`: the JSON parser gives
+    equal keys one object, so a list of one shape takes the columns' path), else one encoding
+    each (the values here are JSON as it is, tags included, not items to encode)."""
+    with contextlib.suppress(ValueError, UnicodeEncodeError):
+        done = _bulk(values, params=False) if values else None
+        if done is not None:
+            return done[0]
+    return ["".join(_FLAT(v, 0)).encode("utf-8") for v in values]

@@ -4,8 +4,11 @@ Record types (the header of each carries ``seq``, ``type``, ``key``, time and fi
 
 - ``launch``: a process opened the sweep for writing (payload: ``launch``, ``host``, ``pid``,
   ``items_sha256``, ``n_items``).
-- ``items``: the item keys with fingerprints and JSON-like parameters, when the list changed
-  (the header's fingerprint field holds the list's identity): the whole list (``items``), or,
+- ``items``: the item keys with their JSON-like parameters, when the list changed (the header's
+  fingerprint field holds the list's identity), each entry ``[key, params]`` (the params
+  determine the item's fingerprint, which is not stored) or, for an item without params (too
+  large, not JSON-like), ``[key, fingerprint, null]``, the form every entry had before 0.1.0
+  (read as well: see _listing.py): the whole list (``items``), or,
   when items were only appended, ``base`` (the previous list's identity), ``base_n`` and the
   new entries (``append``), so growing a list by k items writes O(k) bytes. A listing longer
   than `limits.ITEMS_PART_BYTES` is written as ``itemspart`` records closed by an ``items``
@@ -37,6 +40,7 @@ import numpy as np
 from . import _itemlist as itemlist
 from ._codec import decode
 from ._journal import LineSource, Record
+from ._listing import with_fingerprints
 from ._resultmap import ResultMap
 from .errors import IntegrityError
 
@@ -67,6 +71,7 @@ class State:
     item_parts: dict[int, tuple[Record, ...]] = field(default_factory=dict)
     _open_parts: list[Record] = field(default_factory=list, repr=False, compare=False)
     _listing: tuple[Record, list[list[Any]]] | None = field(default=None, repr=False, compare=False)
+    _with_fps: Record | None = field(default=None, repr=False, compare=False)  # (_listing's form)
 
     def apply(self, rec: Record) -> None:
         """Fold one verified record into the state; contradictions are damage."""
@@ -229,7 +234,10 @@ class State:
         return min(firsts, default=self.last_seq + 1)
 
     def items_listing(self) -> list[list[Any]]:
-        """The items as last recorded at an open: [[key, fingerprint, params], ...].
+        """The items as last recorded at an open: their entries as stored, ``[key, params]``
+        or ``[key, fingerprint, params]`` (see the module docstring): ``entry[0]`` is the key,
+        ``entry[-1]`` the params (every entry has three once `items_with_fingerprints`
+        derived the fingerprints).
 
         Decoded once per items record and kept (read-only views ask for it more than once:
         their status and their timeline); callers must not modify it.
@@ -242,6 +250,26 @@ class State:
         items = self.listing_of(self.items_record)
         self._listing = (self.items_record, items)
         return items
+
+    def items_with_fingerprints(self) -> list[list[Any]]:
+        """`items_listing` as [[key, fingerprint, params], ...], the fingerprints that entries
+        do not store derived from their params; derived once per items record, the listing
+        kept in this form from then on (its keys and params are the same objects: no second
+        copy of a large list). Callers must not modify it."""
+        entries = self.items_listing()
+        rec = self.items_record
+        if rec is None or not entries or self._with_fps is rec:
+            return entries
+        try:
+            full = with_fingerprints(entries)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise IntegrityError(
+                f"{rec.source}: record {rec.seq}: malformed items (an entry's params have no "
+                f"canonical JSON: {exc!r:.200})"
+            ) from None
+        self._listing = (rec, full)
+        self._with_fps = rec
+        return full
 
     def listing_of(self, rec: Record) -> list[list[Any]]:
         """The whole item list that the items record `rec` stands for.

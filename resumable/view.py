@@ -77,11 +77,12 @@ class CheckpointView:
         return (int(match[1]), int(match[2])) if match else None
 
     def items(self) -> list[list[Any]]:
-        """[[key, fingerprint, params], ...] as recorded at the latest launch."""
-        return self.loaded.state.items_listing()
+        """[[key, fingerprint, params], ...] as recorded at the latest launch (fingerprints
+        that the checkpoint does not store derived from the params: see _listing.py)."""
+        return self.loaded.state.items_with_fingerprints()
 
     def keys(self) -> list[str]:
-        listing = self.items()
+        listing = self.loaded.state.items_listing()
         if listing:
             return [entry[0] for entry in listing]
         state = self.loaded.state
@@ -89,7 +90,7 @@ class CheckpointView:
 
     def results(self, *, include_stale: bool = False) -> Iterator[tuple[str, Any, Any]]:
         """(key, params, result) of finished items in record order (params None if unknown)."""
-        params = {entry[0]: entry[2] for entry in self.items()}
+        params = {entry[0]: entry[-1] for entry in self.loaded.state.items_listing()}
         for key, rec in self.loaded.state.results.items():
             if key not in params and params and not include_stale:
                 continue

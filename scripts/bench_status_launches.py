@@ -57,7 +57,7 @@ def make(n: int, launches: int, dest: Path) -> None:
             loaded = load(progress)
             assert loaded is not None
             state = loaded.state
-            fps = {e[0]: e[1] for e in state.items_listing()}
+            fps = {e[0]: e[1] for e in state.items_with_fingerprints()}
             writer = CheckpointWriter(progress, loaded, DirLock(progress))
             try:
                 for start in range(per, n, per):

@@ -623,7 +623,7 @@ SCENARIOS = [
         "launch writing a parted item list",
         _prepare_parted,
         _run_parted,
-        part_bytes=(700, 1500, 400),
+        part_bytes=(250, 500, 150),
     ),
 ]
 

@@ -12,6 +12,10 @@ test). This script writes, under ``tests/fixtures/format/<version>/``:
     long-list/sweep.h5.resumable/     a checkpoint whose item list is written in parts
                                       (``itemspart`` records closed by ``items``: a small
                                       limits.ITEMS_PART_BYTES stands in for a 10M-item list)
+    derived-fps/sweep.h5.resumable/   a checkpoint whose listing has entries of both forms:
+                                      ``[key, params]`` (the fingerprint derived) for items of
+                                      every kind the codec tags, ``[key, fingerprint, null]``
+                                      for items without params (too large, not JSON-like, None)
     inflight/sweep.h5.resumable/      a sweep preempted with an item in flight: that item's
     inflight/sweep.h5.resumable/items/  snapshot (mid-item state) and the interruption index
     snapshots/flat.npz                a graph-state snapshot: dtypes, Fortran order, 0-d
@@ -217,12 +221,71 @@ def write_long_list(out: Path) -> dict[str, Any]:
     return {"kind": "checkpoint", "path": "long-list/sweep.h5", "parted": True}
 
 
-ONLY = {"long-list": write_long_list}  # fixtures that --only can add to an existing directory
+def derived_fps_items() -> list[tuple[str, Any]]:
+    """(key, item): items whose params determine their fingerprint (flat dicts, as most sweeps
+    have, and values the codec tags or orders), then items without params."""
+    nested = {
+        "z": [1, (2, "t")],
+        "é": {"ключ": -0.0, "b": 1e300, "a": 5e-324},
+        "n": math.nan,
+        "i": -(2**10_001),
+        "__t": "a user's tag key",
+    }
+    return [
+        ("flat-0", {"T": 1.5, "L": 4, "label": "a"}),
+        ("flat-1", {"T": 1.75, "L": 5, "label": "b"}),
+        ("nested", nested),
+        ("tuple", (1, "x", math.inf)),
+        ("numpy", {"x": np.float32(0.5), "a": np.arange(3, dtype=np.int16)}),
+        ("scalar", "日本語"),
+        ("none", None),
+        ("large", {"blob": "x" * (70 * 1024)}),
+        ("not-json-like", {"s": {1, 2}}),
+    ]
+
+
+def write_derived_fps(out: Path) -> dict[str, Any]:
+    """A checkpoint whose listing holds both entry forms (see resumable/_listing.py), with
+    what its view must list for it: [key, fingerprint, params] (params as JSON: the codec's
+    encoding; fingerprints computed from the items themselves)."""
+    from resumable._codec import canonical_json, compact_json, encode
+    from resumable._listing import MAX_PARAMS_BYTES, item_fingerprint
+
+    pairs = derived_fps_items()
+    keys = {id(item): k for k, item in pairs}
+    todo = [item for _, item in pairs]
+    with ResumableSweep(
+        todo, key=lambda it: keys[id(it)], checkpoint_path=out / "derived-fps" / "sweep.h5",
+        handle_signals=False,
+    ) as sweep:  # fmt: skip
+        sweep.record(todo[0], 1.0)
+        sweep.record(todo[2], 2.0)
+    listing = []
+    for k, item in pairs:
+        fp = item_fingerprint(item)
+        params = None
+        if fp is not None:
+            enc = encode(item)
+            if len(canonical_json(enc)) <= MAX_PARAMS_BYTES:
+                params = json.loads(compact_json(enc))
+        listing.append([k, fp, params])
+    return {
+        "kind": "listing",
+        "path": "derived-fps/sweep.h5",
+        "listing": listing,
+        "entry_lengths": [3 if e[2] is None else 2 for e in listing],
+        "results": {"flat-0": 1.0, "nested": 2.0},
+    }
+
+
+# fixtures that --only can add to an existing directory
+ONLY = {"long-list": write_long_list, "derived-fps": write_derived_fps}
 
 
 def write(out: Path) -> dict[str, Any]:
     fixtures: dict[str, Any] = {}
     fixtures["long-list"] = write_long_list(out)
+    fixtures["derived-fps"] = write_derived_fps(out)
     run_sweep(out / "plain" / "sweep.h5")
     fixtures["plain"] = {"kind": "checkpoint", "path": "plain/sweep.h5"}
     for index in range(SHARDS):

@@ -39,9 +39,9 @@ def test_a_share_of_the_crash_states_loses_nothing_and_refuses_nothing():
     assert problems == [], problems[:10]
 
 
-def _basic(tmp_path: Path) -> object:
+def _basic(tmp_path: Path, seed: int = 3) -> object:
     return crash_states.explore(
-        crash_states.SCENARIOS[0], budget=400, sweep_every=0, seed=3, workdir=tmp_path
+        crash_states.SCENARIOS[0], budget=400, sweep_every=0, seed=seed, workdir=tmp_path
     )
 
 
@@ -72,7 +72,10 @@ def test_the_harness_finds_a_missing_fdatasync(tmp_path, monkeypatch):
             real(fd, name, data_only=False)
 
     monkeypatch.setattr(checkpoint, "fsync_file", skip_data_syncs)
-    tally = _basic(tmp_path)
+    # (the states that show it are a few of the 400 drawn: which ones a seed draws depends
+    # on the records' sizes; seed 5 draws some both with fingerprints stored in the item
+    # listing and without)
+    tally = _basic(tmp_path, seed=5)
     assert any("acknowledged" in loss for loss in tally.losses), tally.refusals[:3]
 
 

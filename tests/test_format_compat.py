@@ -1,13 +1,14 @@
 """Format compatibility: this code opens, verifies and loads what every earlier version wrote.
 
 `tests/fixtures/format/<version>/` holds small checkpoints (plain, sharded, signed, mirrored,
-one preempted with an item snapshot in flight) and graph-state snapshots written by that
-version (`scripts/make_format_fixtures.py`), with `expected.json` + `expected.npz` saying what
-they hold in a plain encoding of their own (not resumable's codec). For every version and
-fixture: `verify` finds nothing, the read-only view and a reopened sweep give back every result
-equal (dtypes, shapes, numpy scalar types, tuples, NaN), the failure and meta; a reopened sweep
-records on top of the old history (the format is appended to, not rewritten) and verifies
-again; the item in flight resumes from its snapshot; snapshots verify and load equal, in place.
+one preempted with an item snapshot in flight, listings in parts and of each entry form) and
+graph-state snapshots written by that version (`scripts/make_format_fixtures.py`), with
+`expected.json` + `expected.npz` saying what they hold in a plain encoding of their own (not
+resumable's codec). For every version and fixture: `verify` finds nothing, the read-only view
+and a reopened sweep give back every result equal (dtypes, shapes, numpy scalar types, tuples,
+NaN), the failure and meta; a reopened sweep records on top of the old history (the format is
+appended to, not rewritten) and verifies again; the item in flight resumes from its snapshot;
+snapshots verify and load equal, in place.
 A version whose format changes adds its own directory; old ones are never rewritten, and one
 the code stops reading must come with a tested migration.
 """
@@ -213,6 +214,27 @@ def test_parted_item_list_reads_as_one(
     for (_, fp, params), item in zip(listing, exp.items, strict=True):
         assert type(fp) is str and len(fp) == 32
         same(params, item, "params")
+
+
+@pytest.mark.parametrize(("version", "name", "spec"), _cases("listing"))
+def test_listing_of_both_entry_forms_reads(
+    version: Path, name: str, spec: dict[str, Any], tmp_path: Path
+) -> None:
+    """A listing whose entries store no fingerprint where the params determine it
+    (``[key, params]``) and store it where there are none (``[key, fingerprint, null]``): the
+    view lists every item with the fingerprint computed from the item itself when the fixture
+    was written (a derived one equal to it), the params and results as recorded."""
+    root = _copy(version, tmp_path)
+    path = str(root / spec["path"])
+    assert verify(path) == []
+    view = open_view(path)
+    assert [len(e) for e in view.loaded.state.items_listing()] == spec["entry_lengths"]
+    assert 2 in spec["entry_lengths"] and 3 in spec["entry_lengths"]
+    assert view.items() == spec["listing"]
+    assert view.keys() == [e[0] for e in spec["listing"]]
+    assert {k: result for k, _, result in view.results()} == spec["results"]
+    status = view.status()
+    assert (status.done, status.total) == (len(spec["results"]), len(spec["listing"]))
 
 
 @pytest.mark.parametrize(("version", "name", "spec"), _cases("checkpoint"))

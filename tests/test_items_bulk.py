@@ -2,10 +2,11 @@
 once must be exactly what the one-item-at-a-time codec path gives, and the identity exact.
 
 - The bulk listing (chunked C encodes, a column per key for dicts of one shape) gives the very
-  bytes of ``compact_json(listing())``, and bulk default keys the per-item `default_key`, for
-  every kind of item: same-shape dicts (shared key objects or not, keys in any order), mixed
-  shapes, scalars, nested values, NaN and infinities, huge ints, lone surrogates, the codec's
-  tag key, str subclasses as keys, long and oversized items, items that are not JSON-like.
+  bytes of ``compact_json`` of the entries `listing()` stores (`stored_entry`), and bulk
+  default keys the per-item `default_key`, for every kind of item: same-shape dicts (shared
+  key objects or not, keys in any order), mixed shapes, scalars, nested values, NaN and
+  infinities, huge ints, lone surrogates, the codec's tag key, str subclasses as keys, long and
+  oversized items, items that are not JSON-like.
 - The ``3:`` identity (an exact pickle stream, hashed) tells apart every pair of values that
   differ in type or bits (numpy values, subclasses, NaN payloads, -0.0, bool/int, tuple/list,
   bytes/bytearray, set/frozenset), does not depend on which objects are shared, and never runs
@@ -31,8 +32,20 @@ from hypothesis import strategies as st
 from resumable._codec import compact_json, json_encoder
 from resumable._identity import V2_PREFIX
 from resumable._items import IDENTITY_PREFIX, ItemSet, default_key
-from resumable._listing import _LONG, CHUNK, MAX_PARAMS_BYTES, default_keys, fingerprint_of
+from resumable._listing import (
+    _LONG,
+    CHUNK,
+    MAX_PARAMS_BYTES,
+    default_keys,
+    fingerprint_of,
+    stored_entry,
+)
 from resumable.errors import InvalidKeyError
+
+
+def stored(listing: list[list[Any]]) -> list[list[Any]]:
+    """The entries a checkpoint records for `ItemSet.listing()` (key, fingerprint, params)."""
+    return [stored_entry(*entry) for entry in listing]
 
 
 class S(str):
@@ -123,13 +136,13 @@ def test_bulk_listing_is_the_per_item_listing(items: list[Any], keyed: bool, sta
     numbers = itertools.count()
     set_ = ItemSet.build(items, lambda c: f"k{next(numbers)}" if keyed else f'"\n{next(numbers)}é')
     start = min(start, len(items))
-    assert set_.listing_json(start) == compact_json(set_.listing(start))
+    assert set_.listing_json(start) == compact_json(stored(set_.listing(start)))
     json_like = [it for it in items if fingerprint_of(it) is not None]
     texts = {fingerprint_of(it)[1] for it in json_like}  # type: ignore[index]
     if len(texts) == len(json_like):  # (equal items would share a default key)
         by_default = ItemSet.build(json_like, None)
         assert by_default.keys == [default_key(it) for it in json_like]
-        assert by_default.listing_json() == compact_json(by_default.listing())
+        assert by_default.listing_json() == compact_json(stored(by_default.listing()))
 
 
 def test_bulk_listing_across_chunks_and_starts() -> None:
@@ -139,7 +152,7 @@ def test_bulk_listing_across_chunks_and_starts() -> None:
     for key in (lambda c: f"k{c['i']}:{c['s']}", None):
         set_ = ItemSet.build(items, key)
         for start in (0, 1, CHUNK - 1, CHUNK, CHUNK + 6, CHUNK + 7):
-            assert set_.listing_json(start) == compact_json(set_.listing(start))
+            assert set_.listing_json(start) == compact_json(stored(set_.listing(start)))
     assert default_keys(items) == [default_key(it) for it in items]
 
 
@@ -147,14 +160,14 @@ def test_record_payload_is_the_json_of_the_record() -> None:
     items = [{"i": i, "x": i / 7} for i in range(50)]
     key = lambda c: str(c["i"])  # noqa: E731
     whole = ItemSet.build(items, key)
-    assert whole.record_payload(None, None) == compact_json({"items": whole.listing()})
+    assert whole.record_payload(None, None) == compact_json({"items": stored(whole.listing())})
     prefix = ItemSet.build(items[:30], key).identity()
-    appended = {"base": prefix, "base_n": 30, "append": whole.listing(30)}
+    appended = {"base": prefix, "base_n": 30, "append": stored(whole.listing(30))}
     assert whole.record_payload(prefix, 30) == compact_json(appended)
     same = {"base": whole.identity(), "base_n": 50, "append": []}
     assert whole.record_payload(whole.identity(), 50) == compact_json(same)
     changed = ItemSet.build([dict(items[0], x=-1.0), *items[1:30]], key).identity()
-    assert whole.record_payload(changed, 30) == compact_json({"items": whole.listing()})
+    assert whole.record_payload(changed, 30) == compact_json({"items": stored(whole.listing())})
     assert ItemSet.build([], key).record_payload(None, None) == b'{"items":[]}'
 
 
