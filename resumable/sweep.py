@@ -294,15 +294,10 @@ class ResumableSweep:
         if key in results:
             self._check_not_done(key, "each item is recorded once")
         # outside the lock: CPU (the value's JSON, the item's fingerprint)
-        if duration is not None:  # (`_duration_json`, inline)
-            dur = b',"duration":%r' % self._checked_duration(key, duration)
-            self._yielded.pop(key, None)
-        else:  # measured from when `pending` yielded it, if it did
-            started = self._yielded.pop(key, None)
-            if started is None:
-                dur = b',"duration":null'
-            else:
-                dur = b',"duration":%.6f' % (time.monotonic() - started)
+        if duration is not None:
+            duration = self._checked_duration(key, duration)
+        # (else measured from when `pending` yielded it, if it did)
+        dur = _duration_json(duration, self._yielded.pop(key, None), False)
         body = self._result_payload(key, result, dur)
         fp = self._items.fingerprint(key, cache=False)
         with self._lock:
@@ -441,15 +436,19 @@ class ResumableSweep:
     def _commit_rows(self, rows: list[tuple[str, Any, float | None]], measure: bool) -> int:
         entries: list[tuple[str, dict[str, Any] | bytes, str | None, str | None]] = []
         add = entries.append
-        fingerprint = self._items.fingerprint
         pop_started = self._yielded.pop
         payload = self._result_payload
+        # the items' fingerprints, in bulk; a pool's worker may have sent its item's along
+        fps = self._items.fingerprints(
+            [k for k, r, _ in rows if type(r) is not EncodedResult or not r.has_fp]
+        )
+        at = 0
         for key, result, duration in rows:
             dur = _duration_json(duration, pop_started(key, None), measure)
             if type(result) is EncodedResult and result.has_fp:
                 fp = result.fp
             else:
-                fp = fingerprint(key, cache=False)
+                fp, at = fps[at], at + 1
             add(("result", payload(key, result, dur), key, fp))
         if not entries:
             return 0

@@ -170,3 +170,18 @@ def test_checkpoint_with_a_legacy_identity_reopens_unchanged(tmp_path, monkeypat
         ResumableSweep(
             [dict(items[0], pad="x"), *items[1:]], key=key, checkpoint_path=tmp_path / "b.h5"
         )
+
+
+@given(st.lists(st.one_of(flat, nested, st.tuples(scalars, scalars)), max_size=40))
+def test_bulk_fingerprints_are_each_items(items) -> None:
+    """A group being recorded is fingerprinted in bulk: the same as item by item, for groups
+    below and above the size where the digests are made together."""
+    from resumable._listing import item_fingerprint, item_fingerprints
+
+    assert item_fingerprints(items) == [item_fingerprint(it) for it in items]
+    assert item_fingerprints([{"i": i, "x": i / 3} for i in range(40)]) == [
+        item_fingerprint({"i": i, "x": i / 3}) for i in range(40)
+    ]
+    itemset = ItemSet.build(list(enumerate(items)), key_fn=lambda it: str(it[0]))
+    keys = list(reversed(itemset.keys))
+    assert itemset.fingerprints(keys) == [itemset.fingerprint(k, cache=False) for k in keys]
