@@ -304,6 +304,27 @@ def item_fingerprints(items: list[Any]) -> list[str | None]:
 _FEW = 16  # fewer items than this are hashed one by one (numpy's set-up costs more)
 
 
+def values_json(values: list[Any]) -> list[bytes | None]:
+    """Each value's `codec.encode_json` bytes (a group of results being recorded), made in
+    bulk where `_bulk` can (a chunk of at least `_FEW` values, all flat dicts or all scalars:
+    see the module docstring); None where the caller must encode the value itself (every
+    value of another chunk, and a text that may hold an int the codec tags)."""
+    out: list[bytes | None] = []
+    for at, end in _chunks(len(values)):
+        chunk = values[at:end]
+        done = None
+        if len(chunk) >= _FEW:
+            with contextlib.suppress(ValueError, UnicodeEncodeError):  # NaN, a surrogate...
+                done = _bulk(chunk, params=True)
+        if done is None:
+            out += [None] * len(chunk)
+        elif done[2]:
+            out += done[1]
+        else:
+            out += [text if len(text) <= _LONG else None for text in done[1]]
+    return out
+
+
 def _hash_heads(items: list[Any], digits: int) -> list[str | None]:
     """The first `digits` hex digits of the SHA-256 of each item's canonical JSON, None for an
     item that is not JSON-like (the default keys, the fingerprints)."""

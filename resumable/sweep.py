@@ -37,6 +37,7 @@ from ._codec import canonical_json, decode, encode, encode_json
 from ._itemlist import LISTING_KINDS
 from ._items import ItemSet
 from ._journal import Record
+from ._listing import values_json
 from ._mirror import Mirror, MirrorOptions
 from ._opening import open_sweep
 from ._retry import RetryOutcome as RetryOutcome  # re-exported: resumable.sweep.RetryOutcome
@@ -338,12 +339,17 @@ class ResumableSweep:
             return key
         return items.key_of(item, key)  # the error saying what is wrong
 
-    def _result_payload(self, key: str, result: Any, duration: bytes) -> bytes:
+    def _result_payload(
+        self, key: str, result: Any, duration: bytes, value: bytes | None = None
+    ) -> bytes:
         """The payload of a result record, as `journal.dumps` would make it from
         {"value": encode(result), "duration": duration, "launch": launch_id}: the value's JSON
         between a fixed prefix and the sweep's fixed suffix (the reports read it from the
-        end); `duration` is its JSON with the comma before it (see `_duration_json`)."""
-        if type(result) is EncodedResult:
+        end); `duration` is its JSON with the comma before it (see `_duration_json`); `value`:
+        the result's JSON if made already (`_listing.values_json`)."""
+        if value is not None:
+            pass
+        elif type(result) is EncodedResult:
             value = result.json
         else:
             try:
@@ -438,18 +444,25 @@ class ResumableSweep:
         add = entries.append
         pop_started = self._yielded.pop
         payload = self._result_payload
-        # the items' fingerprints, in bulk; a pool's worker may have sent its item's along
+        # the items' fingerprints and the values' JSON, in bulk; a pool's worker may have sent
+        # both along
         fps = self._items.fingerprints(
             [k for k, r, _ in rows if type(r) is not EncodedResult or not r.has_fp]
         )
-        at = 0
+        values = values_json([r for _, r, _ in rows if type(r) is not EncodedResult])
+        at = vat = 0
         for key, result, duration in rows:
             dur = _duration_json(duration, pop_started(key, None), measure)
-            if type(result) is EncodedResult and result.has_fp:
-                fp = result.fp
-            else:
+            if type(result) is not EncodedResult:
+                value, vat = values[vat], vat + 1
                 fp, at = fps[at], at + 1
-            add(("result", payload(key, result, dur), key, fp))
+            else:
+                value = None
+                if result.has_fp:
+                    fp = result.fp
+                else:
+                    fp, at = fps[at], at + 1
+            add(("result", payload(key, result, dur, value), key, fp))
         if not entries:
             return 0
         with self._lock:
