@@ -586,7 +586,9 @@ class ResumableSweep:
         `pending` calls this before yielding each item, so code after the user's loop (which
         would believe the sweep finished) never runs; the exit is a `Preempted` (SystemExit).
         """
-        guard = self.guard
+        guard = self._guard  # (`guard`, without the property: this runs once per item)
+        if guard is None:
+            guard = current_guard()
         if guard is not None and guard.preempted:
             guard.exit()
 
