@@ -437,11 +437,7 @@ class CheckpointWriter:
                 raise CheckpointClosedError(
                     f"checkpoint {self.dir} can no longer record: {self._broken}"
                 )
-            us = time.time_ns() // 1000  # (`_group_time`, inline)
-            if us <= self._last_us:
-                us = self._last_us + 1
-            self._last_us = us
-            t_b = b"%d.%06d" % divmod(us, 1_000_000)
+            us, t_b = self._group_time()
             seq = self.last_seq + 1
             before = self._active_size
             # (a payload that fills the segment by itself goes straight to the general path:

@@ -29,6 +29,7 @@ from ._listing import (
     default_keys,
     fingerprint_of,
     item_fingerprint,
+    item_fingerprints,
     listing_json,
     listing_rows,
     small_sha256,
@@ -179,6 +180,21 @@ class ItemSet:
         if cached is not None or cache:
             return (cached or self._fp(idx))[0]
         return item_fingerprint(self.items[idx])
+
+    def fingerprints(self, keys: list[str]) -> list[str | None]:
+        """`fingerprint(key, cache=False)` of each of `keys` (a group being recorded): those
+        not kept already are made again from the items as they are now, in bulk
+        (`_listing.item_fingerprints`), never kept."""
+        if self.key_fn is None and DEFAULT_KEY_LEN == FP_LEN:
+            return list(keys)
+        at = list(map(self.index.__getitem__, keys))
+        fps = item_fingerprints(list(map(self.items.__getitem__, at)))
+        if self._fps:  # kept ones answer, as in `fingerprint`
+            for n, idx in enumerate(at):
+                cached = self._fps.get(idx)
+                if cached is not None:
+                    fps[n] = cached[0]
+        return fps
 
     def identity(self, upto: int | None = None) -> str:
         """The list's identity (its first `upto` items'): see `_identity`. Equal identities

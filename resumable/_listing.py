@@ -313,15 +313,51 @@ def _quoted(keys: list[str]) -> bytes:
 
 def default_keys(items: list[Any]) -> list[str | None]:
     """Each item's default key (its fingerprint), None for an item that is not JSON-like."""
-    keys: list[str | None] = []
+    return _hash_heads(items, DEFAULT_KEY_LEN)
+
+
+def item_fingerprints(items: list[Any]) -> list[str | None]:
+    """`item_fingerprint` of each item, made in bulk (a group of results being recorded: each
+    item's canonical JSON made again from the item as it is now, never kept)."""
+    return _hash_heads(items, FP_LEN)
+
+
+_FEW = 16  # fewer items than this are hashed one by one (numpy's set-up costs more)
+
+
+def values_json(values: list[Any]) -> list[bytes | None]:
+    """Each value's `codec.encode_json` bytes (a group of results being recorded), made in
+    bulk where `_bulk` can (a chunk of at least `_FEW` values, all flat dicts or all scalars:
+    see the module docstring); None where the caller must encode the value itself (every
+    value of another chunk, and a text that may hold an int the codec tags)."""
+    out: list[bytes | None] = []
+    for at, end in _chunks(len(values)):
+        chunk = values[at:end]
+        done = None
+        if len(chunk) >= _FEW:
+            with contextlib.suppress(ValueError, UnicodeEncodeError):  # NaN, a surrogate...
+                done = _bulk(chunk, params=True)
+        if done is None:
+            out += [None] * len(chunk)
+        elif done[2]:
+            out += done[1]
+        else:
+            out += [text if len(text) <= _LONG else None for text in done[1]]
+    return out
+
+
+def _hash_heads(items: list[Any], digits: int) -> list[str | None]:
+    """The first `digits` hex digits of the SHA-256 of each item's canonical JSON, None for an
+    item that is not JSON-like (the default keys, the fingerprints)."""
+    heads: list[str | None] = []
     for at, end in _chunks(len(items)):
         canon, _ = _canonical_chunk(items[at:end], params=False)
-        if None in canon:
+        if None in canon or len(canon) < _FEW:
             sha = _small_sha256
-            keys += [None if c is None else sha(c).hexdigest()[:DEFAULT_KEY_LEN] for c in canon]
+            heads += [None if c is None else sha(c).hexdigest()[:digits] for c in canon]
         else:
-            keys += _hex_heads(canon, DEFAULT_KEY_LEN).decode("ascii").split("\n")  # type: ignore[arg-type]
-    return keys
+            heads += _hex_heads(canon, digits).decode("ascii").split("\n")  # type: ignore[arg-type]
+    return heads
 
 
 def listing_rows(keys: list[str], items: list[Any], start: int) -> Iterator[list[bytes]]:

@@ -414,7 +414,7 @@ class _Run:
                 self._outcome(key, item, run_one(fn, item, seed))
                 if self.sigint:
                     self._commit()
-                self._safe_point()
+                    self._safe_point()
                 if self.stopping:
                     raise self.too_many_failures()  # the handler below commits what is done
             self._commit()

@@ -37,6 +37,7 @@ from ._codec import canonical_json, decode, encode, encode_json
 from ._itemlist import LISTING_KINDS
 from ._items import ItemSet
 from ._journal import Record
+from ._listing import values_json
 from ._mirror import Mirror, MirrorOptions
 from ._opening import open_sweep
 from ._retry import RetryOutcome as RetryOutcome  # re-exported: resumable.sweep.RetryOutcome
@@ -294,15 +295,10 @@ class ResumableSweep:
         if key in results:
             self._check_not_done(key, "each item is recorded once")
         # outside the lock: CPU (the value's JSON, the item's fingerprint)
-        if duration is not None:  # (`_duration_json`, inline)
-            dur = b',"duration":%r' % self._checked_duration(key, duration)
-            self._yielded.pop(key, None)
-        else:  # measured from when `pending` yielded it, if it did
-            started = self._yielded.pop(key, None)
-            if started is None:
-                dur = b',"duration":null'
-            else:
-                dur = b',"duration":%.6f' % (time.monotonic() - started)
+        if duration is not None:
+            duration = self._checked_duration(key, duration)
+        # (else measured from when `pending` yielded it, if it did)
+        dur = _duration_json(duration, self._yielded.pop(key, None), False)
         body = self._result_payload(key, result, dur)
         fp = self._items.fingerprint(key, cache=False)
         with self._lock:
@@ -343,12 +339,17 @@ class ResumableSweep:
             return key
         return items.key_of(item, key)  # the error saying what is wrong
 
-    def _result_payload(self, key: str, result: Any, duration: bytes) -> bytes:
+    def _result_payload(
+        self, key: str, result: Any, duration: bytes, value: bytes | None = None
+    ) -> bytes:
         """The payload of a result record, as `journal.dumps` would make it from
         {"value": encode(result), "duration": duration, "launch": launch_id}: the value's JSON
         between a fixed prefix and the sweep's fixed suffix (the reports read it from the
-        end); `duration` is its JSON with the comma before it (see `_duration_json`)."""
-        if type(result) is EncodedResult:
+        end); `duration` is its JSON with the comma before it (see `_duration_json`); `value`:
+        the result's JSON if made already (`_listing.values_json`)."""
+        if value is not None:
+            pass
+        elif type(result) is EncodedResult:
             value = result.json
         else:
             try:
@@ -441,16 +442,27 @@ class ResumableSweep:
     def _commit_rows(self, rows: list[tuple[str, Any, float | None]], measure: bool) -> int:
         entries: list[tuple[str, dict[str, Any] | bytes, str | None, str | None]] = []
         add = entries.append
-        fingerprint = self._items.fingerprint
         pop_started = self._yielded.pop
         payload = self._result_payload
+        # the items' fingerprints and the values' JSON, in bulk; a pool's worker may have sent
+        # both along
+        fps = self._items.fingerprints(
+            [k for k, r, _ in rows if type(r) is not EncodedResult or not r.has_fp]
+        )
+        values = values_json([r for _, r, _ in rows if type(r) is not EncodedResult])
+        at = vat = 0
         for key, result, duration in rows:
             dur = _duration_json(duration, pop_started(key, None), measure)
-            if type(result) is EncodedResult and result.has_fp:
-                fp = result.fp
+            if type(result) is not EncodedResult:
+                value, vat = values[vat], vat + 1
+                fp, at = fps[at], at + 1
             else:
-                fp = fingerprint(key, cache=False)
-            add(("result", payload(key, result, dur), key, fp))
+                value = None
+                if result.has_fp:
+                    fp = result.fp
+                else:
+                    fp, at = fps[at], at + 1
+            add(("result", payload(key, result, dur, value), key, fp))
         if not entries:
             return 0
         with self._lock:
@@ -574,7 +586,9 @@ class ResumableSweep:
         `pending` calls this before yielding each item, so code after the user's loop (which
         would believe the sweep finished) never runs; the exit is a `Preempted` (SystemExit).
         """
-        guard = self.guard
+        guard = self._guard  # (`guard`, without the property: this runs once per item)
+        if guard is None:
+            guard = current_guard()
         if guard is not None and guard.preempted:
             guard.exit()
 

@@ -215,3 +215,24 @@ def test_a_worker_of_another_version_sends_results_as_they_are() -> None:
     assert same[0][1].json == b"0.5" and same[0][1].has_fp
     other = run_batch(mutating, [({"i": 1}, None)], ("0.0.0-another", True))
     assert other[0][:3] == (True, 0.5, None)
+
+
+@pytest.mark.parametrize("how", ["record_many", "run"])
+def test_a_group_fingerprints_its_items_as_they_are_when_recorded(tmp_path: Path, how: str) -> None:
+    """Items changed in memory after the open are fingerprinted again when their group is
+    recorded (in bulk): the journal holds the changed items' fingerprints, none of those
+    taken at the open."""
+    from resumable._listing import item_fingerprint
+
+    items = [{"i": i, "x": i * 0.25} for i in range(40)]
+    opened = [item_fingerprint(c) for c in items]
+    with ResumableSweep(items, checkpoint_path=tmp_path / "c.h5", key=lambda c: str(c["i"])) as s:
+        for c in items:
+            c["x"] = -1.0
+        if how == "run":
+            s.run(lambda c: c["i"], progress=False)
+        else:
+            s.record_many([(c, c["i"]) for c in items])
+        fps = {k: r.fp for k, r in s._state.results.items()}
+    assert fps == {str(c["i"]): item_fingerprint(c) for c in items}
+    assert not set(fps.values()) & set(opened)

@@ -170,3 +170,40 @@ def test_checkpoint_with_a_legacy_identity_reopens_unchanged(tmp_path, monkeypat
         ResumableSweep(
             [dict(items[0], pad="x"), *items[1:]], key=key, checkpoint_path=tmp_path / "b.h5"
         )
+
+
+@given(st.lists(st.one_of(flat, nested, st.tuples(scalars, scalars)), max_size=40))
+def test_bulk_fingerprints_are_each_items(items) -> None:
+    """A group being recorded is fingerprinted in bulk: the same as item by item, for groups
+    below and above the size where the digests are made together."""
+    from resumable._listing import item_fingerprint, item_fingerprints
+
+    assert item_fingerprints(items) == [item_fingerprint(it) for it in items]
+    assert item_fingerprints([{"i": i, "x": i / 3} for i in range(40)]) == [
+        item_fingerprint({"i": i, "x": i / 3}) for i in range(40)
+    ]
+    itemset = ItemSet.build(list(enumerate(items)), key_fn=lambda it: str(it[0]))
+    keys = list(reversed(itemset.keys))
+    assert itemset.fingerprints(keys) == [itemset.fingerprint(k, cache=False) for k in keys]
+
+
+@given(
+    st.one_of(
+        st.lists(flat, min_size=14, max_size=40),
+        st.lists(scalars, min_size=14, max_size=40),
+        st.lists(st.one_of(flat, nested), max_size=40),
+    )
+)
+def test_values_json_in_bulk_is_encode_json(values) -> None:
+    """A group's result values encoded in bulk give `encode_json`'s bytes, or None where the
+    caller encodes the value itself (never other bytes)."""
+    from resumable._codec import encode_json
+    from resumable._listing import values_json
+
+    got = values_json(values)
+    assert len(got) == len(values)
+    for value, text in zip(values, got, strict=True):
+        if text is not None:
+            assert text == encode_json(value)
+    shaped = [{"y": i * 0.5, "s": "é\u2028", "n": None, "b": i % 2 == 0} for i in range(40)]
+    assert values_json(shaped) == [encode_json(v) for v in shaped]
