@@ -12,14 +12,13 @@ fast. A whole list's canonical JSON, fingerprints and items record are made in b
 
 from __future__ import annotations
 
-import contextlib
-import gc
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _identity
 from ._codec import check_key, compact_json
+from ._gcpause import gc_paused
 from ._identity import IDENTITY_PREFIX, V2_PREFIX
 from ._itemlist import listing_records
 from ._listing import (
@@ -48,25 +47,11 @@ __all__ = [
 ]
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Any:
-    """The cyclic garbage collector paused: building a million keys (or a million items' JSON)
-    makes millions of objects and no cycles, and each of its full passes would walk every one
-    of them (and the user's items) again."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def _gc_paused_each(it: Iterator[Any]) -> Iterator[Any]:
-    """`it`'s values, each made with the garbage collector paused (see `_gc_paused`; not
-    while the caller holds one)."""
+    """`it`'s values, each made with the garbage collector paused (see _gcpause.py; not
+    while the caller holds the values' consumer)."""
     while True:
-        with _gc_paused():
+        with gc_paused():
             try:
                 value = next(it)
             except StopIteration:
@@ -110,7 +95,7 @@ class ItemSet:
             raise InvalidKeyError(
                 f"items must be an iterable of work items, not a {type(items).__name__}"
             )
-        with _gc_paused():
+        with gc_paused():
             materialised = list(items)
             keys = _keys_of(materialised, key_fn)
             index = dict(zip(keys, range(len(keys)), strict=True))  # C speed; the last of equals
@@ -215,7 +200,7 @@ class ItemSet:
         if cached is None:
             items = self.items if n == len(self.items) else self.items[:n]
             keys = self.keys if n == len(self.keys) else self.keys[:n]
-            with _gc_paused():
+            with gc_paused():
                 cached = form(keys, items, self._fingerprints)
             self._identities[(form.__name__, n)] = cached
         return cached
@@ -273,7 +258,7 @@ class ItemSet:
     def listing_json(self, start: int = 0, wrap: tuple[bytes, bytes] = (b"", b"")) -> bytes:
         """`listing` as JSON (the bytes `compact_json` writes for it, between ``wrap[0]`` and
         ``wrap[1]``), made in bulk."""
-        with _gc_paused():
+        with gc_paused():
             return listing_json(self.keys, self.items, start, wrap=wrap)
 
     def listing(self, start: int = 0) -> list[list[Any]]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import binascii
 import contextlib
-import gc
 import hashlib
 import itertools
 import math
@@ -41,6 +40,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._codec import TAG, canonical_json, compact_json, encode, json_encoder
+from ._gcpause import gc_paused
 from .errors import UnsupportedValueError
 
 try:  # CPython's built-in SHA-256 (3.12+: _sha2): cheaper than OpenSSL's for short inputs
@@ -427,9 +427,7 @@ def with_fingerprints(entries: list[list[Any]]) -> list[list[Any]]:
     """`entries` (of either form: see the module docstring) as ``[key, fingerprint, params]``,
     new lists, the fingerprints of two-element entries derived from their params (in bulk:
     `_canonical_texts`). Raises as `derived_fingerprint`."""
-    was = gc.isenabled()
-    gc.disable()  # a million new lists and no cycles (see _items._gc_paused)
-    try:
+    with gc_paused():  # a million new lists and no cycles
         if set(map(len, entries)) <= {2}:  # (the common case: one zip, no Python loop)
             keys = list(map(_first, entries))
             params = list(map(_second, entries))
@@ -437,9 +435,6 @@ def with_fingerprints(entries: list[list[Any]]) -> list[list[Any]]:
         two = [e for e in entries if len(e) == 2]
         derived = iter(_derived_fps([e[1] for e in two]))
         return [[e[0], next(derived), e[1]] if len(e) == 2 else list(e) for e in entries]
-    finally:
-        if was:
-            gc.enable()
 
 
 _first = operator.itemgetter(0)

@@ -14,7 +14,6 @@ read back (and checked again) only when looked at (`SealedParts`).
 
 from __future__ import annotations
 
-import gc
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 
 from . import _limits as limits
 from . import _segindex as segindex
+from ._gcpause import gc_paused
 from ._itemlist import LISTING_KINDS
 from ._journal import (
     LazyRecord,
@@ -239,9 +239,7 @@ def load_records(
     paused meanwhile: replay makes millions of objects and no cycles, and its passes cost
     about a quarter of a large reopen.
     """
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _replay(
             manifest,
             sealed,
@@ -251,9 +249,6 @@ def load_records(
             index=index,
             share_keys=share_keys,
         )
-    finally:
-        if paused:
-            gc.enable()
 
 
 # segments of fewer records replay record by record: numpy's fixed cost per call would

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import copy
-import gc
 import hashlib
 import logging
 import math
@@ -34,6 +33,7 @@ from ._checkpoint import (
     progress_dir_for,
 )
 from ._codec import canonical_json, decode, encode, encode_json
+from ._gcpause import gc_paused
 from ._itemlist import LISTING_KINDS
 from ._items import ItemSet
 from ._journal import Record
@@ -431,13 +431,8 @@ class ResumableSweep:
         The garbage collector is paused meanwhile (as while a checkpoint is replayed): a group
         makes thousands of small acyclic objects, and the collections they would set off
         traverse every object of the process (the items, the results so far) again and again."""
-        paused = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             return self._commit_rows(rows, measured)
-        finally:
-            if paused:
-                gc.enable()
 
     def _commit_rows(self, rows: list[tuple[str, Any, float | None]], measure: bool) -> int:
         entries: list[tuple[str, dict[str, Any] | bytes, str | None, str | None]] = []
