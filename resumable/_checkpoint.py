@@ -77,6 +77,10 @@ PROGRESS_SUFFIX = ".resumable"
 TORN_DIR = "torn"  # torn tails cut off the active segment, kept for inspection
 LOCK_SUFFIX = ".lock"
 DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
+# how long a closing writer lets its background indexer finish the segments it has queued (a
+# few 4 MiB segments take tens of milliseconds each; bounded, as a preempted sweep closes
+# within its grace period)
+INDEX_GRACE_S = 1.0
 log = logging.getLogger(__name__)
 _INDEX_RE = re.compile(r"seg-(\d{8})")
 
@@ -682,7 +686,7 @@ class CheckpointWriter:
         if os.getpid() != self.owner_pid:
             self._close_inherited()
             return
-        self.indexer.stop()  # (under the lock still: see _segindex)
+        self.indexer.stop(grace=INDEX_GRACE_S)  # (under the lock still: see _segindex)
         with self._mutex:
             try:
                 if self._fd >= 0:

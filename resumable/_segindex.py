@@ -289,9 +289,14 @@ class SegmentIndexer:
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
-    def stop(self) -> None:
-        """Drop what is queued and wait for the segment being indexed, if one is: the writer
-        closes, and nothing is written without its lock after that."""
+    def stop(self, grace: float = 0.0) -> None:
+        """Let the queue drain for up to `grace` seconds, then drop what is left and wait for
+        the segment being indexed, if one is: the writer closes, and nothing is written without
+        its lock after that. (A writer fed by a fast loop seals segments faster than this
+        thread, which shares the GIL with it, indexes them; the grace gives the next open the
+        indexes of the last few, instead of scans.)"""
+        if grace > 0:
+            self.wait(grace)
         with self._idle:
             self._stopped = True
             thread, self._thread = self._thread, None

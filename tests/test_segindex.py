@@ -271,3 +271,35 @@ def test_a_sweep_with_a_signing_key_neither_writes_nor_uses_indexes(tmp_path, mo
     with ResumableSweep(items, signing_key="k", **kw) as sweep:
         assert scans.count >= len(_sealed(pdir))
         assert sweep.status().done == 1000
+
+
+def test_a_closing_writer_lets_its_indexer_finish_what_is_queued(tmp_path, monkeypatch):
+    """Segments sealed faster than the indexer keeps up get their indexes at close (so the
+    next open reads indexes, not scans), and the wait is bounded."""
+    slow = segindex.build_and_write
+
+    def build_slowly(segdir, seg):
+        time.sleep(0.01)
+        return slow(segdir, seg)
+
+    monkeypatch.setattr(segindex, "build_and_write", build_slowly)
+    pdir = tmp_path / "exp.h5.resumable"
+    _write(pdir, 600, wait=False)  # (closes at once: about 0.01 s per queued segment left)
+    assert len(_indexes(pdir)) == len(_sealed(pdir)) > 5
+    loaded = load(pdir)
+    assert loaded is not None and loaded.unindexed == []
+
+    def build_forever(segdir, seg):
+        time.sleep(0.5)
+        return slow(segdir, seg)
+
+    monkeypatch.setattr(segindex, "build_and_write", build_forever)
+    other = tmp_path / "other.h5.resumable"
+    t0 = time.monotonic()
+    _write(other, 600, wait=False)
+    took = time.monotonic() - t0
+    assert 0 < len(_indexes(other)) < len(_sealed(other))  # the rest dropped, scanned later
+    # bounded by the grace and the segment being built, not by the queue (about 12 s here)
+    assert took < 6
+    again = load(other)
+    assert again is not None and again.unindexed
