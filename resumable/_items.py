@@ -48,8 +48,8 @@ __all__ = [
 
 
 def _gc_paused_each(it: Iterator[Any]) -> Iterator[Any]:
-    """`it`'s values, each made with the garbage collector paused (see _gcpause.py; not
-    while the caller holds the values' consumer)."""
+    """`it`'s values, each made with the garbage collector paused (see _gcpause.py), not
+    while the caller uses it."""
     while True:
         with gc_paused():
             try:

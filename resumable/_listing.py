@@ -336,7 +336,7 @@ def values_json(values: list[Any]) -> list[bytes | None]:
         done = None
         if len(chunk) >= _FEW:
             with contextlib.suppress(ValueError, UnicodeEncodeError):  # NaN, a surrogate...
-                done = _bulk(chunk, params=True)
+                done = _bulk(chunk, params=True, canon=False)  # (the values' own key order)
         if done is None:
             out += [None] * len(chunk)
         elif done[2]:

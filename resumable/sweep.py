@@ -295,9 +295,7 @@ class ResumableSweep:
         if key in results:
             self._check_not_done(key, "each item is recorded once")
         # outside the lock: CPU (the value's JSON, the item's fingerprint)
-        if duration is not None:
-            duration = self._checked_duration(key, duration)
-        # (else measured from when `pending` yielded it, if it did)
+        duration = self._checked_duration(key, duration)  # (None: measured from `pending`)
         dur = _duration_json(duration, self._yielded.pop(key, None), False)
         body = self._result_payload(key, result, dur)
         fp = self._items.fingerprint(key, cache=False)
@@ -347,11 +345,9 @@ class ResumableSweep:
         between a fixed prefix and the sweep's fixed suffix (the reports read it from the
         end); `duration` is its JSON with the comma before it (see `_duration_json`); `value`:
         the result's JSON if made already (`_listing.values_json`)."""
-        if value is not None:
-            pass
-        elif type(result) is EncodedResult:
+        if value is None and type(result) is EncodedResult:
             value = result.json
-        else:
+        elif value is None:
             try:
                 value = encode_json(result, what="")
             except UnsupportedValueError:  # again, for the message naming the item
@@ -441,22 +437,17 @@ class ResumableSweep:
         payload = self._result_payload
         # the items' fingerprints and the values' JSON, in bulk; a pool's worker may have sent
         # both along
-        fps = self._items.fingerprints(
-            [k for k, r, _ in rows if type(r) is not EncodedResult or not r.has_fp]
+        fps = iter(
+            self._items.fingerprints(
+                [k for k, r, _ in rows if type(r) is not EncodedResult or not r.has_fp]
+            )
         )
-        values = values_json([r for _, r, _ in rows if type(r) is not EncodedResult])
-        at = vat = 0
+        values = iter(values_json([r for _, r, _ in rows if type(r) is not EncodedResult]))
         for key, result, duration in rows:
             dur = _duration_json(duration, pop_started(key, None), measure)
-            if type(result) is not EncodedResult:
-                value, vat = values[vat], vat + 1
-                fp, at = fps[at], at + 1
-            else:
-                value = None
-                if result.has_fp:
-                    fp = result.fp
-                else:
-                    fp, at = fps[at], at + 1
+            encoded = type(result) is EncodedResult
+            value = None if encoded else next(values)
+            fp = result.fp if encoded and result.has_fp else next(fps)
             add(("result", payload(key, result, dur, value), key, fp))
         if not entries:
             return 0
@@ -581,9 +572,7 @@ class ResumableSweep:
         `pending` calls this before yielding each item, so code after the user's loop (which
         would believe the sweep finished) never runs; the exit is a `Preempted` (SystemExit).
         """
-        guard = self._guard  # (`guard`, without the property: this runs once per item)
-        if guard is None:
-            guard = current_guard()
+        guard = self.guard
         if guard is not None and guard.preempted:
             guard.exit()
 
