@@ -146,6 +146,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="compute and record items in N threads sharing the one sweep (default 1)",
     )
+    ap.add_argument(
+        "--run",
+        action="store_true",
+        help="let sweep.run compute and record the items in-process (group commit)",
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     return ap.parse_args(argv)
 
@@ -195,7 +200,9 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
         ran = 0
-        if args.threads > 1:
+        if args.run:  # results acknowledged in groups, one fdatasync per group
+            ran = sweep.run(lambda item: ising(item, sweep.seed(item)), progress=False).done
+        elif args.threads > 1:
             ran = run_threaded(sweep, args.threads)
         for item in sweep.pending:  # a safe point before each item: SIGTERM exits 75 here
             result = ising(item, sweep.seed(item))

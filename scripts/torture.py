@@ -2,14 +2,16 @@
 """Torture at scale: the example sweep killed over and over, locally and through an S3 mirror.
 
 Runs `resumable.chaos` rounds on scripts/run_example_sweep.py until the kill budget is spent,
-across four scenarios (the budget is split between them):
+across five scenarios (the budget is split between them):
 
 - local:        one machine, its local checkpoint survives every kill;
 - s3-mirror:    one machine, mirroring to S3 (moto on 127.0.0.1) as well;
 - fresh-machine: every launch on a new empty local dir (`{machine}`), resuming from S3 only,
                  as a preempted spot instance would;
 - threads:      one machine, four threads computing and recording through the one sweep
-                 (the example's --threads 4) while it is killed.
+                 (the example's --threads 4) while it is killed;
+- group:        one machine, `sweep.run` computing in-process and committing results in
+                groups, one fdatasync per group (the example's --run).
 
 Kills are mixed SIGTERM and SIGKILL at uniform random moments after each launch's first new
 record. After every launch the checkpoint is read: a record seen before and missing now is lost,
@@ -120,6 +122,9 @@ def round_config(scenario: str, tmp: Path, n: int, kills: int, seed: int, log) -
         ckpt = str(tmp / f"threads-{n}" / "ising.h5")
         command = [*base, ckpt, "--threads", "4"]
         return ChaosConfig(command=command, checkpoint=ckpt, max_s=0.6, **common)
+    if scenario == "group":
+        ckpt = str(tmp / f"group-{n}" / "ising.h5")
+        return ChaosConfig(command=[*base, ckpt, "--run"], checkpoint=ckpt, max_s=0.6, **common)
     url = f"s3://torture/{scenario}-{n}"
     env.update(SWEEP_SNAPSHOT_DIR=url, SWEEP_RESUME_FROM=url)
     if scenario == "s3-mirror":
@@ -149,7 +154,7 @@ def main() -> int:
     log = open(tmp / "commands.log", "a")  # noqa: SIM115 - closed at the end
     t0 = time.monotonic()
     ref = reference(tmp)
-    scenarios = ["local", "s3-mirror", "fresh-machine", "threads"]
+    scenarios = ["local", "s3-mirror", "fresh-machine", "threads", "group"]
     k = len(scenarios)
     share = {s: args.kills // k + (1 if i < args.kills % k else 0) for i, s in enumerate(scenarios)}
     totals = {

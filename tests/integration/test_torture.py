@@ -1,5 +1,6 @@
 """The short torture CI runs: ~50 kills (SIGTERM and SIGKILL mixed) of the example sweep,
-locally, mirrored to S3 and on fresh machines, through `resumable chaos`; nothing acknowledged
+locally, mirrored to S3, on fresh machines, in four threads and through `sweep.run`'s group commit,
+with `resumable chaos`; nothing acknowledged
 may be lost or doubled and the results must be bit-identical to an uninterrupted run.
 (`python scripts/torture.py --kills 1000` is the full version.)"""
 
