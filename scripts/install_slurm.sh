@@ -5,7 +5,8 @@
 #
 #   sudo bash scripts/install_slurm.sh        # scripts/test.sh runs it in CI (as root)
 #
-# What it sets up (Debian's slurm-wlm + munge, as observed in jobs/README.md's notes):
+# What it sets up (Debian's slurm-wlm + munge, as observed in jobs/README.md's notes; and
+# Debian's shellcheck, which lints the job script in tests/test_jobs.py):
 # - slurmctld and slurmd on this host, running as root, state/spool/log/pid files under
 #   $RESUMABLE_SLURM_DIR (default /var/tmp/resumable-slurm); the config in /etc/slurm/, where
 #   every SLURM command looks for it;
@@ -39,15 +40,19 @@ need=()
 for cmd in slurmctld slurmd sinfo sbatch munged mungekey; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
 done
-if ((${#need[@]})); then
+pkgs=()
+((${#need[@]})) && pkgs+=(slurm-wlm munge)
+# Debian's shellcheck lints the sbatch script (tests/test_jobs.py).
+command -v shellcheck >/dev/null 2>&1 || { need+=(shellcheck) && pkgs+=(shellcheck); }
+if ((${#pkgs[@]})); then
   if ! command -v apt-get >/dev/null 2>&1; then
     log "no apt-get: SLURM not installed (the SLURM tests will skip)"
     exit 0
   fi
-  log "installing slurm-wlm and munge (missing: ${need[*]})"
+  log "installing ${pkgs[*]} (missing: ${need[*]})"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
+  apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 fi
 
 mkdir -p "$state"/{ctld,spool,log,run} "$conf_dir" /etc/munge /run/munge /var/log/munge \

@@ -10,6 +10,6 @@ if [ ! -x "$root/.venv/bin/python" ]; then
   "$root/.venv/bin/python" -m pip install -q --upgrade pip >&2
 fi
 spec="$root"
-[ -n "$extras" ] && spec="$root[$extras]"
+[ -n "$extras" ] && spec="${root}[${extras}]"
 "$root/.venv/bin/python" -m pip install -q -e "$spec" >&2
 echo "$root/.venv/bin/python"
