@@ -46,7 +46,8 @@ from typing import Any
 from . import _segindex as segindex
 from ._checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, CheckpointWriter, WriterView, hash_at
 from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, parse_manifest
-from ._storage import Store, redact
+from ._storage import Store
+from ._urls import redact
 from .errors import (
     ConfigurationError,
     HistoryConflictError,

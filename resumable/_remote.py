@@ -28,7 +28,8 @@ from ._checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, Loaded, SealedParts, l
 from ._durable import create_durable_file, fsync_dir, make_dirs, remove_tree, rename_durably
 from ._limits import MAX_SEGMENT_BYTES
 from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, parse_manifest
-from ._storage import Store, redact
+from ._storage import Store
+from ._urls import redact
 from .errors import (
     CheckpointWriteError,
     IntegrityError,

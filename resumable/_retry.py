@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ._checkpoint import PROGRESS_SUFFIX, CheckpointWriter, DirLock, Loaded, load
 from ._manifest import MANIFEST_NAME
-from ._storage import is_url, redact
+from ._urls import is_url, redact
 from .errors import CheckpointLockedError, CheckpointNotFoundError, ConfigurationError
 from .shards import DESCRIPTOR_NAME, parse_descriptor, shard_dir_name
 

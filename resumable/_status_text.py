@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ._item_snapshot import repeatedly_interrupted
-from ._storage import redact
+from ._urls import redact
 from ._version import __version__
 from .errors import CheckpointNotFoundError, IntegrityError, ResumableError
 
@@ -166,7 +166,7 @@ def gather_status(target: str, mirror_url: str | None = None) -> dict[str, Any]:
 def mirror_lag(view: CheckpointView | MergedView, mirror_url: str, now: float) -> dict[str, Any]:
     """Records in the local checkpoint vs in its mirror, and the age of the mirror's manifest."""
     from ._remote import read_manifest, source_store
-    from ._storage import join
+    from ._urls import join
     from .shards import shard_dir_name
     from .view import MergedView
 

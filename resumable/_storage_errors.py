@@ -6,7 +6,7 @@ and keeps the original as ``__cause__``; fsspec's HTTP ``info()`` turns *every* 
 "connection refused", into ``FileNotFoundError``). We therefore walk the whole cause chain and
 let the most specific evidence decide; a bare ``FileNotFoundError`` only counts as "missing"
 when nothing deeper says otherwise. Also here: turning a failure into one of our errors with
-a redacted message (`translate`), and `redact` itself, used for every message we produce.
+a redacted message (`translate`, through `_urls.redact`, used for every message we produce).
 """
 
 from __future__ import annotations
@@ -15,17 +15,15 @@ import enum
 import errno
 import http.client
 import os
-import re
 import socket
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, unquote_plus
 
 import tenacity
 
+from ._urls import redact
 from .errors import (
     ConfigurationError,
     ObjectExistsError,
@@ -390,127 +388,6 @@ class RetryPolicy:
             before_sleep=before_sleep,
             reraise=True,
         )
-
-
-# -- redaction --------------------------------------------------------------------------------
-#
-# One function, `redact`, for every message, log record, status, report and chaos line. It
-# works on two levels: (1) every URL found in the text loses its user info (user and password),
-# every query value and its fragment; (2) every credential `redact` has ever seen in a URL (the
-# parts just named, raw, percent-decoded and re-encoded) is scrubbed wherever it appears, because
-# libraries quote them outside any URL (botocore: 'Invalid bucket name "KEY:SECRET@bucket"').
-
-_URL_RE = re.compile(r"""[A-Za-z][A-Za-z0-9+.\-]*://[^\s'"<>`]+""")
-_URL_PARTS_RE = re.compile(
-    r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?:(?P<userinfo>[^/?#]*)@)?"
-    r"(?P<rest>[^?#]*)(?:\?(?P<query>[^#]*))?(?:#(?P<fragment>.*))?$",
-    re.DOTALL,
-)
-# user:password@ without a scheme (libraries quote a bucket "name" holding credentials)
-_BARE_USERINFO_RE = re.compile(r"""(?<![\w.%+-])[^\s/?#@:'"<>`]+:[^\s/?#@'"<>`]*@""")
-# a query parameter whose name looks secret, in text that is not a whole URL
-_SECRET_PARAM_RE = re.compile(
-    r"""([?&;][^=&;#?\s'"<>]*"""
-    r"(?:sig|token|credential|secret|passw|pwd|key|auth|session|security|code)"
-    r"""[^=&;#?\s'"<>]*=)[^&;#\s'"<>]+""",
-    re.IGNORECASE,
-)
-# The same, percent-encoded (botocore quotes whole URLs in its messages: "%3F", "%26", "%3D").
-_SECRET_PARAM_QUOTED_RE = re.compile(
-    r"((?:%3F|%26|%3B)(?:(?!%26|%3B|%3D)[^&;#\s'\"<>?=])*"
-    r"(?:sig|token|credential|secret|passw|pwd|key|auth|session|security|code)"
-    r"(?:(?!%26|%3B|%3D)[^&;#\s'\"<>?=])*%3D)(?:(?!%26|%3B)[^&;#\s'\"<>])+",
-    re.IGNORECASE,
-)
-REDACTED = "REDACTED"
-_MIN_SECRET_CHARS = 6  # shorter ones ("json", "true") would scrub words out of every message;
-# they are still redacted inside URLs
-_MAX_KNOWN = 4096
-_known: dict[str, None] = {}  # an ordered set: the credentials seen so far in this process
-_known_re: re.Pattern[str] | None = None
-_known_lock = threading.Lock()
-
-
-def _forms(secret: str) -> set[str]:
-    """A credential as it may appear in text: raw, percent-decoded, percent-encoded."""
-    forms = {secret}
-    for f in list(forms):
-        forms |= {unquote(f), unquote_plus(f)}
-    for f in list(forms):
-        forms |= {quote(f, safe=""), quote(f, safe="@:/")}
-    return {f for f in forms if len(f) >= _MIN_SECRET_CHARS}
-
-
-def _remember(secrets: list[str]) -> None:
-    global _known_re
-    new = set()
-    for secret in secrets:
-        if secret and REDACTED not in secret and "***" not in secret:  # already redacted
-            new |= _forms(secret)
-    new -= _known.keys()
-    if not new:
-        return
-    with _known_lock:
-        for f in new:
-            _known[f] = None
-        while len(_known) > _MAX_KNOWN:
-            del _known[next(iter(_known))]
-        ordered = sorted(_known, key=len, reverse=True)  # longest first: no partial leftovers
-        _known_re = re.compile("|".join(re.escape(f) for f in ordered))
-
-
-def _redact_url(url: str, found: list[str]) -> str:
-    m = _URL_PARTS_RE.match(url)
-    if m is None:  # pragma: no cover - the pattern matches every "scheme://..." string
-        return url
-    out = m.group("scheme")
-    userinfo = m.group("userinfo")
-    if userinfo is not None:
-        found.append(userinfo)
-        found.extend(userinfo.split(":", 1))
-        out += "***@"
-    out += m.group("rest")
-    query = m.group("query")
-    if query is not None:
-        found.append(query)
-        params = []
-        for param in re.split(r"([&;])", query):
-            if param in ("&", ";"):
-                params.append(param)
-                continue
-            name, eq, value = param.partition("=")
-            if eq:
-                found.append(value)
-                params.append(f"{name}={REDACTED}" if value else param)
-            elif param:
-                found.append(param)  # a bare token (?SECRET) is a value, not a name
-                params.append(REDACTED)
-            else:
-                params.append(param)
-        out += "?" + "".join(params)
-    fragment = m.group("fragment")
-    if fragment is not None:
-        found.append(fragment)
-        found.extend(part.partition("=")[2] or part for part in re.split(r"[&;]", fragment))
-        out += f"#{REDACTED}" if fragment else "#"
-    return out
-
-
-def redact(text: object) -> str:
-    """`text` (or str(text)) without credentials: for every URL in it, the user info, every
-    query value and the fragment; and anywhere, every credential seen in a URL before."""
-    text = str(text)
-    found: list[str] = []
-    text = _URL_RE.sub(lambda m: _redact_url(m.group(0), found), text)
-    if found:
-        _remember(found)
-    text = _BARE_USERINFO_RE.sub("***@", text)
-    text = _SECRET_PARAM_RE.sub(rf"\1{REDACTED}", text)
-    text = _SECRET_PARAM_QUOTED_RE.sub(rf"\1{REDACTED}", text)
-    pattern = _known_re
-    if pattern is not None:
-        text = pattern.sub("***", text)
-    return text
 
 
 # -- Azure (azure-core, under adlfs) and GCS (gcsfs) ------------------------------------------

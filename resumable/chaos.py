@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ._checkpoint import PROGRESS_SUFFIX, SEGMENTS_DIR
-from ._storage import is_url, redact
+from ._urls import is_url, redact
 from .errors import CheckpointNotFoundError, ConfigurationError, ResumableError
 from .preempt import PREEMPTED_EXIT_CODE
 from .view import CheckpointView, MergedView, open_view, verify

@@ -35,7 +35,7 @@ from ._status_text import (
     problems_after_open,
     show,
 )
-from ._storage import is_url, redact
+from ._urls import is_url, redact
 from ._version import __version__, install_hint
 from .errors import (
     CheckpointNotFoundError,

@@ -31,7 +31,7 @@ from ._history import Finished, Launch, Timeline, timelines
 from ._item_snapshot import repeatedly_interrupted
 from ._journal import MAX_TIME
 from ._status_text import rate_text, span
-from ._storage import redact
+from ._urls import redact
 from ._version import __version__
 from .errors import IntegrityError
 from .status import SweepStatus

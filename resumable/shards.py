@@ -26,7 +26,8 @@ from typing import Any
 
 from ._codec import canonical_json, loads, sha256_hex
 from ._durable import atomic_write_bytes, make_dirs
-from ._storage import Store, redact
+from ._storage import Store
+from ._urls import redact
 from ._version import __version__
 from .errors import ConfigurationError, IntegrityError, ObjectExistsError, ObjectNotFoundError
 

@@ -43,7 +43,7 @@ from ._opening import open_sweep
 from ._retry import RetryOutcome as RetryOutcome  # re-exported: resumable.sweep.RetryOutcome
 from ._retry import retry_failed as retry_failed  # re-exported: resumable.sweep.retry_failed
 from ._state import State
-from ._storage import join
+from ._urls import join
 from ._worker import EncodedResult  # (H5) moved there: pool workers import it without all of this
 from .errors import (
     AlreadyRecordedError,

@@ -36,7 +36,8 @@ from ._manifest import (
     signature_state,
 )
 from ._remote import download, read_manifest, source_store
-from ._storage import Store, is_url, join
+from ._storage import Store
+from ._urls import is_url, join
 from .errors import CheckpointNotFoundError, IntegrityError, ObjectNotFoundError, ResumableError
 from .shards import (
     DESCRIPTOR_NAME,

@@ -27,7 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resumable import ResumableSweep
-from resumable._storage import Store, clear_cache, redact
+from resumable._backend import clear_cache
+from resumable._storage import Store
+from resumable._urls import redact
 from resumable.cli import main as cli_main
 from resumable.errors import ResumableError
 

@@ -18,10 +18,8 @@ from resumable._storage import (
     RetryPolicy,
     StorageWriteError,
     Store,
-    is_url,
-    join,
-    redact,
 )
+from resumable._urls import is_url, join, redact
 from resumable.errors import (
     CheckpointWriteError,
     ConfigurationError,

@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 def display_url(url: str | os.PathLike[str]) -> str:
     """`url` with credentials removed, for messages."""
-    from .._storage import redact
+    from .._urls import redact
 
     return redact(os.fspath(url))
 
@@ -63,7 +63,7 @@ def _store(root: str, storage_options: Mapping[str, Any] | None) -> Store:
 
 def locate(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None) -> Location:
     """Split a snapshot path/URL into (Store of its parent, object name)."""
-    from .._storage import is_url
+    from .._urls import is_url
 
     raw = os.fspath(url)
     if not isinstance(raw, str) or not raw:
