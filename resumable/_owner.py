@@ -1,10 +1,10 @@
 """Which process may record through an open sweep: this process's id, kept up to date at forks.
 
 A forked child inherits its parent's open sweep (its writer, its descriptors) but may not
-record through it: the writer and the sweep compare the process they belong to with `pid`
-before every record, and refuse with `foreign_process_error`. `pid` is os.getpid() read once
-and again in every forked child (a system call per record would cost more than the rest of the
-owner check).
+record through it: before every record the writer compares the process it belongs to with
+`pid` (the sweep with `process_id()`), and refuses with `foreign_process_error`. `pid` is
+os.getpid() read once and again in every forked child (a system call per record would cost
+more than the rest of the owner check).
 """
 
 from __future__ import annotations
