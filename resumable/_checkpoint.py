@@ -1,4 +1,4 @@
-"""The local progress directory of one sweep: lock, verified load, durable appends, rolling.
+"""The local progress directory of one sweep: durable appends to it, and rolling its segments.
 
 Layout (beside the user's ``checkpoint_path``, e.g. ``data/exp.h5`` -> ``data/exp.h5.resumable/``)::
 
@@ -6,9 +6,9 @@ Layout (beside the user's ``checkpoint_path``, e.g. ``data/exp.h5`` -> ``data/ex
     segments/seg-00000001.jsonl ...   append-only journal segments (see _journal.py)
     torn/                  torn tails cut off the active segment at an open (kept, never used)
 
-and beside it ``data/exp.h5.resumable.lock``: one writer at a time (a POSIX lock, released by the
-kernel on death). It lies outside the directory so that it also covers replacing the whole
-directory (installing a resumed source).
+and beside it ``data/exp.h5.resumable.lock``: one writer at a time (_dirlock.py). Loading lives
+in _loading.py and _parts.py, the segment files outside the per-record path in _segfiles.py;
+the names other modules use are re-exported from here.
 
 A record is durable when `append` returns: written with one write() and fdatasync'd. Once the
 active segment passes `segment_bytes` it is sealed: its size and SHA-256 go into a new manifest,
@@ -19,14 +19,8 @@ rewrites or re-hashes history: the cost per record does not grow with the sweep.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
-import json
-import logging
 import os
-import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,29 +29,28 @@ from typing import Any
 
 from . import _durable as durable
 from . import _limits as limits
-from ._durable import atomic_write_bytes, create_durable_file, fsync_file, make_dirs
-from ._journal import LazyRecord, Record, chain_line, dumps
-from ._loading import (
-    Loaded,
-    WriterView,
-    hash_at,
-    load,
-    load_from,
-    load_records,
-)
-from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, check_name
+from . import _owner
+from ._dirlock import DirLock
+from ._durable import atomic_write_bytes, fsync_file, make_dirs
+from ._install_recovery import recover_interrupted_install
+from ._loading import Loaded, WriterView, hash_at, load, load_from, load_records
+from ._manifest import MANIFEST_NAME, Manifest, check_name
+from ._owner import foreign_process_error, process_id
 from ._parts import MAX_MANIFEST_READ, SEGMENTS_DIR, Reader, SealedParts
+from ._records import LazyRecord, Record, chain_line, dumps
+from ._segfiles import (
+    WrittenLine,
+    create_empty_segment,
+    drop_torn_tail,
+    next_segment_name,
+    plan_seal,
+    segment_name,
+)
 from ._segindex import SegmentIndexer
 from ._state import State
-from .errors import (
-    CheckpointClosedError,
-    CheckpointLockedError,
-    CheckpointWriteError,
-    ForeignProcessError,
-    IntegrityError,
-)
+from .errors import CheckpointClosedError, CheckpointWriteError
 
-__all__ = [  # loading lives in _loading.py and _parts.py; their names are re-exported from here
+__all__ = [  # names of the modules below that other modules import from here
     "MAX_MANIFEST_READ",
     "SEGMENTS_DIR",
     "CheckpointWriter",
@@ -66,225 +59,26 @@ __all__ = [  # loading lives in _loading.py and _parts.py; their names are re-ex
     "Reader",
     "SealedParts",
     "WriterView",
+    "foreign_process_error",
     "hash_at",
     "load",
     "load_from",
     "load_records",
+    "process_id",
     "recover_interrupted_install",
 ]
 
 PROGRESS_SUFFIX = ".resumable"
-TORN_DIR = "torn"  # torn tails cut off the active segment, kept for inspection
-LOCK_SUFFIX = ".lock"
 DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
 # how long a closing writer lets its background indexer finish the segments it has queued (a
 # few 4 MiB segments take tens of milliseconds each; bounded, as a preempted sweep closes
 # within its grace period)
 INDEX_GRACE_S = 1.0
-log = logging.getLogger(__name__)
-_INDEX_RE = re.compile(r"seg-(\d{8})")
 
 
 def progress_dir_for(checkpoint_path: str | os.PathLike[str]) -> Path:
     """Where the progress of the sweep whose output is `checkpoint_path` is kept."""
     return Path(os.fspath(checkpoint_path) + PROGRESS_SUFFIX)
-
-
-def segment_name(index: int) -> str:
-    return f"seg-{index:08d}.jsonl"
-
-
-def next_segment_name(manifest: Manifest) -> str:
-    """A fresh segment name after every one the manifest knows (mirrored parts included)."""
-    names = [s.name for s in manifest.segments]
-    if manifest.active is not None:
-        names.append(manifest.active)
-    indices = [int(m.group(1)) for n in names if (m := _INDEX_RE.match(n))]
-    return segment_name(max(indices, default=len(names)) + 1)
-
-
-def _create_empty_segment(path: Path) -> None:
-    """Create a new, empty segment; an empty leftover of a crash before its manifest is reused."""
-    if path.exists() and path.stat().st_size == 0:
-        durable.ops.unlink(path)
-    create_durable_file(path)
-
-
-def recover_interrupted_install(progress_dir: Path) -> None:
-    """Under the writer lock: undo what an install cut short by a crash left behind.
-
-    Installing a resumed source renames the local checkpoint aside (``.NAME.replaced-*``), then
-    the verified download (``.NAME.incoming-*``) into place. A crash between the two renames
-    can leave no progress directory at all: the checkpoint set aside (if it loads) is put back,
-    and a relaunch that resumes from the source fetches the download again. Removing leftovers
-    is `remote.collect_leftovers`' business.
-    """
-    parent = progress_dir.parent
-    if progress_dir.exists() or not parent.is_dir():
-        return
-    aside = [p for p in parent.glob(f".{progress_dir.name}.replaced-*") if p.is_dir()]
-    ranked = sorted((_records_in(p), p.name, p) for p in aside)
-    if not ranked or ranked[-1][0] < 0:
-        return
-    best = ranked[-1][2]
-    durable.rename_durably(best, progress_dir)
-    durable.fsync_dir(parent)
-    log.warning(
-        "%s was missing after an install cut short by a crash: put back the checkpoint that "
-        "install had set aside (%s)",
-        progress_dir,
-        best.name,
-    )
-
-
-def _records_in(candidate: Path) -> int:
-    """Records in a checkpoint set aside; -1 if it is not one (damaged, or no manifest)."""
-    try:
-        loaded = load(candidate)
-    except (IntegrityError, OSError):
-        return -1
-    return loaded.state.last_seq if loaded is not None else -1
-
-
-_HELD_LOCKS: set[str] = set()
-_HELD_GUARD = threading.Lock()
-
-
-_pid = os.getpid()
-
-
-def process_id() -> int:
-    """os.getpid(), kept up to date at every fork (a system call per record would cost more
-    than the rest of the owner check)."""
-    return _pid
-
-
-def _forget_locks_after_fork() -> None:
-    """A forked child holds none of its parent's POSIX locks (they are per process)."""
-    global _HELD_GUARD, _pid
-    _pid = os.getpid()
-    _HELD_GUARD = threading.Lock()  # another thread may have held it at the fork
-    _HELD_LOCKS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_locks_after_fork)
-
-
-def foreign_process_error(what: str, owner: int) -> ForeignProcessError:
-    return ForeignProcessError(
-        f"{what} was opened by process {owner}; process {os.getpid()} (a forked child) may not "
-        "record through it. Nothing was written. Record in the process that opened the sweep "
-        "(return results to it, as sweep.run does), or open a sweep of its own in the child"
-    )
-
-
-def _missing_dirs(path: Path) -> list[Path]:
-    """`path` and those of its parents that do not exist yet, deepest first."""
-    missing = []
-    while not path.exists() and path.parent != path:
-        missing.append(path)
-        path = path.parent
-    return missing
-
-
-def lock_path_for(progress_dir: Path) -> Path:
-    """The writer lock of a progress directory: a file *beside* it (``exp.h5.resumable.lock``),
-    so that replacing the directory (installing a resumed source) happens under the lock."""
-    return progress_dir.with_name(progress_dir.name + LOCK_SUFFIX)
-
-
-class DirLock:
-    """The single-writer lock of a progress directory: an exclusive POSIX lock on the file
-    beside it (see `lock_path_for`); the kernel drops it when the holder dies.
-
-    The lock file is removed on release (while still locked). A launch that opened the file
-    just before it was removed would then lock an orphan: after locking, the file at the path
-    must still be the one locked, else it tries again. POSIX locks belong to a process, so a
-    forked child inherits the descriptor but not the lock, and closing its copy leaves the
-    parent's lock in place.
-    """
-
-    def __init__(self, progress_dir: Path) -> None:
-        self.path = lock_path_for(progress_dir)
-        self._key = os.path.realpath(progress_dir)
-        self._fd: int | None = None
-        with _HELD_GUARD:
-            if self._key in _HELD_LOCKS:
-                raise CheckpointLockedError(
-                    f"{progress_dir} is already open for writing in this process; "
-                    "close the other ResumableSweep first"
-                )
-            self.created_dirs = _missing_dirs(self.path.parent)
-            make_dirs(self.path.parent)
-            for _attempt in range(100):
-                fd = self._try_lock(progress_dir)
-                if fd is not None:
-                    break
-            else:  # pragma: no cover - 100 holders releasing in a row
-                raise CheckpointLockedError(f"{progress_dir}: could not take {self.path}")
-            info = json.dumps(
-                {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-            )
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, info.encode(), 0)
-            self._fd = fd
-            self._pid = os.getpid()
-            _HELD_LOCKS.add(self._key)
-
-    def _try_lock(self, progress_dir: Path) -> int | None:
-        """The locked descriptor, None if the file was replaced meanwhile (try again)."""
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise CheckpointWriteError(
-                exc.errno,
-                f"cannot open {self.path} for writing ({exc.strerror}); a checkpoint is "
-                "opened for writing by its sweep: is the directory read-only?",
-            ) from None
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise CheckpointLockedError(
-                    f"{progress_dir} is open for writing by another live process "
-                    f"({holder or 'unknown holder'}); one writer at a time"
-                ) from None
-            raise
-        try:
-            now = os.stat(self.path)
-        except FileNotFoundError:
-            now = None
-        mine = os.fstat(fd)
-        if now is None or (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
-            os.close(fd)  # its holder removed it as we opened it: lock the new one
-            return None
-        return fd
-
-    def release(self) -> None:
-        """Drop the lock. In a forked child this only closes the inherited descriptor: POSIX
-        locks belong to the process that took them, so the parent keeps its lock."""
-        if self._fd is None:
-            return
-        with _HELD_GUARD:
-            if os.getpid() == self._pid:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.path)  # still locked: nobody can be using it now
-                _HELD_LOCKS.discard(self._key)
-            os.close(self._fd)  # closing drops the POSIX lock (in the owner only)
-            self._fd = None
-
-    def release_and_tidy(self) -> None:
-        """Release after a failed open: also remove the directories the lock created, if they
-        are still empty (a refused launch leaves no trace)."""
-        self.release()
-        for d in self.created_dirs:
-            try:
-                d.rmdir()
-            except OSError:
-                break
 
 
 class CheckpointWriter:
@@ -324,7 +118,7 @@ class CheckpointWriter:
         if self.manifest.active is None:
             # All parts sealed (a checkpoint fetched from a mirror): start a new active segment.
             active = next_segment_name(self.manifest)
-            _create_empty_segment(self.segdir / active)
+            create_empty_segment(self.segdir / active)
             self.manifest = self.manifest.with_segments(self.manifest.segments, active)
             data = self.manifest.to_bytes(self.signing_key)
             limits.check_manifest(len(data), len(self.manifest.segments), f"checkpoint {self.dir}")
@@ -333,7 +127,7 @@ class CheckpointWriter:
         self._active_str = str(self._active_path)  # named in records and errors
         try:
             if loaded.torn_bytes:
-                self._drop_torn_tail()
+                drop_torn_tail(self.dir, self._active_path, self._active_size)
             self._fd = durable.ops.open(self._active_path, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
             if isinstance(exc, CheckpointWriteError):
@@ -341,34 +135,6 @@ class CheckpointWriter:
             raise CheckpointWriteError(
                 exc.errno, f"cannot open {self._active_path} for appending: {exc.strerror}"
             ) from None
-
-    def _drop_torn_tail(self) -> None:
-        """Keep the torn tail's bytes in ``torn/`` (durably), then cut it off the active segment
-        so that appends follow the last valid record. Never acknowledged, never deleted."""
-        fd = durable.ops.open(self._active_path, os.O_RDWR)
-        try:
-            size = os.fstat(fd).st_size
-            tail = durable.ops.pread(fd, size - self._active_size, self._active_size)
-            if tail:
-                keep = (
-                    self.dir
-                    / TORN_DIR
-                    / (f"{self._active_path.name}.at-{self._active_size}.{time.time_ns()}.torn")
-                )
-                make_dirs(keep.parent)
-                create_durable_file(keep, tail)
-                log.warning(
-                    "%s: dropped a torn tail of %d bytes after the last valid record (byte %d): "
-                    "an append cut short by a crash, never acknowledged. Its bytes are kept in %s",
-                    self._active_path,
-                    len(tail),
-                    self._active_size,
-                    keep,
-                )
-            durable.ops.ftruncate(fd, self._active_size)
-            fsync_file(fd, str(self._active_path))
-        finally:
-            durable.ops.close(fd)
 
     @classmethod
     def create(
@@ -388,7 +154,7 @@ class CheckpointWriter:
         try:
             make_dirs(progress_dir / SEGMENTS_DIR)
             active = segment_name(1)
-            _create_empty_segment(progress_dir / SEGMENTS_DIR / active)
+            create_empty_segment(progress_dir / SEGMENTS_DIR / active)
             manifest = Manifest(
                 sweep=manifest.sweep,
                 sweep_id=manifest.sweep_id,
@@ -433,7 +199,7 @@ class CheckpointWriter:
         `append_many` of one entry: the same rules, time, write and failure handling, without
         the lists (the path of every `sweep.record`). `payload` is the record's JSON object or
         its encoded bytes (see `journal.encode_record`)."""
-        if _pid != self.owner_pid:  # before the mutex: a parent's thread may hold it
+        if _owner.pid != self.owner_pid:  # before the mutex: a parent's thread may hold it
             raise foreign_process_error(f"checkpoint {self.dir}", self.owner_pid)
         body = payload if type(payload) is bytes else dumps(payload)
         with self._mutex:
@@ -468,7 +234,7 @@ class CheckpointWriter:
         """The mutex held for a group of appends, once this process is the owner and the
         writer is not broken; yields the group's time (`_group_time`). (`append`, the path
         of every `sweep.record`, makes the same checks inline.)"""
-        if _pid != self.owner_pid:  # before the mutex: a parent's thread may hold it
+        if _owner.pid != self.owner_pid:  # before the mutex: a parent's thread may hold it
             raise foreign_process_error(f"checkpoint {self.dir}", self.owner_pid)
         with self._mutex:
             if self._broken is not None:
@@ -517,7 +283,7 @@ class CheckpointWriter:
             self._write_chunk([(kind, payload, key, fp)], 0, us / 1_000_000, t_b, out)
             rec = out[0]
             where = before if rec.source == source else 0  # (0: a new segment was begun)
-            lines = _WrittenLine(rec.source, prev, self._prev)
+            lines = WrittenLine(rec.source, prev, self._prev)
             return LazyRecord(rec.seq, kind, key, rec.t, rec.source, lines, 0, where, fp=fp)
 
     def _write_chunk(
@@ -559,7 +325,17 @@ class CheckpointWriter:
             hasher = self._active_hash.copy()
             hasher.update(data)
             last_hash = prev.decode("ascii")
-            plan = self._plan_seal(size, hasher, self._active_records + len(lines), seq, last_hash)
+            plan = plan_seal(
+                self.manifest,
+                self._active_path.name,
+                size,
+                hasher,
+                self._active_records + len(lines),
+                seq,
+                last_hash,
+                signing_key=self.signing_key,
+                progress_dir=self.dir,
+            )
         self._commit(data, source, self._active_size)
         # From here on nothing can fail: bookkeeping only.
         if hasher is None:
@@ -611,12 +387,16 @@ class CheckpointWriter:
     def _roll(self) -> None:
         """Seal the active segment as it stands now (before a record that would not fit)."""
         self._seal(
-            self._plan_seal(
+            plan_seal(
+                self.manifest,
+                self._active_path.name,
                 self._active_size,
                 self._active_hash,
                 self._active_records,
                 self.last_seq,
                 self.last_hash,
+                signing_key=self.signing_key,
+                progress_dir=self.dir,
             )
         )
 
@@ -627,33 +407,12 @@ class CheckpointWriter:
             with contextlib.suppress(OSError):  # a torn tail is dropped on the next load anyway
                 durable.ops.ftruncate(self._fd, truncate_to)
 
-    def _plan_seal(
-        self, size: int, hasher: Any, records: int, last_seq: int, last_hash: str
-    ) -> tuple[str, Manifest, bytes]:
-        """The next segment's name and the manifest (and its bytes) that seal the active segment
-        once it holds `records` records in `size` bytes; LimitExceededError if the manifest
-        would break a limit of the loader (checked before the record is written)."""
-        info = SegmentInfo(
-            name=self._active_path.name,
-            size=size,
-            sha256=hasher.hexdigest(),
-            records=records,
-            first_seq=last_seq - records + 1,
-            last_seq=last_seq,
-            last_hash=last_hash,
-        )
-        new_name = next_segment_name(self.manifest)
-        manifest = self.manifest.with_segments((*self.manifest.segments, info), new_name)
-        data = manifest.to_bytes(self.signing_key)
-        limits.check_manifest(len(data), len(manifest.segments), f"checkpoint {self.dir}")
-        return new_name, manifest, data
-
     def _seal(self, plan: tuple[str, Manifest, bytes]) -> None:
         new_name, manifest, data = plan
         name = self._active_path.name
         new_path = self.segdir / new_name
         try:
-            _create_empty_segment(new_path)
+            create_empty_segment(new_path)
             atomic_write_bytes(self.dir / MANIFEST_NAME, data)
         except OSError as exc:
             self._fail(f"sealing segment {name} failed: {exc}")
@@ -712,35 +471,3 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[write(fd, view) :]
-
-
-class _WrittenLine:
-    """The line of one record this writer appended, read back from its segment file and
-    checked against the record's hash (and its predecessor's, which the hash covers)."""
-
-    def __init__(self, path: str, prev: bytes, digest: bytes) -> None:
-        self._path = path
-        self._prev = prev
-        self._digest = digest
-
-    def line(self, segment: int, offset: int) -> bytes:
-        try:
-            with open(self._path, "rb") as fh:
-                fh.seek(offset)
-                line = fh.readline(limits.MAX_RECORD_BYTES + 1)
-        except OSError as exc:
-            raise IntegrityError(
-                f"{self._path}: cannot read back the record at byte {offset}: {exc}"
-            ) from None
-        line = line[:-1] if line.endswith(b"\n") else b""
-        if (
-            line[: len(self._digest)] != self._digest
-            or hashlib.sha256(self._prev + b"\n" + line[len(self._digest) + 1 :])
-            .hexdigest()
-            .encode("ascii")
-            != self._digest
-        ):
-            raise IntegrityError(
-                f"{self._path}: the record at byte {offset} changed since it was written"
-            )
-        return line

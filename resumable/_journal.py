@@ -1,18 +1,7 @@
-"""Journal records: the line format, hash chaining, and strict parsing of segments.
+"""Journal segments: strict and fast parsing of their records, and the one damage forgiven.
 
-One record per line::
-
-    <hash: 64 hex> <header>\\t<payload JSON>\\n
-    header  = "<seq> <type> <time> <fingerprint or -> <key as a JSON string, or null>"
-    hash    = SHA-256(previous record's hash + "\\n" + header + "\\t" + payload)
-
-`seq` counts 1, 2, 3, ... across all segments and every hash covers the one before it, so in
-the active segment an edited, removed, reordered or re-hashed record is detected, not only a
-damaged byte. A sealed segment is vouched for as a whole by its SHA-256 in the manifest (its
-lines are not re-hashed on load); someone who rewrites a segment *and* the manifest's entries
-can forge a consistent checkpoint: that is authenticity, which signing (_signing.py) provides.
-The small header is parsed at load; the payload (a result's value, for instance) is verified by
-the hash then but only decoded when it is used, which keeps resuming a large sweep fast. The
+A segment is record lines one after another, each hash-chained to the one before it (the line
+format and the records are in _records.py; their names are re-exported from here). The
 only damage forgiven is a torn tail of the active segment, what a crash or power cut in the
 middle of its last append (never acknowledged) leaves: a file's new size can reach the disk
 before its data, and its pages and sectors in any order. Either damage (a partial line, zeros,
@@ -31,195 +20,49 @@ mirror, can tell; see `verify --mirror`.)
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import numpy as np
 
 from . import _limits as limits
-from ._codec import compact_json, loads
+from ._codec import loads
+from ._records import (
+    HASH_LEN,
+    MAX_TIME,
+    RECORD_TYPES,
+    LazyRecord,
+    LineSource,
+    Record,
+    chain_line,
+    check_time,
+    dumps,
+    encode_line,
+    encode_record,
+    header_record,
+)
 from .errors import IntegrityError
 
-_HASH_LEN = 64
-MAX_TIME = 1e10  # seconds since the epoch (year 2286): later record times are damage
-_TYPES = frozenset(
-    {"launch", "items", "itemspart", "result", "failure", "retry", "invalidate", "meta"}
-)
-
-
-dumps = compact_json  # a payload's bytes: compact JSON, UTF-8, no NaN
-
-
-class Record:
-    """One verified journal record; `body()` decodes its payload on demand."""
-
-    __slots__ = ("fp", "key", "payload", "seq", "source", "t", "type")
-
-    def __init__(
-        self,
-        seq: int,
-        type: str,
-        key: str | None,
-        t: float,
-        fp: str | None,
-        payload: bytes,
-        source: str,
-    ) -> None:
-        self.seq = seq
-        self.type = type
-        self.key = key
-        self.t = t
-        self.fp = fp
-        self.payload = payload
-        self.source = source
-
-    def body(self) -> dict[str, Any]:
-        try:
-            body = loads(self.payload)
-        except (ValueError, RecursionError) as exc:
-            raise IntegrityError(
-                f"{self.source}: record {self.seq} payload is not valid JSON ({exc})"
-            ) from None
-        if type(body) is not dict:
-            raise IntegrityError(f"{self.source}: record {self.seq} payload is not an object")
-        return body
-
-    def __repr__(self) -> str:
-        return f"Record(seq={self.seq}, type={self.type!r}, key={self.key!r})"
-
-
-_KIND_BYTES = {k: k.encode("ascii") for k in _TYPES}
-_json_string = json.encoder.encode_basestring  # the C escaper when available; as dumps(str)
-
-
-class LineSource(Protocol):
-    """Gives back a record line of a sealed segment, its bytes checked again (see
-    checkpoint.SealedParts)."""
-
-    def line(self, segment: int, offset: int) -> bytes: ...
-
-
-_UNSET: Any = object()
-
-
-class LazyRecord(Record):
-    """A record of a sealed segment kept as where it lies, not as its bytes: its payload (and,
-    unless given, its fingerprint) are read back from the segment, checked against the
-    manifest's SHA-256 again, when first asked for. A reopened sweep of a million results
-    keeps a million of these only while they are looked at (see _resultmap.ResultMap)."""
-
-    __slots__ = ("_fp", "_off", "_seg", "_src")
-
-    def __init__(
-        self,
-        seq: int,
-        type: str,
-        key: str | None,
-        t: float,
-        source: str,
-        src: LineSource,
-        segment: int,
-        offset: int,
-        fp: str | None = _UNSET,
-    ) -> None:
-        self.seq = seq
-        self.type = type
-        self.key = key
-        self.t = t
-        self.source = source
-        self._src = src
-        self._seg = segment
-        self._off = offset
-        self._fp = fp
-
-    def _line(self) -> bytes:
-        return self._src.line(self._seg, self._off)
-
-    @property
-    def payload(self) -> bytes:  # type: ignore[override]  # Record's field, read lazily here
-        line = self._line()
-        return line[line.index(b"\t") + 1 :]
-
-    @property
-    def fp(self) -> str | None:  # type: ignore[override]  # Record's field, read lazily here
-        if self._fp is _UNSET:
-            line = self._line()
-            fp = line[_HASH_LEN + 1 : line.index(b"\t")].split(b" ", 4)[3]
-            self._fp = None if fp == b"-" else fp.decode("ascii")
-        return self._fp
-
-
-def encode_record(
-    prev_hash: str,
-    seq: int,
-    kind: str,
-    key: str | None,
-    t: float,
-    fp: str | None,
-    payload: dict[str, Any] | bytes,
-) -> tuple[bytes, str, bytes]:
-    """(line bytes, record hash, payload bytes) of a new record.
-
-    `payload` is the record's JSON object, or its bytes already encoded (compact, UTF-8, no
-    NaN: what `dumps` makes; the sweep's hot path builds a result's payload from the value's
-    JSON and a per-sweep suffix)."""
-    body = payload if type(payload) is bytes else dumps(payload)
-    line, digest = encode_line(prev_hash, seq, kind, key, b"%r" % t, fp, body)
-    return line, digest, body
-
-
-def encode_line(
-    prev_hash: str, seq: int, kind: str, key: str | None, t: bytes, fp: str | None, body: bytes
-) -> tuple[bytes, str]:
-    """(line bytes, record hash) of a record whose time (`t`: repr of the float, as bytes,
-    made once for a group) and payload are already encoded. Refuses what the loader would:
-    an unknown type, a key or a line past the limits (LimitExceededError)."""
-    line, digest = chain_line(prev_hash.encode("ascii"), seq, kind, key, t, fp, body)
-    return line, digest.decode("ascii")
-
-
-_sha256 = hashlib.sha256
-_LARGE_BODY = 1 << 16  # payloads from this size on are not copied to be hashed
-
-
-def chain_line(
-    prev: bytes, seq: int, kind: str, key: str | None, t: bytes, fp: str | None, body: bytes
-) -> tuple[bytes, bytes]:
-    """`encode_line` with the hashes as ASCII bytes: the previous record's hash (`prev`) in,
-    (line, this record's hash) out, as the writer keeps them: one SHA-256 per line and no
-    conversions (the recording hot path; see checkpoint.CheckpointWriter.append)."""
-    kind_b = _KIND_BYTES.get(kind)
-    if kind_b is None:
-        raise ValueError(f"unknown record type {kind!r}")
-    if key is None:
-        key_b = b"null"
-    else:
-        if len(key) > limits.MAX_KEY_CHARS:
-            limits.check_key(key, _what(kind, key))
-        key_b = _json_string(key).encode("utf-8")
-    fp_b = fp.encode() if fp else b"-"
-    if len(body) < _LARGE_BODY:
-        rest = b"%d %s %s %s %s\t%s" % (seq, kind_b, t, fp_b, key_b, body)
-        if _HASH_LEN + 1 + len(rest) > limits.MAX_RECORD_BYTES:
-            limits.check_record(_HASH_LEN + 1 + len(rest), _what(kind, key), kind)
-        digest = _sha256(prev + b"\n" + rest).hexdigest().encode()
-        return b"%s %s\n" % (digest, rest), digest
-    # a large payload (an items record): hashed where it lies, copied once, into the line
-    head = b"%d %s %s %s %s\t" % (seq, kind_b, t, fp_b, key_b)
-    if _HASH_LEN + 1 + len(head) + len(body) > limits.MAX_RECORD_BYTES:
-        limits.check_record(_HASH_LEN + 1 + len(head) + len(body), _what(kind, key), kind)
-    hasher = _sha256(prev + b"\n" + head)
-    hasher.update(body)
-    digest = hasher.hexdigest().encode()
-    return b"".join((digest, b" ", head, body, b"\n")), digest
-
-
-def _what(kind: str, key: str | None) -> str:
-    if kind in ("items", "itemspart"):  # (their key field numbers parts: not an item's)
-        return "the item listing" if kind == "items" else f"part {key} of the item listing"
-    return f"the {kind} record" + (f" of item {key!r:.100}" if key is not None else "")
+__all__ = [  # the records and their line format live in _records.py; re-exported from here
+    "MAX_TIME",
+    "SECTOR",
+    "LazyRecord",
+    "LineSource",
+    "ParsedSegment",
+    "Record",
+    "SealedScan",
+    "chain_line",
+    "check_time",
+    "dumps",
+    "encode_line",
+    "encode_record",
+    "header_record",
+    "parse_sealed_segment",
+    "parse_segment",
+    "record_follows",
+    "scan_sealed",
+    "torn_group",
+]
 
 
 @dataclass
@@ -266,22 +109,24 @@ def parse_segment(
                     f"{source}: record {seq} at byte {pos} is {end - pos} bytes; at most "
                     f"{max_record} expected"
                 )
-            claimed = data[pos : pos + _HASH_LEN]
-            tab = data.find(b"\t", pos + _HASH_LEN + 1, end)
-            if tab < 0 or data[pos + _HASH_LEN : pos + _HASH_LEN + 1] != b" ":
+            claimed = data[pos : pos + HASH_LEN]
+            tab = data.find(b"\t", pos + HASH_LEN + 1, end)
+            if tab < 0 or data[pos + HASH_LEN : pos + HASH_LEN + 1] != b" ":
                 raise IntegrityError(
                     f"{source}: record {seq} at byte {pos}: expected "
                     f"'<sha256> <header>\\t<payload>', found {data[pos : min(end, pos + 80)]!r}"
                 )
-            header = data[pos + _HASH_LEN + 1 : tab]
-            actual = sha(prev + b"\n" + data[pos + _HASH_LEN + 1 : end]).hexdigest().encode("ascii")
+            header = data[pos + HASH_LEN + 1 : tab]
+            actual = sha(prev + b"\n" + data[pos + HASH_LEN + 1 : end]).hexdigest().encode("ascii")
             if claimed != actual:
                 raise IntegrityError(
                     f"{source}: record {seq} at byte {pos}: SHA-256 mismatch (recorded "
                     f"{claimed[:16]!r}..., computed {actual[:16]!r}...): the record or one before "
                     "it was altered, removed or reordered"
                 )
-            records.append(_record(header, data[tab + 1 : end], seq=seq, source=source, offset=pos))
+            records.append(
+                header_record(header, data[tab + 1 : end], seq=seq, source=source, offset=pos)
+            )
         except IntegrityError:
             # Damage with no record after it, or what a power cut leaves of one group append,
             # in the active segment: a torn tail (see above).
@@ -315,7 +160,7 @@ def record_follows(data: bytes, pos: int) -> bool:
         line = m.group(0)
         tab = line.index(b"\t")
         try:
-            _record(line[_HASH_LEN + 1 : tab], b"", seq=int(m.group(1)), source="", offset=0)
+            header_record(line[HASH_LEN + 1 : tab], b"", seq=int(m.group(1)), source="", offset=0)
         except IntegrityError:
             continue
         return True
@@ -368,18 +213,18 @@ def torn_group(data: bytes, pos: int, *, seq: int) -> bool:
             if rec_seq <= last_seq or (prev is not None and rec_seq != last_seq + 1):
                 return False
             try:
-                rec = _record(line[_HASH_LEN + 1 : tab], b"", seq=rec_seq, source="", offset=0)
+                rec = header_record(line[HASH_LEN + 1 : tab], b"", seq=rec_seq, source="", offset=0)
             except IntegrityError:
                 return False
-            claimed = line[:_HASH_LEN]
+            claimed = line[:HASH_LEN]
             if prev is not None:
-                digest = hashlib.sha256(prev + b"\n" + line[_HASH_LEN + 1 :]).hexdigest()
+                digest = hashlib.sha256(prev + b"\n" + line[HASH_LEN + 1 :]).hexdigest()
                 if digest.encode("ascii") != claimed:
                     return False
             times.add(rec.t)
             prev, last_seq = claimed, rec_seq
         starts = len(pieces) > 1 or i == pos  # the last piece is a record's start
-        if starts and not _HEX_PREFIX.fullmatch(pieces[-1][:_HASH_LEN]):
+        if starts and not _HEX_PREFIX.fullmatch(pieces[-1][:HASH_LEN]):
             return False
         i = j
     return len(times) <= 1
@@ -390,7 +235,7 @@ _SEALED_LINE = re.compile(  # the hash is not captured: the manifest's SHA-256 v
     rb"([^\t\n]*)\t([^\n]*)\n",
     re.MULTILINE,
 )
-_KIND_OF = {k.encode("ascii"): k for k in _TYPES}  # one shared str per type, not one per line
+_KIND_OF = {k.encode("ascii"): k for k in RECORD_TYPES}  # one shared str per type, not one per line
 
 
 def parse_sealed_segment(
@@ -497,16 +342,16 @@ def scan_sealed(data: bytes, *, first_seq: int, records: int) -> SealedScan | No
     starts = np.empty_like(ends)
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
-    if not ((tabs > starts + _HASH_LEN + 8) & (tabs < ends)).all():
+    if not ((tabs > starts + HASH_LEN + 8) & (tabs < ends)).all():
         return None
     if int((ends - starts).max()) > limits.MAX_RECORD_BYTES:
         return None
     # the header's spaces: after the hash, the sequence number, the type, the time, the fp
-    first = np.searchsorted(spaces, starts + _HASH_LEN)
+    first = np.searchsorted(spaces, starts + HASH_LEN)
     if int(first[-1]) + 4 >= len(spaces):
         return None
     s0, s1, s2, s3, s4 = (spaces[first + i] for i in range(5))
-    if not ((s0 == starts + _HASH_LEN) & (s4 < tabs)).all():
+    if not ((s0 == starts + HASH_LEN) & (s4 < tabs)).all():
         return None
     # sequence numbers: exactly first_seq, first_seq + 1, ... in decimal
     if int((s1 - s0).max()) > 19:
@@ -556,49 +401,3 @@ def scan_sealed(data: bytes, *, first_seq: int, records: int) -> SealedScan | No
     ):
         return None
     return SealedScan(starts, ends, tabs, rl, keys, times, raw)
-
-
-def check_time(t: float) -> float:
-    """A record time: finite and within [0, MAX_TIME] (ValueError otherwise)."""
-    if not 0.0 <= t <= MAX_TIME:  # also false for NaN
-        raise ValueError(f"record time {t!r} is not a plausible time")
-    return t
-
-
-def header_record(header: bytes, payload: bytes, *, seq: int, source: str, offset: int) -> Record:
-    """The Record of a line whose header (between hash and tab) is `header`, its hash already
-    vouched for; IntegrityError naming `source`, `seq` and `offset` if the header is bad."""
-    return _record(header, payload, seq=seq, source=source, offset=offset)
-
-
-def _record(header: bytes, payload: bytes, *, seq: int, source: str, offset: int) -> Record:
-    parts = header.split(b" ", 4)
-    try:
-        if len(parts) != 5:
-            raise ValueError("expected 5 fields")
-        hseq, kind, t, fp, key = parts
-        if int(hseq) != seq:
-            raise IntegrityError(
-                f"{source}: record {seq} at byte {offset}: expected sequence number {seq}, "
-                f"found {hseq[:20]!r} (a record is missing, duplicated or out of order)"
-            )
-        kind_s = kind.decode("ascii")
-        if kind_s not in _TYPES:
-            raise ValueError(f"unknown record type {kind_s!r:.40}")
-        if key == b"null":
-            key_s = None
-        elif len(key) >= 2 and key[:1] == b'"' and key[-1:] == b'"' and b"\\" not in key:
-            key_s = key[1:-1].decode("utf-8")
-        else:
-            key_s = loads(key)
-            if type(key_s) is not str:
-                raise ValueError("key is not a string")
-        if len(key_s or "") > limits.MAX_KEY_CHARS:
-            raise ValueError("key too long")
-        tval = check_time(float(t))
-        fp_s = None if fp == b"-" else fp.decode("ascii")
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise IntegrityError(
-            f"{source}: record {seq} at byte {offset}: malformed header {header[:120]!r} ({exc})"
-        ) from None
-    return Record(seq, kind_s, key_s, tval, fp_s, payload, source)

@@ -408,7 +408,7 @@ def test_a_power_cut_during_a_large_append_is_a_torn_tail(tmp_path, caplog):
     loaded = load(pdir)  # used to refuse: found b'\x00\x00...'
     assert loaded is not None and len(loaded.state.results) == 3
     assert (loaded.active_size, loaded.torn_bytes) == (good, len(tail))
-    logged = caplog.at_level("WARNING", logger="resumable._checkpoint")
+    logged = caplog.at_level("WARNING", logger="resumable._segfiles")
     with logged, ResumableSweep(ITEMS, checkpoint_path=ckpt) as sweep:
         assert not sweep.is_done(ITEMS[3])
         sweep.record(ITEMS[3], "again")
@@ -475,7 +475,7 @@ def test_a_power_cut_during_a_group_commit_is_a_torn_tail(tmp_path, caplog, zero
     loaded = load(pdir)  # used to refuse: damage followed by a record
     assert loaded is not None and len(loaded.state.results) == 3 + kept
     assert (loaded.active_size, loaded.torn_bytes) == (good, len(tail))
-    logged = caplog.at_level("WARNING", logger="resumable._checkpoint")
+    logged = caplog.at_level("WARNING", logger="resumable._segfiles")
     with logged, ResumableSweep(ITEMS, checkpoint_path=ckpt) as sweep:
         assert all(sweep.is_done(item) for item in ITEMS[:3])
         assert not sweep.is_done(ITEMS[3 + kept])
@@ -550,7 +550,7 @@ def test_an_install_cut_short_between_its_renames_is_put_back_at_the_next_open(t
     incoming = tmp_path / ".exp.h5.resumable.incoming-99aa88bb"
     (incoming / "segments").mkdir(parents=True)
     (incoming / "segments" / "seg-00000001.jsonl").write_bytes(b"half a download")
-    with caplog.at_level("WARNING", logger="resumable._checkpoint"):
+    with caplog.at_level("WARNING", logger="resumable._install_recovery"):
         assert len(_all_results(ckpt)) == 5
     assert any("put back" in r.getMessage() for r in caplog.records)
     assert sorted(p.name for p in tmp_path.iterdir()) == [incoming.name, "exp.h5.resumable"]

@@ -194,7 +194,7 @@ def test_a_flip_in_the_last_record_of_the_active_segment_reads_as_a_torn_tail(ck
         loaded = load(pdir)
         assert loaded is not None and list(loaded.state.results) == done[:-1]
         assert loaded.torn_bytes == len(last_line)
-    with caplog.at_level("WARNING", logger="resumable._checkpoint"), _open(ckpt) as sweep:
+    with caplog.at_level("WARNING", logger="resumable._segfiles"), _open(ckpt) as sweep:
         assert sweep.status().done == len(done) - 1
     assert any("torn tail" in r.getMessage() for r in caplog.records)
     kept = list((pdir / "torn").iterdir())
