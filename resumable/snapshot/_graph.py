@@ -45,7 +45,7 @@ import numpy as np
 
 from .._codec import descr_to_json
 from ..errors import UnsupportedValueError
-from ._npz import IntKey
+from ._record import IntKey
 
 Path = tuple[str | int | IntKey, ...]
 MAX_DEPTH = 64

@@ -24,7 +24,7 @@ from ..errors import IntegrityError, SnapshotMismatchError, UnsupportedValueErro
 from . import _graph
 from ._location import opened
 from ._manifest import MAX_DIR_BYTES, SnapshotReport, parse_manifest
-from ._npz import NpzReader
+from ._npzread import NpzReader
 
 logger = logging.getLogger(__name__)
 
