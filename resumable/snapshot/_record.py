@@ -53,7 +53,7 @@ class ArrayRecord:
     sha256: str  # of the whole .npy member
     path: tuple[str | int | IntKey, ...]  # place in a nested graph (schema 1 files: (name,))
     dtype_name: str | None = None  # an ml_dtypes dtype stored as raw V<n> bytes ("bfloat16")
-    kind: str | None = None  # what the leaf was (torch, int, none, ...): see snapshot._graph
+    kind: str | None = None  # what the leaf was (torch, int, none, ...): see snapshot._leaves
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
