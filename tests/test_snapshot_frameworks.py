@@ -89,13 +89,13 @@ def test_torch_round_trip_s3(s3_bucket: str) -> None:
 
 
 def test_torch_cpu_tensor_saved_without_copy(tmp_path: Path) -> None:
-    from resumable.snapshot import _graph
+    from resumable.snapshot import _leaves
 
     t = torch.arange(8.0)
-    leaf = _graph.walk({"t": t}, 10)[0]
-    assert np.shares_memory(_graph.as_numpy(leaf), t.numpy())
+    leaf = _leaves.walk({"t": t}, 10)[0]
+    assert np.shares_memory(_leaves.as_numpy(leaf), t.numpy())
     b = torch.arange(8.0).to(torch.bfloat16)
-    view = _graph.as_numpy(_graph.walk({"b": b}, 10)[0])
+    view = _leaves.as_numpy(_leaves.walk({"b": b}, 10)[0])
     assert view.dtype == np.dtype(ml_dtypes.bfloat16) and view.ctypes.data == b.data_ptr()
 
 

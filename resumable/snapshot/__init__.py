@@ -53,12 +53,12 @@ signed snapshot is never accepted unverified.
 
 from __future__ import annotations
 
-from ._graph import name_of
 from ._hooks import make_preempt_snapshot_hook, resume_from_url
+from ._leaves import name_of
 from ._load import download_and_load_state, nest_arrays, read_snapshot, verify_snapshot
 from ._location import display_url
 from ._manifest import FORMAT, MANIFEST_MEMBER, MAX_ARRAYS, SCHEMA_VERSION, SnapshotReport
-from ._npz import ArrayRecord
+from ._record import ArrayRecord
 from ._save import save_state_with_manifest
 
 

@@ -21,10 +21,10 @@ import numpy as np
 from .. import _signing as signing
 from .._codec import descr_from_json
 from ..errors import IntegrityError, SnapshotMismatchError, UnsupportedValueError
-from . import _graph
+from . import _graph, _leaves
 from ._location import opened
 from ._manifest import MAX_DIR_BYTES, SnapshotReport, parse_manifest
-from ._npz import NpzReader
+from ._npzread import NpzReader
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _describe_dtype(descr: Any, dname: str | None) -> str:
 
 
 def _check_against(
-    report: SnapshotReport, leaves: list[_graph.Leaf], stateful: list[Any] | None = None
+    report: SnapshotReport, leaves: list[_leaves.Leaf], stateful: list[Any] | None = None
 ) -> None:
     """SnapshotMismatchError listing every path/shape/dtype difference from the live graph.
 
@@ -65,7 +65,7 @@ def _check_against(
         leaf = current.get(path)
         if leaf is None:
             continue
-        shape, descr, dname = _graph.describe(leaf)
+        shape, descr, dname = _leaves.describe(leaf)
         if shape != rec.shape:
             diffs.append(f"{rec.name!r}: shape {rec.shape} in the snapshot, {shape} now")
         if (descr, dname) != (rec.dtype, rec.dtype_name):
@@ -101,7 +101,9 @@ def _read_all(reader: NpzReader, report: SnapshotReport) -> dict[Any, np.ndarray
         raw = {rec.path: (rec, reader.read_array(rec)) for rec in report.arrays}
         reader.check_hashes()
     try:
-        return {path: _graph.logical(a, rec.dtype_name, rec.name) for path, (rec, a) in raw.items()}
+        return {
+            path: _leaves.logical(a, rec.dtype_name, rec.name) for path, (rec, a) in raw.items()
+        }
     except UnsupportedValueError as exc:  # a dtype name this machine cannot give (or forged)
         raise IntegrityError(f"{reader.where}: {exc}") from None
 
@@ -126,7 +128,7 @@ def download_and_load_state(
     copied in.
     """
     _check_loadable(graph)
-    leaves = _graph.walk(graph, max_arrays())
+    leaves = _leaves.walk(graph, max_arrays())
     with opened(url, storage_options, tmp_dir) as (fh, where):
         reader = _reader(fh, where)
         report = parse_manifest(reader, signing.resolve_key(signing_key))

@@ -20,7 +20,8 @@ from .. import _codec as codec
 from .. import _signing as signing
 from .._codec import descr_from_json, loads
 from ..errors import IntegrityError
-from ._npz import ArrayRecord, IntKey, NpzReader
+from ._npzread import NpzReader
+from ._record import ArrayRecord, IntKey
 
 FORMAT = "resumable.snapshot"
 SCHEMA_VERSION = 2  # 2: records carry "path" (and "dtype_name"); "extra" is codec-encoded

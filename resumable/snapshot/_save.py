@@ -20,7 +20,7 @@ import numpy as np
 from .. import _codec as codec
 from .. import _signing as signing
 from ..errors import ConfigurationError, UnsupportedValueError
-from . import _background, _graph
+from . import _background, _leaves
 from ._location import Location, locate, write
 from ._manifest import (
     FORMAT,
@@ -40,12 +40,12 @@ from ._npz import NpzStreamWriter
 class _Planned:
     """One array to write: where it sits in the graph and how to get its numpy view."""
 
-    leaf: _graph.Leaf
+    leaf: _leaves.Leaf
     copy: np.ndarray | None = None  # a private copy (background saves)
 
     def array(self) -> tuple[np.ndarray, str | None]:
-        arr = self.copy if self.copy is not None else _graph.as_numpy(self.leaf)
-        return _graph.storage(arr)
+        arr = self.copy if self.copy is not None else _leaves.as_numpy(self.leaf)
+        return _leaves.storage(arr)
 
 
 def check_extra(extra: Mapping[str, Any] | None) -> tuple[dict[str, Any], Any]:
@@ -78,7 +78,7 @@ def _write_snapshot(
             arr, dname = item.array()
             leaf = item.leaf
             member = MEMBER_FMT.format(index)
-            kind = _graph.saved_kind(leaf)
+            kind = _leaves.saved_kind(leaf)
             pending.append(writer.add_array(member, leaf.name, arr, leaf.path, dname, kind))
             del arr  # a converted copy (e.g. of a device tensor) lives on only until written
         records = [record() for record in pending]
@@ -105,16 +105,16 @@ def _write_snapshot(
 
 
 def _plan(graph: Any) -> list[_Planned]:
-    planned = [_Planned(leaf) for leaf in _graph.walk(graph, MAX_ARRAYS)]
+    planned = [_Planned(leaf) for leaf in _leaves.walk(graph, MAX_ARRAYS)]
     for item in planned:  # every conversion is checked before the first byte is written
-        _graph.describe(item.leaf)
+        _leaves.describe(item.leaf)
     return planned
 
 
 def _copy_all(planned: list[_Planned]) -> None:
     """Private copies of every array (the consistent state of a background save)."""
     for item in planned:
-        arr = _graph.as_numpy(item.leaf)
+        arr = _leaves.as_numpy(item.leaf)
         item.copy = np.array(arr, copy=True, order="K")
 
 

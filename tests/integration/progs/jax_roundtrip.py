@@ -10,12 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resumable.snapshot import _graph, download_and_load_state, save_state_with_manifest
+from resumable.snapshot import _leaves, download_and_load_state, save_state_with_manifest
 
 
 def no_copy() -> None:
     x = jnp.arange(1 << 16, dtype=jnp.bfloat16)
-    view = _graph.as_numpy(_graph.walk({"x": x}, 10)[0])
+    view = _leaves.as_numpy(_leaves.walk({"x": x}, 10)[0])
     assert view.ctypes.data == x.unsafe_buffer_pointer() and view.dtype == x.dtype
 
 
