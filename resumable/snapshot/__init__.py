@@ -5,7 +5,7 @@ graph of nodes, each with its own state dict), or an object with ``state_dict()`
 ``load_state_dict()``. Arrays may be numpy arrays, PyTorch tensors, JAX arrays, anything with
 ``__dlpack__`` or ``__array__``, and numpy or Python scalars; dtypes numpy lacks (``bfloat16``)
 go through `ml_dtypes`. Each array has a stable name: its key for a top-level entry, else its
-path joined by ``/`` (`_graph` has the rules, and how each kind is restored).
+path joined by ``/`` (`_leaves` has the rules; `_graph`, how each kind is restored).
 
     save_state_with_manifest(graph, url, extra={"step": 7}, keep=None, background=False)
     download_and_load_state(graph, url)   # verify all, then fill the graph in place -> extra

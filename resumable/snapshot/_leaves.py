@@ -84,11 +84,6 @@ def is_stateful(obj: Any) -> bool:
     )
 
 
-def _module_is(value: Any, lib: str) -> bool:
-    mod = type(value).__module__ or ""
-    return mod == lib or mod.startswith(lib + ".")
-
-
 def _is_torch(value: Any) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, torch.Tensor)

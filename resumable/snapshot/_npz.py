@@ -66,7 +66,7 @@ class _HashPipe:
     """Copy slices into private buffers; write them here, hash them on a helper thread.
 
     The copy is what makes a save race-free: the bytes hashed are exactly the bytes written
-    (and CRC'd by zipfile), whatever another thread does to the source array meanwhile. A
+    (and CRC'd by `ZipOut`), whatever another thread does to the source array meanwhile. A
     ring of `_RING` buffers lets the hash of slice i (one ordered helper thread; hashlib
     releases the GIL) overlap the CRC and write of slice i+1 on the calling thread; a buffer
     is reused only after its hash finished.

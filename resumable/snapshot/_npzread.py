@@ -42,7 +42,7 @@ class _Tasks:
     """Whole-array tasks (hash, or read + hash) on a few threads, a bounded number in flight.
 
     One task per array lets consecutive arrays proceed in parallel with each other and with
-    the zip writer (hashlib and file I/O release the GIL); a read task hashes each slice right
+    the caller's work (hashlib and file I/O release the GIL); a read task hashes each slice right
     after reading it, while it is still in cache. Small arrays, and everything when `workers`
     is 0, run inline.
     """
