@@ -122,7 +122,8 @@ def run_sweep(name: str, items: list[dict], executor: object, workdir: Path) -> 
         with Clock() as clock:
             summary: RunSummary = sweep.run(busy, executor=executor, progress=False)
         # each item's compute time as measured around fn by its worker
-        compute = sum(rec.body()["duration"] or 0.0 for rec in sweep._state.results.values())
+        results = sweep._journal.state.results.values()
+        compute = sum(rec.body()["duration"] or 0.0 for rec in results)
     assert summary.done == len(items), summary
     return clock.row(compute=compute, batch=summary.max_batch)
 

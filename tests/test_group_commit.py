@@ -159,7 +159,7 @@ def test_group_times_are_whole_microseconds_one_per_group_and_increasing(tmp_pat
     with ResumableSweep(range(60), key=key, checkpoint_path=path) as sweep:
         for start in range(0, 60, 20):
             sweep.record_many([(c, c) for c in range(start, start + 20)])
-        in_memory = {k: rec.t for k, rec in sweep._state.results.items()}
+        in_memory = {k: rec.t for k, rec in sweep._journal.state.results.items()}
     texts = {}
     for seg in sorted((progress_dir_for(path) / "segments").glob("*.jsonl")):
         for line in seg.read_bytes().splitlines():
@@ -191,10 +191,10 @@ def test_pool_workers_send_encoded_results_with_the_items_fingerprints(tmp_path:
     with ResumableSweep(items, checkpoint_path=tmp_path / "p.h5", **by_key) as sweep:
         summary = sweep.run(mutating, executor=2, progress=False)
         assert summary.done == 300
-        pooled = {k: (r.fp, r.body()["value"]) for k, r in sweep._state.results.items()}
+        pooled = {k: (r.fp, r.body()["value"]) for k, r in sweep._journal.state.results.items()}
     with ResumableSweep(items, checkpoint_path=tmp_path / "s.h5", **by_key) as sweep:
         sweep.run(mutating, progress=False)  # in-process: fn changes the very items, so
-        serial = {k: r.body()["value"] for k, r in sweep._state.results.items()}
+        serial = {k: r.body()["value"] for k, r in sweep._journal.state.results.items()}
     items = [{"i": i, "x": i * 0.25} for i in range(300)]  # (... a fresh, unchanged list)
     with ResumableSweep(items, checkpoint_path=tmp_path / "p.h5", **by_key) as again:
         assert again.status().done == 300  # on_change="error": every fingerprint matches
@@ -233,6 +233,6 @@ def test_a_group_fingerprints_its_items_as_they_are_when_recorded(tmp_path: Path
             s.run(lambda c: c["i"], progress=False)
         else:
             s.record_many([(c, c["i"]) for c in items])
-        fps = {k: r.fp for k, r in s._state.results.items()}
+        fps = {k: r.fp for k, r in s._journal.state.results.items()}
     assert fps == {str(c["i"]): item_fingerprint(c) for c in items}
     assert not set(fps.values()) & set(opened)

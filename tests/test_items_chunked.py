@@ -105,7 +105,7 @@ def test_parts_written_by_a_sweep_are_not_kept_in_memory(tmp_path, small_parts):
     path = tmp_path / "exp.h5"
     items = _items(300)
     with ResumableSweep(items, key=KEY, checkpoint_path=path) as s:
-        state = s._state
+        state = s._journal.state
         parts = [p for ps in state.item_parts.values() for p in ps]
         assert parts and all(type(p) is LazyRecord for p in parts)
         assert type(state.items_record) is LazyRecord

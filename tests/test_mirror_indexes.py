@@ -158,7 +158,7 @@ def test_an_unsound_index_in_the_bucket_is_ignored(mirrored, tmp_path):
                 assert scans.count >= 1, what  # that part scanned
                 assert sweep.status().done == N, what
                 assert _results(sweep) == expected, what
-                writer = sweep._writer
+                writer = sweep._journal.writer
                 assert writer is not None and writer.indexer.wait(30)
             finally:
                 sweep.close()
@@ -180,7 +180,7 @@ def test_an_old_mirror_without_indexes_still_resumes(mirrored, tmp_path, monkeyp
         assert scans.count == len(parts)
         assert sweep.status().done == N
         assert _results(sweep) == {str(i): {"y": i * 2, "pad": "p" * 40} for i in range(N)}
-        writer = sweep._writer
+        writer = sweep._journal.writer
         assert writer is not None and writer.indexer.wait(30)
     finally:
         sweep.close()

@@ -50,7 +50,7 @@ def _mirrored(ckpt: Path, url: str, n: int) -> ResumableSweep:
     )
     pending = list(sweep.pending)
     for k, item in enumerate(pending):
-        if k >= n and sweep._writer.view().active_records:
+        if k >= n and sweep._journal.writer.view().active_records:
             break
         sweep.record(item, _result(item["i"]))
     sweep.close()

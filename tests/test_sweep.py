@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-import resumable.sweep as sweep_mod
+import resumable._record_payload as record_payload_mod
+import resumable._sweep_items as sweep_items_mod
 from resumable import ResumableError, ResumableSweep
 from resumable._checkpoint import progress_dir_for
 from resumable._journal import parse_segment
@@ -87,7 +88,8 @@ def tree(root: Path) -> list[str]:
 
 
 class FakeClock:
-    """Stands in for the `time` module inside resumable.sweep, with a settable monotonic()."""
+    """Stands in for the `time` module inside the modules of resumable.sweep's record path
+    (_sweep_items, _record_payload), with a settable monotonic()."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -529,7 +531,8 @@ def test_meta_is_persisted_and_restored(tmp_path):
 
 def test_records_carry_time_duration_and_launch(tmp_path, monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(sweep_mod, "time", clock)
+    for module in (sweep_items_mod, record_payload_mod):  # where time.monotonic is read
+        monkeypatch.setattr(module, "time", clock)
     ckpt = tmp_path / "exp.h5"
     t0 = time.time()
     sweep = ResumableSweep(ITEMS, checkpoint_path=ckpt)

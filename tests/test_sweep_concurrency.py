@@ -260,6 +260,6 @@ def _pool_record_global(item):
     sweep = next(
         o
         for o in gc.get_objects()
-        if isinstance(o, ResumableSweep) and hasattr(o, "_closed") and not o.closed
+        if isinstance(o, ResumableSweep) and hasattr(o, "_journal") and not o.closed
     )
     return _pool_record((sweep, item))
