@@ -620,7 +620,9 @@ def test_total_time_bounds_many_attempts(refused_url: str) -> None:
     start = time.monotonic()
     with pytest.raises(SourceUnreachableError, match=r"after \d+ attempts") as info:
         store.exists("m.json")
-    assert time.monotonic() - start < 1.0
+    # Unbounded, 1000 attempts would sleep 20 s at least; the margin over total_s is for a
+    # loaded machine's first import of the HTTP filesystem.
+    assert time.monotonic() - start < 3.0
     assert int(str(info.value).split("after ")[1].split()[0]) < 100
 
 
