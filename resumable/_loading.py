@@ -2,12 +2,13 @@
 
 Every sealed segment is read whole and checked against the manifest's size and SHA-256 before
 anything in it is used; the active segment is verified record by record (its hash chain) and
-may end in a torn tail (see _journal.py). Sealed segments replay in bulk: their result records
-become rows of columns (`_resultmap.ResultMap`), found by a vectorised scan or, in a local
-progress directory, read from the segment's row index (`_segindex.py`: a derived cache bound to the
-segment's SHA-256, ignored unless sound). A local load reads and checks the next sealed
-segment in a background thread while one is replayed (`_parts.verified_ahead`). Payloads are
-read back (and checked again) only when looked at (`SealedParts`).
+may end in a torn tail (see _journal.py). Sealed segments replay in bulk (`_bulk_replay.py`):
+their result records become rows of columns (`_resultmap.ResultMap`), found by a vectorised
+scan or, in a local progress directory, read from the segment's row index (`_segindex.py`: a
+derived cache bound to the segment's SHA-256, ignored unless sound). A local load reads and
+checks the next sealed segment in a background thread while one is replayed
+(`_parts.verified_ahead`). Payloads are read back (and checked again) only when looked at
+(`SealedParts`).
 
 `_checkpoint.py` (the writer) builds on this module; this one never imports it.
 """
@@ -20,22 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
-
 from . import _limits as limits
 from . import _segindex as segindex
+from ._bulk_replay import replay_active_scanned, replay_indexed, replay_scanned
 from ._gcpause import gc_paused
-from ._itemlist import LISTING_KINDS
-from ._journal import (
-    LazyRecord,
-    LineSource,
-    ParsedSegment,
-    Record,
-    header_record,
-    parse_sealed_segment,
-    parse_segment,
-    scan_sealed,
-)
+from ._journal import ParsedSegment, parse_sealed_segment, parse_segment
 from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, parse_manifest
 from ._parts import (
     SEGMENTS_DIR,
@@ -261,145 +251,6 @@ _SCAN_MIN_RECORDS = 256
 _SCAN_MIN_BYTES = 1 << 20
 
 
-def _replay_scanned(
-    state: State, data: bytes, index: int, seg: SegmentInfo, source: str, parts: SealedParts
-) -> bool:
-    """Replay a sealed segment from its vectorised scan (results in bulk); False if the scan
-    finds it unusual (nothing applied then), to be replayed record by record instead."""
-    scan = scan_sealed(data, first_seq=seg.first_seq, records=seg.records)
-    if scan is None:
-        return False
-    rows = segindex.rows_of_scan(scan)
-    return _apply_rows(state, data, rows, scan.keys, seg.first_seq, index, source, parts)
-
-
-def _replay_indexed(
-    state: State,
-    data: bytes,
-    raw: bytes,
-    index: int,
-    seg: SegmentInfo,
-    source: str,
-    parts: SealedParts,
-) -> bool:
-    """Replay a sealed segment from its row index `raw`; False (nothing applied) unless the
-    index is a sound one of exactly this segment."""
-    rows = segindex.decode(raw, seg)
-    if rows is None:
-        return False
-    keys = rows.keys()
-    if keys is None:
-        return False
-    return _apply_rows(state, data, rows, keys, seg.first_seq, index, source, parts)
-
-
-class _HeldLines:
-    """Record lines of the active segment's verified bytes, held in memory (for LazyRecord)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def line(self, segment: int, offset: int) -> bytes:
-        return self.data[offset : self.data.index(b"\n", offset)]
-
-
-def _replay_active_scanned(
-    state: State, data: bytes, records: int, first_seq: int, prev_hash: str, source: str
-) -> str | None:
-    """Replay a whole, undamaged active segment from its vectorised scan, every line's hash
-    chained to the one before as `parse_segment` checks it; the last hash, or None (nothing
-    applied) when anything is unusual, a torn tail included: `parse_segment` then decides.
-    `records` is the number of newlines in `data`."""
-    if not data.endswith(b"\n"):
-        return None
-    scan = scan_sealed(data, first_seq=first_seq, records=records)
-    if scan is None:
-        return None
-    prev = prev_hash.encode("ascii")
-    view = memoryview(data)
-    sha = hashlib.sha256
-    for start, end in zip(scan.starts.tolist(), scan.ends.tolist(), strict=True):
-        h = sha(prev)
-        h.update(b"\n")
-        h.update(view[start + 65 : end])
-        claimed = data[start : start + 64]
-        if h.hexdigest().encode("ascii") != claimed:
-            return None
-        prev = claimed
-    rows = segindex.rows_of_scan(scan)
-    if not _apply_rows(state, data, rows, scan.keys, first_seq, -1, source, _HeldLines(data)):
-        return None
-    return prev.decode("ascii")
-
-
-def _apply_rows(
-    state: State,
-    data: bytes,
-    rows: segindex.SegmentRows,
-    keys: list[str],
-    first_seq: int,
-    index: int,
-    source: str,
-    parts: LineSource,
-) -> bool:
-    """Apply a segment's records in order: runs of results in bulk, the others one by one
-    (each of their headers parsed from `data` first: False, nothing applied, if one is not
-    a record line there, or is malformed)."""
-    result_lines = rows.result_lines
-    others = rows.others.tolist()
-    # check the other lines first: any oddity and the slow path says what it is
-    recs: list[Record] = []
-    for line, start, tab, end in others:
-        if (
-            (start and data[start - 1 : start] != b"\n")
-            or data[end : end + 1] != b"\n"
-            or data[tab : tab + 1] != b"\t"
-            or data[start + 64 : start + 65] != b" "
-        ):
-            return False
-        try:
-            rec = header_record(
-                data[start + 65 : tab], b"", seq=first_seq + line, source=source, offset=start
-            )
-        except IntegrityError:
-            return False
-        if rec.type in LISTING_KINDS:  # possibly large, decoded only when asked for
-            rec = LazyRecord(
-                rec.seq, rec.type, rec.key, rec.t, source, parts, index, start, fp=rec.fp
-            )
-        else:
-            rec.payload = data[tab + 1 : end]
-        recs.append(rec)
-    starts, times = rows.result_starts, rows.times
-    seqs = result_lines + first_seq
-    at = 0
-    for (line, *_), rec in zip(others, recs, strict=True):
-        upto = int(np.searchsorted(result_lines, line))
-        if upto > at:
-            state.apply_results(
-                keys[at:upto],
-                seqs[at:upto],
-                times[at:upto],
-                starts[at:upto],
-                segment=index,
-                source=source,
-                lines=parts,
-            )
-            at = upto
-        state.apply(rec)
-    if at < len(result_lines):
-        state.apply_results(
-            keys[at:] if at else keys,
-            seqs[at:],
-            times[at:],
-            starts[at:],
-            segment=index,
-            source=source,
-            lines=parts,
-        )
-    return True
-
-
 def _replay(
     manifest: Manifest,
     sealed: Iterable[bytes],
@@ -446,7 +297,7 @@ def _replay(
         first_seq = manifest.sealed_records + 1
         lines = active.count(b"\n")
         last = (
-            _replay_active_scanned(state, active, lines, first_seq, prev, source)
+            replay_active_scanned(state, active, lines, first_seq, prev, source)
             if parts is not None and lines >= _SCAN_MIN_RECORDS
             else None
         )
@@ -499,12 +350,12 @@ def _replay_sealed(
         )
     if parts is not None and seg.records:
         raw = index(seg) if index is not None else None
-        if raw is not None and _replay_indexed(state, data, raw, i, seg, source, parts):
+        if raw is not None and replay_indexed(state, data, raw, i, seg, source, parts):
             return
         if index is not None:
             unindexed.append(i)
         if (seg.records >= _SCAN_MIN_RECORDS or seg.size >= _SCAN_MIN_BYTES) and (
-            _replay_scanned(state, data, i, seg, source, parts)
+            replay_scanned(state, data, i, seg, source, parts)
         ):
             return
     records = parse_sealed_segment(

@@ -22,36 +22,34 @@ replaced the manifest makes this mirror's next swap fail: it stops with HistoryC
 and leaves the other's history untouched. Where the back end has no conditional write,
 mirroring needs `MirrorOptions.allow_unconditional` (then a race is detected, not prevented).
 
-Each sealed part also goes up with its row index beside it
-(``<part>.idx``, see _segindex; compressed, a few percent of the part's bytes): a resume from
-the mirror then replays it without scanning it. Indexes are caches, not named in the manifest:
-one that cannot be uploaded is skipped, and readers check every one they use.
+Each sealed part also goes up with its row index beside it (a cache, not named in the
+manifest). Superseded objects are deleted `gc_delay_s` after the first manifest not naming them
+went up, never sooner (close() included); orphans of killed launches are collected by a later
+launch.
 
-Superseded objects are deleted `gc_delay_s` after the first manifest not naming them went up,
-never sooner (close() included). Objects no manifest names, left by killed launches, are
-collected by a later launch once they have been unnamed for `gc_delay_s` and are that old.
+This module is the thread, its pacing and the manifest's compare-and-swap with its safety
+checks; which objects go up (segments, chunks, indexes) is `_mirror_plan.py`, and the books of
+what is garbage since when are `_mirror_gc.py`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _segindex as segindex
 from ._checkpoint import MAX_MANIFEST_READ, SEGMENTS_DIR, CheckpointWriter, WriterView, hash_at
 from ._manifest import MANIFEST_NAME, Manifest, SegmentInfo, parse_manifest
+from ._mirror_gc import Garbage
+from ._mirror_plan import UploadPlan
 from ._storage import Store
 from ._urls import redact
 from .errors import (
     ConfigurationError,
     HistoryConflictError,
-    IntegrityError,
     ObjectChangedError,
     ObjectNotFoundError,
     ResumableError,
@@ -60,7 +58,6 @@ from .errors import (
 )
 
 log = logging.getLogger(__name__)
-_MAX_SEALED_PARTS = 8  # a sealed segment stands as at most this many parts remotely
 
 
 # How long flush() and close() wait for the mirror by default (close: at the end of a `with`
@@ -118,15 +115,15 @@ class Mirror:
         self._checked = False  # the remote manifest's version is known (read or written)
         self._version: str | None = None  # that version (None: there is no manifest)
         self._pending: bytes | None = None  # a manifest whose write failed, yet may have landed
-        self._uploaded: dict[str, str] = {}  # object name -> sha256, known to be remote
-        self._indexed: set[str] = set()  # parts whose row index is up (or will not be)
-        self._chunks: list[SegmentInfo] = []
-        self._chunk_segment: str | None = None
-        # sealed segment -> the chunks (and final rest) standing for it remotely: records
-        # that went up as chunks are not sent again when their segment is sealed
-        self._sealed_parts: dict[str, list[SegmentInfo]] = {}
-        # superseded object -> when a manifest not naming it was written (None: not yet)
-        self._garbage: dict[str, float | None] = {}
+        self._garbage = Garbage(options.gc_delay_s)  # superseded objects, and since when
+        self._plan = UploadPlan(  # the parts standing for the journal remotely
+            store,
+            self._segdir,
+            self._garbage,
+            self._request,
+            max_chunks=options.max_chunks,
+            signing_key=signing_key,
+        )
         self._generation = 0
         self._written = False  # superseded objects are collected only after our own manifest
         self._scanned = False  # looked for orphans (parts no manifest names) once
@@ -288,32 +285,7 @@ class Mirror:
             # Nothing there yet: claim the place with an empty manifest before any object goes
             # up, so that objects without a manifest can only mean damage (see _remote.py).
             self._write_manifest(view, [], 0)
-        parts: list[SegmentInfo] = []
-        for seg in view.manifest.segments:
-            if seg.name == self._chunk_segment and self._chunks:
-                # sealed since the last sync, most of its records already up as chunks: send
-                # only the rest, and name those chunks in place of the segment
-                finished = self._finish_chunks(seg)
-                if finished is not None:
-                    self._sealed_parts[seg.name] = finished
-                    self._chunks = []
-            known = self._sealed_parts.get(seg.name)
-            if known is not None:
-                parts.extend(known)
-                continue
-            part = _remote_part(seg)
-            if self._uploaded.get(part.name) != part.sha256:
-                data = self._read_sealed(seg)
-                self._upload(part.name, data, part.sha256)
-                self._put_index(part, data, self._local_index(seg))
-            parts.append(part)
-        if self._chunk_segment is not None and self._chunk_segment != view.active:
-            self._retire(self._chunks)  # that segment is sealed now and uploaded whole
-            self._chunks = []
-        self._chunk_segment = view.active
-        if view.active_records:
-            self._put_chunk(view)
-            parts.extend(self._chunks)
+        parts = self._plan.parts(view)
         self._write_manifest(view, parts, view.last_seq)
         if not self._scanned:
             self._scanned = True
@@ -347,156 +319,12 @@ class Mirror:
         self._version = version
         self._generation = manifest.generation
         self._written = True
-        named = {p.name for p in parts}
-        now = time.monotonic()
-        for name, since in list(self._garbage.items()):
-            if name in named:
-                del self._garbage[name]
-            elif since is None:  # superseded as of now: readers get gc_delay_s from here
-                self._garbage[name] = now
+        self._garbage.written({p.name for p in parts})
         with self._cond:
             self.remote_seq = seq
             self.last_upload = time.time()
             self.uploads += 1
             self._cond.notify_all()  # a waiting flush() returns now, not at its next poll
-
-    def _read_sealed(self, seg: SegmentInfo) -> bytes:
-        """A local sealed segment's bytes; refused if they no longer match its manifest entry."""
-        with open(self._segdir / seg.name, "rb") as fh:
-            data = fh.read(seg.size + 1)
-        problem = seg.mismatch(data)
-        if problem is not None:
-            raise IntegrityError(
-                f"{self._segdir / seg.name}: local sealed segment no longer matches its "
-                f"manifest entry ({problem}); refusing to mirror it"
-            )
-        return data
-
-    def _local_index(self, seg: SegmentInfo) -> bytes | None:
-        """The local row index of sealed segment `seg`, if the writer's indexer has written
-        it already (checked by `_put_index`); None otherwise."""
-        try:
-            with open(self._segdir / segindex.index_name(seg.name), "rb") as fh:
-                return fh.read(segindex.max_index_bytes(seg) + 1)
-        except OSError:
-            return None
-
-    def _put_index(self, part: SegmentInfo, data: bytes, local: bytes | None = None) -> None:
-        """Upload the row index of sealed part `part` (its verified bytes `data`) beside it:
-        `local` if that is a sound index of it, else one built now. A cache: a failure other
-        than an unreachable store (retried with the next sync) is logged and skipped."""
-        if (
-            self.signing_key is not None  # no signature covers indexes: readers ignore them
-            or part.name in self._indexed
-            or not segindex.worth_indexing(part)
-        ):
-            return
-        index = local if local is not None and segindex.decode(local, part) else None
-        index = index or segindex.build(data, part)
-        if index is not None:
-            packed = segindex.pack(index)
-            name = f"{SEGMENTS_DIR}/{segindex.mirror_name(part.name)}"
-            try:
-                self._request(
-                    lambda: self.store.write_bytes(name, packed, create_only=True), len(packed)
-                )
-            except SourceUnreachableError:
-                raise
-            except ResumableError as exc:
-                log.debug("row index of %s not mirrored: %s", part.name, exc)
-        self._indexed.add(part.name)
-
-    def _finish_chunks(self, seg: SegmentInfo) -> list[SegmentInfo] | None:
-        """The remote parts of a just-sealed segment whose first records went up as chunks:
-        those chunks, plus one more for the records after them (None: they do not match the
-        sealed bytes, so the segment goes up whole as before).
-
-        Each part costs a manifest entry in every later upload, so a sealed segment stands as
-        at most `_MAX_SEALED_PARTS`: the first chunks are kept and the last, smallest ones
-        (compaction keeps chunk sizes non-increasing) go up again merged into the final part,
-        which re-sends far fewer bytes than the whole segment would."""
-        data = self._read_sealed(seg)
-        kept = self._chunks[: _MAX_SEALED_PARTS - 1]
-        pos, first = 0, seg.first_seq
-        for chunk in kept:
-            piece = data[pos : pos + chunk.size]
-            if chunk.first_seq != first or hashlib.sha256(piece).hexdigest() != chunk.sha256:
-                return None
-            pos += chunk.size
-            first += chunk.records
-        parts = list(kept)
-        if pos < seg.size:
-            rest = data[pos:]
-            if rest.count(b"\n") != seg.last_seq - first + 1:
-                return None
-            parts.append(self._put_piece(seg.name, rest, first, seg.last_seq, seg.last_hash))
-        elif first != seg.last_seq + 1:
-            return None
-        self._retire(self._chunks[len(kept) :])  # their records are in the final part
-        pos = 0
-        for part in parts:  # sealed now: for good in the mirror, indexed
-            self._put_index(part, data[pos : pos + part.size])
-            pos += part.size
-        return parts
-
-    def _put_chunk(self, view: WriterView) -> None:
-        covered = sum(c.size for c in self._chunks)
-        active = view.active
-        if active is None or view.active_size <= covered:  # no active segment: nothing new
-            return
-        if len(self._chunks) >= self.options.max_chunks:
-            # Compact the shortest tail of chunks that, merged with the new bytes, is no larger
-            # than the chunk before it (all of them if there is none): chunk sizes stay
-            # non-increasing, so a byte is re-sent a few times per segment, not once per
-            # `max_chunks` uploads as when merging everything from the start.
-            new = view.active_size - covered
-            keep, tail = 0, new
-            for i in range(len(self._chunks) - 1, 0, -1):
-                tail += self._chunks[i].size
-                if tail <= self._chunks[i - 1].size:
-                    keep = i
-                    break
-            self._retire(self._chunks[keep:])
-            self._chunks = self._chunks[:keep]
-            covered = sum(c.size for c in self._chunks)
-        first = view.manifest.sealed_records + 1 + sum(c.records for c in self._chunks)
-        fd = os.open(self._segdir / active, os.O_RDONLY)
-        try:
-            data = os.pread(fd, view.active_size - covered, covered)
-        finally:
-            os.close(fd)
-        records = view.last_seq - first + 1
-        if len(data) != view.active_size - covered or data.count(b"\n") != records:
-            raise IntegrityError(
-                f"{self._segdir / active}: expected {records} records in bytes "
-                f"{covered}..{view.active_size}, found otherwise"
-            )
-        self._chunks.append(self._put_piece(active, data, first, view.last_seq, view.last_hash))
-
-    def _put_piece(
-        self, segment: str, data: bytes, first: int, last: int, last_hash: str
-    ) -> SegmentInfo:
-        """Upload records `first`..`last` of `segment` (its bytes `data`) as an immutable part
-        named by that range and its SHA-256: a chunk of the active segment, or the rest of one
-        just sealed."""
-        digest = hashlib.sha256(data).hexdigest()
-        info = SegmentInfo(
-            name=f"{segment}.{first:010d}-{last:010d}.{digest[:16]}",
-            size=len(data),
-            sha256=digest,
-            records=last - first + 1,
-            first_seq=first,
-            last_seq=last,
-            last_hash=last_hash,
-        )
-        self._upload(info.name, data, digest)
-        return info
-
-    def _upload(self, remote_name: str, data: bytes, sha256: str) -> None:
-        """One create-only PUT of an immutable part (equal names mean equal bytes)."""
-        name = f"{SEGMENTS_DIR}/{remote_name}"
-        self._request(lambda: self.store.write_bytes(name, data, create_only=True), len(data))
-        self._uploaded[remote_name] = sha256
 
     def _request(self, fn: Any, nbytes: int = 0) -> Any:
         self.requests += 1
@@ -509,10 +337,9 @@ class Mirror:
         """What the remote holds (read at open, or now): its parts exist and need no upload."""
         self._generation = manifest.generation
         self.remote_seq = manifest.sealed_records
-        for seg in manifest.segments:
-            self._uploaded[seg.name] = seg.sha256
-            self._indexed.add(seg.name)  # (with an index or not: as its uploader left it)
-            self._garbage.setdefault(seg.name, None)  # unless our manifests name it again
+        self._plan.adopt(manifest)
+        # garbage unless our manifests name them again
+        self._garbage.retire(seg.name for seg in manifest.segments)
 
     def _read_versioned(self) -> tuple[bytes, str] | None:
         self.requests += 1
@@ -562,48 +389,21 @@ class Mirror:
 
     # -- garbage -------------------------------------------------------------------------------
 
-    def _retire(self, parts: list[SegmentInfo]) -> None:
-        for p in parts:
-            self._garbage.setdefault(p.name, None)  # the clock starts with the next manifest
-
     def _find_orphans(self, named: set[str]) -> None:
         """Once per launch, after our first manifest: parts no manifest of ours names, left by
-        killed launches (uploaded, never named; or superseded, never deleted), become garbage
-        with the usual delay from now, if they are at least `gc_delay_s` old already. Whatever
-        a published manifest could still name was superseded no later than the manifest we
-        replaced, which was there before now; a part younger than the delay may be another
-        launch's upload in flight."""
-        self.requests += 1
+        killed launches, become garbage if they are old enough (see `Garbage.orphans`)."""
         try:
-            listing = self.store.list_dir(SEGMENTS_DIR)
+            listing = self._request(lambda: self.store.list_dir(SEGMENTS_DIR))
         except ResumableError as exc:
             log.debug("could not list %s for orphans: %s", self.store.display, exc)
             return
-        now, wall = time.monotonic(), time.time()
-        for name, mtime in listing.items():
-            of = segindex.mirrored_part(name)  # a part's row index lives and goes with it
-            if name in named or of in named or name in self._garbage or mtime is None:
-                continue
-            if wall - mtime >= self.options.gc_delay_s:
-                self._garbage[name] = now
+        self._garbage.orphans(listing, named)
 
     def _collect(self) -> None:
         """Delete superseded objects that no manifest we wrote names any more."""
         if not self._garbage or not self._written:
             return
-        view = self.writer.view()
-        live = {_remote_part(s).name for s in view.manifest.segments}
-        live |= {c.name for c in self._chunks}
-        live |= {p.name for parts in self._sealed_parts.values() for p in parts}
-        live |= {segindex.mirror_name(name) for name in live}
-        now = time.monotonic()
-        due = []
-        for name, since in list(self._garbage.items()):
-            if name in live:
-                del self._garbage[name]
-            # never one a manifest still names (since is None: not superseded remotely yet)
-            elif since is not None and now - since >= self.options.gc_delay_s:
-                due.append(name)
+        due = self._garbage.due(self._plan.live(self.writer.view()))
         if not due:
             return
         # A second writer that adopted the same objects may name them in its manifest: delete
@@ -615,8 +415,8 @@ class Mirror:
             except ResumableError as exc:
                 log.debug("could not delete superseded %s: %s", name, exc)
                 continue
-            del self._garbage[name]
-            self._uploaded.pop(name, None)
+            self._garbage.deleted(name)
+            self._plan.uploaded.pop(name, None)
 
 
 def check_mirror_place(store: Store, options: MirrorOptions | None) -> None:
@@ -628,20 +428,6 @@ def check_mirror_place(store: Store, options: MirrorOptions | None) -> None:
             "directory, s3://, gs:// or az://, or accept the risk with "
             "MirrorOptions(allow_unconditional=True)"
         )
-
-
-def _remote_part(seg: SegmentInfo) -> SegmentInfo:
-    """A sealed segment's entry in the mirror: stored under a content-addressed name.
-
-    Segment names are reused by other histories of the sweep: a launch killed after uploading
-    `seg-00000007.jsonl` but before its manifest named it leaves that object behind, and the
-    relaunch (resumed from the older manifest) writes a different `seg-00000007.jsonl` of its
-    own. With the SHA-256 in the name, equal names mean equal bytes, so the create-only upload
-    either finds its own bytes (success) or nothing. A name that already ends in its digest (a
-    chunk, or a segment downloaded from a mirror) is kept: names do not grow across relaunches.
-    """
-    tag = "." + seg.sha256[:16]
-    return seg if seg.name.endswith(tag) else replace(seg, name=seg.name + tag)
 
 
 def check_extends(view: WriterView, segdir: Path, remote: Manifest, where: str) -> None:

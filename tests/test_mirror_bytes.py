@@ -11,7 +11,7 @@ import pytest
 
 from resumable import MirrorOptions, ResumableSweep
 from resumable._checkpoint import progress_dir_for
-from resumable._mirror import _MAX_SEALED_PARTS
+from resumable._mirror_plan import _MAX_SEALED_PARTS
 from resumable.view import open_view
 
 MANUAL = MirrorOptions(interval_s=3600.0, gc_delay_s=3600.0, max_backoff_s=0.1)
