@@ -4,8 +4,9 @@
 with every link, anchor and `:::` reference resolved; these tests check its content: every
 error class has a troubleshooting entry (what it means, what to do) and a place in the drawn
 tree, the names a new user had to find in the source are documented and exist, the install
-page has the virtual-environment step, and every install hint names the distribution
-(`resumable-sweeps`), never the unrelated `resumable` project on PyPI.
+page has the virtual-environment step, every install hint names the distribution
+(`resumable-sweeps`), never the unrelated `resumable` project on PyPI, and the module map
+names every module of the package.
 """
 
 from __future__ import annotations
@@ -146,3 +147,16 @@ def test_every_page_is_in_the_navigation() -> None:
     nav = (ROOT / "mkdocs.yml").read_text()
     for page in DOCS.glob("*.md"):
         assert f" {page.name}" in nav, f"{page.name} is not in mkdocs.yml's nav"
+
+
+def _module_names() -> list[str]:
+    package = ROOT / "resumable"
+    return sorted({p.stem for p in package.rglob("*.py") if p.stem != "__init__"})
+
+
+@pytest.mark.parametrize("name", _module_names())
+def test_the_module_map_names_every_module(name: str) -> None:
+    """docs/structure.md draws the package layer by layer: a module added (or split off) must
+    take its place there, or the map stops being one."""
+    text = (DOCS / "structure.md").read_text(encoding="utf-8")
+    assert re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text), f"{name} is not in the map"
