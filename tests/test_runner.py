@@ -167,6 +167,8 @@ def test_results_and_failures_are_the_same_on_every_executor(tmp_path, executor)
         f = failures[i]
         assert f["error_type"] == "ValueError" and f["message"] == f"item {i} is bad"
         assert "flaky" in f["traceback"] and f["duration"] is not None
+        if isinstance(executor, cf.ProcessPoolExecutor):  # the worker's traceback, as text
+            assert "resumable.runner.RemoteTraceback: " in f["traceback"]
     assert failures[8]["error_type"] == "UnsupportedValueError"
     assert "builtins.object" in failures[8]["message"]
     assert "cannot be stored" in failures[8]["message"]
