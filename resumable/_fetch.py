@@ -210,11 +210,12 @@ class RemoteReader:
                 asyncio.run_coroutine_threadsafe(f.close(), self._fs.loop).result(timeout=5.0)
 
 
-def read_all(reader: Any, limit: int) -> bytes:
-    """Read until EOF or `limit` bytes, whichever comes first (short reads allowed)."""
+def read_all(reader: Any, limit: int, block: int = BLOCK) -> bytes:
+    """Read until EOF or `limit` bytes, whichever comes first (short reads allowed), `block`
+    bytes a call (a ranged GET from an object store; a local file reads 1 MiB at a time)."""
     chunks, n = [], 0
     while n < limit:
-        chunk = reader.read(min(BLOCK, limit - n))
+        chunk = reader.read(min(block, limit - n))
         if not chunk:
             break
         chunks.append(chunk)

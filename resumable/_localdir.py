@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import _durable as durable
+from ._fetch import read_all
 from ._storage_errors import Kind, translate
 from .errors import CheckpointWriteError, ResumableError, StorageError, StorageWriteError
 
@@ -27,15 +28,8 @@ _READ_CHUNK = 1 << 20
 
 
 def read_bounded(f: Any, limit: int) -> bytes:
-    """Read until EOF or `limit` bytes, whichever comes first (short reads allowed)."""
-    chunks, n = [], 0
-    while n < limit:
-        chunk = f.read(min(_READ_CHUNK, limit - n))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        n += len(chunk)
-    return b"".join(chunks)
+    """Read a local file until EOF or `limit` bytes, whichever comes first."""
+    return read_all(f, limit, _READ_CHUNK)
 
 
 class _Passthrough(Exception):
