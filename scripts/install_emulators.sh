@@ -17,5 +17,18 @@ if ! command -v npm >/dev/null 2>&1; then
   exit 1
 fi
 mkdir -p "$tools"
-npm install --prefix "$tools" --no-audit --no-fund --loglevel=error "azurite@$azurite_version" >&2
+# A registry download can stall without ever failing (seen here: npm still waiting after 21
+# minutes), so each attempt is bounded and a stalled one is tried again from scratch.
+for attempt in 1 2 3; do
+  if timeout 300 npm install --prefix "$tools" --no-audit --no-fund --loglevel=error \
+    --fetch-timeout=60000 --fetch-retries=3 "azurite@$azurite_version" >&2; then
+    break
+  fi
+  if [ "$attempt" = 3 ]; then
+    echo "install_emulators: npm install azurite@$azurite_version failed 3 times" >&2
+    exit 1
+  fi
+  echo "install_emulators: npm install failed or stalled (attempt $attempt); retrying" >&2
+  rm -rf "$tools/node_modules" "$tools/package.json" "$tools/package-lock.json"
+done
 echo "$azurite_version" >"$tools/.azurite-version"
