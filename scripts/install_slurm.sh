@@ -6,7 +6,7 @@
 #   sudo bash scripts/install_slurm.sh        # scripts/test.sh runs it in CI (as root)
 #
 # What it sets up (Debian's slurm-wlm + munge, as observed in jobs/README.md's notes; and
-# Debian's shellcheck, which lints the job script in tests/test_jobs.py):
+# Debian's shellcheck, which lints the project's shell scripts and the job script):
 # - slurmctld and slurmd on this host, running as root, state/spool/log/pid files under
 #   $RESUMABLE_SLURM_DIR (default /var/tmp/resumable-slurm); the config in /etc/slurm/, where
 #   every SLURM command looks for it;
@@ -40,16 +40,19 @@ need=()
 for cmd in slurmctld slurmd sinfo sbatch munged mungekey; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
 done
-pkgs=()
-((${#need[@]})) && pkgs+=(slurm-wlm munge)
-# Debian's shellcheck lints the sbatch script (tests/test_jobs.py).
-command -v shellcheck >/dev/null 2>&1 || { need+=(shellcheck) && pkgs+=(shellcheck); }
-if ((${#pkgs[@]})); then
+# Debian's shellcheck lints the shell scripts and the sbatch script (tests/test_shell_scripts.py,
+# tests/test_jobs.py); it comes with the SLURM packages when those are needed, else on its own.
+pkgs=(shellcheck)
+command -v shellcheck >/dev/null 2>&1 && pkgs=()
+if ((${#need[@]})); then
   if ! command -v apt-get >/dev/null 2>&1; then
     log "no apt-get: SLURM not installed (the SLURM tests will skip)"
     exit 0
   fi
-  log "installing ${pkgs[*]} (missing: ${need[*]})"
+  log "installing slurm-wlm and munge (missing: ${need[*]})"
+  pkgs+=(slurm-wlm munge)
+fi
+if ((${#pkgs[@]})) && command -v apt-get >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
