@@ -256,14 +256,6 @@ def safe_cause(cause: BaseException) -> BaseException | None:
     return cause if chain_is_clean(cause) else None
 
 
-def raise_from(err: BaseException, cause: BaseException) -> None:
-    """Raise `err`, chaining `cause` only if no message in its chain holds a credential.
-    Inside an except block prefer `safe_cause` + `raise_clean` after it (see there)."""
-    if chain_is_clean(cause):
-        raise err from cause
-    raise err from None
-
-
 def raise_clean(err: BaseException, cause: BaseException | None) -> None:
     """Raise `err` from `cause` (see `safe_cause`). Call it *after* the except block: raised
     inside one, the original failure would stay attached as ``__context__`` even with
